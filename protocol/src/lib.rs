@@ -11,6 +11,7 @@ pub mod block;
 pub mod canned;
 pub mod framing;
 pub mod grbl;
+pub mod host;
 pub mod kinematics;
 pub mod marlin;
 pub mod preflight;
