@@ -132,11 +132,18 @@ fn verify(covered: &str, cs: &str) -> Result<(), FrameError> {
 ///
 /// Rejects lines longer than `max` bytes and control bytes, so that binary
 /// data never reaches a firmware or the analyser.
-pub fn clean_line<'a>(raw: &'a str, max: usize, out: &mut String) -> Result<Option<&'a str>, FrameError> {
+pub fn clean_line<'a>(
+    raw: &'a str,
+    max: usize,
+    out: &mut String,
+) -> Result<Option<&'a str>, FrameError> {
     out.clear();
     let raw = raw.trim_end_matches(['\r', '\n']);
     if raw.len() > max {
-        return Err(FrameError::TooLong { len: raw.len(), max });
+        return Err(FrameError::TooLong {
+            len: raw.len(),
+            max,
+        });
     }
     let bytes = raw.as_bytes();
     let mut comment: Option<&'a str> = None;
@@ -163,7 +170,12 @@ pub fn clean_line<'a>(raw: &'a str, max: usize, out: &mut String) -> Result<Opti
                 continue;
             }
             b' ' | b'\t' => pending_space = true,
-            0..=0x1f | 0x7f => return Err(FrameError::ControlByte { byte: b, column: i + 1 }),
+            0..=0x1f | 0x7f => {
+                return Err(FrameError::ControlByte {
+                    byte: b,
+                    column: i + 1,
+                });
+            }
             _ => {
                 if pending_space && !out.is_empty() {
                     out.push(' ');
@@ -263,7 +275,10 @@ impl LineSplitter {
     }
 
     /// Flushes a last line that has no trailing newline.
-    pub fn finish<E>(&mut self, mut each: impl FnMut(SplitItem<'_>) -> Result<(), E>) -> Result<(), E> {
+    pub fn finish<E>(
+        &mut self,
+        mut each: impl FnMut(SplitItem<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
         if self.buf.is_empty() && self.overflowed.is_none() {
             return Ok(());
         }
@@ -294,7 +309,10 @@ impl LineSplitter {
         if total > self.max {
             return SplitItem::Bad {
                 number,
-                error: FrameError::TooLong { len: total, max: self.max },
+                error: FrameError::TooLong {
+                    len: total,
+                    max: self.max,
+                },
             };
         }
         match std::str::from_utf8(bytes) {
@@ -330,7 +348,10 @@ mod tests {
     fn reports_a_corrupted_checksum() {
         assert_eq!(
             parse_framed("N0 M110 N0*124"),
-            Err(FrameError::ChecksumMismatch { stated: 124, computed: 125 })
+            Err(FrameError::ChecksumMismatch {
+                stated: 124,
+                computed: 125
+            })
         );
     }
 
@@ -341,7 +362,10 @@ mod tests {
 
     #[test]
     fn a_checksum_out_of_range_is_refused() {
-        assert!(matches!(parse_framed("N5 G1 X1*256"), Err(FrameError::BadChecksum { .. })));
+        assert!(matches!(
+            parse_framed("N5 G1 X1*256"),
+            Err(FrameError::BadChecksum { .. })
+        ));
     }
 
     #[test]
