@@ -274,17 +274,27 @@ impl Marlin {
     fn execute(&mut self, cmd: &str, io: &mut Io<'_>) {
         io.executed.push(cmd.to_string());
         let upper = cmd.to_ascii_uppercase();
-        let block = match parse_block(&upper) {
-            Ok(b) => b,
-            Err(_) => {
-                io.line(&format!("echo:Unknown command: \"{cmd}\""));
-                return;
+        if upper == "M110" || upper.starts_with("M110 ") {
+            // `gcode` reads M110's N as a line number; handle it first.
+            if let Some(i) = upper.find('N') {
+                let s = &upper[i + 1..];
+                let d = s.bytes().take_while(u8::is_ascii_digit).count();
+                if let Ok(n) = s[..d].parse() {
+                    self.last_n = n;
+                }
             }
-        };
-        let Some(code) = block.codes().next() else {
-            if !block.is_empty() {
-                io.line(&format!("echo:Unknown command: \"{cmd}\""));
-            }
+            self.ok(io);
+            self.slots.pop_front();
+            return;
+        }
+        let parsed = parse_block(&upper);
+        let Some((block, code)) = parsed
+            .ok()
+            .and_then(|b| b.codes().next().map(|c| (b.clone(), c)))
+        else {
+            io.line(&format!("echo:Unknown command: \"{cmd}\""));
+            self.ok(io);
+            self.slots.pop_front();
             return;
         };
         let arg = |l: char| block.arg(l).map(f64::from);
@@ -384,15 +394,6 @@ impl Marlin {
             }
             (CodeLetter::M, 113, 0) => {
                 self.busy_interval = arg('S').unwrap_or(2.0).clamp(0.0, 60.0);
-            }
-            (CodeLetter::M, 110, 0) => {
-                if let Some(i) = upper.find('N') {
-                    let s = &upper[i + 1..];
-                    let d = s.bytes().take_while(u8::is_ascii_digit).count();
-                    if let Ok(n) = s[..d].parse() {
-                        self.last_n = n;
-                    }
-                }
             }
             (CodeLetter::M, 114, 0) => {
                 io.line(&format!(

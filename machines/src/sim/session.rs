@@ -32,9 +32,7 @@ pub(crate) struct Pty {
 
 impl Pty {
     pub(crate) fn open(link: Option<&Path>) -> Result<Self, SimError> {
-        let (master, mut slave) = SerialStream::pair()?;
-        // Let the client open the path although we hold the slave.
-        slave.set_exclusive(false)?;
+        let (master, slave) = SerialStream::pair()?;
         let path = PathBuf::from(slave.name().ok_or_else(|| {
             SimError::Config("the pseudo-terminal has no path".to_string())
         })?);
