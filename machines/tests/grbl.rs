@@ -53,7 +53,10 @@ async fn a_status_query_reports_the_real_state() {
     c.expect("banner", |l| l == BANNER).await;
     c.send_raw(b"?").await;
     let idle = c.expect("status", |l| l.starts_with('<')).await;
-    assert!(idle.starts_with("<Idle|MPos:0.000,0.000,0.000|Bf:15,128"), "{idle}");
+    assert!(
+        idle.starts_with("<Idle|MPos:0.000,0.000,0.000|Bf:15,128"),
+        "{idle}"
+    );
     // 100 mm at 600 mm/min is 10 s of machine time, 0.5 s real.
     assert_eq!(c.command("G1 X100 F600").await, "ok");
     c.send_raw(b"?").await;
@@ -102,7 +105,8 @@ async fn an_alarm_after_a_line_locks_the_machine_until_unlocked() {
     c.expect("alarm", |l| l == "ALARM:1").await;
     c.send_raw(&[0x18]).await;
     c.expect("banner after reset", |l| l == BANNER).await;
-    c.expect("unlock hint", |l| l == "[MSG:'$H'|'$X' to unlock]").await;
+    c.expect("unlock hint", |l| l == "[MSG:'$H'|'$X' to unlock]")
+        .await;
     c.send_raw(b"?").await;
     let s = c.expect("status", |l| l.starts_with('<')).await;
     assert!(s.starts_with("<Alarm|"), "{s}");
@@ -121,5 +125,8 @@ async fn the_binary_speaks_grbl_on_the_path_it_prints() {
     assert_eq!(c.command("$I").await, "ok");
     assert!(c.transcript.iter().any(|l| l == "[OPT:V,15,128]"));
     child.start_kill().unwrap();
-    tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
 }

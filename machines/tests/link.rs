@@ -37,7 +37,10 @@ async fn a_bulk_transfer_at_115200_baud_moves_about_11_5_kilobytes_per_second() 
     }
     let secs = start.elapsed().as_secs_f64();
     let rate = bulk.len() as f64 / secs;
-    println!("host→firmware: {} bytes in {secs:.3} s = {rate:.0} B/s", bulk.len());
+    println!(
+        "host→firmware: {} bytes in {secs:.3} s = {rate:.0} B/s",
+        bulk.len()
+    );
     // 11 520 B/s is the link rate; wide bounds for a loaded machine.
     assert!((7_000.0..=13_000.0).contains(&rate), "{rate} B/s");
     assert_eq!(sim.stats().rx_overflow_bytes, 0);
@@ -70,7 +73,10 @@ async fn a_disconnect_after_a_line_ends_the_client_read_and_the_link_reconnects(
     .await;
     assert!(end.is_ok(), "read did not end; saw {:?}", c.transcript);
     drop(c);
-    tokio::time::timeout(WAIT, paths.changed()).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, paths.changed())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(std::fs::read_link(&link).unwrap(), sim.path());
     let mut c = Client::open(&link);
     c.expect("start after reconnect", |l| l == "start").await;
@@ -100,7 +106,8 @@ async fn the_same_seed_corrupts_the_same_bytes() {
         for i in 0..40 {
             c.send(&format!("G4 P0.0{}", i % 10)).await;
             tokio::time::timeout(Duration::from_secs(5), async {
-                c.expect("reply", |l| l.starts_with("ok") || l.starts_with("error")).await
+                c.expect("reply", |l| l.starts_with("ok") || l.starts_with("error"))
+                    .await
             })
             .await
             .unwrap();

@@ -11,7 +11,10 @@ use clap::Parser;
 use microfactory_machines::sim::{self, FirmwareKind, SimConfig};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Firmware simulator (Marlin, GRBL) on a pseudo-terminal")]
+#[command(
+    version,
+    about = "Firmware simulator (Marlin, GRBL) on a pseudo-terminal"
+)]
 struct Args {
     /// marlin or grbl
     #[arg(long)]

@@ -176,10 +176,7 @@ impl Grbl {
     }
 
     fn setting(&self, n: u16) -> f64 {
-        self.settings
-            .iter()
-            .find(|s| s.0 == n)
-            .map_or(0.0, |s| s.1)
+        self.settings.iter().find(|s| s.0 == n).map_or(0.0, |s| s.1)
     }
 
     fn moving(&self) -> bool {
@@ -222,7 +219,11 @@ impl Grbl {
             }
             None => (self.pos, 0.0),
         };
-        let speed = if self.modal.spindle == 5 { 0.0 } else { self.modal.speed };
+        let speed = if self.modal.spindle == 5 {
+            0.0
+        } else {
+            self.modal.speed
+        };
         let mut s = format!(
             "<{}|MPos:{:.3},{:.3},{:.3}|Bf:{},{}|FS:{:.0},{:.0}",
             self.state(now),
@@ -237,7 +238,7 @@ impl Grbl {
         if let Some(n) = self.last_n {
             let _ = write!(s, "|Ln:{n}");
         }
-        if self.reports % 10 == 0 {
+        if self.reports.is_multiple_of(10) {
             let o = self.offset();
             let _ = write!(s, "|WCO:{:.3},{:.3},{:.3}", o[0], o[1], o[2]);
         } else if self.reports % 10 == 1 {
@@ -343,12 +344,20 @@ impl Grbl {
         let t = text.trim();
         match t {
             "$" => {
-                io.line_crlf("[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H ~ ! ? ctrl-x]");
+                io.line_crlf(
+                    "[HLP:$$ $# $G $I $N $x=val $Nx=line $J=line $SLP $C $X $H ~ ! ? ctrl-x]",
+                );
             }
             "$$" => self.settings_dump(io),
             "$#" => {
                 for (i, w) in self.wcs.iter().enumerate() {
-                    io.line_crlf(&format!("[G{}:{:.3},{:.3},{:.3}]", 54 + i, w[0], w[1], w[2]));
+                    io.line_crlf(&format!(
+                        "[G{}:{:.3},{:.3},{:.3}]",
+                        54 + i,
+                        w[0],
+                        w[1],
+                        w[2]
+                    ));
                 }
                 for (name, p) in [("G28", self.g28), ("G30", self.g30), ("G92", self.g92)] {
                     io.line_crlf(&format!("[{name}:{:.3},{:.3},{:.3}]", p[0], p[1], p[2]));
@@ -527,14 +536,22 @@ impl Grbl {
                 for (i, a) in ['X', 'Y', 'Z'].into_iter().enumerate() {
                     if let Some(v) = arg(a) {
                         let v = units(v, modal.inches);
-                        self.wcs[idx][i] = if l == 2 { v } else { self.planned[i] - v - self.g92[i] };
+                        self.wcs[idx][i] = if l == 2 {
+                            v
+                        } else {
+                            self.planned[i] - v - self.g92[i]
+                        };
                     }
                 }
                 self.modal = modal;
                 return Ok(());
             }
             Some((CodeLetter::G, 28 | 30, 0)) => {
-                let stored = if non_modal.is_some_and(|c| c.major == 28) { self.g28 } else { self.g30 };
+                let stored = if non_modal.is_some_and(|c| c.major == 28) {
+                    self.g28
+                } else {
+                    self.g30
+                };
                 self.modal = modal;
                 if has_axis {
                     let via = target(self.planned, self.modal.relative, false);
@@ -587,7 +604,11 @@ impl Grbl {
                 return Err(22);
             }
             let to = target(self.planned, modal.relative, machine);
-            let feed = if motion == 0 { self.setting(110) } else { modal.feed };
+            let feed = if motion == 0 {
+                self.setting(110)
+            } else {
+                modal.feed
+            };
             let len = if motion == 2 || motion == 3 {
                 let (i, j) = (arg('I').unwrap_or(0.0), arg('J').unwrap_or(0.0));
                 let r = arg('R').map_or((i * i + j * j).sqrt(), f64::abs);

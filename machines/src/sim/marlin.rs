@@ -160,7 +160,10 @@ impl Marlin {
     }
 
     fn update_heaters(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.heat_updated).as_secs_f64() * self.scale;
+        let dt = now
+            .saturating_duration_since(self.heat_updated)
+            .as_secs_f64()
+            * self.scale;
         self.heat_updated = now;
         self.hotend.update(dt);
         self.bed.update(dt);
@@ -229,12 +232,12 @@ impl Marlin {
             let is_m110 = text.contains("M110");
             if is_m110 {
                 // Marlin reads the number after M110's own N.
-                if let Some(i) = text.find("M110") {
-                    if let Some(j) = text[i..].find('N') {
-                        let s = &text[i + j + 1..];
-                        let d = s.bytes().take_while(u8::is_ascii_digit).count();
-                        n = s[..d].parse().unwrap_or(n);
-                    }
+                if let Some(i) = text.find("M110")
+                    && let Some(j) = text[i..].find('N')
+                {
+                    let s = &text[i + j + 1..];
+                    let d = s.bytes().take_while(u8::is_ascii_digit).count();
+                    n = s[..d].parse().unwrap_or(n);
                 }
             } else if n != self.last_n + 1 {
                 Stats::inc(&io.stats.line_number_errors);
@@ -301,15 +304,19 @@ impl Marlin {
         let now = io.now;
         match (code.letter, code.major, code.minor) {
             (CodeLetter::G, 0 | 1, 0) => {
-                if let Some(f) = arg('F') {
-                    if f > 0.0 {
-                        self.feed = f;
-                    }
+                if let Some(f) = arg('F')
+                    && f > 0.0
+                {
+                    self.feed = f;
                 }
                 let mut target = self.pos;
                 for (i, l) in ['X', 'Y', 'Z', 'E'].into_iter().enumerate() {
                     if let Some(v) = arg(l) {
-                        let rel = if i == 3 { self.relative || self.relative_e } else { self.relative };
+                        let rel = if i == 3 {
+                            self.relative || self.relative_e
+                        } else {
+                            self.relative
+                        };
                         target[i] = if rel { self.pos[i] + v } else { v };
                     }
                 }
@@ -327,8 +334,16 @@ impl Marlin {
             (CodeLetter::G, 2 | 3, 0) => {
                 let (i, j) = (arg('I').unwrap_or(0.0), arg('J').unwrap_or(0.0));
                 let r = (i * i + j * j).sqrt().max(arg('R').unwrap_or(0.0).abs());
-                let ex = arg('X').map_or(self.pos[0], |v| if self.relative { self.pos[0] + v } else { v });
-                let ey = arg('Y').map_or(self.pos[1], |v| if self.relative { self.pos[1] + v } else { v });
+                let ex =
+                    arg('X').map_or(
+                        self.pos[0],
+                        |v| if self.relative { self.pos[0] + v } else { v },
+                    );
+                let ey =
+                    arg('Y').map_or(
+                        self.pos[1],
+                        |v| if self.relative { self.pos[1] + v } else { v },
+                    );
                 let chord = ((ex - self.pos[0]).powi(2) + (ey - self.pos[1]).powi(2)).sqrt();
                 let len = if r > 0.0 && chord > 0.0 {
                     2.0 * r * (chord / (2.0 * r)).clamp(0.0, 1.0).asin()
@@ -410,16 +425,16 @@ impl Marlin {
                 return;
             }
             (CodeLetter::M, 117 | 118, 0) => {
-                if let LineKind::Text { text } = block.kind {
-                    if code.major == 118 {
-                        io.line(text);
-                    }
+                if let LineKind::Text { text } = block.kind
+                    && code.major == 118
+                {
+                    io.line(text);
                 }
             }
             (
                 CodeLetter::M,
-                17 | 18 | 84 | 92 | 106 | 107 | 201 | 203 | 204 | 205 | 220 | 221 | 500
-                | 501 | 502 | 503 | 300 | 75 | 76 | 77,
+                17 | 18 | 84 | 92 | 106 | 107 | 201 | 203 | 204 | 205 | 220 | 221 | 500 | 501 | 502
+                | 503 | 300 | 75 | 76 | 77,
                 0,
             )
             | (CodeLetter::T, 0, 0) => {}
@@ -536,16 +551,17 @@ impl Marlin {
             self.next_temp_line = None;
             self.ok(io);
             self.slots.pop_front();
-        } else if let Some(t) = self.next_busy {
-            if now >= t && self.busy_interval > 0.0 {
-                let what = if matches!(self.wait, Some(Wait::User)) {
-                    "paused for user"
-                } else {
-                    "processing"
-                };
-                io.line(&format!("echo:busy: {what}"));
-                self.next_busy = Some(now + self.report_interval(self.busy_interval));
-            }
+        } else if let Some(t) = self.next_busy
+            && now >= t
+            && self.busy_interval > 0.0
+        {
+            let what = if matches!(self.wait, Some(Wait::User)) {
+                "paused for user"
+            } else {
+                "processing"
+            };
+            io.line(&format!("echo:busy: {what}"));
+            self.next_busy = Some(now + self.report_interval(self.busy_interval));
         }
         done
     }
@@ -556,12 +572,11 @@ impl Marlin {
         let line = String::from_utf8_lossy(&self.arriving).to_ascii_uppercase();
         let mut s = line.trim_start();
         if let Some(rest) = s.strip_prefix('N') {
-            s = rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start();
+            s = rest
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
         }
-        let word = s
-            .split(|c: char| c == ' ' || c == '*' || c == ';')
-            .next()
-            .unwrap_or("");
+        let word = s.split([' ', '*', ';']).next().unwrap_or("");
         match word {
             "M112" => {
                 io.executed.push("M112".to_string());
@@ -636,12 +651,12 @@ impl Firmware for Marlin {
         }
         let now = io.now;
         self.planner.advance(now, |()| {});
-        if let Some(every) = self.autoreport {
-            if self.next_autoreport.is_some_and(|t| now >= t) {
-                self.update_heaters(now);
-                io.line(&format!(" {}", self.temps()));
-                self.next_autoreport = Some(now + every.max(MIN_REPORT_INTERVAL));
-            }
+        if let Some(every) = self.autoreport
+            && self.next_autoreport.is_some_and(|t| now >= t)
+        {
+            self.update_heaters(now);
+            io.line(&format!(" {}", self.temps()));
+            self.next_autoreport = Some(now + every.max(MIN_REPORT_INTERVAL));
         }
         // Fill free command slots from the receive buffer.
         let mut progressed = false;

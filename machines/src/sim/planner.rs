@@ -79,7 +79,11 @@ impl<T> Planner<T> {
         let at = self.held_since.unwrap_or(now);
         let done = at.saturating_duration_since(self.head_start).as_secs_f64();
         let total = b.dur.as_secs_f64();
-        let f = if total > 0.0 { (done / total).min(1.0) } else { 1.0 };
+        let f = if total > 0.0 {
+            (done / total).min(1.0)
+        } else {
+            1.0
+        };
         Some((&b.data, f))
     }
 

@@ -33,9 +33,11 @@ pub(crate) struct Pty {
 impl Pty {
     pub(crate) fn open(link: Option<&Path>) -> Result<Self, SimError> {
         let (master, slave) = SerialStream::pair()?;
-        let path = PathBuf::from(slave.name().ok_or_else(|| {
-            SimError::Config("the pseudo-terminal has no path".to_string())
-        })?);
+        let path = PathBuf::from(
+            slave
+                .name()
+                .ok_or_else(|| SimError::Config("the pseudo-terminal has no path".to_string()))?,
+        );
         if let Some(link) = link {
             update_link(link, &path)?;
         }
@@ -252,7 +254,11 @@ async fn session(
             consider(t);
         }
         if !can_read {
-            consider(read_backoff.unwrap_or(rx_free - read_ahead).max(rx_free - read_ahead));
+            consider(
+                read_backoff
+                    .unwrap_or(rx_free - read_ahead)
+                    .max(rx_free - read_ahead),
+            );
         }
         tokio::select! {
             c = control.recv() => match c {

@@ -75,7 +75,10 @@ impl Client {
         .await;
         match r {
             Ok(Some(l)) => l,
-            Ok(None) => panic!("port closed while waiting for {what}; saw {:?}", self.transcript),
+            Ok(None) => panic!(
+                "port closed while waiting for {what}; saw {:?}",
+                self.transcript
+            ),
             Err(_) => panic!("timed out waiting for {what}; saw {:?}", self.transcript),
         }
     }
@@ -83,7 +86,8 @@ impl Client {
     /// Sends `line` and waits for its `ok` (or an error line).
     pub async fn command(&mut self, line: &str) -> String {
         self.send(line).await;
-        self.expect(line, |l| l.starts_with("ok") || l.starts_with("error")).await
+        self.expect(line, |l| l.starts_with("ok") || l.starts_with("error"))
+            .await
     }
 }
 
