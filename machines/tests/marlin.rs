@@ -95,7 +95,7 @@ async fn a_line_with_a_skipped_number_is_asked_for_again() {
         c.transcript.last().unwrap(),
         "Error:Line Number is not Last Line Number+1, Last Line: 0"
     );
-    c.send(&encode_numbered(1, "M105 N")).await;
+    c.send(&encode_numbered(1, "M105")).await;
     c.send("N2 M105").await;
     c.expect("no checksum", |l| l.starts_with("Error:No Checksum"))
         .await;
@@ -226,9 +226,16 @@ async fn the_binary_prints_its_path_and_resets_after_the_requested_line() {
     c.send("M105").await;
     c.expect("ok", |l| l.starts_with("ok")).await;
     c.expect("start after reset", |l| l == "start").await;
-    child.start_kill().unwrap();
-    tokio::time::timeout(WAIT, child.wait())
+    // SIGTERM stops it cleanly.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
         .await
         .unwrap()
         .unwrap();
+    assert!(status.success(), "{status:?}");
 }

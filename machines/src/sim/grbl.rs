@@ -4,6 +4,18 @@
 //! Simplifications: an arc is one planner block (GRBL splits it into many
 //! segments); probing (`G38.x`) always touches at the target; feed hold
 //! stops motion at once (the report goes straight to `Hold:0`).
+//!
+//! Faithful details a driver may hit: a line longer than 80 bytes (before
+//! stripping) gets `error:11`; `G1` with no feed rate yet gets `error:22`;
+//! letters outside `FIJKLNPRSTXYZ` and codes outside GRBL 1.1's set get
+//! `error:20`; `$H` needs `$22=1` (else `error:5`, and with `$22=1` the
+//! machine boots locked); after `ALARM:1` only a soft reset (0x18) is
+//! processed, then the machine stays locked (`error:9`) until `$X` or `$H`;
+//! a soft reset during motion raises `ALARM:3`; `M0` enters `Hold:0` once
+//! the planner is empty and waits for `~`. Settings and offsets survive
+//! resets (EEPROM) but not the simulator. Status reports always include
+//! `Bf:` (and `Ln:` after an `N` word); `WCO:` and `Ov:` appear every tenth
+//! report, as GRBL rotates them.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

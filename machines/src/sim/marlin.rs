@@ -1,6 +1,31 @@
 //! Marlin 2.1 as a host sees it: line numbers and checksums, four command
 //! slots, a planner that consumes time, heaters, `busy:` keep-alives and
 //! the emergency parser.
+//!
+//! * A line is read from the RX buffer only when one of the four command
+//!   slots is free, so while the slots are full the RX buffer fills, and
+//!   bytes beyond it are lost (see the link model in [`super`]).
+//! * Line numbers are checked before checksums, as `queue.cpp` does. On an
+//!   error Marlin prints `Error:..., Last Line: n` and `Resend: n+1` (and
+//!   `ok` with `ok_after_resend`), and empties its RX buffer. Lines already
+//!   in flight that arrive later carry the wrong number and each draws its
+//!   own error and `Resend:`: the duplicate resend requests a host must
+//!   tolerate. This is real Marlin behaviour, not a silent discard.
+//! * `ok` is sent when the command at the head has executed: a move once
+//!   it is in the planner (which waits for a free block), `M400`/`G4`/`G28`
+//!   once the planner is empty and the dwell or homing is over, `M109` and
+//!   `M190` once the temperature is within 1 degree (no residency time).
+//!   `ok N<n> P<p> B<b>` reports, like Marlin, the last line number
+//!   received, free planner blocks, and free slots counting the
+//!   acknowledged command's slot as still taken.
+//! * `echo:busy: processing` every `M113` interval (2 s) of machine time
+//!   while a command blocks; ` T:... W:?` every machine second in
+//!   `M109`/`M190`; `M155 S<n>` autoreports every n *real* seconds. No
+//!   unsolicited line comes faster than every 20 ms real, whatever the
+//!   time scale.
+//! * `M112`, `M108` and `M410` act as their line arrives (emergency
+//!   parser). After `M112` (or the injected thermal runaway) the printer
+//!   is dead until the PTY is re-created: it reads and answers nothing.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
