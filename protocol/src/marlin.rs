@@ -1,1 +1,993 @@
-//! TODO
+//! Marlin host state machine (sans-IO).
+//!
+//! Fed received lines and `now`, it decides which bytes to send and when,
+//! and reports what the firmware said as [`MarlinEvent`]s. The driver that
+//! owns the serial port calls, in a loop: [`MarlinHost::poll_transmit`]
+//! (write what it returns), [`MarlinHost::poll_event`],
+//! then waits for a received line ([`MarlinHost::handle_line`]) or the
+//! deadline from [`MarlinHost::poll_timeout`] ([`MarlinHost::handle_timeout`]).
+//!
+//! # What is sent
+//! Every command goes out numbered and checksummed (`N<n> <cmd>*<cs>`), the
+//! handshake's `M110 N0` included, so that the firmware's line-number check
+//! makes every retransmission idempotent: a line Marlin already executed is
+//! refused, never run twice.
+//!
+//! # Acknowledgements
+//! Marlin answers each accepted line with one `ok`, in order. After a
+//! corrupted line it prints `Resend: n`, flushes its receive buffer and
+//! refuses every later line until `n` arrives, so every line from `n` on is
+//! sent again. Lines before `n` were accepted and their `ok`s may still come.
+//! Older Marlin prints `ok` straight after `Resend:`; that `ok` belongs to no
+//! line. [`MarlinConfig::ok_after_resend`] says which firmware this is, or
+//! `None` to learn it from the first resend that is unambiguous: one with no
+//! older line in flight, as always in ping-pong mode. With several lines in
+//! flight an `ok` after `Resend:` may be either, so buffered streaming to
+//! an older firmware needs the machine profile to say so.
+//!
+//! Marlin's XOR checksum cannot see two equal bit flips in one line; no
+//! host can do better than the firmware's check.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::framing::encode_numbered_into;
+use crate::host::Origin;
+
+/// How lines are metered onto the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum FlowControl {
+    /// One line in flight at a time. Safe with any firmware; slow on links
+    /// with latency (one round trip per line).
+    PingPong,
+    /// Keep at most `rx_bytes` unacknowledged bytes in flight, so the
+    /// firmware's receive buffer never overflows.
+    Buffered {
+        /// The firmware's serial receive buffer in bytes.
+        rx_bytes: usize,
+    },
+}
+
+/// Tuning of the host; defaults suit a USB printer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarlinConfig {
+    /// Flow control.
+    pub flow: FlowControl,
+    /// Sent lines kept for resends.
+    pub history: usize,
+    /// Consecutive resend requests of one line before giving up.
+    pub max_resends_per_line: u32,
+    /// Whether the firmware prints `ok` after `Resend:`; `None` learns it.
+    pub ok_after_resend: Option<bool>,
+    /// Silence while lines are in flight before probing with `M105`.
+    pub response_timeout: Duration,
+    /// Silence after the probe before the link is declared dead.
+    pub dead_timeout: Duration,
+    /// Longest command accepted (Marlin's `MAX_CMD_SIZE` is 96).
+    pub max_command_len: usize,
+    /// Warn when more than this share of lines had to be resent.
+    pub resend_ratio_warning: f64,
+}
+
+impl Default for MarlinConfig {
+    fn default() -> Self {
+        Self {
+            flow: FlowControl::Buffered { rx_bytes: 128 },
+            history: 256,
+            max_resends_per_line: 10,
+            ok_after_resend: None,
+            response_timeout: Duration::from_secs(5),
+            dead_timeout: Duration::from_secs(10),
+            max_command_len: 96,
+            resend_ratio_warning: 0.1,
+        }
+    }
+}
+
+/// Why a command was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CommandError {
+    /// Longer than the firmware accepts.
+    #[error("command is {len} bytes long; the firmware accepts at most {max}")]
+    TooLong { len: usize, max: usize },
+    /// Would corrupt the framing (`*`, newline) or is empty.
+    #[error("command must be one clean line without '*' or ';': {0:?}")]
+    NotClean(String),
+}
+
+/// Commands that stop the machine ahead of everything queued (Marlin's
+/// emergency parser acts on them as they arrive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emergency {
+    /// `M112`: kill the firmware; heaters and motors off.
+    Kill,
+    /// `M108`: break out of a heating wait or a user prompt.
+    Break,
+    /// `M410`: quick stop, discard planned moves.
+    QuickStop,
+}
+
+impl Emergency {
+    fn command(self) -> &'static str {
+        match self {
+            Self::Kill => "M112",
+            Self::Break => "M108",
+            Self::QuickStop => "M410",
+        }
+    }
+}
+
+/// One heater's reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeaterReading {
+    /// `T`, `T0`, `B`, `C` (chamber), ...
+    pub name: String,
+    /// Current temperature, °C.
+    pub actual: f64,
+    /// Target temperature, °C (0 when off).
+    pub target: f64,
+}
+
+/// A temperature report (`T:210.0 /210.0 B:60.0 /60.0 @:127 B@:64`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TemperatureReport {
+    /// Every heater in the report, in order.
+    pub heaters: Vec<HeaterReading>,
+}
+
+/// What `M115` said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct FirmwareInfo {
+    /// `FIRMWARE_NAME` value, e.g. `Marlin 2.1.2 (Github)`.
+    pub name: String,
+    /// Other `KEY:value` fields of the first line.
+    pub fields: BTreeMap<String, String>,
+    /// `Cap:NAME:0|1` lines.
+    pub caps: BTreeMap<String, bool>,
+}
+
+/// Host actions the firmware asks for (`//action:...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostAction {
+    /// Pause the job.
+    Pause,
+    /// Resume the job.
+    Resume,
+    /// Cancel the job.
+    Cancel,
+    /// The firmware paused (e.g. filament runout).
+    Paused,
+    /// The firmware resumed.
+    Resumed,
+    /// The firmware wants the host to disconnect.
+    Disconnect,
+    /// Anything else, verbatim.
+    Other(String),
+}
+
+/// How an `Error:` line is to be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A transmission error; a `Resend:` follows.
+    Resend,
+    /// Worth showing; the firmware goes on.
+    Warning,
+    /// The firmware halted or must not go on: fail the job.
+    Fatal,
+}
+
+/// Classifies the text of an `Error:` (or `!!`) line.
+pub fn classify_error(line: &str) -> ErrorClass {
+    let l = line.to_ascii_lowercase();
+    if l.contains("line number is not last line number")
+        || l.contains("checksum mismatch")
+        || l.contains("no checksum with line number")
+        || l.contains("missing checksum")
+        || l.contains("no line number with checksum")
+    {
+        return ErrorClass::Resend;
+    }
+    const FATAL: &[&str] = &[
+        "kill() called",
+        "printer halted",
+        "thermal runaway",
+        "thermal malfunction",
+        "heating failed",
+        "mintemp",
+        "maxtemp",
+        "emergency stop",
+        "stopped",
+    ];
+    if line.trim_start().starts_with("!!") || FATAL.iter().any(|f| l.contains(f)) {
+        return ErrorClass::Fatal;
+    }
+    ErrorClass::Warning
+}
+
+/// Parses a temperature report anywhere in a line.
+pub fn parse_temperatures(line: &str) -> Option<TemperatureReport> {
+    let mut heaters = Vec::new();
+    let mut tokens = line.split_whitespace().peekable();
+    while let Some(tok) = tokens.next() {
+        let Some((name, value)) = tok.split_once(':') else {
+            continue;
+        };
+        let is_heater = matches!(name, "T" | "B" | "C" | "P" | "A" | "R" | "L")
+            || (name.starts_with('T') && name[1..].bytes().all(|b| b.is_ascii_digit()));
+        if !is_heater {
+            continue;
+        }
+        let Ok(actual) = value.parse::<f64>() else {
+            continue;
+        };
+        let target = match tokens.peek().and_then(|t| t.strip_prefix('/')) {
+            Some(t) => {
+                let v = t.parse::<f64>().unwrap_or(0.0);
+                tokens.next();
+                v
+            }
+            None => 0.0,
+        };
+        heaters.push(HeaterReading {
+            name: name.to_string(),
+            actual,
+            target,
+        });
+    }
+    (!heaters.is_empty()).then_some(TemperatureReport { heaters })
+}
+
+/// Parses `Resend: 12`, `Resend:12`, `rs 12` and `rs N12`.
+fn parse_resend(line: &str) -> Option<u32> {
+    let rest = line
+        .strip_prefix("Resend:")
+        .or_else(|| line.strip_prefix("rs "))?
+        .trim();
+    let rest = rest.strip_prefix('N').unwrap_or(rest);
+    rest.parse().ok()
+}
+
+/// Things the firmware said or the host concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarlinEvent {
+    /// A command was acknowledged with `ok`.
+    Acknowledged {
+        /// Who sent it.
+        origin: Origin,
+    },
+    /// The lines a console command produced, ending with its `ok` line.
+    Response {
+        /// The console request.
+        origin: Origin,
+        /// Lines received while it was in flight.
+        lines: Vec<String>,
+    },
+    /// Heater readings.
+    Temperatures(TemperatureReport),
+    /// The `M115` report, after its `ok`.
+    Firmware(FirmwareInfo),
+    /// `busy:` keep-alive while a long command runs.
+    Busy {
+        /// `processing`, `paused for user`, ...
+        reason: String,
+    },
+    /// `//action:` request.
+    Action(HostAction),
+    /// The firmware printed `start`: it rebooted and lost every line.
+    FirmwareRestarted,
+    /// Worth showing to the operator.
+    Warning(String),
+    /// The firmware halted.
+    Fatal(String),
+    /// One line was requested again too often; the link is unusable.
+    ResendGaveUp {
+        /// The line number.
+        line_number: u32,
+    },
+    /// The share of resent lines is high: a bad cable or baud rate.
+    ResendRatioHigh {
+        /// Resent lines ÷ sent lines.
+        ratio: f64,
+    },
+    /// No answer even to a probe.
+    LinkDead,
+    /// An `echo:` line that is not a keep-alive.
+    Echo(String),
+}
+
+/// Counters for status pages and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct MarlinStats {
+    /// Distinct lines sent (first transmissions).
+    pub sent_lines: u64,
+    /// Bytes written, including resends.
+    pub sent_bytes: u64,
+    /// Lines transmitted again.
+    pub resends: u64,
+    /// Resend requests acted on.
+    pub resend_requests: u64,
+    /// Resend requests recognised as duplicates and ignored.
+    pub duplicate_resend_requests: u64,
+    /// `ok`s that matched no line.
+    pub unexpected_oks: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Sent {
+    number: u32,
+    origin: Origin,
+    /// Encoded line including the newline.
+    bytes: Vec<u8>,
+    long: bool,
+    is_m115: bool,
+    /// An `ok` was already counted for this line. A corrupted line that
+    /// lost its `N` is run by Marlin as an unknown command and answered
+    /// `ok`; the line is requested again later and its second `ok` must not
+    /// be reported twice.
+    acked: bool,
+}
+
+/// A line awaiting its `ok`.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    number: u32,
+    len: usize,
+    long: bool,
+    console: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingResend {
+    number: u32,
+    /// Later resend requests of the same line that may be echoes of lines
+    /// already on the wire.
+    duplicates_allowed: usize,
+}
+
+/// The Marlin host state machine. See the module docs.
+#[derive(Debug)]
+pub struct MarlinHost {
+    config: MarlinConfig,
+    queue: VecDeque<(Origin, String)>,
+    emergency: VecDeque<Vec<u8>>,
+    history: VecDeque<Sent>,
+    in_flight: VecDeque<InFlight>,
+    in_flight_bytes: usize,
+    /// Next line number to assign.
+    next_number: u32,
+    /// Line numbers waiting to be sent again, oldest first.
+    retransmit: VecDeque<u32>,
+    pending_resend: Option<PendingResend>,
+    consecutive: (u32, u32),
+    /// The `Resend:` just received and when, until the next line.
+    just_got_resend: Option<(u32, Instant)>,
+    ok_after_resend: Option<bool>,
+    last_rx: Option<Instant>,
+    probe_sent_at: Option<Instant>,
+    feeding: bool,
+    events: VecDeque<MarlinEvent>,
+    console_lines: Vec<String>,
+    firmware: FirmwareInfo,
+    stats: MarlinStats,
+    ratio_warned: bool,
+    halted: bool,
+    advanced_ok_seen: bool,
+}
+
+impl MarlinHost {
+    /// A host that has sent nothing yet; call [`MarlinHost::handshake`].
+    pub fn new(config: MarlinConfig) -> Self {
+        Self {
+            ok_after_resend: config.ok_after_resend,
+            config,
+            queue: VecDeque::new(),
+            emergency: VecDeque::new(),
+            history: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            next_number: 0,
+            retransmit: VecDeque::new(),
+            pending_resend: None,
+            consecutive: (0, 0),
+            just_got_resend: None,
+            last_rx: None,
+            probe_sent_at: None,
+            feeding: true,
+            events: VecDeque::new(),
+            console_lines: Vec::new(),
+            firmware: FirmwareInfo::default(),
+            stats: MarlinStats::default(),
+            ratio_warned: false,
+            halted: false,
+            advanced_ok_seen: false,
+        }
+    }
+
+    /// Queues `M110 N0` (reset line numbers) and `M115` (capabilities), the
+    /// first thing mature hosts send.
+    pub fn handshake(&mut self) {
+        self.queue.push_front((Origin::Internal, "M115".into()));
+        self.queue.push_front((Origin::Internal, "M110 N0".into()));
+    }
+
+    /// Queues a clean command (comments stripped, one line).
+    pub fn push(&mut self, origin: Origin, command: &str) -> Result<(), CommandError> {
+        let command = command.trim();
+        if command.is_empty()
+            || command
+                .bytes()
+                .any(|b| matches!(b, b'*' | b';' | b'\n' | b'\r' | 0))
+        {
+            return Err(CommandError::NotClean(command.chars().take(40).collect()));
+        }
+        if command.len() > self.config.max_command_len {
+            return Err(CommandError::TooLong {
+                len: command.len(),
+                max: self.config.max_command_len,
+            });
+        }
+        self.queue.push_back((origin, command.to_string()));
+        Ok(())
+    }
+
+    /// Commands queued and not yet sent.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Lines sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Unacknowledged bytes on the wire or in the firmware's buffer.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
+    }
+
+    /// Whether the firmware replies with `ok N.. P.. B..`.
+    pub fn advanced_ok(&self) -> bool {
+        self.advanced_ok_seen
+    }
+
+    /// Sends `command` ahead of everything queued, outside flow control.
+    pub fn emergency(&mut self, command: Emergency) {
+        let mut s = String::new();
+        encode_numbered_into(self.next_number, command.command(), &mut s);
+        // Marlin's emergency parser skips the line number, so numbering the
+        // command keeps the sequence intact for the firmware that survives.
+        self.next_number = self.next_number.wrapping_add(1);
+        s.push('\n');
+        self.emergency.push_back(s.into_bytes());
+    }
+
+    /// Stops sending queued commands (retransmissions still go out).
+    pub fn pause_feeding(&mut self) {
+        self.feeding = false;
+    }
+
+    /// Undoes [`MarlinHost::pause_feeding`].
+    pub fn resume_feeding(&mut self) {
+        self.feeding = true;
+    }
+
+    /// Drops every queued, unsent command (for cancel).
+    pub fn clear_queue(&mut self) {
+        self.queue.clear();
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> MarlinStats {
+        self.stats
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<MarlinEvent> {
+        self.events.pop_front()
+    }
+
+    fn window_allows(&self, len: usize) -> bool {
+        if self.in_flight.is_empty() {
+            return true;
+        }
+        match self.config.flow {
+            FlowControl::PingPong => false,
+            FlowControl::Buffered { rx_bytes } => self.in_flight_bytes + len <= rx_bytes,
+        }
+    }
+
+    /// Bytes to write now, if any. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if let Some(b) = self.emergency.pop_front() {
+            self.stats.sent_bytes += b.len() as u64;
+            return Some(b);
+        }
+        if self.halted {
+            return None;
+        }
+        if let Some(&n) = self.retransmit.front() {
+            let Some(sent) = self.history.iter().find(|s| s.number == n) else {
+                // Checked when the request came in; unreachable unless the
+                // history shrank since. Fail loudly rather than skip a line.
+                self.retransmit.clear();
+                self.fail(format!("line N{n} is no longer in the resend history"));
+                return None;
+            };
+            let len = sent.bytes.len();
+            if !self.window_allows(len) {
+                return None;
+            }
+            let bytes = sent.bytes.clone();
+            let long = sent.long;
+            let console = matches!(sent.origin, Origin::Console { .. });
+            self.retransmit.pop_front();
+            self.in_flight.push_back(InFlight {
+                number: n,
+                len,
+                long,
+                console,
+            });
+            self.in_flight_bytes += len;
+            self.stats.resends += 1;
+            self.stats.sent_bytes += len as u64;
+            self.arm(now);
+            return Some(bytes);
+        }
+        if !self.feeding
+            && !self
+                .queue
+                .front()
+                .is_some_and(|(o, _)| *o == Origin::Internal)
+        {
+            return None;
+        }
+        let (origin, cmd) = self.queue.front()?;
+        let mut line = String::with_capacity(cmd.len() + 16);
+        let number = self.next_number;
+        encode_numbered_into(number, cmd, &mut line);
+        line.push('\n');
+        if !self.window_allows(line.len()) {
+            return None;
+        }
+        let origin = *origin;
+        let sent = Sent {
+            number,
+            origin,
+            bytes: line.into_bytes(),
+            long: is_long_command(cmd),
+            is_m115: cmd.starts_with("M115"),
+            acked: false,
+        };
+        self.next_number = match m110_target(cmd) {
+            Some(n) => n.wrapping_add(1),
+            None => number.wrapping_add(1),
+        };
+        self.queue.pop_front();
+        let bytes = sent.bytes.clone();
+        let len = bytes.len();
+        let long = sent.long;
+        let console = matches!(origin, Origin::Console { .. });
+        self.history.push_back(sent);
+        while self.history.len() > self.config.history {
+            self.history.pop_front();
+        }
+        self.in_flight.push_back(InFlight {
+            number,
+            len,
+            long,
+            console,
+        });
+        self.in_flight_bytes += len;
+        self.stats.sent_lines += 1;
+        self.stats.sent_bytes += len as u64;
+        self.arm(now);
+        Some(bytes)
+    }
+
+    fn arm(&mut self, now: Instant) {
+        if self.in_flight.len() == 1 {
+            // The silence timer runs from the first line in flight.
+            self.last_rx = Some(now);
+        }
+    }
+
+    fn long_in_flight(&self) -> bool {
+        self.in_flight.iter().any(|f| f.long)
+    }
+
+    /// The next moment [`MarlinHost::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.halted {
+            return None;
+        }
+        if let Some(t) = self.probe_sent_at {
+            return Some(t + self.config.dead_timeout);
+        }
+        if self.in_flight.is_empty() || self.long_in_flight() {
+            return None;
+        }
+        self.last_rx.map(|t| t + self.config.response_timeout)
+    }
+
+    /// Acts on a passed deadline: probe a silent firmware with `M105`, or
+    /// give up on it.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(t) = self.probe_sent_at {
+            if now >= t + self.config.dead_timeout {
+                self.probe_sent_at = None;
+                self.events.push_back(MarlinEvent::LinkDead);
+            }
+            return;
+        }
+        let Some(last) = self.last_rx else { return };
+        if self.in_flight.is_empty()
+            || self.long_in_flight()
+            || now < last + self.config.response_timeout
+        {
+            return;
+        }
+        // Lines the firmware threw away without a word (its buffer flush
+        // after a resend request) are sent again; numbering makes that
+        // safe. Then probe, numbered too, so its `ok` is counted like any.
+        let first = self.in_flight.front().map(|f| f.number);
+        if let Some(n) = first {
+            self.schedule_resend_from(n);
+        }
+        self.queue.push_front((Origin::Internal, "M105".into()));
+        self.probe_sent_at = Some(now);
+    }
+
+    fn schedule_resend_from(&mut self, n: u32) {
+        // Marlin refuses every line after the one it asked for, so every
+        // line sent from n on goes out again, in order, even one whose `ok`
+        // was counted (that `ok` answered a corrupted, unnumbered line).
+        let Some(pos) = self.history.iter().rposition(|s| s.number == n) else {
+            return;
+        };
+        let again: Vec<u32> = self.history.iter().skip(pos).map(|s| s.number).collect();
+        self.in_flight.retain(|f| !again.contains(&f.number));
+        self.in_flight_bytes = self.in_flight.iter().map(|f| f.len).sum();
+        self.retransmit = again.into();
+    }
+
+    /// Feeds one received line (without its newline).
+    pub fn handle_line(&mut self, now: Instant, line: &str) {
+        let line = line.trim();
+        if line.is_empty() {
+            return;
+        }
+        self.last_rx = Some(now);
+        self.probe_sent_at = None;
+        let after_resend = self.just_got_resend.take();
+
+        if line == "ok" || line.starts_with("ok ") {
+            if let Some((n, at)) = after_resend
+                && self.is_resend_ok(n, now == at)
+            {
+                return;
+            }
+            self.on_ok(line);
+            return;
+        }
+        if after_resend.is_some() && self.ok_after_resend.is_none() {
+            // That firmware prints `ok` right after `Resend:`; this one
+            // printed something else.
+            self.ok_after_resend = Some(false);
+        }
+        if let Some(n) = parse_resend(line) {
+            self.on_resend(n);
+            self.just_got_resend = Some((n, now));
+            return;
+        }
+        if line == "start" {
+            self.on_restart();
+            return;
+        }
+        if let Some(rest) = line.strip_prefix("//action:") {
+            let a = match rest.trim() {
+                "pause" => HostAction::Pause,
+                "resume" => HostAction::Resume,
+                "cancel" => HostAction::Cancel,
+                "paused" => HostAction::Paused,
+                "resumed" => HostAction::Resumed,
+                "disconnect" => HostAction::Disconnect,
+                "start" => {
+                    self.on_restart();
+                    return;
+                }
+                other => HostAction::Other(other.to_string()),
+            };
+            self.events.push_back(MarlinEvent::Action(a));
+            return;
+        }
+        if line.starts_with("Error:") || line.starts_with("!!") {
+            match classify_error(line) {
+                ErrorClass::Resend => {}
+                ErrorClass::Warning => self
+                    .events
+                    .push_back(MarlinEvent::Warning(line.to_string())),
+                ErrorClass::Fatal => {
+                    self.halted = true;
+                    self.events.push_back(MarlinEvent::Fatal(line.to_string()));
+                }
+            }
+            self.note_console(line);
+            return;
+        }
+        let body = line.strip_prefix("echo:").unwrap_or(line);
+        if let Some(reason) = body.strip_prefix("busy:") {
+            self.events.push_back(MarlinEvent::Busy {
+                reason: reason.trim().to_string(),
+            });
+            return;
+        }
+        if line == "wait" {
+            return;
+        }
+        if body.starts_with("Unknown command") {
+            self.events
+                .push_back(MarlinEvent::Warning(line.to_string()));
+            self.note_console(line);
+            return;
+        }
+        if let Some(rest) = line.strip_prefix("Cap:") {
+            if let Some((k, v)) = rest.rsplit_once(':') {
+                self.firmware.caps.insert(k.to_string(), v.trim() == "1");
+            }
+            self.note_console(line);
+            return;
+        }
+        if line.starts_with("FIRMWARE_NAME:") {
+            self.firmware = parse_m115(line);
+            self.note_console(line);
+            return;
+        }
+        if let Some(t) = parse_temperatures(line)
+            && (line.starts_with("T:") || line.starts_with("T0:") || line.starts_with("B:"))
+        {
+            self.events.push_back(MarlinEvent::Temperatures(t));
+            self.note_console(line);
+            return;
+        }
+        self.note_console(line);
+        if line.starts_with("echo:") {
+            self.events.push_back(MarlinEvent::Echo(body.to_string()));
+        }
+    }
+
+    fn note_console(&mut self, line: &str) {
+        if self.console_in_flight() && self.console_lines.len() < 256 {
+            self.console_lines.push(line.to_string());
+        }
+    }
+
+    fn console_in_flight(&self) -> bool {
+        self.in_flight.iter().any(|f| f.console)
+    }
+
+    /// Whether an `ok` straight after `Resend: n` is the resend's own.
+    /// `same_instant`: it arrived with the `Resend:` line, before anything
+    /// sent since could have been answered.
+    fn is_resend_ok(&mut self, n: u32, same_instant: bool) -> bool {
+        match self.ok_after_resend {
+            Some(known) => known,
+            None => {
+                // Only lines before n can still be acknowledged at that
+                // instant. With none in flight this ok cannot be a line's:
+                // learn the dialect. Otherwise it is ambiguous; count it.
+                let older_in_flight = self
+                    .in_flight
+                    .iter()
+                    .any(|f| f.number.wrapping_sub(n) > u32::MAX / 2);
+                if same_instant && !older_in_flight {
+                    self.ok_after_resend = Some(true);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    fn on_ok(&mut self, line: &str) {
+        if line.contains(" N") && line.contains(" B") {
+            self.advanced_ok_seen = true;
+        }
+        if let Some(t) = parse_temperatures(line) {
+            self.events.push_back(MarlinEvent::Temperatures(t));
+        }
+        let Some(f) = self.in_flight.pop_front() else {
+            self.stats.unexpected_oks += 1;
+            return;
+        };
+        self.in_flight_bytes -= f.len;
+        if self.consecutive.0 == f.number {
+            self.consecutive = (0, 0);
+        }
+        if self.pending_resend.is_some_and(|p| p.number == f.number) {
+            self.pending_resend = None;
+        }
+        let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == f.number) else {
+            return;
+        };
+        if sent.acked {
+            return;
+        }
+        sent.acked = true;
+        let origin = sent.origin;
+        let is_m115 = sent.is_m115;
+        self.events.push_back(MarlinEvent::Acknowledged { origin });
+        if let Origin::Console { .. } = origin {
+            let mut lines = std::mem::take(&mut self.console_lines);
+            lines.push(line.to_string());
+            self.events
+                .push_back(MarlinEvent::Response { origin, lines });
+        }
+        if is_m115 {
+            let info = std::mem::take(&mut self.firmware);
+            self.firmware = FirmwareInfo {
+                name: info.name.clone(),
+                fields: info.fields.clone(),
+                caps: info.caps.clone(),
+            };
+            self.events.push_back(MarlinEvent::Firmware(info));
+        }
+    }
+
+    fn on_resend(&mut self, n: u32) {
+        if self.halted {
+            return;
+        }
+        if let Some(p) = self.pending_resend.as_mut()
+            && p.number == n
+            && p.duplicates_allowed > 0
+        {
+            // An echo of a line that was on the wire before the
+            // retransmission; the retransmission is already under way.
+            p.duplicates_allowed -= 1;
+            self.stats.duplicate_resend_requests += 1;
+            return;
+        }
+        if !self.history.iter().any(|s| s.number == n) {
+            if n == self.next_number {
+                // Asks for the line after the last one sent: nothing is lost.
+                return;
+            }
+            self.fail(format!(
+                "the firmware asked for line N{n} again, but it is no longer in the resend history"
+            ));
+            return;
+        }
+        if self.consecutive.0 == n {
+            self.consecutive.1 += 1;
+        } else {
+            self.consecutive = (n, 1);
+        }
+        if self.consecutive.1 > self.config.max_resends_per_line {
+            self.halted = true;
+            self.events
+                .push_back(MarlinEvent::ResendGaveUp { line_number: n });
+            return;
+        }
+        self.stats.resend_requests += 1;
+        let later = self
+            .in_flight
+            .iter()
+            .filter(|f| f.number.wrapping_sub(n) < u32::MAX / 2 && f.number != n)
+            .count();
+        self.pending_resend = Some(PendingResend {
+            number: n,
+            duplicates_allowed: later,
+        });
+        self.schedule_resend_from(n);
+        self.check_ratio();
+    }
+
+    fn check_ratio(&mut self) {
+        if self.ratio_warned || self.stats.sent_lines < 100 {
+            return;
+        }
+        let ratio = self.stats.resends as f64 / self.stats.sent_lines as f64;
+        if ratio > self.config.resend_ratio_warning {
+            self.ratio_warned = true;
+            self.events
+                .push_back(MarlinEvent::ResendRatioHigh { ratio });
+        }
+    }
+
+    fn on_restart(&mut self) {
+        self.in_flight.clear();
+        self.in_flight_bytes = 0;
+        self.retransmit.clear();
+        self.pending_resend = None;
+        self.history.clear();
+        self.halted = false;
+        self.probe_sent_at = None;
+        self.next_number = 0;
+        self.queue.retain(|(o, _)| *o != Origin::Internal);
+        self.handshake();
+        self.events.push_back(MarlinEvent::FirmwareRestarted);
+    }
+
+    fn fail(&mut self, msg: String) {
+        self.halted = true;
+        self.events.push_back(MarlinEvent::Fatal(msg));
+    }
+}
+
+fn parse_m115(line: &str) -> FirmwareInfo {
+    // Keys are upper-case words followed by ':'; values may contain spaces.
+    let mut fields = BTreeMap::new();
+    let mut key: Option<&str> = None;
+    let mut start = 0;
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if i == 0 || bytes[i - 1] == b' ' {
+            let w_end = line[i..].find(':').map(|p| i + p);
+            if let Some(e) = w_end
+                && e > i
+                && line[i..e]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_')
+            {
+                if let Some(k) = key {
+                    fields.insert(k.to_string(), line[start..i].trim().to_string());
+                }
+                key = Some(&line[i..e]);
+                start = e + 1;
+                i = e + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if let Some(k) = key {
+        fields.insert(k.to_string(), line[start..].trim().to_string());
+    }
+    FirmwareInfo {
+        name: fields.remove("FIRMWARE_NAME").unwrap_or_default(),
+        fields,
+        caps: BTreeMap::new(),
+    }
+}
+
+/// `M110 N<x>` sets the next expected line to x + 1.
+fn m110_target(cmd: &str) -> Option<u32> {
+    let rest = cmd.strip_prefix("M110")?;
+    let n = rest.trim().strip_prefix('N')?;
+    n.trim().parse().ok()
+}
+
+/// Commands that legitimately keep the firmware silent for minutes.
+fn is_long_command(cmd: &str) -> bool {
+    let code = cmd.split(' ').next().unwrap_or("");
+    matches!(
+        code,
+        "G28"
+            | "G29"
+            | "G33"
+            | "G34"
+            | "G4"
+            | "G12"
+            | "G76"
+            | "M0"
+            | "M1"
+            | "M109"
+            | "M190"
+            | "M191"
+            | "M226"
+            | "M303"
+            | "M400"
+            | "M600"
+            | "M701"
+            | "M702"
+    )
+}
+
+#[cfg(test)]
+mod tests;
