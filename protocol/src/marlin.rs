@@ -329,6 +329,8 @@ struct Sent {
     /// `ok`; the line is requested again later and its second `ok` must not
     /// be reported twice.
     acked: bool,
+    /// An `M110` (see [`InFlight`]).
+    sync: bool,
 }
 
 /// A line awaiting its `ok`.
@@ -338,6 +340,9 @@ struct InFlight {
     len: usize,
     long: bool,
     console: bool,
+    /// `M110`: Marlin applies the new number when it *executes* the
+    /// command, so nothing may follow it until its `ok`.
+    sync: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -376,6 +381,16 @@ pub struct MarlinHost {
     ratio_warned: bool,
     halted: bool,
     advanced_ok_seen: bool,
+    /// The `M115` answer has arrived: a `start` from now on is a reboot.
+    handshake_done: bool,
+    /// The last resend request's error said the line *number* was wrong
+    /// (what lines already on the wire produce), not its checksum.
+    last_error_was_line_number: bool,
+    /// Lines sent after a refused one that are still on the wire or in
+    /// the firmware's receive buffer: they take room there until the
+    /// firmware has read (and refused) them.
+    ghosts: VecDeque<usize>,
+    ghost_bytes: usize,
 }
 
 impl MarlinHost {
@@ -404,6 +419,10 @@ impl MarlinHost {
             ratio_warned: false,
             halted: false,
             advanced_ok_seen: false,
+            handshake_done: false,
+            last_error_was_line_number: false,
+            ghosts: VecDeque::new(),
+            ghost_bytes: 0,
         }
     }
 
@@ -430,7 +449,20 @@ impl MarlinHost {
                 max: self.config.max_command_len,
             });
         }
-        self.queue.push_back((origin, command.to_string()));
+        match origin {
+            Origin::Job { .. } => self.queue.push_back((origin, command.to_string())),
+            // Operator and host commands go ahead of queued job lines, so
+            // that a park script or a console command is not stuck behind
+            // the look-ahead of a paused job.
+            _ => {
+                let at = self
+                    .queue
+                    .iter()
+                    .position(|(o, _)| matches!(o, Origin::Job { .. }))
+                    .unwrap_or(self.queue.len());
+                self.queue.insert(at, (origin, command.to_string()));
+            }
+        }
         Ok(())
     }
 
@@ -465,7 +497,8 @@ impl MarlinHost {
         self.emergency.push_back(s.into_bytes());
     }
 
-    /// Stops sending queued commands (retransmissions still go out).
+    /// Stops sending queued job lines (retransmissions, host and console
+    /// commands still go out).
     pub fn pause_feeding(&mut self) {
         self.feeding = false;
     }
@@ -492,11 +525,16 @@ impl MarlinHost {
 
     fn window_allows(&self, len: usize) -> bool {
         if self.in_flight.is_empty() {
+            // Ghosts only limit how much more goes out; one line always may,
+            // or a resend whose ghosts were silently flushed would wait
+            // forever.
             return true;
         }
         match self.config.flow {
             FlowControl::PingPong => false,
-            FlowControl::Buffered { rx_bytes } => self.in_flight_bytes + len <= rx_bytes,
+            FlowControl::Buffered { rx_bytes } => {
+                self.in_flight_bytes + self.ghost_bytes + len <= rx_bytes
+            }
         }
     }
 
@@ -525,11 +563,16 @@ impl MarlinHost {
             let long = sent.long;
             let console = matches!(sent.origin, Origin::Console { .. });
             self.retransmit.pop_front();
+            let sync = sent.sync;
+            if (sync && !self.in_flight.is_empty()) || self.in_flight.iter().any(|f| f.sync) {
+                return None;
+            }
             self.in_flight.push_back(InFlight {
                 number: n,
                 len,
                 long,
                 console,
+                sync,
             });
             self.in_flight_bytes += len;
             self.stats.resends += 1;
@@ -545,7 +588,14 @@ impl MarlinHost {
         {
             return None;
         }
+        if self.in_flight.iter().any(|f| f.sync) {
+            return None;
+        }
         let (origin, cmd) = self.queue.front()?;
+        let sync = m110_target(cmd).is_some();
+        if sync && !self.in_flight.is_empty() {
+            return None;
+        }
         let mut line = String::with_capacity(cmd.len() + 16);
         let number = self.next_number;
         encode_numbered_into(number, cmd, &mut line);
@@ -561,6 +611,7 @@ impl MarlinHost {
             long: is_long_command(cmd),
             is_m115: cmd.starts_with("M115"),
             acked: false,
+            sync,
         };
         self.next_number = match m110_target(cmd) {
             Some(n) => n.wrapping_add(1),
@@ -580,6 +631,7 @@ impl MarlinHost {
             len,
             long,
             console,
+            sync,
         });
         self.in_flight_bytes += len;
         self.stats.sent_lines += 1;
@@ -633,6 +685,9 @@ impl MarlinHost {
         // Lines the firmware threw away without a word (its buffer flush
         // after a resend request) are sent again; numbering makes that
         // safe. Then probe, numbered too, so its `ok` is counted like any.
+        // After this long a silence nothing old is left on the wire.
+        self.ghosts.clear();
+        self.ghost_bytes = 0;
         let first = self.in_flight.front().map(|f| f.number);
         if let Some(n) = first {
             self.schedule_resend_from(n);
@@ -706,7 +761,10 @@ impl MarlinHost {
         }
         if line.starts_with("Error:") || line.starts_with("!!") {
             match classify_error(line) {
-                ErrorClass::Resend => {}
+                ErrorClass::Resend => {
+                    self.last_error_was_line_number =
+                        line.to_ascii_lowercase().contains("line number is not");
+                }
                 ErrorClass::Warning => self
                     .events
                     .push_back(MarlinEvent::Warning(line.to_string())),
@@ -809,7 +867,11 @@ impl MarlinHost {
             self.consecutive = (0, 0);
         }
         if self.pending_resend.is_some_and(|p| p.number == f.number) {
+            // The firmware read the retransmission, so it has read every
+            // line that was on the wire before it.
             self.pending_resend = None;
+            self.ghosts.clear();
+            self.ghost_bytes = 0;
         }
         let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == f.number) else {
             return;
@@ -828,6 +890,7 @@ impl MarlinHost {
                 .push_back(MarlinEvent::Response { origin, lines });
         }
         if is_m115 {
+            self.handshake_done = true;
             let info = std::mem::take(&mut self.firmware);
             self.firmware = FirmwareInfo {
                 name: info.name.clone(),
@@ -842,14 +905,21 @@ impl MarlinHost {
         if self.halted {
             return;
         }
+        let line_number_error = std::mem::take(&mut self.last_error_was_line_number);
         if let Some(p) = self.pending_resend.as_mut()
             && p.number == n
             && p.duplicates_allowed > 0
+            && line_number_error
         {
             // An echo of a line that was on the wire before the
             // retransmission; the retransmission is already under way.
+            // (A retransmission that fails its checksum is reported as a
+            // checksum error and is not mistaken for an echo.)
             p.duplicates_allowed -= 1;
             self.stats.duplicate_resend_requests += 1;
+            if let Some(len) = self.ghosts.pop_front() {
+                self.ghost_bytes -= len;
+            }
             return;
         }
         if !self.history.iter().any(|s| s.number == n) {
@@ -874,11 +944,17 @@ impl MarlinHost {
             return;
         }
         self.stats.resend_requests += 1;
-        let later = self
+        let later: Vec<usize> = self
             .in_flight
             .iter()
             .filter(|f| f.number.wrapping_sub(n) < u32::MAX / 2 && f.number != n)
-            .count();
+            .map(|f| f.len)
+            .collect();
+        // Those lines still reach the firmware and take room in its buffer
+        // until it reads and refuses them.
+        self.ghosts = later.iter().copied().collect();
+        self.ghost_bytes = later.iter().sum();
+        let later = later.len();
         self.pending_resend = Some(PendingResend {
             number: n,
             duplicates_allowed: later,
@@ -900,6 +976,14 @@ impl MarlinHost {
     }
 
     fn on_restart(&mut self) {
+        if !self.handshake_done {
+            // A boot banner printed before we connected (boards reset when
+            // the port opens): the handshake is already under way.
+            return;
+        }
+        self.handshake_done = false;
+        self.ghosts.clear();
+        self.ghost_bytes = 0;
         self.in_flight.clear();
         self.in_flight_bytes = 0;
         self.retransmit.clear();

@@ -231,6 +231,14 @@ fn emergency_commands_jump_the_queue() {
 #[test]
 fn restart_mid_job_is_reported_and_the_handshake_repeats() {
     let mut t = Transcript::new(ping_pong());
+    t.host.handshake();
+    t.flush();
+    t.recv("start");
+    // A banner during the handshake is the boot that opening the port
+    // caused: nothing to redo.
+    assert!(!t.events.contains(&MarlinEvent::FirmwareRestarted));
+    t.recv("ok");
+    t.recv("ok");
     t.host
         .push(Origin::Job { line: 1 }, "G1 X1")
         .expect("clean");
@@ -242,6 +250,7 @@ fn restart_mid_job_is_reported_and_the_handshake_repeats() {
         "{}",
         t.text
     );
+    assert_eq!(t.host.in_flight(), 1);
 }
 
 #[test]
@@ -525,11 +534,16 @@ fn run_link(
     let mut max_window = 0usize;
     let mut synced = false;
     let mut sync_pushed = false;
+    // MARLIN_TRACE=1 prints the exchange, for debugging a failing case.
+    let trace = std::env::var_os("MARLIN_TRACE").is_some();
     host.handshake();
     for t in 0..400_000u64 {
         let now = t0 + ms(t);
         while to_host.front().is_some_and(|(at, _)| *at <= t) {
             if let Some((_, l)) = to_host.pop_front() {
+                if trace {
+                    eprintln!("{t:6} < {l}");
+                }
                 host.handle_line(now, &l);
             }
         }
@@ -541,13 +555,16 @@ fn run_link(
                 .expect("clean program");
             next += 1;
         }
-        if next == program.len() && !sync_pushed {
+        if next == program.len() && host.queued() == 0 && !sync_pushed {
             // As the driver does: M400 at the end. Being numbered, it also
             // reveals a last line whose `N` was corrupted away.
             host.push(Origin::Console { id: 0 }, "M400").expect("clean");
             sync_pushed = true;
         }
         while let Some(bytes) = host.poll_transmit(now) {
+            if trace {
+                eprintln!("{t:6} > {}", String::from_utf8_lossy(&bytes).trim_end());
+            }
             for b in bytes {
                 let i = byte_index;
                 byte_index += 1;
@@ -681,4 +698,25 @@ fn a_clean_link_needs_no_resends_and_fills_the_window() {
         max_window > 64,
         "buffered mode keeps several lines in flight ({max_window})"
     );
+}
+
+#[test]
+fn a_paused_host_still_sends_operator_commands_ahead_of_job_lines() {
+    let mut t = Transcript::new(ping_pong());
+    t.host
+        .push(Origin::Job { line: 1 }, "G1 X1")
+        .expect("clean");
+    t.host
+        .push(Origin::Job { line: 2 }, "G1 X2")
+        .expect("clean");
+    t.flush();
+    t.host.pause_feeding();
+    t.host.push(Origin::Internal, "G91").expect("clean");
+    t.recv("ok");
+    assert!(t.text.ends_with("< ok\n> N1 G91*16\n"), "{}", t.text);
+    t.recv("ok");
+    assert!(!t.text.contains("G1 X2"));
+    t.host.resume_feeding();
+    t.flush();
+    assert!(t.text.contains("G1 X2"));
 }

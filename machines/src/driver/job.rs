@@ -1,0 +1,147 @@
+//! Reading a job's G-code from disk lazily, so files of any size stream
+//! with bounded memory, and with every line's source number kept.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem, clean_line};
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+
+/// Why a job's file cannot be streamed.
+#[derive(Debug, Error)]
+pub enum JobFileError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not valid G-code text (binary, too long, bad comment).
+    #[error("line {line}: {reason}")]
+    BadLine { line: u64, reason: String },
+}
+
+/// One command of a job, ready for a host state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLine {
+    /// One-based line number in the source file.
+    pub line: u64,
+    /// The command, comments stripped and blanks collapsed.
+    pub text: String,
+}
+
+/// Lines of a file, read in chunks on demand.
+#[derive(Debug)]
+pub struct JobSource {
+    path: PathBuf,
+    file: tokio::fs::File,
+    splitter: LineSplitter,
+    pending: VecDeque<JobLine>,
+    start_line: u64,
+    eof: bool,
+    buf: Vec<u8>,
+    clean: String,
+}
+
+/// How many bytes are read from disk at a time.
+const CHUNK: usize = 64 * 1024;
+
+impl JobSource {
+    /// Opens `path`; lines before `start_line` (one-based) are skipped, for
+    /// restarting an interrupted job part-way.
+    pub async fn open(path: &Path, start_line: u64) -> Result<Self, JobFileError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| JobFileError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            splitter: LineSplitter::new(DEFAULT_MAX_LINE),
+            pending: VecDeque::new(),
+            start_line,
+            eof: false,
+            buf: vec![0; CHUNK],
+            clean: String::new(),
+        })
+    }
+
+    /// The next command, or `None` at the end of the file.
+    pub async fn next(&mut self) -> Result<Option<JobLine>, JobFileError> {
+        loop {
+            if let Some(l) = self.pending.pop_front() {
+                return Ok(Some(l));
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), JobFileError> {
+        let n = self
+            .file
+            .read(&mut self.buf)
+            .await
+            .map_err(|source| JobFileError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        let Self {
+            splitter,
+            pending,
+            clean,
+            start_line,
+            buf,
+            ..
+        } = self;
+        let mut take = |item: SplitItem<'_>| -> Result<(), JobFileError> {
+            match item {
+                SplitItem::Line { number, text } => {
+                    if number < *start_line {
+                        return Ok(());
+                    }
+                    clean_line(text, DEFAULT_MAX_LINE, clean).map_err(|e| {
+                        JobFileError::BadLine {
+                            line: number,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    if !clean.is_empty() {
+                        pending.push_back(JobLine {
+                            line: number,
+                            text: clean.clone(),
+                        });
+                    }
+                    Ok(())
+                }
+                SplitItem::Bad { number, error } => Err(JobFileError::BadLine {
+                    line: number,
+                    reason: error.to_string(),
+                }),
+            }
+        };
+        if n == 0 {
+            self.eof = true;
+            splitter.finish(&mut take)
+        } else {
+            splitter.feed(&buf[..n], &mut take)
+        }
+    }
+}
+
+/// Counts a file's commands (non-empty lines after cleaning), for progress
+/// totals when no analysis is at hand.
+pub async fn count_commands(path: &Path) -> Result<u64, JobFileError> {
+    let mut src = JobSource::open(path, 1).await?;
+    let mut n = 0;
+    while src.next().await?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}

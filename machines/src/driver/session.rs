@@ -1,0 +1,740 @@
+//! The driver task: connect with backoff, run one session per open port,
+//! stream jobs, and turn protocol signals into status and events.
+
+use std::time::Duration;
+
+use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem};
+use microfactory_protocol::host::Origin;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_serial::SerialPortBuilderExt;
+use tracing::{Instrument, debug, info, info_span, trace, warn};
+
+use super::job::JobSource;
+use super::{
+    Connection, DriverConfig, DriverError, DriverEvent, Firmware, Heater, JobOutcome, JobSpec,
+    MachineStatus, Progress, Request, StreamStats,
+};
+
+/// Console ids at and above this are the driver's own.
+const FINISH_ID: u64 = u64::MAX;
+/// Job lines kept queued in the state machine ahead of the wire.
+const LOOKAHEAD: usize = 16;
+/// Least time between two progress events of a job.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// How long a console command may wait for its answer.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the session needs to hear from a host state machine, in one
+/// vocabulary for both firmwares.
+#[derive(Debug)]
+pub(crate) enum Signal {
+    /// The firmware acknowledged a command.
+    Ack(Origin),
+    /// The firmware refused a command (GRBL `error:n`).
+    Rejected { origin: Origin, message: String },
+    /// The firmware halted (kill, alarm); the job cannot go on.
+    Fatal(String),
+    /// The firmware rebooted.
+    Reset(String),
+    /// No answer within the protocol's timeouts.
+    LinkDead,
+    /// Lines answering a console command.
+    Response { id: u64, lines: Vec<String> },
+    /// The handshake finished.
+    Identified {
+        firmware: String,
+        capabilities: Vec<String>,
+    },
+    /// Heater readings.
+    Heaters(Vec<Heater>),
+    /// GRBL machine state and work position.
+    MachineState {
+        state: String,
+        position: Option<[f64; 3]>,
+    },
+    /// GRBL: everything acknowledged and the planner is empty.
+    Drained,
+    /// GRBL: a feed hold has come to a stop.
+    HoldComplete,
+    /// A firmware message for the operator.
+    Message(String),
+}
+
+/// A host state machine as the session drives it.
+pub(crate) trait Host: Send {
+    /// Queue the handshake commands.
+    fn handshake(&mut self);
+    /// Queue one clean command.
+    fn push(&mut self, origin: Origin, command: &str) -> Result<(), String>;
+    /// Commands queued but not yet sent.
+    fn queued(&self) -> usize;
+    /// Feed one received line.
+    fn handle_line(&mut self, now: std::time::Instant, line: &str);
+    /// A deadline from `poll_timeout` passed.
+    fn handle_timeout(&mut self, now: std::time::Instant);
+    /// The next deadline.
+    fn poll_timeout(&self) -> Option<std::time::Instant>;
+    /// Bytes to write now.
+    fn poll_transmit(&mut self, now: std::time::Instant) -> Option<Vec<u8>>;
+    /// The next signal.
+    fn poll_signal(&mut self) -> Option<Signal>;
+    /// Drop every queued, unsent command (cancel).
+    fn clear_queue(&mut self);
+    /// Stop motion now where the firmware can (GRBL feed hold).
+    fn hold(&mut self) -> bool;
+    /// Resume after `hold`.
+    fn release(&mut self);
+    /// Emergency stop ahead of the queue.
+    fn emergency(&mut self);
+    /// GRBL soft reset (cancel); Marlin has none.
+    fn soft_reset(&mut self);
+    /// Lines re-sent so far.
+    fn resends(&self) -> u64;
+    /// Bytes written so far.
+    fn wire_bytes(&self) -> u64;
+}
+
+fn make_host(config: &DriverConfig) -> Box<dyn Host> {
+    match config.firmware {
+        Firmware::Marlin => Box::new(super::marlin::MarlinAdapter::new(config)),
+        Firmware::Grbl => Box::new(super::grbl::GrblAdapter::new(config)),
+    }
+}
+
+struct Running {
+    spec: JobSpec,
+    source: JobSource,
+    total: u64,
+    done: u64,
+    last_acked: u64,
+    eof: bool,
+    finishing: bool,
+    paused: bool,
+    cancelling: bool,
+    started: Instant,
+    last_progress: Option<Instant>,
+    payload_bytes: u64,
+    resends_at_start: u64,
+    wire_at_start: u64,
+}
+
+struct Console {
+    id: u64,
+    reply: oneshot::Sender<Result<Vec<String>, DriverError>>,
+    deadline: Instant,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// The driver task: reconnects until shut down.
+pub(crate) async fn run(
+    config: DriverConfig,
+    mut requests: mpsc::Receiver<Request>,
+    status: watch::Sender<MachineStatus>,
+    events: broadcast::Sender<DriverEvent>,
+) {
+    let span = info_span!("machine", machine_id = %config.id);
+    async move {
+        let mut backoff = config.reconnect_min;
+        loop {
+            let port = tokio_serial::new(config.port.to_string_lossy(), config.baud)
+                .timeout(Duration::from_millis(100))
+                .open_native_async();
+            match port {
+                Ok(port) => {
+                    info!(port = %config.port.display(), "port open");
+                    status.send_modify(|s| {
+                        s.connection = Connection::Connecting;
+                        s.last_error = None;
+                    });
+                    let mut session = Session::new(&config, &status, &events);
+                    match session.run(port, &mut requests).await {
+                        SessionEnd::Shutdown => {
+                            status.send_modify(|s| s.connection = Connection::Offline);
+                            return;
+                        }
+                        SessionEnd::Lost(reason) => {
+                            warn!(%reason, "connection lost");
+                            let _ = events.send(DriverEvent::Disconnected {
+                                reason: reason.clone(),
+                            });
+                            status.send_modify(|s| {
+                                s.connection = Connection::Offline;
+                                s.job = None;
+                                s.last_error = Some(reason);
+                            });
+                            backoff = config.reconnect_min;
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot open port");
+                    status.send_modify(|s| {
+                        s.connection = Connection::Offline;
+                        s.last_error = Some(format!("cannot open {}: {e}", config.port.display()));
+                    });
+                }
+            }
+            // Wait out the backoff, answering requests as offline.
+            let until = Instant::now() + backoff;
+            backoff = (backoff * 2).min(config.reconnect_max);
+            loop {
+                tokio::select! {
+                    _ = sleep_until(until) => break,
+                    req = requests.recv() => match req {
+                        None | Some(Request::Shutdown) => return,
+                        Some(r) => refuse(r, DriverError::Offline),
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn refuse(r: Request, e: DriverError) {
+    match r {
+        Request::Start(_, tx)
+        | Request::Pause(tx)
+        | Request::Resume(tx)
+        | Request::Cancel(tx)
+        | Request::EmergencyStop(tx) => {
+            let _ = tx.send(Err(e));
+        }
+        Request::Console(_, tx) => {
+            let _ = tx.send(Err(e));
+        }
+        Request::Shutdown => {}
+    }
+}
+
+struct Session<'a> {
+    config: &'a DriverConfig,
+    status: &'a watch::Sender<MachineStatus>,
+    events: &'a broadcast::Sender<DriverEvent>,
+    host: Box<dyn Host>,
+    job: Option<Running>,
+    console: Option<Console>,
+    next_console_id: u64,
+    identified: bool,
+    handshake_deadline: Instant,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        config: &'a DriverConfig,
+        status: &'a watch::Sender<MachineStatus>,
+        events: &'a broadcast::Sender<DriverEvent>,
+    ) -> Self {
+        Self {
+            config,
+            status,
+            events,
+            host: make_host(config),
+            job: None,
+            console: None,
+            next_console_id: 1,
+            identified: false,
+            handshake_deadline: Instant::now() + config.handshake_timeout,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        port: tokio_serial::SerialStream,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> SessionEnd {
+        let (mut rd, mut wr) = tokio::io::split(port);
+        let mut splitter = LineSplitter::new(DEFAULT_MAX_LINE * 4);
+        let mut buf = vec![0u8; 4096];
+        self.host.handshake();
+        loop {
+            if let Err(reason) = self.feed_job().await {
+                self.end_job(reason);
+            }
+            let now = std::time::Instant::now();
+            while let Some(bytes) = self.host.poll_transmit(now) {
+                trace!(tx = %String::from_utf8_lossy(&bytes).trim_end(), "write");
+                if let Err(e) = wr.write_all(&bytes).await {
+                    return self.lost(format!("write failed: {e}"));
+                }
+            }
+            if let Some(end) = self.drain_signals() {
+                return end;
+            }
+            if self.job.is_some() && self.host.queued() < LOOKAHEAD && self.wants_more() {
+                continue;
+            }
+            let deadline = self.deadline();
+            tokio::select! {
+                r = rd.read(&mut buf) => {
+                    let n = match r {
+                        Ok(0) => return self.lost("the port closed (end of file)".into()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                        Err(e) => return self.lost(format!("read failed: {e}")),
+                    };
+                    let now = std::time::Instant::now();
+                    let host = &mut self.host;
+                    let _ = splitter.feed(&buf[..n], |item| {
+                        match item {
+                            SplitItem::Line { text, .. } => {
+                                trace!(rx = %text, "read");
+                                host.handle_line(now, text);
+                            }
+                            SplitItem::Bad { error, .. } => debug!(%error, "unreadable line from firmware"),
+                        }
+                        Ok::<(), ()>(())
+                    });
+                }
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if !self.identified && now >= self.handshake_deadline {
+                        return self.lost("no answer to the handshake".into());
+                    }
+                    if let Some(c) = &self.console
+                        && now >= c.deadline
+                        && let Some(c) = self.console.take()
+                    {
+                        let _ = c.reply.send(Err(DriverError::Timeout(CONSOLE_TIMEOUT)));
+                    }
+                    self.host.handle_timeout(now.into_std());
+                }
+                req = requests.recv() => match req {
+                    None | Some(Request::Shutdown) => return self.shutdown(),
+                    Some(r) => self.request(r).await,
+                }
+            }
+        }
+    }
+
+    fn wants_more(&self) -> bool {
+        self.job
+            .as_ref()
+            .is_some_and(|j| !j.eof && !j.paused && !j.cancelling && !j.finishing)
+    }
+
+    fn deadline(&self) -> Instant {
+        let mut d = Instant::now() + Duration::from_secs(3600);
+        if let Some(t) = self.host.poll_timeout() {
+            d = d.min(Instant::from_std(t));
+        }
+        if !self.identified {
+            d = d.min(self.handshake_deadline);
+        }
+        if let Some(c) = &self.console {
+            d = d.min(c.deadline);
+        }
+        if let Some(j) = &self.job
+            && let Some(last) = j.last_progress
+        {
+            d = d.min(last + PROGRESS_EVERY);
+        }
+        d
+    }
+
+    /// Tops up the state machine's queue from the job file.
+    async fn feed_job(&mut self) -> Result<(), JobOutcome> {
+        while self.wants_more() && self.host.queued() < LOOKAHEAD {
+            let Some(job) = self.job.as_mut() else {
+                return Ok(());
+            };
+            match job.source.next().await {
+                Ok(Some(line)) => {
+                    job.payload_bytes += line.text.len() as u64 + 1;
+                    if let Err(reason) = self.host.push(Origin::Job { line: line.line }, &line.text)
+                    {
+                        return Err(JobOutcome::Failed {
+                            reason,
+                            line: Some(line.line),
+                        });
+                    }
+                }
+                Ok(None) => {
+                    job.eof = true;
+                }
+                Err(e) => {
+                    let line = match &e {
+                        super::JobFileError::BadLine { line, .. } => Some(*line),
+                        super::JobFileError::Io { .. } => None,
+                    };
+                    return Err(JobOutcome::Failed {
+                        reason: e.to_string(),
+                        line,
+                    });
+                }
+            }
+        }
+        self.maybe_finish();
+        Ok(())
+    }
+
+    /// Once every line is acknowledged, make sure the machine has stopped
+    /// moving before calling the job complete.
+    fn maybe_finish(&mut self) {
+        let Some(job) = self.job.as_mut() else { return };
+        if job.eof && !job.finishing && job.done >= job.total && self.host.queued() == 0 {
+            job.finishing = true;
+            if self.config.firmware == Firmware::Marlin {
+                // M400's ok arrives only after the planner is empty.
+                let _ = self.host.push(Origin::Console { id: FINISH_ID }, "M400");
+            }
+        }
+    }
+
+    fn drain_signals(&mut self) -> Option<SessionEnd> {
+        while let Some(sig) = self.host.poll_signal() {
+            match sig {
+                Signal::Ack(origin) => self.ack(origin),
+                Signal::Response { id, lines } => {
+                    if id == FINISH_ID {
+                        self.complete_if_finishing();
+                    } else if let Some(c) = self.console.take_if(|c| c.id == id) {
+                        let _ = c.reply.send(Ok(lines));
+                    }
+                }
+                Signal::Rejected { origin, message } => match origin {
+                    Origin::Job { line } => {
+                        self.end_job(JobOutcome::Failed {
+                            reason: message,
+                            line: Some(line),
+                        });
+                    }
+                    Origin::Console { id } => {
+                        if let Some(c) = self.console.take_if(|c| c.id == id) {
+                            let _ = c.reply.send(Err(DriverError::Firmware(message)));
+                        }
+                    }
+                    Origin::Internal => self.message(message),
+                },
+                Signal::Fatal(reason) => {
+                    self.status.send_modify(|s| {
+                        s.connection = Connection::Faulted;
+                        s.last_error = Some(reason.clone());
+                    });
+                    let line = self.job.as_ref().map(|j| j.last_acked);
+                    self.end_job(JobOutcome::Failed { reason, line });
+                }
+                Signal::Reset(reason) => {
+                    if self.identified {
+                        let line = self.job.as_ref().map(|j| j.last_acked);
+                        self.end_job(JobOutcome::Failed {
+                            reason: format!("the firmware restarted: {reason}"),
+                            line,
+                        });
+                    }
+                }
+                Signal::LinkDead => return Some(self.lost("no answer from the firmware".into())),
+                Signal::Identified {
+                    firmware,
+                    capabilities,
+                } => {
+                    self.identified = true;
+                    info!(%firmware, "machine identified");
+                    self.status.send_modify(|s| {
+                        s.connection = Connection::Online;
+                        s.firmware = Some(firmware.clone());
+                        s.capabilities = capabilities;
+                    });
+                    let _ = self.events.send(DriverEvent::Connected { firmware });
+                }
+                Signal::Heaters(h) => self.status.send_modify(|s| s.heaters = h),
+                Signal::MachineState { state, position } => self.status.send_modify(|s| {
+                    s.state = Some(state);
+                    if position.is_some() {
+                        s.position = position;
+                    }
+                }),
+                Signal::Drained => self.complete_if_finishing(),
+                Signal::HoldComplete => {
+                    if self.job.as_ref().is_some_and(|j| j.cancelling) {
+                        // Stopped without losing position: a reset now
+                        // empties GRBL's buffers and turns the spindle off.
+                        self.host.soft_reset();
+                        let last = self.job.as_ref().map_or(0, |j| j.last_acked);
+                        self.end_job(JobOutcome::Cancelled {
+                            last_acked_line: last,
+                        });
+                    }
+                }
+                Signal::Message(m) => self.message(m),
+            }
+        }
+        self.emit_progress(false);
+        None
+    }
+
+    fn message(&self, text: String) {
+        let _ = self.events.send(DriverEvent::Message { text });
+    }
+
+    fn ack(&mut self, origin: Origin) {
+        match origin {
+            Origin::Job { line } => {
+                if let Some(job) = self.job.as_mut() {
+                    job.done += 1;
+                    job.last_acked = line;
+                }
+                self.maybe_finish();
+            }
+            Origin::Console { id } if id == FINISH_ID => self.complete_if_finishing(),
+            Origin::Console { .. } | Origin::Internal => {}
+        }
+    }
+
+    fn complete_if_finishing(&mut self) {
+        if self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.finishing && !j.cancelling)
+        {
+            self.end_job(JobOutcome::Completed);
+        }
+    }
+
+    fn progress(&self) -> Option<Progress> {
+        let j = self.job.as_ref()?;
+        let elapsed = j.started.elapsed().as_secs_f64();
+        let percent = if j.total == 0 {
+            100.0
+        } else {
+            (j.done as f64 * 100.0 / j.total as f64).min(100.0)
+        };
+        let eta = match j.spec.estimated_seconds {
+            Some(est) if est > 0.0 => Some((est * (1.0 - percent / 100.0)).max(0.0)),
+            _ if percent > 1.0 => Some(elapsed * (100.0 - percent) / percent),
+            _ => None,
+        };
+        Some(Progress {
+            job_id: j.spec.id.clone(),
+            lines_done: j.done,
+            lines_total: j.total,
+            last_acked_line: j.last_acked,
+            bytes_sent: self.host.wire_bytes() - j.wire_at_start,
+            percent,
+            elapsed_seconds: elapsed,
+            eta_seconds: eta,
+            resends: self.host.resends() - j.resends_at_start,
+            paused: j.paused,
+        })
+    }
+
+    fn emit_progress(&mut self, force: bool) {
+        let now = Instant::now();
+        let due = self
+            .job
+            .as_ref()
+            .is_some_and(|j| force || j.last_progress.is_none_or(|t| now >= t + PROGRESS_EVERY));
+        if !due {
+            return;
+        }
+        if let Some(p) = self.progress() {
+            if let Some(j) = self.job.as_mut() {
+                j.last_progress = Some(now);
+            }
+            self.status.send_modify(|s| s.job = Some(p.clone()));
+            let _ = self.events.send(DriverEvent::Progress(p));
+        }
+    }
+
+    fn end_job(&mut self, outcome: JobOutcome) {
+        let Some(p) = self.progress() else { return };
+        self.emit_progress(true);
+        let Some(job) = self.job.take() else { return };
+        let stats = StreamStats {
+            lines: job.done,
+            payload_bytes: job.payload_bytes,
+            wire_bytes: p.bytes_sent,
+            resends: p.resends,
+            seconds: job.started.elapsed().as_secs_f64(),
+        };
+        if !matches!(outcome, JobOutcome::Completed) {
+            self.host.clear_queue();
+        }
+        info!(job_id = %job.spec.id, ?outcome, lines = stats.lines, "job ended");
+        self.status.send_modify(|s| s.job = None);
+        let _ = self.events.send(DriverEvent::JobEnded {
+            job_id: job.spec.id,
+            outcome,
+            stats,
+        });
+    }
+
+    fn run_cancel_script(&mut self) {
+        for c in &self.config.scripts.cancel {
+            let _ = self.host.push(Origin::Internal, c);
+        }
+    }
+
+    fn lost(&mut self, reason: String) -> SessionEnd {
+        if let Some(j) = &self.job {
+            let last = j.last_acked;
+            self.end_job(JobOutcome::Interrupted {
+                reason: reason.clone(),
+                last_acked_line: last,
+            });
+        }
+        if let Some(c) = self.console.take() {
+            let _ = c.reply.send(Err(DriverError::Offline));
+        }
+        SessionEnd::Lost(reason)
+    }
+
+    fn shutdown(&mut self) -> SessionEnd {
+        if let Some(j) = &self.job {
+            let last = j.last_acked;
+            self.end_job(JobOutcome::Interrupted {
+                reason: "the daemon is shutting down".into(),
+                last_acked_line: last,
+            });
+        }
+        SessionEnd::Shutdown
+    }
+
+    async fn request(&mut self, r: Request) {
+        match r {
+            Request::Start(spec, tx) => {
+                let res = self.start(spec).await;
+                let _ = tx.send(res);
+            }
+            Request::Pause(tx) => {
+                let res = match self.job.as_mut() {
+                    None => Err(DriverError::NoJob),
+                    Some(j) if j.paused => Ok(()),
+                    Some(j) => {
+                        j.paused = true;
+                        if !self.host.hold() {
+                            for c in &self.config.scripts.park {
+                                let _ = self.host.push(Origin::Internal, c);
+                            }
+                        }
+                        Ok(())
+                    }
+                };
+                self.emit_progress(true);
+                let _ = tx.send(res);
+            }
+            Request::Resume(tx) => {
+                let res = match self.job.as_mut() {
+                    None => Err(DriverError::NoJob),
+                    Some(j) if !j.paused => Ok(()),
+                    Some(j) => {
+                        j.paused = false;
+                        if self.config.firmware == Firmware::Marlin {
+                            for c in &self.config.scripts.unpark {
+                                let _ = self.host.push(Origin::Internal, c);
+                            }
+                        }
+                        self.host.release();
+                        Ok(())
+                    }
+                };
+                self.emit_progress(true);
+                let _ = tx.send(res);
+            }
+            Request::Cancel(tx) => {
+                let res = match self.job.as_mut() {
+                    None => Err(DriverError::NoJob),
+                    Some(j) => {
+                        j.cancelling = true;
+                        self.host.clear_queue();
+                        if !self.host.hold() {
+                            // Marlin: nothing more is fed; lines in flight
+                            // finish, then the cancel script turns heaters off.
+                            let last = j.last_acked;
+                            self.run_cancel_script();
+                            self.end_job(JobOutcome::Cancelled {
+                                last_acked_line: last,
+                            });
+                        }
+                        Ok(())
+                    }
+                };
+                let _ = tx.send(res);
+            }
+            Request::EmergencyStop(tx) => {
+                self.host.emergency();
+                if let Some(j) = &self.job {
+                    let line = Some(j.last_acked);
+                    self.end_job(JobOutcome::Failed {
+                        reason: "emergency stop by the operator".into(),
+                        line,
+                    });
+                }
+                let _ = tx.send(Ok(()));
+            }
+            Request::Console(cmd, tx) => {
+                if !self.identified {
+                    let _ = tx.send(Err(DriverError::Offline));
+                } else if self.console.is_some() {
+                    let _ = tx.send(Err(DriverError::Invalid(
+                        "another console command is still waiting for its answer".into(),
+                    )));
+                } else {
+                    let id = self.next_console_id;
+                    self.next_console_id += 1;
+                    match self.host.push(Origin::Console { id }, cmd.trim()) {
+                        Ok(()) => {
+                            self.console = Some(Console {
+                                id,
+                                reply: tx,
+                                deadline: Instant::now() + CONSOLE_TIMEOUT,
+                            });
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(DriverError::Invalid(e)));
+                        }
+                    }
+                }
+            }
+            Request::Shutdown => {}
+        }
+    }
+
+    async fn start(&mut self, spec: JobSpec) -> Result<(), DriverError> {
+        if let Some(j) = &self.job {
+            return Err(DriverError::Busy(j.spec.id.clone()));
+        }
+        if !self.identified {
+            return Err(DriverError::Offline);
+        }
+        let total = match spec.total_lines {
+            Some(t) => t,
+            None => super::job::count_commands(&spec.path)
+                .await
+                .map_err(|e| DriverError::Invalid(e.to_string()))?,
+        };
+        let source = JobSource::open(&spec.path, spec.start_line.max(1))
+            .await
+            .map_err(|e| DriverError::Invalid(e.to_string()))?;
+        for c in &spec.preamble {
+            self.host
+                .push(Origin::Internal, c)
+                .map_err(DriverError::Invalid)?;
+        }
+        info!(job_id = %spec.id, total, "job started");
+        self.job = Some(Running {
+            spec,
+            source,
+            total,
+            done: 0,
+            last_acked: 0,
+            eof: false,
+            finishing: false,
+            paused: false,
+            cancelling: false,
+            started: Instant::now(),
+            last_progress: None,
+            payload_bytes: 0,
+            resends_at_start: self.host.resends(),
+            wire_at_start: self.host.wire_bytes(),
+        });
+        Ok(())
+    }
+}
