@@ -69,6 +69,8 @@ struct Block {
     accel: f64,
     /// Highest entry speed the junction allows.
     max_entry: f64,
+    /// Entry speed allowed by the backward pass alone.
+    bwd: f64,
     entry: f64,
     /// Speed at which the block may start or end from standstill.
     safe: f64,
@@ -168,6 +170,7 @@ impl Planner {
             nominal,
             accel,
             max_entry,
+            bwd: f64::NAN,
             entry: max_entry,
             safe,
         });
@@ -213,7 +216,8 @@ impl Planner {
         v.max(MIN_SPEED)
     }
 
-    /// Backward then forward pass over the window.
+    /// Backward then forward pass over the window. Each pass stops where
+    /// nothing changes any more, so a new block costs O(1) amortised.
     fn replan(&mut self) {
         let n = self.blocks.len();
         if n == 0 {
@@ -222,21 +226,29 @@ impl Planner {
         // Backward: the last block must be able to stop (end at its safe
         // speed); every block must be able to slow to the next entry.
         let mut next_entry = self.blocks[n - 1].safe.min(self.blocks[n - 1].nominal);
+        let mut first_changed = n - 1;
         for i in (0..n).rev() {
             let b = &mut self.blocks[i];
             let reachable = (next_entry * next_entry + 2.0 * b.accel * b.distance).sqrt();
-            b.entry = b.max_entry.min(reachable).min(b.nominal);
-            next_entry = b.entry;
+            let bwd = b.max_entry.min(reachable).min(b.nominal);
+            if bwd == b.bwd && i + 1 < n {
+                break;
+            }
+            b.bwd = bwd;
+            first_changed = i;
+            next_entry = bwd;
         }
         // Forward: no block can enter faster than the previous one can
-        // accelerate to.
-        for i in 1..n {
+        // accelerate to. Blocks before the first change keep their entry.
+        let start = first_changed.max(1);
+        if first_changed == 0 {
+            self.blocks[0].entry = self.blocks[0].bwd;
+        }
+        for i in start..n {
             let prev = self.blocks[i - 1];
             let reachable = (prev.entry * prev.entry + 2.0 * prev.accel * prev.distance).sqrt();
             let b = &mut self.blocks[i];
-            if b.entry > reachable {
-                b.entry = reachable;
-            }
+            b.entry = b.bwd.min(reachable);
         }
     }
 
