@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod analyze;
+mod stream;
 
 /// Background production for a small microfactory of printers and mills.
 #[derive(Debug, Parser)]
@@ -20,11 +21,14 @@ enum Command {
     /// Analyse a G-code file: duration, filament, bounds, layers, slicer
     /// metadata and, with --firmware, the lines that firmware would reject.
     Analyze(analyze::AnalyzeArgs),
+    /// Stream one file to one machine over a serial port and exit.
+    Stream(stream::StreamArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => analyze::run(&args),
+        Command::Stream(args) => stream::run(&args),
     }
 }

@@ -243,6 +243,14 @@ impl Analyzer {
         let mut codes: Vec<String> = s.codes.iter().map(ToString::to_string).collect();
         codes.sort_by_key(|c| code_order(c));
         let slicer = s.slicer.finish();
+        // Coordinates come from single-precision words; report them to the
+        // micrometre so that 0.35 reads as 0.35.
+        let round = |b: Option<Bounds>| {
+            b.map(|b| Bounds {
+                min: b.min.map(|v| (v * 1000.0).round() / 1000.0),
+                max: b.max.map(|v| (v * 1000.0).round() / 1000.0),
+            })
+        };
         Ok(Analysis {
             lines: s.lines,
             commands: s.commands,
@@ -253,8 +261,8 @@ impl Analyzer {
             } else {
                 s.z_layers
             },
-            bounds_mm: s.bounds,
-            travel_bounds_mm: s.travel,
+            bounds_mm: round(s.bounds),
+            travel_bounds_mm: round(s.travel),
             slicer_estimated_seconds: slicer.as_ref().and_then(|i| i.estimated_seconds),
             slicer,
             uses_extrusion: s.uses_extrusion,

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use microfactory_protocol::canned::{CannedExpander, Output};
 use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem, clean_line};
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
@@ -30,6 +31,9 @@ pub struct JobLine {
     pub line: u64,
     /// The command, comments stripped and blanks collapsed.
     pub text: String,
+    /// Stop here for the operator (a tool change), with the reason; `text`
+    /// is empty then.
+    pub pause: Option<String>,
 }
 
 /// Lines of a file, read in chunks on demand.
@@ -43,6 +47,8 @@ pub struct JobSource {
     eof: bool,
     buf: Vec<u8>,
     clean: String,
+    expander: Option<CannedExpander>,
+    expanded: Vec<Output>,
 }
 
 /// How many bytes are read from disk at a time.
@@ -67,7 +73,16 @@ impl JobSource {
             eof: false,
             buf: vec![0; CHUNK],
             clean: String::new(),
+            expander: None,
+            expanded: Vec::new(),
         })
+    }
+
+    /// Expands canned drilling cycles and turns tool changes into pause
+    /// points (for GRBL 1.1), see `microfactory_protocol::canned`.
+    pub fn expand_canned_cycles(mut self) -> Self {
+        self.expander = Some(CannedExpander::new());
+        self
     }
 
     /// The next command, or `None` at the end of the file.
@@ -98,11 +113,44 @@ impl JobSource {
             clean,
             start_line,
             buf,
+            expander,
+            expanded,
             ..
         } = self;
         let mut take = |item: SplitItem<'_>| -> Result<(), JobFileError> {
             match item {
                 SplitItem::Line { number, text } => {
+                    if let Some(x) = expander.as_mut() {
+                        // The transform needs every line for its modal
+                        // state, even those before a restart point.
+                        expanded.clear();
+                        x.push_line(number, text, expanded)
+                            .map_err(|e| JobFileError::BadLine {
+                                line: number,
+                                reason: e.to_string(),
+                            })?;
+                        if number >= *start_line {
+                            for o in expanded.drain(..) {
+                                pending.push_back(match o {
+                                    Output::Line { source_line, text } => JobLine {
+                                        line: source_line,
+                                        text,
+                                        pause: None,
+                                    },
+                                    Output::Pause {
+                                        source_line,
+                                        reason,
+                                        ..
+                                    } => JobLine {
+                                        line: source_line,
+                                        text: String::new(),
+                                        pause: Some(reason),
+                                    },
+                                });
+                            }
+                        }
+                        return Ok(());
+                    }
                     if number < *start_line {
                         return Ok(());
                     }
@@ -116,6 +164,7 @@ impl JobSource {
                         pending.push_back(JobLine {
                             line: number,
                             text: clean.clone(),
+                            pause: None,
                         });
                     }
                     Ok(())
@@ -137,11 +186,16 @@ impl JobSource {
 
 /// Counts a file's commands (non-empty lines after cleaning), for progress
 /// totals when no analysis is at hand.
-pub async fn count_commands(path: &Path) -> Result<u64, JobFileError> {
+pub async fn count_commands(path: &Path, expand: bool) -> Result<u64, JobFileError> {
     let mut src = JobSource::open(path, 1).await?;
+    if expand {
+        src = src.expand_canned_cycles();
+    }
     let mut n = 0;
-    while src.next().await?.is_some() {
-        n += 1;
+    while let Some(l) = src.next().await? {
+        if l.pause.is_none() {
+            n += 1;
+        }
     }
     Ok(n)
 }

@@ -346,6 +346,17 @@ impl<'a> Session<'a> {
                 return Ok(());
             };
             match job.source.next().await {
+                Ok(Some(line)) if line.pause.is_some() => {
+                    // A tool change: stop feeding until the operator resumes.
+                    job.paused = true;
+                    let reason = line.pause.unwrap_or_default();
+                    info!(job_id = %job.spec.id, line = line.line, %reason, "paused for the operator");
+                    let _ = self.events.send(DriverEvent::PausedForOperator {
+                        job_id: job.spec.id.clone(),
+                        line: line.line,
+                        reason,
+                    });
+                }
                 Ok(Some(line)) => {
                     job.payload_bytes += line.text.len() as u64 + 1;
                     if let Err(reason) = self.host.push(Origin::Job { line: line.line }, &line.text)
@@ -706,13 +717,16 @@ impl<'a> Session<'a> {
         }
         let total = match spec.total_lines {
             Some(t) => t,
-            None => super::job::count_commands(&spec.path)
+            None => super::job::count_commands(&spec.path, spec.expand_canned_cycles)
                 .await
                 .map_err(|e| DriverError::Invalid(e.to_string()))?,
         };
-        let source = JobSource::open(&spec.path, spec.start_line.max(1))
+        let mut source = JobSource::open(&spec.path, spec.start_line.max(1))
             .await
             .map_err(|e| DriverError::Invalid(e.to_string()))?;
+        if spec.expand_canned_cycles {
+            source = source.expand_canned_cycles();
+        }
         for c in &spec.preamble {
             self.host
                 .push(Origin::Internal, c)

@@ -1,0 +1,97 @@
+//! `microfactoryd stream` against simulated machines on real PTYs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use microfactory_machines::sim::{self, FirmwareKind, SimConfig};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/gcode")
+        .join(name)
+}
+
+async fn stream(
+    kind: FirmwareKind,
+    firmware: &str,
+    file: &Path,
+    extra: &[&str],
+) -> (std::process::Output, PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "mfd-stream-{}-{firmware}-{}",
+        std::process::id(),
+        extra.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("executed.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cfg = SimConfig::new(kind);
+    cfg.baud = 1_000_000;
+    cfg.time_scale = 2000.0;
+    cfg.log = Some(log.clone());
+    let sim = sim::spawn(cfg).await.unwrap();
+    let path = sim.path();
+    let mut args = vec![
+        "stream".to_string(),
+        "--port".into(),
+        path.to_string_lossy().into_owned(),
+        "--baud".into(),
+        "1000000".into(),
+        "--firmware".into(),
+        firmware.into(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(file.to_string_lossy().into_owned());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_microfactoryd"))
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    sim.shutdown().await;
+    (out, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_completes_a_mill_job_and_prints_a_summary() {
+    let (out, log) = stream(
+        FirmwareKind::Grbl,
+        "grbl",
+        &data("pcb_outline_inch.nc"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["lines", "bytes", "resends", "seconds", "link_efficiency"] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    assert!(v["lines"].as_u64().unwrap() > 30);
+    let executed = std::fs::read_to_string(log).unwrap();
+    assert!(executed.contains("M05") || executed.contains("M5"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_refuses_a_program_grbl_would_reject_before_sending_anything() {
+    let (out, log) = stream(
+        FirmwareKind::Grbl,
+        "grbl",
+        &data("pcb_drill_toolchange_inch.nc"),
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line "), "{err}");
+    assert!(err.contains("error:20"), "{err}");
+    let executed = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        executed.trim().is_empty(),
+        "nothing may reach the machine: {executed}"
+    );
+}
