@@ -387,9 +387,10 @@ impl GrblHost {
         }
     }
 
-    /// Drops every queued, unsent line (for cancel).
+    /// Drops every queued, unsent job line (for cancel); host and operator
+    /// commands still go out.
     pub fn clear_queue(&mut self) {
-        self.queue.clear();
+        self.queue.retain(|(o, _)| !matches!(o, Origin::Job { .. }));
     }
 
     /// Counters so far.

@@ -508,9 +508,10 @@ impl MarlinHost {
         self.feeding = true;
     }
 
-    /// Drops every queued, unsent command (for cancel).
+    /// Drops every queued, unsent job line (for cancel); host and operator
+    /// commands already queued (park, cancel scripts) still go out.
     pub fn clear_queue(&mut self) {
-        self.queue.clear();
+        self.queue.retain(|(o, _)| !matches!(o, Origin::Job { .. }));
     }
 
     /// Counters so far.

@@ -657,12 +657,14 @@ impl<'a> Session<'a> {
                         self.host.clear_queue();
                         if !self.host.hold() {
                             // Marlin: nothing more is fed; lines in flight
-                            // finish, then the cancel script turns heaters off.
+                            // finish, then the cancel script turns heaters
+                            // off (queued after the job's lines are dropped).
                             let last = j.last_acked;
-                            self.run_cancel_script();
                             self.end_job(JobOutcome::Cancelled {
                                 last_acked_line: last,
                             });
+                            self.host.release();
+                            self.run_cancel_script();
                         }
                         Ok(())
                     }
