@@ -369,7 +369,8 @@ pub struct MarlinHost {
     pending_resend: Option<PendingResend>,
     consecutive: (u32, u32),
     /// The `Resend:` just received and when, until the next line.
-    just_got_resend: Option<(u32, Instant)>,
+    /// `genuine`: it was acted on, not recognised as an echo.
+    just_got_resend: Option<(u32, Instant, bool)>,
     ok_after_resend: Option<bool>,
     last_rx: Option<Instant>,
     probe_sent_at: Option<Instant>,
@@ -721,8 +722,8 @@ impl MarlinHost {
         let after_resend = self.just_got_resend.take();
 
         if line == "ok" || line.starts_with("ok ") {
-            if let Some((n, at)) = after_resend
-                && self.is_resend_ok(n, now == at)
+            if let Some((n, at, genuine)) = after_resend
+                && self.is_resend_ok(n, genuine && now == at)
             {
                 return;
             }
@@ -735,8 +736,8 @@ impl MarlinHost {
             self.ok_after_resend = Some(false);
         }
         if let Some(n) = parse_resend(line) {
-            self.on_resend(n);
-            self.just_got_resend = Some((n, now));
+            let genuine = self.on_resend(n);
+            self.just_got_resend = Some((n, now, genuine));
             return;
         }
         if line == "start" {
@@ -902,9 +903,10 @@ impl MarlinHost {
         }
     }
 
-    fn on_resend(&mut self, n: u32) {
+    /// Acts on `Resend: n`; false when it was an echo or ignored.
+    fn on_resend(&mut self, n: u32) -> bool {
         if self.halted {
-            return;
+            return false;
         }
         let line_number_error = std::mem::take(&mut self.last_error_was_line_number);
         if let Some(p) = self.pending_resend.as_mut()
@@ -921,17 +923,17 @@ impl MarlinHost {
             if let Some(len) = self.ghosts.pop_front() {
                 self.ghost_bytes -= len;
             }
-            return;
+            return false;
         }
         if !self.history.iter().any(|s| s.number == n) {
             if n == self.next_number {
                 // Asks for the line after the last one sent: nothing is lost.
-                return;
+                return false;
             }
             self.fail(format!(
                 "the firmware asked for line N{n} again, but it is no longer in the resend history"
             ));
-            return;
+            return false;
         }
         if self.consecutive.0 == n {
             self.consecutive.1 += 1;
@@ -942,7 +944,7 @@ impl MarlinHost {
             self.halted = true;
             self.events
                 .push_back(MarlinEvent::ResendGaveUp { line_number: n });
-            return;
+            return false;
         }
         self.stats.resend_requests += 1;
         let later: Vec<usize> = self
@@ -962,6 +964,7 @@ impl MarlinHost {
         });
         self.schedule_resend_from(n);
         self.check_ratio();
+        true
     }
 
     fn check_ratio(&mut self) {

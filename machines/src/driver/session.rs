@@ -390,6 +390,13 @@ impl<'a> Session<'a> {
     /// moving before calling the job complete.
     fn maybe_finish(&mut self) {
         let Some(job) = self.job.as_mut() else { return };
+        trace!(
+            done = job.done,
+            total = job.total,
+            eof = job.eof,
+            queued = self.host.queued(),
+            "finish?"
+        );
         if job.eof && !job.finishing && job.done >= job.total && self.host.queued() == 0 {
             job.finishing = true;
             if self.config.firmware == Firmware::Marlin {
