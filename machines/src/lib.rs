@@ -3,4 +3,5 @@
 //! that serve pseudo-terminals for tests and the demo factory.
 
 pub mod driver;
+pub mod profile;
 pub mod sim;

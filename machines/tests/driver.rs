@@ -448,3 +448,39 @@ async fn a_drill_file_streams_to_grbl_with_expanded_cycles_and_tool_change_pause
     assert_eq!(pauses, text.lines().filter(|l| l.contains("M06")).count());
     assert!(!executed(&rig.log).iter().any(|l| l.contains("G82")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_machine_profile_drives_its_simulator() {
+    use microfactory_machines::profile::{Profile, builtin_ids};
+    for id in builtin_ids() {
+        let profile = Profile::builtin(id).unwrap();
+        let dir = tempfile_dir::TempDir::new();
+        let log = dir.path().join("executed.log");
+        let mut cfg = SimConfig::new(match profile.firmware {
+            Firmware::Marlin => FirmwareKind::Marlin,
+            Firmware::Grbl => FirmwareKind::Grbl,
+        });
+        cfg.baud = profile.baud;
+        cfg.rx_buffer = profile.rx_buffer;
+        cfg.time_scale = 2000.0;
+        cfg.log = Some(log.clone());
+        let sim = sim::spawn(cfg).await.unwrap();
+        let driver = DriverHandle::spawn(profile.driver_config(id, sim.path()));
+        let mut st = driver.status();
+        tokio::time::timeout(LIMIT, st.wait_for(|s| s.connection == Connection::Online))
+            .await
+            .expect("connects")
+            .unwrap();
+        let file = dir.path().join("smoke.gcode");
+        std::fs::write(&file, "G21\nG90\nG1 X5 Y5 F600\nG1 X0 Y0\n").unwrap();
+        let rig = Rig {
+            sim,
+            driver,
+            log,
+            _dir: dir,
+        };
+        let (outcome, _) = run_to_end(&rig, job(&file)).await;
+        assert_eq!(outcome, JobOutcome::Completed, "{id}");
+        assert_eq!(executed(&rig.log), source_commands(&file), "{id}");
+    }
+}
