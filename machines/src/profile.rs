@@ -80,7 +80,10 @@ impl Profile {
             id: id.to_string(),
             message: e.to_string(),
         })?;
-        if p.baud < 300 || p.rx_buffer < 16 || p.build_volume_mm.iter().any(|v| !(*v > 0.0)) {
+        if p.baud < 300
+            || p.rx_buffer < 16
+            || p.build_volume_mm.iter().any(|v| v.is_nan() || *v <= 0.0)
+        {
             return Err(ProfileError::Invalid {
                 id: id.to_string(),
                 message: "baud must be at least 300, rx_buffer at least 16 and every build volume side positive".into(),
