@@ -308,6 +308,9 @@ pub struct GrblHost {
     awaiting_drain: bool,
     /// A status query went out with nothing in flight or queued.
     query_after_last_answer: bool,
+    /// Idle reports with an empty planner since that query. One may answer
+    /// an older query still on the wire, so two are required.
+    idle_reports: u8,
     stats: GrblStats,
 }
 
@@ -327,6 +330,7 @@ impl GrblHost {
             max_planner_free: 0,
             awaiting_drain: false,
             query_after_last_answer: false,
+            idle_reports: 0,
             stats: GrblStats::default(),
         }
     }
@@ -468,6 +472,7 @@ impl GrblHost {
         self.in_flight_bytes += len;
         self.awaiting_drain = true;
         self.query_after_last_answer = false;
+        self.idle_reports = 0;
         self.stats.sent_lines += 1;
         self.stats.sent_bytes += len as u64;
         Some(bytes)
@@ -549,6 +554,8 @@ impl GrblHost {
     }
 
     fn answer(&mut self, error: Option<u16>) {
+        self.query_after_last_answer = false;
+        self.idle_reports = 0;
         let Some(f) = self.in_flight.pop_front() else {
             self.events.push_back(GrblEvent::Unexpected(match error {
                 None => "ok".into(),
@@ -572,13 +579,17 @@ impl GrblHost {
             self.max_planner_free = self.max_planner_free.max(planner);
         }
         let planner_empty = s.buffer.is_none_or(|(p, _)| p >= self.max_planner_free);
-        if self.awaiting_drain
-            && self.query_after_last_answer
+        let idle_and_answered = self.query_after_last_answer
             && self.in_flight.is_empty()
             && self.queue.is_empty()
             && s.state == MachineState::Idle
-            && planner_empty
-        {
+            && planner_empty;
+        self.idle_reports = if idle_and_answered {
+            self.idle_reports.saturating_add(1)
+        } else {
+            0
+        };
+        if self.awaiting_drain && self.idle_reports >= 2 {
             self.awaiting_drain = false;
             self.events.push_back(GrblEvent::Status(s));
             self.events.push_back(GrblEvent::Drained);

@@ -127,6 +127,9 @@ fn drains_only_after_the_last_ok_and_an_idle_report_with_an_empty_planner() {
     t.flush();
     assert!(t.text.ends_with("> realtime 0x3f\n"), "{}", t.text);
     t.recv("<Idle|MPos:10.000,0.000,0.000|Bf:15,128|FS:0,0>");
+    // One Idle report may answer an older query: a second one is needed.
+    assert_ne!(t.events.last(), Some(&GrblEvent::Drained));
+    t.recv("<Idle|MPos:10.000,0.000,0.000|Bf:15,128|FS:0,0>");
     assert_eq!(t.events.last(), Some(&GrblEvent::Drained));
 }
 
