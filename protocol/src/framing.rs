@@ -207,6 +207,9 @@ pub struct LineSplitter {
     buf: Vec<u8>,
     max: usize,
     overflowed: Option<usize>,
+    /// Whether the discarded part of an overflowing line ended in `\r`,
+    /// so its length is reported the same however the input was chunked.
+    overflow_cr: bool,
     line_no: u64,
 }
 
@@ -227,6 +230,7 @@ impl LineSplitter {
             buf: Vec::with_capacity(max.min(4096)),
             max,
             overflowed: None,
+            overflow_cr: false,
             line_no: 0,
         }
     }
@@ -291,9 +295,13 @@ impl LineSplitter {
     fn push_bounded(&mut self, bytes: &[u8]) {
         if let Some(n) = self.overflowed.as_mut() {
             *n += bytes.len();
+            if let Some(&last) = bytes.last() {
+                self.overflow_cr = last == b'\r';
+            }
             return;
         }
         if self.buf.len() + bytes.len() > self.max + 1 {
+            self.overflow_cr = bytes.last().or(self.buf.last()) == Some(&b'\r');
             self.overflowed = Some(self.buf.len() + bytes.len());
             self.buf.clear();
         } else {
@@ -305,7 +313,11 @@ impl LineSplitter {
     fn make_item<'b>(&self, bytes: &'b [u8], overflow: Option<usize>) -> SplitItem<'b> {
         let number = self.line_no;
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        let total = overflow.unwrap_or(bytes.len());
+        let total = match overflow {
+            Some(n) if self.overflow_cr => n - 1,
+            Some(n) => n,
+            None => bytes.len(),
+        };
         if total > self.max {
             return SplitItem::Bad {
                 number,
