@@ -12,7 +12,7 @@ use clap::Args;
 use microfactory_protocol::analysis::{Analysis, Analyzer, AnalyzerConfig};
 use microfactory_protocol::canned::{CannedExpander, Output};
 use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem};
-use microfactory_protocol::preflight::{Dialect, Preflight, PreflightReport};
+use microfactory_protocol::preflight::{Dialect, Finding, Preflight, PreflightReport};
 use serde::Serialize;
 
 /// Arguments of `microfactoryd analyze`.
@@ -42,16 +42,8 @@ struct Report<'a> {
     #[serde(flatten)]
     analysis: &'a Analysis,
     firmware: Option<Dialect>,
-    preflight: Vec<PreflightLine<'a>>,
+    preflight: &'a [Finding],
     preflight_total: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct PreflightLine<'a> {
-    line: u64,
-    text: &'a str,
-    reason: &'a str,
-    kind: String,
 }
 
 /// Runs the command; never panics on bad input.
@@ -187,36 +179,12 @@ fn print_report(
     pf: Option<&PreflightReport>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let kinds: Vec<String> = pf
-        .map(|r| {
-            r.findings
-                .iter()
-                .map(|f| {
-                    serde_json::to_value(f.kind)
-                        .map_or_else(|_| String::new(), |v| v.as_str().unwrap_or("").to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     if args.json {
         let report = Report {
             file: &args.file,
             analysis: a,
             firmware: args.firmware,
-            preflight: pf
-                .map(|r| {
-                    r.findings
-                        .iter()
-                        .zip(&kinds)
-                        .map(|(f, k)| PreflightLine {
-                            line: f.line,
-                            text: &f.text,
-                            reason: &f.reason,
-                            kind: k.clone(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            preflight: pf.map_or(&[], |r| r.findings.as_slice()),
             preflight_total: pf.map_or(0, |r| r.total),
         };
         serde_json::to_writer_pretty(&mut out, &report)?;

@@ -13,8 +13,10 @@ use microfactory_machines::driver::{
     Connection, DriverConfig, DriverEvent, DriverHandle, Firmware, FlowMode, JobOutcome, JobSpec,
     StreamStats,
 };
+use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem};
 use microfactory_protocol::preflight::{Dialect, FindingKind, Preflight};
 use serde::Serialize;
+use tokio::io::AsyncReadExt;
 
 /// Arguments of `microfactoryd stream`.
 #[derive(Debug, Args)]
@@ -87,24 +89,28 @@ fn dialect(f: Firmware) -> Dialect {
 }
 
 async fn stream(args: &StreamArgs) -> anyhow::Result<ExitCode> {
-    // Pre-flight before the first byte.
-    let text = tokio::fs::read(&args.file).await.context("cannot read")?;
+    // Pre-flight before the first byte, reading the file in chunks.
+    let mut file = tokio::fs::File::open(&args.file)
+        .await
+        .context("cannot open")?;
     let mut pf = Preflight::new(dialect(args.firmware));
-    let mut splitter = microfactory_protocol::framing::LineSplitter::new(
-        microfactory_protocol::framing::DEFAULT_MAX_LINE,
-    );
-    let mut each = |item: microfactory_protocol::framing::SplitItem<'_>| match item {
-        microfactory_protocol::framing::SplitItem::Line { number, text } => {
+    let mut splitter = LineSplitter::new(DEFAULT_MAX_LINE);
+    let mut each = |item: SplitItem<'_>| match item {
+        SplitItem::Line { number, text } => {
             pf.check_line(number, text);
             Ok(())
         }
-        microfactory_protocol::framing::SplitItem::Bad { number, error } => {
-            Err(anyhow!("line {number}: {error}"))
-        }
+        SplitItem::Bad { number, error } => Err(anyhow!("line {number}: {error}")),
     };
-    splitter.feed(&text, &mut each)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await.context("read failed")?;
+        if n == 0 {
+            break;
+        }
+        splitter.feed(&buf[..n], &mut each)?;
+    }
     splitter.finish(&mut each)?;
-    drop(text);
     let report = pf.finish();
     let blocking: Vec<_> = report
         .findings

@@ -173,7 +173,6 @@ async fn a_print_job_streams_to_marlin_and_executes_every_line() {
     let (outcome, _) = run_to_end(&rig, job(&file)).await;
     assert_eq!(outcome, JobOutcome::Completed);
     assert_eq!(executed(&rig.log), source_commands(&file));
-    let _ = rig.sim.stats();
 }
 
 /// Waits until the simulator's executed log satisfies `pred`. The log is

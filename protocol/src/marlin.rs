@@ -893,13 +893,8 @@ impl MarlinHost {
         }
         if is_m115 {
             self.handshake_done = true;
-            let info = std::mem::take(&mut self.firmware);
-            self.firmware = FirmwareInfo {
-                name: info.name.clone(),
-                fields: info.fields.clone(),
-                caps: info.caps.clone(),
-            };
-            self.events.push_back(MarlinEvent::Firmware(info));
+            self.events
+                .push_back(MarlinEvent::Firmware(self.firmware.clone()));
         }
     }
 
