@@ -418,6 +418,14 @@ impl DriverHandle {
             .await
     }
 
+    /// Stops the task at a safe point (a running job ends as interrupted,
+    /// reported as an event) and waits until it has stopped; for owners
+    /// that share the handle and cannot give it up.
+    pub async fn stop(&self) {
+        let _ = self.requests.send(Request::Shutdown).await;
+        self.requests.closed().await;
+    }
+
     /// Stops the task at a safe point and waits for it.
     pub async fn shutdown(mut self) {
         let _ = self.requests.send(Request::Shutdown).await;

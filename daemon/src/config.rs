@@ -1,0 +1,296 @@
+//! The daemon's TOML configuration and its validation.
+//!
+//! Validation collects every problem instead of stopping at the first, so
+//! `check-config` can tell an operator everything to fix in one go.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use microfactory_machines::driver::FlowMode;
+use microfactory_machines::profile::{MachineKind, Profile};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Default upload limit: large enough for a long print, small enough that a
+/// stray upload cannot fill the disk in one request.
+pub const DEFAULT_MAX_UPLOAD: u64 = 256 * 1024 * 1024;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where sled and the G-code files live; relative paths are taken
+    /// from the configuration file's folder.
+    pub data_dir: PathBuf,
+    /// Largest accepted upload in bytes.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
+    /// The machines, as `[[machine]]` tables.
+    #[serde(default, rename = "machine")]
+    pub machines: Vec<MachineConfig>,
+}
+
+/// One machine on one serial port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Stable id used in the API and logs (`[a-z0-9_-]`, at most 32).
+    pub id: String,
+    /// Name shown on the dashboard; the id when absent.
+    pub name: Option<String>,
+    /// Built-in profile id (see `machines/profiles/`).
+    pub profile: String,
+    /// Serial device; prefer `/dev/serial/by-id/...`, which survives
+    /// replugging in another order.
+    pub port: PathBuf,
+    /// Overrides the profile's baud rate.
+    pub baud: Option<u32>,
+    /// Capabilities jobs can require, such as `material:PLA`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// After a job the operator must confirm the bed is clear before the
+    /// machine takes the next one.
+    #[serde(default)]
+    pub require_bed_clear: bool,
+    /// Overrides the flow control mode.
+    pub flow: Option<FlowMode>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7125))
+}
+
+fn default_max_upload() -> u64 {
+    DEFAULT_MAX_UPLOAD
+}
+
+/// A configuration that could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown/missing key; the message names it.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// Well-formed but wrong; every problem is listed.
+    #[error("{path}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// A validated machine with its profile resolved.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// The configuration entry.
+    pub config: MachineConfig,
+    /// Its model.
+    pub profile: Profile,
+}
+
+impl Machine {
+    /// Display name.
+    pub fn name(&self) -> &str {
+        self.config.name.as_deref().unwrap_or(&self.config.id)
+    }
+
+    /// Printer or mill.
+    pub fn kind(&self) -> MachineKind {
+        self.profile.kind
+    }
+}
+
+/// A configuration ready to run, with warnings worth showing.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The parsed file, `data_dir` made absolute.
+    pub config: Config,
+    /// Machines with their profiles.
+    pub machines: Vec<Machine>,
+    /// Things that work but are unwise.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.data_dir = base.join(&config.data_dir);
+        }
+        config.check().map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Validates an in-memory configuration (used by the demo too).
+    pub fn check(self) -> Result<Checked, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let mut machines = Vec::new();
+        let mut ids = HashSet::new();
+        let mut ports = HashSet::new();
+        if self.max_upload_bytes < 1024 {
+            problems.push(format!(
+                "max_upload_bytes = {} is too small to hold any real G-code; use at least 1024",
+                self.max_upload_bytes
+            ));
+        }
+        if self.machines.is_empty() {
+            warnings
+                .push("no [[machine]] is configured: jobs can be stored but none will run".into());
+        }
+        for (i, m) in self.machines.iter().enumerate() {
+            let at = format!("machine #{} ({})", i + 1, m.id);
+            if !valid_id(&m.id) {
+                problems.push(format!(
+                    "{at}: id must be 1 to 32 characters of a-z, 0-9, '-' or '_'"
+                ));
+            }
+            if !ids.insert(m.id.as_str()) {
+                problems.push(format!("{at}: id '{}' is used twice", m.id));
+            }
+            if m.port.as_os_str().is_empty() {
+                problems.push(format!("{at}: port is empty"));
+            } else if !ports.insert(m.port.as_path()) {
+                problems.push(format!(
+                    "{at}: port {} is already used by another machine",
+                    m.port.display()
+                ));
+            } else if m.port.to_string_lossy().starts_with("/dev/tty") {
+                warnings.push(format!(
+                    "{at}: {} may name another machine after a replug; prefer /dev/serial/by-id/...",
+                    m.port.display()
+                ));
+            }
+            if let Some(b) = m.baud
+                && b < 300
+            {
+                problems.push(format!("{at}: baud {b} is below 300"));
+            }
+            for t in &m.tags {
+                if !valid_tag(t) {
+                    problems.push(format!(
+                        "{at}: tag '{t}' must look like key:value (e.g. material:PLA), without spaces"
+                    ));
+                }
+            }
+            match Profile::builtin(&m.profile) {
+                Ok(profile) => machines.push(Machine {
+                    config: m.clone(),
+                    profile,
+                }),
+                Err(e) => problems.push(format!("{at}: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Checked {
+                config: self,
+                machines,
+                warnings,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Machine ids appear in URLs and MQTT topics, so keep them plain.
+pub fn valid_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Tags are `key:value` so that jobs can require exact capabilities.
+pub fn valid_tag(t: &str) -> bool {
+    let mut parts = t.splitn(2, ':');
+    let (Some(k), Some(v)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    !k.is_empty() && !v.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Checked, Vec<String>> {
+        let c: Config = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        c.check()
+    }
+
+    #[test]
+    fn a_good_file_loads_with_profiles_and_warns_about_unstable_ports() {
+        let c = parse(
+            r#"
+data_dir = "data"
+[[machine]]
+id = "mk3-a"
+profile = "prusa-mk3s"
+port = "/dev/ttyACM0"
+tags = ["material:PLA", "nozzle:0.4"]
+require_bed_clear = true
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.machines.len(), 1);
+        assert_eq!(c.machines[0].kind(), MachineKind::Printer);
+        assert!(c.warnings[0].contains("by-id"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse(
+            r#"
+data_dir = "d"
+max_upload_bytes = 10
+[[machine]]
+id = "A B"
+profile = "nope"
+port = "/dev/serial/by-id/x"
+tags = ["PLA"]
+[[machine]]
+id = "m"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/x"
+"#,
+        )
+        .expect_err("invalid");
+        let all = e.join("\n");
+        for needle in [
+            "max_upload_bytes",
+            "id must be",
+            "unknown machine profile 'nope'",
+            "key:value",
+            "already used",
+        ] {
+            assert!(all.contains(needle), "missing {needle}: {all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("data_dir = \"d\"\nlisten_addr = \"x\"\n").expect_err("unknown key");
+        assert!(e[0].contains("listen_addr"), "{e:?}");
+    }
+}

@@ -1,0 +1,296 @@
+//! Durable storage: records in sled, G-code content in files named by their
+//! sha256. This module is the only one that touches sled, so durability can
+//! be reasoned about (and tested by killing the process) in one place.
+//!
+//! sled 0.34 keeps recent writes in memory: a write is durable only after
+//! [`Store::flush`]. Callers flush before they acknowledge anything; sled
+//! batches concurrent flushes, which gives group commit for free.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use crate::model::{Event, FileRecord, Job, MachineRecord, TokenRecord};
+
+/// Storage failures. None of them is the caller's fault.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// sled reported an error (disk full, I/O error, corruption).
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    /// A record could not be decoded: written by an incompatible version.
+    #[error("record {key} in {tree} is unreadable: {source}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    /// File system error on the G-code store.
+    #[error("file store: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The database and the content-addressed file folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    files: sled::Tree,
+    jobs: sled::Tree,
+    machines: sled::Tree,
+    tokens: sled::Tree,
+    events: sled::Tree,
+    meta: sled::Tree,
+    blobs: PathBuf,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain records cannot fail (no maps with non-string
+    // keys, no custom serialisers); an empty value would be caught on read.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let blobs = dir.join("files");
+        std::fs::create_dir_all(blobs.join("tmp"))?;
+        let db = sled::Config::new().path(dir.join("db")).open()?;
+        Ok(Self {
+            files: db.open_tree("files")?,
+            jobs: db.open_tree("jobs")?,
+            machines: db.open_tree("machines")?,
+            tokens: db.open_tree("tokens")?,
+            events: db.open_tree("events")?,
+            meta: db.open_tree("meta")?,
+            db,
+            blobs,
+        })
+    }
+
+    /// Makes every write so far durable. Call before acknowledging.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Where the content with this sha256 lives.
+    pub fn blob_path(&self, id: &str) -> PathBuf {
+        self.blobs.join(format!("{id}.gcode"))
+    }
+
+    /// Scratch folder for uploads in progress (same file system as the
+    /// blobs, so the final rename is atomic).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.blobs.join("tmp")
+    }
+
+    /// The folder holding the blobs, to fsync after a rename.
+    pub fn blob_dir(&self) -> &Path {
+        &self.blobs
+    }
+
+    /// A fresh id, never reused even across crashes (sled persists its
+    /// id generator ahead of use).
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    /// The next job id: 1, 2, 3... so operators can say "job 12". Only
+    /// ids of acknowledged (flushed) jobs are guaranteed never to repeat.
+    pub fn next_job_id(&self) -> Result<u64, StoreError> {
+        let v = self.meta.update_and_fetch("job_id", |old| {
+            let n = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes))
+    }
+
+    // ---- files ----
+
+    /// Stores a file record.
+    pub fn put_file(&self, f: &FileRecord) -> Result<(), StoreError> {
+        self.files.insert(f.id.as_bytes(), encode(f))?;
+        Ok(())
+    }
+
+    /// A file by id.
+    pub fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.files
+            .get(id.as_bytes())?
+            .map(|v| decode("files", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// All files.
+    pub fn files(&self) -> Result<Vec<FileRecord>, StoreError> {
+        self.files
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("files", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Forgets a file record (the blob is removed by the caller after the
+    /// removal is flushed).
+    pub fn remove_file(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.files.remove(id.as_bytes())?.is_some())
+    }
+
+    // ---- jobs ----
+
+    /// Stores a job.
+    pub fn put_job(&self, j: &Job) -> Result<(), StoreError> {
+        self.jobs.insert(j.id.to_be_bytes(), encode(j))?;
+        Ok(())
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.jobs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("jobs", &k, &v)
+            })
+            .collect()
+    }
+
+    // ---- machines ----
+
+    /// Stores a machine's operator state.
+    pub fn put_machine(&self, id: &str, m: &MachineRecord) -> Result<(), StoreError> {
+        self.machines.insert(id.as_bytes(), encode(m))?;
+        Ok(())
+    }
+
+    /// A machine's operator state (default when never stored).
+    pub fn machine(&self, id: &str) -> Result<MachineRecord, StoreError> {
+        Ok(self
+            .machines
+            .get(id.as_bytes())?
+            .map(|v| decode("machines", id.as_bytes(), &v))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    // ---- tokens ----
+
+    /// Stores a token under its hash.
+    pub fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<(), StoreError> {
+        self.tokens.insert(hash.as_bytes(), encode(t))?;
+        Ok(())
+    }
+
+    /// The token with this hash.
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.tokens
+            .get(hash.as_bytes())?
+            .map(|v| decode("tokens", hash.as_bytes(), &v))
+            .transpose()
+    }
+
+    // ---- event log ----
+
+    /// Appends to the event log; returns its sequence number.
+    pub fn append_event(&self, e: &Event) -> Result<u64, StoreError> {
+        let seq = self.next_id()?;
+        self.events.insert(seq.to_be_bytes(), encode(e))?;
+        Ok(seq)
+    }
+
+    /// Up to `limit` events after `after`, oldest first.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        self.events
+            .range((after + 1).to_be_bytes()..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&k[..8.min(k.len())]);
+                Ok((u64::from_be_bytes(b), decode("events", &k, &v)?))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobProgress, JobState, Role};
+
+    fn job(id: u64) -> Job {
+        Job {
+            id,
+            name: "a".into(),
+            file_id: "f".into(),
+            batch_id: id,
+            copy: 1,
+            copies: 1,
+            priority: 0,
+            seq: id,
+            machine_id: None,
+            kind: None,
+            tags: vec![],
+            expand_canned_cycles: false,
+            start_line: 1,
+            state: JobState::Queued,
+            assigned_machine: None,
+            created_ms: 0,
+            started_ms: None,
+            ended_ms: None,
+            progress: JobProgress::default(),
+            failure: None,
+            history: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_and_ids_never_repeat() {
+        let dir = std::env::temp_dir().join(format!("mfd-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first;
+        {
+            let s = Store::open(&dir).expect("open");
+            first = s.next_id().expect("id");
+            s.put_job(&job(first)).expect("put");
+            s.put_token(
+                "h",
+                &TokenRecord {
+                    name: "n".into(),
+                    role: Role::Viewer,
+                    created_ms: 1,
+                },
+            )
+            .expect("token");
+            s.flush().await.expect("flush");
+        }
+        let s = Store::open(&dir).expect("reopen");
+        let jobs = s.jobs().expect("jobs");
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].id, first);
+        assert!(s.next_id().expect("id") > first);
+        assert_eq!(s.token("h").expect("t").map(|t| t.role), Some(Role::Viewer));
+        assert!(s.token("x").expect("t").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
