@@ -169,7 +169,6 @@ fn job_id(raw: &str) -> ApiResult<u64> {
 
 /// Who is calling; handlers may take it as an `Extension`.
 #[derive(Debug, Clone)]
-#[allow(dead_code)]
 pub struct Caller {
     /// Token name.
     pub name: String,
@@ -182,8 +181,36 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     v.strip_prefix("Bearer ").map(str::trim)
 }
 
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 async fn require_auth(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(token) = bearer(req.headers()) else {
+    let store = s.factory.store();
+    let found = if let Some(token) = bearer(req.headers()) {
+        auth::lookup(store, token)
+    } else if let Some(session) = cookie(req.headers(), auth::SESSION_COOKIE) {
+        let safe = req.method() == Method::GET || req.method() == Method::HEAD;
+        if !safe && !req.headers().contains_key(auth::CSRF_HEADER) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                format!(
+                    "a request signed in by cookie must send the {} header",
+                    auth::CSRF_HEADER
+                ),
+            )
+            .into_response();
+        }
+        auth::lookup_session(store, session)
+    } else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -191,13 +218,13 @@ async fn require_auth(State(s): State<AppState>, mut req: Request, next: Next) -
         )
         .into_response();
     };
-    let record = match auth::lookup(s.factory.store(), token) {
+    let record = match found {
         Ok(Some(r)) => r,
         Ok(None) => {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
-                "the token is not known to this daemon",
+                "the token or session is not known to this daemon; sign in again",
             )
             .into_response();
         }
@@ -247,6 +274,100 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION").into(),
         machines: s.factory.machines().len(),
     })
+}
+
+// ----------------------------------------------------------------- session
+
+/// `POST /session` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// An API token.
+    pub token: String,
+}
+
+/// Who is signed in.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+fn session_cookie(value: &str, max_age: u64) -> String {
+    format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+        auth::SESSION_COOKIE
+    )
+}
+
+/// Signs a browser in with a token: sets an `HttpOnly`, `SameSite=Strict`
+/// session cookie, so that `EventSource` (which cannot send headers) works.
+#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = SignIn,
+    responses((status = 201, body = WhoAmI), (status = 401, body = ErrorBody),
+        (status = 415, body = ErrorBody)))]
+async fn sign_in(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let b: SignIn = json_body(&headers, &body)?;
+    let (id, rec) = auth::open_session(s.factory.store(), b.token.trim())
+        .map_err(FactoryError::Store)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "that token is not known to this daemon",
+            )
+        })?;
+    s.factory
+        .store()
+        .flush()
+        .await
+        .map_err(FactoryError::Store)?;
+    let who = WhoAmI {
+        name: rec.name,
+        role: rec.role,
+    };
+    Ok((
+        StatusCode::CREATED,
+        [(header::SET_COOKIE, session_cookie(&id, 30 * 24 * 3600))],
+        Json(who),
+    )
+        .into_response())
+}
+
+/// Who the caller is.
+#[utoipa::path(get, path = "/api/v1/session", tag = "session",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn who_am_i(axum::Extension(c): axum::Extension<Caller>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: c.name,
+        role: c.role,
+    })
+}
+
+/// Signs the browser out (ends the session, clears the cookie).
+#[utoipa::path(delete, path = "/api/v1/session", tag = "session",
+    responses((status = 204), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn sign_out(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(session) = cookie(&headers, auth::SESSION_COOKIE) {
+        auth::close_session(s.factory.store(), session).map_err(FactoryError::Store)?;
+        s.factory
+            .store()
+            .flush()
+            .await
+            .map_err(FactoryError::Store)?;
+    }
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, session_cookie("", 0))],
+    )
+        .into_response())
 }
 
 // ------------------------------------------------------------------- files
@@ -845,9 +966,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(machine_console))
         .routes(routes!(events))
         .routes(routes!(event_log))
+        .routes(routes!(who_am_i, sign_out))
         .layer(middleware::from_fn_with_state(state.clone(), require_auth));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
+        .routes(routes!(sign_in))
         .merge(protected)
         .split_for_parts();
     let doc = Arc::new(api);

@@ -42,6 +42,7 @@ pub struct Store {
     tokens: sled::Tree,
     events: sled::Tree,
     meta: sled::Tree,
+    sessions: sled::Tree,
     blobs: PathBuf,
 }
 
@@ -77,6 +78,7 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             events: db.open_tree("events")?,
             meta: db.open_tree("meta")?,
+            sessions: db.open_tree("sessions")?,
             db,
             blobs,
         })
@@ -207,6 +209,29 @@ impl Store {
             .get(hash.as_bytes())?
             .map(|v| decode("tokens", hash.as_bytes(), &v))
             .transpose()
+    }
+
+    // ---- browser sessions ----
+
+    /// Stores a session under its hash; the value is the token's hash.
+    pub fn put_session(&self, hash: &str, token_hash: &str) -> Result<(), StoreError> {
+        self.sessions
+            .insert(hash.as_bytes(), token_hash.as_bytes())?;
+        Ok(())
+    }
+
+    /// The token hash a session stands for.
+    pub fn session(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .sessions
+            .get(hash.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Ends a session.
+    pub fn remove_session(&self, hash: &str) -> Result<(), StoreError> {
+        self.sessions.remove(hash.as_bytes())?;
+        Ok(())
     }
 
     // ---- event log ----
