@@ -516,13 +516,21 @@ impl Factory {
                 job.state.as_str()
             )));
         }
-        driver(slot, slot.driver.resume().await)?;
-        self.set_state(
-            id,
-            JobState::Running,
-            Some("resumed by the operator".into()),
-        )
-        .await
+        // Running before the driver resumes: the job may pause itself again
+        // (next tool change) at once, and that must win.
+        let job = self
+            .set_state(
+                id,
+                JobState::Running,
+                Some("resumed by the operator".into()),
+            )
+            .await?;
+        if let Err(e) = slot.driver.resume().await {
+            self.set_state(id, JobState::Paused, Some(format!("resume failed: {e}")))
+                .await?;
+            return driver(slot, Err(e));
+        }
+        Ok(job)
     }
 
     /// Cancels a job: a queued one at once, a running one through its

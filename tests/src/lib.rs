@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use microfactory_machines::profile::Profile;
 use microfactory_machines::sim::{self, FirmwareKind, SimConfig, SimHandle};
 use microfactory_protocol::framing::clean_line;
 use reqwest::StatusCode;
@@ -67,6 +68,31 @@ pub fn executed(log: &Path) -> Vec<String> {
         })
         .map(str::to_string)
         .collect()
+}
+
+/// Waits until the simulator's log satisfies `pred`. The log is a file the
+/// simulator appends to as it executes; there is no event to await, so it
+/// is polled, with a deadline.
+pub async fn wait_log(
+    log: &Path,
+    limit: Duration,
+    pred: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let lines = executed(log);
+        if pred(&lines) {
+            return lines;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "log {} never matched; tail: {:?}",
+                log.display(),
+                &lines[lines.len().saturating_sub(10)..]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A temporary directory removed on drop.
@@ -190,6 +216,7 @@ impl Factory {
             cfg.time_scale = spec.time_scale;
             cfg.log = Some(log.clone());
             cfg.link = Some(link.clone());
+            cfg.rx_buffer = Profile::builtin(spec.profile)?.rx_buffer;
             (spec.tweak)(&mut cfg);
             let handle = sim::spawn(cfg).await.context("sim")?;
             config.push_str(&format!(
