@@ -10,7 +10,11 @@ export const HISTORY_MS = 10 * 60 * 1000;
 const W = 600, H = 220, L = 40, R = 10, T = 10, B = 24;
 
 /** Renders samples `[{t, heaters:[{name, actual, target}]}]` into `box`. */
-export function drawChart(box, samples, windowMs, now = Date.now()) {
+export function drawChart(box, samples, maxWindowMs, now = Date.now()) {
+  // The time axis spans what has been recorded (at least a minute), up to
+  // the full window: a page opened a minute ago shows that minute legibly.
+  const first = samples.length ? samples[0].t : now;
+  const windowMs = Math.min(maxWindowMs, Math.max(60000, Math.ceil((now - first) / 60000) * 60000));
   const names = [];
   for (const s of samples) for (const x of s.heaters) if (!names.includes(x.name)) names.push(x.name);
   let top = 50;
@@ -26,9 +30,11 @@ export function drawChart(box, samples, windowMs, now = Date.now()) {
     grid.push(h('svg:text', { class: 'axis', x: L - 6, y: Y(v) + 4, 'text-anchor': 'end' }, v));
   }
   const minutes = Math.round(windowMs / 60000);
-  for (let m = 0; m <= minutes; m += Math.max(1, Math.round(minutes / 5))) {
+  const step = minutes <= 1 ? 0.25 : Math.max(1, Math.round(minutes / 5));
+  for (let m = 0; m <= minutes + 1e-9; m += step) {
     const x = X(now - m * 60000);
-    grid.push(h('svg:text', { class: 'axis', x, y: H - 6, 'text-anchor': m === 0 ? 'end' : 'middle' }, m === 0 ? 'now' : `−${m} min`));
+    const label = m === 0 ? 'now' : m < 1 ? `−${Math.round(m * 60)} s` : `−${m} min`;
+    grid.push(h('svg:text', { class: 'axis', x, y: H - 6, 'text-anchor': m === 0 ? 'end' : 'middle' }, label));
   }
 
   const lines = [];
@@ -53,7 +59,7 @@ export function drawChart(box, samples, windowMs, now = Date.now()) {
     ? latest.heaters.map((x) => `${heaterLabel(x.name)} ${x.actual.toFixed(0)} °C, target ${x.target.toFixed(0)} °C`).join('; ')
     : 'no readings yet';
   const svg = h('svg:svg', {
-    viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Temperatures over the last ${minutes} minutes: ${summary}`,
+    viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Temperatures over the last ${minutes} ${minutes === 1 ? 'minute' : 'minutes'}: ${summary}`,
   }, grid, lines);
   const legend = h('ul', { class: 'legend' }, names.map((name, i) =>
     h('li', {}, h('span', { class: `sw c${i % 4}` }), `${heaterLabel(name)} (dashed: target)`)));

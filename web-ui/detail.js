@@ -47,8 +47,8 @@ export function machineDetailView(app, id) {
 
   const chartBox = h('div', { class: 'chart', id: 'temp-chart' });
   const chartPanel = h('section', { class: 'panel', 'aria-labelledby': 'chart-h' },
-    h('h2', { id: 'chart-h' }, 'Temperatures, last 10 minutes'), chartBox,
-    h('p', { class: 'muted small' }, 'Recorded by this page since it was opened.'));
+    h('h2', { id: 'chart-h' }, 'Temperatures'), chartBox,
+    h('p', { class: 'muted small' }, 'Up to the last 10 minutes, as recorded by this page since it was opened.'));
 
   // ---- console
   const logBox = h('div', { class: 'console-log', id: 'console-log', role: 'log', 'aria-live': 'polite', tabindex: '0', 'aria-label': 'Console transcript' });
@@ -87,7 +87,7 @@ export function machineDetailView(app, id) {
   });
   const consolePanel = h('section', { class: 'panel', 'aria-labelledby': 'console-h' },
     h('h2', { id: 'console-h' }, 'Console'),
-    h('p', { class: 'muted small' }, 'Sends one command to the firmware and shows its answer. Refused while a job runs.'),
+    h('p', { class: 'muted small' }, 'Sends one command to the firmware and shows its answer; during a job it goes between the job\'s lines.'),
     logBox, form, consoleErr);
 
   // ---- history
@@ -100,7 +100,7 @@ export function machineDetailView(app, id) {
       histBody)));
 
   const body = h('div', {},
-    h('div', { class: 'panel' }, card.el, h('div', { class: 'actions' }, home), homeErr),
+    h('div', { class: 'detail-head' }, card.el, h('div', { class: 'actions' }, home), homeErr),
     h('div', { class: 'detail-layout' }, h('div', {}, chartPanel, consolePanel), histPanel));
   const el = h('section', { 'aria-label': `Machine ${id}` }, back, missing, body);
 
@@ -215,7 +215,8 @@ export function jobDetailView(app, id) {
       ? h('p', { class: 'error' }, `Why it stopped: ${job.failure.reason}`, job.failure.line ? ` (source line ${job.failure.line})` : '')
       : null);
     requeueForm.hidden = !['failed', 'cancelled', 'interrupted', 'completed'].includes(job.state);
-    if (!fromLine.value && p.last_acked_line) fromLine.value = String(p.last_acked_line + 1);
+    // Where an interrupted or failed job can pick up again.
+    if (!fromLine.value && p.last_acked_line && job.state !== 'completed') fromLine.value = String(p.last_acked_line + 1);
     fill(hist, job.history.map((t) => h('tr', {},
       h('td', {}, fmtTime(t.at_ms)), h('td', {}, jobStateLabel(t.state)), h('td', {}, t.machine_id ?? ''), h('td', {}, t.note ?? ''))));
 

@@ -86,11 +86,11 @@ export function machineCard(app, id, { link = true } = {}) {
         const target = x.target > 0 ? ` / ${x.target.toFixed(0)} °C` : ' / off';
         rows.push([heaterLabel(x.name), `${fmtTemp(x.actual)}${target}`, `heater-${x.name}`]);
       }
-      if (!(st.heaters ?? []).length) rows.push(['Temperatures', '—', 'heater-none']);
+      if (!(st.heaters ?? []).length) rows.push(['Temperatures', 'not reported yet', 'heater-none']);
     } else {
       rows.push(['GRBL state', st.state ?? '—', 'grbl-state']);
       const p = st.position;
-      rows.push(['Work position', p ? p.map((v) => v.toFixed(3)).join(' · ') : '—', 'wpos']);
+      rows.push(['Work position', p ? p.map((v, i) => `${'XYZ'[i]} ${v.toFixed(2)}`).join('  ') : '—', 'wpos']);
     }
     rows.push(['Firmware', st.firmware ?? '—', 'firmware']);
     return rows;

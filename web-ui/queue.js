@@ -25,19 +25,24 @@ const KIND_TEXT = {
 
 function findingsTable(id, report) {
   if (!report.findings.length) return h('p', { class: 'ok-text', id }, 'No findings: the firmware accepts every line.');
-  const more = report.total > report.findings.length
-    ? h('p', { class: 'muted small' }, `Showing the first ${report.findings.length} of ${report.total} findings.`) : null;
+  const byKind = {};
+  for (const f of report.findings) byKind[f.kind] = (byKind[f.kind] ?? 0) + 1;
+  const counts = Object.entries(byKind).map(([k, n]) => `${n} ${(KIND_TEXT[k] ?? k).toLowerCase()}`).join(', ');
+  const summary = `${report.total} ${report.total === 1 ? 'finding' : 'findings'} (${counts}`
+    + `${report.total > report.findings.length ? `, first ${report.findings.length} listed` : ''}).`
+    + (report.expandable && report.rejected_count > 0 ? ' All are fixed by canned-cycle expansion.' : '');
   return h('div', { id },
-    h('div', { class: 'table-wrap' },
+    h('p', { class: report.rejected_count > 0 ? 'error' : 'muted' }, summary),
+    // Long drill files have hundreds of findings: a scrolling box keeps
+    // the form below within reach.
+    h('div', { class: 'table-wrap findings', tabindex: '0', role: 'region', 'aria-label': 'Pre-flight findings' },
       h('table', {},
-        h('caption', { class: 'visually-hidden' }, 'Pre-flight findings'),
         h('thead', {}, h('tr', {},
           h('th', { class: 'num', scope: 'col' }, 'Line'), h('th', { scope: 'col' }, 'Code'),
           h('th', { scope: 'col' }, 'Kind'), h('th', { scope: 'col' }, 'Why'))),
         h('tbody', {}, report.findings.map((f) => h('tr', { class: 'finding', 'data-line': f.line, 'data-kind': f.kind },
           h('td', { class: 'num' }, f.line), h('td', {}, h('code', {}, f.text)),
-          h('td', {}, KIND_TEXT[f.kind] ?? f.kind), h('td', {}, f.reason)))))),
-    more);
+          h('td', {}, KIND_TEXT[f.kind] ?? f.kind), h('td', {}, f.reason)))))));
 }
 
 /** The analysis of one file and the form that queues it. */
@@ -54,7 +59,7 @@ function analysisPanel(app, file, onQueued) {
       a.slicer_estimated_seconds ? ` (slicer says ${fmtDuration(a.slicer_estimated_seconds)})` : ''),
     a.uses_extrusion ? [h('dt', {}, 'Filament'), h('dd', { 'data-fact': 'filament' }, fmtLength(a.filament_mm))] : null,
     h('dt', {}, 'Bounds'), h('dd', { 'data-fact': 'bounds' }, bounds(a.bounds_mm ?? a.travel_bounds_mm)),
-    h('dt', {}, 'Layers'), h('dd', { 'data-fact': 'layers' }, a.layers),
+    a.uses_extrusion || a.layers ? [h('dt', {}, 'Layers'), h('dd', { 'data-fact': 'layers' }, a.layers)] : null,
     h('dt', {}, 'Lines'), h('dd', {}, `${a.lines} (${a.commands} commands)`),
     a.tool_changes ? [h('dt', {}, 'Tool changes'), h('dd', {}, a.tool_changes)] : null,
     a.inch_units ? [h('dt', {}, 'Units'), h('dd', {}, 'inches (G20), converted')] : null,
@@ -63,7 +68,10 @@ function analysisPanel(app, file, onQueued) {
 
   const fitList = h('ul', { class: 'fits', id: 'analysis-fits' }, fits.map((f) => {
     const cls = f.ok ? 'fit-ok' : f.ok_with_expansion ? 'fit-expand' : 'fit-no';
-    const why = f.ok ? 'can run it' : f.ok_with_expansion ? 'can run it with canned-cycle expansion' : `cannot: ${f.reason ?? 'not suitable'}`;
+    // Reasons start with the machine's id, which the line already shows.
+    const raw = f.reason ?? 'not suitable';
+    const reason = raw.startsWith(`${f.machine_id}: `) ? raw.slice(f.machine_id.length + 2) : raw;
+    const why = f.ok ? 'can run it' : f.ok_with_expansion ? 'can run it with canned-cycle expansion' : `cannot: ${reason}`;
     return h('li', { class: cls, 'data-machine': f.machine_id }, h('strong', {}, nameOf(f.machine_id)), ` ${why}`);
   }));
 
