@@ -205,6 +205,7 @@ function updateChrome() {
   const conn = document.getElementById('conn');
   conn.hidden = !signedIn;
   conn.dataset.conn = app.state.conn;
+  document.body.dataset.conn = app.state.conn;
   setText(conn, CONN_TEXT[app.state.conn] ?? app.state.conn);
   if (signedIn) setText(document.getElementById('who-name'), app.state.me.name);
   const waiting = app.state.jobs.filter((j) => j.state === 'queued').length;
