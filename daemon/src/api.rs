@@ -982,6 +982,9 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        // The dashboard at `/`; everything else, `/api` included, stays a
+        // JSON 404.
+        .merge(crate::web::router())
         .fallback(not_found)
         // Uploads stream to disk; the limit also bounds multipart overhead.
         .layer(DefaultBodyLimit::max(

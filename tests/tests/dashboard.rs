@@ -1,0 +1,752 @@
+//! The operator dashboard in a real headless Chromium (over CDP), against
+//! the real daemon with simulated machines: what an operator does, done the
+//! way an operator does it, through the page alone.
+//!
+//! Every wait polls the page for a DOM condition with a deadline; nothing
+//! sleeps for a fixed time to let something happen. Screenshots of each
+//! view at desktop and phone width go to `target/screenshots/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::dom::SetFileInputFilesParams;
+use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+use chromiumoxide::cdp::browser_protocol::log::{
+    EnableParams as LogEnable, EventEntryAdded, LogEntryLevel, LogEntrySource,
+};
+use chromiumoxide::cdp::js_protocol::runtime::{
+    ConsoleApiCalledType, EnableParams as RuntimeEnable, EventConsoleApiCalled,
+    EventExceptionThrown,
+};
+use chromiumoxide::page::{Page, ScreenshotParams};
+use futures_util::StreamExt;
+use microfactory_e2e::{Factory, MachineSpec, TempDir, daemon_bin, data};
+use serde::de::DeserializeOwned;
+
+/// Browsers are heavy on a two-core machine: one test at a time.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long any one DOM condition may take to come true.
+const WAIT: Duration = Duration::from_secs(60);
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A browser tab on the dashboard, collecting JavaScript errors.
+struct Ui {
+    browser: Browser,
+    page: Page,
+    handler: tokio::task::JoinHandle<()>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Path endings whose error answers are expected.
+    allowed_api_errors: Arc<Mutex<Vec<String>>>,
+    _profile: TempDir,
+}
+
+impl Ui {
+    async fn open(base: &str) -> Result<Self> {
+        let profile = TempDir::new("chromium");
+        let config = BrowserConfig::builder()
+            .chrome_executable(CHROMIUM)
+            .disable_default_args()
+            .with_head() // `--headless` is in `args`, as CI's flags are listed
+            .args([
+                "headless",
+                "no-sandbox",
+                "disable-gpu",
+                "no-first-run",
+                "disable-background-networking",
+                "disable-component-update",
+                "disable-sync",
+            ])
+            .user_data_dir(profile.path())
+            .window_size(1280, 800)
+            .viewport(None)
+            .request_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| anyhow!("browser config: {e}"))?;
+        let (browser, mut handler) = Browser::launch(config)
+            .await
+            .context("launch chromium (apt-get install chromium)")?;
+        // The handler drives the CDP connection; unknown events of a newer
+        // Chromium come out as errors that do not matter here.
+        let handler = tokio::spawn(async move { while handler.next().await.is_some() {} });
+        let page = browser.new_page("about:blank").await?;
+        page.execute(RuntimeEnable::default()).await?;
+        page.execute(LogEnable::default()).await?;
+
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let mut listeners = Vec::new();
+        let mut exceptions = page.event_listener::<EventExceptionThrown>().await?;
+        let e = Arc::clone(&errors);
+        listeners.push(tokio::spawn(async move {
+            while let Some(ev) = exceptions.next().await {
+                let d = &ev.exception_details;
+                let what = d
+                    .exception
+                    .as_ref()
+                    .and_then(|x| x.description.clone())
+                    .unwrap_or_else(|| d.text.clone());
+                e.lock().unwrap().push(format!("exception: {what}"));
+            }
+        }));
+        let mut console = page.event_listener::<EventConsoleApiCalled>().await?;
+        let e = Arc::clone(&errors);
+        listeners.push(tokio::spawn(async move {
+            while let Some(ev) = console.next().await {
+                if ev.r#type == ConsoleApiCalledType::Error {
+                    let args: Vec<String> = ev
+                        .args
+                        .iter()
+                        .map(|a| {
+                            a.value
+                                .as_ref()
+                                .map(|v| v.to_string())
+                                .or_else(|| a.description.clone())
+                                .unwrap_or_default()
+                        })
+                        .collect();
+                    e.lock()
+                        .unwrap()
+                        .push(format!("console.error: {}", args.join(" ")));
+                }
+            }
+        }));
+        let mut log = page.event_listener::<EventEntryAdded>().await?;
+        let e = Arc::clone(&errors);
+        // Before signing in the page asks who is signed in (401), and a
+        // wrong token is refused (401): the API working as it should.
+        let allowed = Arc::new(Mutex::new(vec!["/api/v1/session".to_string()]));
+        let allowed_api_errors = Arc::clone(&allowed);
+        listeners.push(tokio::spawn(async move {
+            while let Some(ev) = log.next().await {
+                let entry = &ev.entry;
+                if entry.level != LogEntryLevel::Error {
+                    continue;
+                }
+                // An API error status is logged by Chromium as a failed
+                // resource; those the test provokes on purpose (and checks
+                // the page explains) are allowed by path.
+                let expected = entry.source == LogEntrySource::Network
+                    && entry.url.as_deref().is_some_and(|u| {
+                        allowed
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .any(|a| u.ends_with(a.as_str()))
+                    });
+                if !expected {
+                    e.lock().unwrap().push(format!(
+                        "log ({:?}): {} {}",
+                        entry.source,
+                        entry.text,
+                        entry.url.as_deref().unwrap_or("")
+                    ));
+                }
+            }
+        }));
+
+        let ui = Self {
+            browser,
+            page,
+            handler,
+            listeners,
+            errors,
+            allowed_api_errors,
+            _profile: profile,
+        };
+        ui.desktop().await?;
+        ui.page.goto(format!("{base}/")).await?;
+        ui.wait("document.readyState === 'complete'", "the page to load")
+            .await?;
+        Ok(ui)
+    }
+
+    async fn desktop(&self) -> Result<()> {
+        self.page
+            .execute(SetDeviceMetricsOverrideParams::new(1280, 800, 1.0, false))
+            .await?;
+        Ok(())
+    }
+
+    async fn phone(&self) -> Result<()> {
+        self.page
+            .execute(SetDeviceMetricsOverrideParams::new(375, 812, 2.0, true))
+            .await?;
+        Ok(())
+    }
+
+    /// Evaluates an expression and returns its JSON value.
+    async fn eval<T: DeserializeOwned>(&self, js: &str) -> Result<T> {
+        let v = self
+            .page
+            .evaluate(js)
+            .await
+            .with_context(|| format!("evaluate {js}"))?;
+        v.into_value().with_context(|| format!("the value of {js}"))
+    }
+
+    /// Polls until the expression is true; fails naming `what` otherwise,
+    /// with the page's visible text to show where it stood.
+    async fn wait(&self, cond: &str, what: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let js =
+            format!("(() => {{ try {{ return !!({cond}); }} catch (e) {{ return false; }} }})()");
+        loop {
+            if self.eval::<bool>(&js).await.unwrap_or(false) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                let text: String = self
+                    .eval("document.body.innerText")
+                    .await
+                    .unwrap_or_default();
+                let errors = self.errors.lock().unwrap().join("\n");
+                bail!(
+                    "timed out waiting for {what} ({cond}); the page shows:\n{text}\nerrors:\n{errors}"
+                );
+            }
+            // The polling interval of the wait, not a synchronisation.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Text of the first element matching `sel` ("" when there is none).
+    async fn text(&self, sel: &str) -> Result<String> {
+        self.eval(&format!(
+            "document.querySelector({})?.textContent ?? ''",
+            js_str(sel)
+        ))
+        .await
+    }
+
+    /// Clicks like a person: the mouse at the element's centre.
+    async fn click(&self, sel: &str) -> Result<()> {
+        self.wait(
+            &format!(
+                "(() => {{ const e = document.querySelector({}); return e && !e.disabled && e.offsetParent !== null; }})()",
+                js_str(sel)
+            ),
+            &format!("{sel} to be clickable"),
+        )
+        .await?;
+        self.page
+            .find_element(sel)
+            .await
+            .with_context(|| format!("find {sel}"))?
+            .click()
+            .await
+            .with_context(|| format!("click {sel}"))?;
+        Ok(())
+    }
+
+    async fn type_into(&self, sel: &str, text: &str) -> Result<()> {
+        let el = self.page.find_element(sel).await?;
+        el.click().await?;
+        el.type_str(text).await?;
+        Ok(())
+    }
+
+    async fn press_enter(&self, sel: &str) -> Result<()> {
+        self.page
+            .find_element(sel)
+            .await?
+            .press_key("Enter")
+            .await?;
+        Ok(())
+    }
+
+    /// Chooses a file in a file input, as the file picker would.
+    async fn choose_file(&self, sel: &str, path: &Path) -> Result<()> {
+        // Chromium reads the file itself and wants a plain absolute path.
+        let path = &path
+            .canonicalize()
+            .with_context(|| format!("{}", path.display()))?;
+        self.wait(
+            &format!("document.querySelector({})", js_str(sel)),
+            &format!("{sel} to exist"),
+        )
+        .await?;
+        let el = self
+            .page
+            .find_element(sel)
+            .await
+            .with_context(|| format!("find {sel}"))?;
+        self.page
+            .execute(
+                SetFileInputFilesParams::builder()
+                    .file(path.display().to_string())
+                    .backend_node_id(el.backend_node_id)
+                    .build()
+                    .map_err(|e| anyhow!("{e}"))?,
+            )
+            .await
+            .with_context(|| format!("choose {} in {sel}", path.display()))?;
+        Ok(())
+    }
+
+    async fn go(&self, hash: &str) -> Result<()> {
+        self.eval::<String>(&format!("location.hash = {}", js_str(hash)))
+            .await?;
+        Ok(())
+    }
+
+    /// Saves `NAME-desktop.png` and `NAME-phone.png` (whole page).
+    async fn screenshots(&self, name: &str) -> Result<()> {
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir)?;
+        for (suffix, phone) in [("desktop", false), ("phone", true)] {
+            if phone {
+                self.phone().await?;
+            } else {
+                self.desktop().await?;
+            }
+            // Let layout settle for the new width: two animation frames.
+            self.eval::<bool>(
+                "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))",
+            )
+            .await?;
+            let png = self
+                .page
+                .screenshot(ScreenshotParams::builder().full_page(true).build())
+                .await?;
+            std::fs::write(dir.join(format!("{name}-{suffix}.png")), png)?;
+        }
+        self.desktop().await
+    }
+
+    /// The test is about to provoke an error answer from `path`.
+    fn allow_api_error(&self, path: &str) {
+        self.allowed_api_errors
+            .lock()
+            .unwrap()
+            .push(path.to_string());
+    }
+
+    fn assert_no_js_errors(&self) {
+        let errors = self.errors.lock().unwrap();
+        assert!(
+            errors.is_empty(),
+            "JavaScript errors on the page:\n{}",
+            errors.join("\n")
+        );
+    }
+
+    async fn sign_in(&self, token: &str) -> Result<()> {
+        self.wait(
+            "document.querySelector('#signin-token')",
+            "the sign-in form",
+        )
+        .await?;
+        self.type_into("#signin-token", token).await?;
+        self.press_enter("#signin-token").await?;
+        self.wait(
+            "document.querySelector('#conn')?.dataset.conn === 'live'",
+            "the live event stream",
+        )
+        .await
+    }
+
+    async fn close(mut self) {
+        let _ = self.browser.close().await;
+        let _ = self.browser.wait().await;
+        self.handler.abort();
+        for l in &self.listeners {
+            l.abort();
+        }
+    }
+}
+
+fn js_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn screenshot_dir() -> PathBuf {
+    // target/debug/microfactoryd -> target/screenshots
+    daemon_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("screenshots"))
+        .unwrap_or_else(|| PathBuf::from("target/screenshots"))
+}
+
+fn card(id: &str) -> String {
+    format!("document.querySelector('.card[data-machine=\"{id}\"]')")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_with_a_message_and_the_right_one_signs_in() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let f = Factory::start(&[MachineSpec::printer("mk3-a", "prusa-mk3s")]).await?;
+    let ui = Ui::open(&f.base).await?;
+
+    ui.wait(
+        "document.querySelector('#signin-token')",
+        "the sign-in form",
+    )
+    .await?;
+    ui.screenshots("sign-in").await?;
+    ui.type_into("#signin-token", "not-a-token").await?;
+    ui.click("#signin-submit").await?;
+    ui.wait(
+        "document.querySelector('#signin-error').textContent.includes('not known')",
+        "the wrong-token message",
+    )
+    .await?;
+    ui.screenshots("sign-in-error").await?;
+    assert_eq!(
+        ui.eval::<String>("document.activeElement.id").await?,
+        "signin-token",
+        "focus goes back to the token field"
+    );
+
+    // Clear the field and sign in with the right token from the keyboard.
+    ui.eval::<String>("document.querySelector('#signin-token').value = ''")
+        .await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'idle'", card("mk3-a")),
+        "the printer's card, idle",
+    )
+    .await?;
+    assert_eq!(ui.text("#who-name").await?, "test operator");
+
+    // Signing out returns to the sign-in form, and a reload stays out.
+    ui.click("#sign-out").await?;
+    ui.wait(
+        "document.querySelector('#signin-token')",
+        "the sign-in form",
+    )
+    .await?;
+    ui.page.reload().await?;
+    ui.wait(
+        "document.readyState === 'complete' && document.querySelector('#signin-token')",
+        "the sign-in form after reload",
+    )
+    .await?;
+
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mill_job_runs_from_upload_to_bed_cleared_and_a_drill_file_shows_its_findings()
+-> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut mill = MachineSpec::mill("mill-1");
+    // Slow enough (about 5 s) to watch the progress bar move.
+    mill.time_scale = 20.0;
+    mill.require_bed_clear = true;
+    let f = Factory::start(&[MachineSpec::printer("mk3-a", "prusa-mk3s"), mill]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!(
+            "{}?.dataset.state === 'idle' && {}?.dataset.state === 'idle'",
+            card("mill-1"),
+            card("mk3-a")
+        ),
+        "both machines idle",
+    )
+    .await?;
+    ui.screenshots("machines-idle").await?;
+
+    // Upload through the file input and read the analysis.
+    ui.click("a[data-view=queue]").await?;
+    ui.choose_file("#file-input", &data("pcb_outline_inch.nc"))
+        .await?;
+    ui.wait(
+        "document.querySelector('#analysis h2')?.textContent.includes('pcb_outline_inch.nc')",
+        "the analysis of pcb_outline_inch.nc",
+    )
+    .await?;
+    let time = ui.text("#analysis-facts [data-fact=time]").await?;
+    assert!(
+        time.contains("min") || time.ends_with(" s"),
+        "estimated time: {time}"
+    );
+    let bounds = ui.text("#analysis-facts [data-fact=bounds]").await?;
+    assert!(bounds.contains("mm"), "bounds: {bounds}");
+    assert!(
+        ui.eval::<bool>(
+            "!!document.querySelector('#analysis-fits li.fit-ok[data-machine=\"mill-1\"]')"
+        )
+        .await?,
+        "the mill can run it"
+    );
+    assert!(
+        ui.eval::<bool>(
+            "!!document.querySelector('#analysis-fits li.fit-no[data-machine=\"mk3-a\"]')"
+        )
+        .await?,
+        "the printer cannot"
+    );
+    assert_eq!(
+        ui.eval::<String>("document.querySelector('#q-target').value")
+            .await?,
+        "machine:mill-1",
+        "the only machine that fits is preselected"
+    );
+    ui.screenshots("queue-analysis").await?;
+
+    ui.click("#queue-submit").await?;
+    ui.wait(
+        "document.querySelector('#queue-ok').textContent.startsWith('Queued job #')",
+        "the job to be queued",
+    )
+    .await?;
+
+    // Watch it on the machine's card: running with a progress bar, then
+    // 100 % and waiting for the bed to be cleared.
+    ui.click("a[data-view=machines]").await?;
+    let c = card("mill-1");
+    ui.wait(
+        &format!("{c}.dataset.state === 'running'"),
+        "the mill to run",
+    )
+    .await?;
+    ui.wait(
+        &format!("{c}.querySelector('.job-progress').value > 0"),
+        "progress",
+    )
+    .await?;
+    ui.screenshots("machines-running").await?;
+    ui.wait(
+        &format!(
+            "{c}.dataset.state === 'awaiting_clear' && {c}.querySelector('.job').dataset.jobState === 'completed'"
+        ),
+        "the job to complete",
+    )
+    .await?;
+    assert_eq!(
+        ui.eval::<f64>(&format!("{c}.querySelector('.job-progress').value"))
+            .await?,
+        100.0
+    );
+    assert_eq!(
+        ui.text(".card[data-machine=\"mill-1\"] .job-percent")
+            .await?,
+        "100 %"
+    );
+    assert_eq!(
+        ui.text(".card[data-machine=\"mill-1\"] .state").await?,
+        "Waiting for bed clearance"
+    );
+    ui.screenshots("machines-awaiting-clear").await?;
+    ui.click(".card[data-machine=\"mill-1\"] .act-clear")
+        .await?;
+    ui.wait(&format!("{c}.dataset.state === 'idle'"), "the mill idle")
+        .await?;
+
+    // A drill file with canned cycles and a tool change: GRBL refuses it
+    // as it is; the page lists each finding with its line number.
+    ui.click("a[data-view=queue]").await?;
+    ui.choose_file("#file-input", &data("pcb_drill_toolchange_inch.nc"))
+        .await?;
+    ui.wait(
+        "document.querySelector('#analysis h2')?.textContent.includes('pcb_drill_toolchange_inch.nc')",
+        "the analysis of the drill file",
+    )
+    .await?;
+    let lines: Vec<u64> = ui
+        .eval(
+            "[...document.querySelectorAll('#findings-grbl tr.finding')].map(r => Number(r.dataset.line))",
+        )
+        .await?;
+    assert!(!lines.is_empty(), "GRBL findings are listed");
+    assert!(lines.iter().all(|l| *l > 0), "line numbers: {lines:?}");
+    let first_line_cell = ui.text("#findings-grbl tr.finding td").await?;
+    assert_eq!(first_line_cell, lines[0].to_string());
+    let kinds: Vec<String> = ui
+        .eval(
+            "[...document.querySelectorAll('#findings-grbl tr.finding')].map(r => r.dataset.kind)",
+        )
+        .await?;
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k == "canned_cycle" || k == "tool_change"),
+        "{kinds:?}"
+    );
+    assert!(
+        ui.eval::<bool>("document.querySelector('#q-expand')?.checked === true")
+            .await?,
+        "the canned-cycle expansion is offered and chosen"
+    );
+    ui.screenshots("queue-preflight").await?;
+
+    // The ended job's detail: its history from queued to completed.
+    ui.go("#/job/1").await?;
+    ui.wait(
+        "document.querySelectorAll('#job-history tbody tr').length >= 3",
+        "the job's history",
+    )
+    .await?;
+    assert!(ui.text("#job-facts").await?.contains("Completed"));
+    ui.screenshots("job-detail").await?;
+
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_print_pauses_resumes_and_cancels_from_its_card() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let f = Factory::start(&[
+        MachineSpec::printer("mk3-a", "prusa-mk3s"),
+        MachineSpec::mill("mill-1"),
+    ])
+    .await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'idle'", card("mk3-a")),
+        "the printer idle",
+    )
+    .await?;
+
+    // A long print (about a minute of serial link time): queue it.
+    ui.go("#/queue").await?;
+    ui.choose_file("#file-input", &data("bracket_petg.gcode"))
+        .await?;
+    ui.wait(
+        "document.querySelector('#analysis h2')?.textContent.includes('bracket_petg.gcode')",
+        "the analysis of the print",
+    )
+    .await?;
+    let filament = ui.text("#analysis-facts [data-fact=filament]").await?;
+    assert!(filament.ends_with(" m"), "filament: {filament}");
+    let layers: u64 = ui
+        .text("#analysis-facts [data-fact=layers]")
+        .await?
+        .parse()?;
+    assert!(layers > 100, "layers: {layers}");
+    ui.wait(
+        "document.querySelector('#q-target').value === 'machine:mk3-a'",
+        "the printer preselected",
+    )
+    .await?;
+    ui.click("#queue-submit").await?;
+    ui.wait(
+        "document.querySelector('#queue-ok').textContent.startsWith('Queued')",
+        "the print to be queued",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#jobs-active li[data-state=running]')",
+        "the print in the running list",
+    )
+    .await?;
+    ui.screenshots("queue-running").await?;
+
+    let c = card("mk3-a");
+    let sel = |s: &str| format!(".card[data-machine=\"mk3-a\"] {s}");
+    ui.go("#/machines").await?;
+    ui.wait(&format!("{c}.dataset.state === 'running'"), "printing")
+        .await?;
+    assert!(
+        ui.eval::<bool>(&format!(
+            "{c}.querySelector('.act-estop').offsetParent !== null"
+        ))
+        .await?,
+        "emergency stop is visible while running"
+    );
+    ui.click(&sel(".act-pause")).await?;
+    ui.wait(&format!("{c}.dataset.state === 'paused'"), "paused")
+        .await?;
+    assert_eq!(ui.text(&sel(".state")).await?, "Paused");
+    ui.screenshots("machines-paused").await?;
+    ui.click(&sel(".act-resume")).await?;
+    ui.wait(&format!("{c}.dataset.state === 'running'"), "running again")
+        .await?;
+    let before: f64 = ui
+        .eval(&format!("{c}.querySelector('.job-progress').value"))
+        .await?;
+    ui.wait(
+        &format!("{c}.querySelector('.job-progress').value > {before}"),
+        "progress after resuming",
+    )
+    .await?;
+
+    // The machine's page: temperature chart, and the console, which
+    // answers between the job's lines and shows the daemon's reason when it
+    // refuses a command.
+    ui.click(".card[data-machine=\"mk3-a\"] h3 a").await?;
+    ui.wait(
+        "document.querySelectorAll('#temp-chart polyline.actual').length >= 2",
+        "the temperature chart",
+    )
+    .await?;
+    ui.type_into("#console-input", "M105").await?;
+    ui.press_enter("#console-input").await?;
+    ui.wait(
+        "document.querySelector('#console-log').textContent.includes('T:')",
+        "the firmware's answer to M105",
+    )
+    .await?;
+    ui.allow_api_error("/api/v1/machines/mk3-a/console");
+    ui.type_into("#console-input", &"G4 P0 ".repeat(40)).await?;
+    ui.press_enter("#console-input").await?;
+    ui.wait(
+        "document.querySelector('#console-error').textContent.includes('200 characters')",
+        "the daemon's reason for refusing an overlong command",
+    )
+    .await?;
+    ui.screenshots("machine-detail-printing").await?;
+
+    // Cancel from the card, through the confirmation.
+    ui.click(&sel(".act-cancel")).await?;
+    ui.wait(
+        "document.querySelector('#confirm').open",
+        "the confirmation",
+    )
+    .await?;
+    ui.click("#confirm-yes").await?;
+    ui.wait(
+        &format!("{c}.dataset.state === 'idle' && {c}.querySelector('.job').dataset.jobState === 'cancelled'"),
+        "the print cancelled and the printer idle",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#machine-history tr[data-state=cancelled]')",
+        "the cancelled job in the machine's history",
+    )
+    .await?;
+
+    ui.screenshots("machine-detail").await?;
+
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_says_so_when_the_daemon_goes_away() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut f = Factory::start(&[MachineSpec::mill("mill-1")]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'idle'", card("mill-1")),
+        "the mill idle",
+    )
+    .await?;
+    ui.assert_no_js_errors();
+
+    f.kill9().await;
+    ui.wait(
+        "document.querySelector('#conn').dataset.conn === 'reconnecting'",
+        "the disconnected state",
+    )
+    .await?;
+    assert!(ui.text("#conn").await?.contains("reconnecting"));
+    ui.screenshots("disconnected").await?;
+    ui.close().await;
+    Ok(())
+}

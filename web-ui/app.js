@@ -1,0 +1,340 @@
+// Entry point: session, the live event stream, the shared state and the
+// hash router (#/machines, #/queue, #/machine/ID, #/job/ID). Views render
+// from `app.state` and are told to update when it changes; they update
+// their elements in place so that focus and typing survive live data.
+
+import { api, ApiError, setUnauthorizedHandler } from './api.js';
+import { h, fill, setText } from './dom.js';
+import { machinesView } from './machines.js';
+import { queueView } from './queue.js';
+import { machineDetailView, jobDetailView } from './detail.js';
+import { HISTORY_MS } from './chart.js';
+
+
+const app = {
+  state: {
+    me: null,
+    machines: new Map(),
+    jobs: [],
+    files: [],
+    temps: new Map(), // machine id -> [{t, heaters}]
+    conn: 'none',
+  },
+  view: null,
+  /** Re-renders the current view from state. */
+  changed() {
+    updateChrome();
+    this.view?.update();
+  },
+  refreshAll,
+  refreshJobs,
+  refreshFiles,
+  confirm: confirmDialog,
+};
+
+const main = document.getElementById('main');
+
+// ------------------------------------------------------------------ state
+
+function recordTemps(m) {
+  const heaters = m.status?.heaters ?? [];
+  if (heaters.length === 0) return;
+  const now = Date.now();
+  const list = app.state.temps.get(m.id) ?? [];
+  list.push({ t: now, heaters: heaters.map((x) => ({ ...x })) });
+  while (list.length && list[0].t < now - HISTORY_MS) list.shift();
+  app.state.temps.set(m.id, list);
+}
+
+function setMachine(m) {
+  const prev = app.state.machines.get(m.id);
+  // A machine event sent while a job runs carries the driver's progress;
+  // keep the newer of it and what progress events told us.
+  if (prev?.status?.job && m.status?.job && prev.status.job.job_id === m.status.job.job_id
+      && prev.status.job.lines_done > m.status.job.lines_done) {
+    m.status.job = prev.status.job;
+  }
+  app.state.machines.set(m.id, m);
+  recordTemps(m);
+}
+
+async function refreshMachines() {
+  const list = await api('GET', '/machines');
+  for (const m of list) setMachine(m);
+  for (const id of [...app.state.machines.keys()]) {
+    if (!list.some((m) => m.id === id)) app.state.machines.delete(id);
+  }
+}
+
+async function refreshJobs() {
+  app.state.jobs = await api('GET', '/jobs');
+  app.changed();
+}
+
+async function refreshFiles() {
+  app.state.files = await api('GET', '/files');
+  app.changed();
+}
+
+async function refreshAll() {
+  await Promise.all([refreshMachines(), refreshJobs(), refreshFiles()]);
+  app.changed();
+}
+
+/** Runs `fn` at most once per `ms`, trailing call included. */
+function throttle(fn, ms) {
+  let timer = null, pending = false;
+  return () => {
+    if (timer) { pending = true; return; }
+    fn();
+    timer = setTimeout(() => {
+      timer = null;
+      if (pending) { pending = false; fn(); }
+    }, ms);
+  };
+}
+
+const quietly = (p) => p.catch((e) => console.warn('refresh failed:', e.message));
+const jobsSoon = throttle(() => quietly(refreshJobs()), 250);
+// The daemon sends no machine events while a job streams (progress only),
+// so temperatures and positions are re-read on progress, a few per second.
+const machinesSoon = throttle(() => quietly(refreshMachines().then(() => app.changed())), 2000);
+
+function onProgress(ev) {
+  const job = app.state.jobs.find((j) => j.id === ev.job_id);
+  if (job) job.progress = ev.progress;
+  const m = app.state.machines.get(ev.machine_id);
+  if (m?.status?.job) {
+    Object.assign(m.status.job, {
+      lines_done: ev.progress.lines_done,
+      lines_total: ev.progress.lines_total,
+      percent: ev.progress.percent,
+      elapsed_seconds: ev.progress.elapsed_seconds,
+      eta_seconds: ev.progress.eta_seconds,
+    });
+  }
+  if (!job) jobsSoon();
+  machinesSoon();
+  app.changed();
+}
+
+// ----------------------------------------------------------- event stream
+
+let source = null;
+let retryTimer = null;
+let retryMs = 1000;
+
+function setConn(c) {
+  app.state.conn = c;
+  updateChrome();
+}
+
+function stopEvents() {
+  source?.close();
+  source = null;
+  clearTimeout(retryTimer);
+}
+
+/** Opens the SSE stream. The browser retries a dropped stream by itself;
+ *  when it gives up (the daemon refused the request, e.g. after losing
+ *  the session) we check the session and retry with backoff. */
+function startEvents() {
+  stopEvents();
+  setConn(app.state.conn === 'none' ? 'connecting' : 'reconnecting');
+  const es = new EventSource('/api/v1/events');
+  source = es;
+  es.addEventListener('open', () => {
+    retryMs = 1000;
+    setConn('live');
+    // Anything may have happened while we were away.
+    quietly(refreshAll());
+  });
+  es.addEventListener('error', () => {
+    if (source !== es) return;
+    setConn('reconnecting');
+    if (es.readyState === EventSource.CLOSED) {
+      retryTimer = setTimeout(checkAndReconnect, retryMs);
+      retryMs = Math.min(retryMs * 2, 15000);
+    }
+  });
+  const data = (e) => {
+    try { return JSON.parse(e.data); } catch { return null; }
+  };
+  es.addEventListener('machine', (e) => {
+    const ev = data(e);
+    if (!ev?.machine) return;
+    setMachine(ev.machine);
+    app.changed();
+  });
+  es.addEventListener('job', () => jobsSoon());
+  es.addEventListener('progress', (e) => {
+    const ev = data(e);
+    if (ev) onProgress(ev);
+  });
+  es.addEventListener('lagged', () => quietly(refreshAll()));
+}
+
+async function checkAndReconnect() {
+  try {
+    await api('GET', '/session');
+    startEvents();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) {
+      showSignIn('Your session has ended. Sign in again.');
+      return;
+    }
+    setConn('reconnecting');
+    retryTimer = setTimeout(checkAndReconnect, retryMs);
+    retryMs = Math.min(retryMs * 2, 15000);
+  }
+}
+
+// ---------------------------------------------------------------- chrome
+
+const CONN_TEXT = {
+  none: '',
+  connecting: 'Connecting…',
+  live: 'Live',
+  reconnecting: 'Disconnected — reconnecting…',
+};
+
+function updateChrome() {
+  const signedIn = app.state.me != null;
+  document.getElementById('nav').hidden = !signedIn;
+  document.getElementById('who').hidden = !signedIn;
+  const conn = document.getElementById('conn');
+  conn.hidden = !signedIn;
+  conn.dataset.conn = app.state.conn;
+  document.body.dataset.conn = app.state.conn;
+  setText(conn, CONN_TEXT[app.state.conn] ?? app.state.conn);
+  if (signedIn) setText(document.getElementById('who-name'), app.state.me.name);
+  const waiting = app.state.jobs.filter((j) => j.state === 'queued').length;
+  setText(document.getElementById('queue-count'), waiting ? String(waiting) : '');
+  const route = parseRoute();
+  for (const a of document.querySelectorAll('#nav a')) {
+    const current = a.dataset.view === route.nav;
+    if (current) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+}
+
+function confirmDialog(text, confirmLabel = 'Confirm') {
+  const dlg = document.getElementById('confirm');
+  setText(document.getElementById('confirm-text'), text);
+  setText(document.getElementById('confirm-yes'), confirmLabel);
+  dlg.returnValue = '';
+  dlg.showModal();
+  document.getElementById('confirm-no').focus();
+  return new Promise((resolve) => {
+    dlg.addEventListener('close', () => resolve(dlg.returnValue === 'ok'), { once: true });
+  });
+}
+
+// ---------------------------------------------------------------- routing
+
+function parseRoute() {
+  const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  switch (parts[0]) {
+    case 'queue': return { nav: 'queue', make: () => queueView(app) };
+    case 'machine': return { nav: 'machines', make: () => machineDetailView(app, parts[1] ?? '') };
+    case 'job': return { nav: 'queue', make: () => jobDetailView(app, Number(parts[1])) };
+    default: return { nav: 'machines', make: () => machinesView(app) };
+  }
+}
+
+function route() {
+  if (!app.state.me) return;
+  app.view?.destroy?.();
+  const view = parseRoute().make();
+  app.view = view;
+  fill(main, view.el);
+  view.update();
+  updateChrome();
+  document.title = `${view.title} · microfactory`;
+}
+
+// ---------------------------------------------------------------- sign-in
+
+function showSignIn(message) {
+  stopEvents();
+  app.view?.destroy?.();
+  app.view = null;
+  app.state.me = null;
+  app.state.conn = 'none';
+  updateChrome();
+  document.title = 'Sign in · microfactory';
+  const err = h('p', { class: 'error', id: 'signin-error', role: 'alert' }, message ?? '');
+  const input = h('input', {
+    id: 'signin-token', name: 'token', type: 'password', autocomplete: 'off', required: true,
+    spellcheck: 'false', 'aria-describedby': 'signin-hint signin-error',
+  });
+  const button = h('button', { type: 'submit', class: 'primary', id: 'signin-submit' }, 'Sign in');
+  const form = h('form', { id: 'signin-form', novalidate: true },
+    h('h2', {}, 'Sign in'),
+    h('div', { class: 'field' },
+      h('label', { for: 'signin-token' }, 'API token'),
+      input,
+      h('p', { class: 'muted small', id: 'signin-hint' },
+        'Create one on the daemon\'s computer with ', h('code', {}, 'microfactoryd token create'), '.')),
+    button, err);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    setText(err, '');
+    if (!input.value.trim()) {
+      setText(err, 'Enter a token.');
+      input.focus();
+      return;
+    }
+    button.disabled = true;
+    try {
+      app.state.me = await api('POST', '/session', { token: input.value });
+      input.value = '';
+      await enter();
+    } catch (ex) {
+      setText(err, ex.status === 401 ? 'That token is not known to this daemon. Check it and try again.' : ex.message);
+      input.focus();
+      input.select();
+    } finally {
+      button.disabled = false;
+    }
+  });
+  fill(main, h('section', { class: 'panel signin' }, form));
+  input.focus();
+}
+
+async function enter() {
+  app.state.conn = 'none';
+  startEvents();
+  try {
+    await refreshAll();
+  } catch (e) {
+    console.warn('first load failed:', e.message);
+  }
+  route();
+  main.focus();
+}
+
+async function boot() {
+  setUnauthorizedHandler(() => {
+    if (app.state.me) showSignIn('Your session has ended. Sign in again.');
+  });
+  document.getElementById('sign-out').addEventListener('click', async () => {
+    try {
+      await api('DELETE', '/session');
+    } catch (e) {
+      // Signed out on this page either way; the cookie may already be gone.
+      console.warn('sign-out:', e.message);
+    }
+    showSignIn();
+  });
+  window.addEventListener('hashchange', route);
+  try {
+    app.state.me = await api('GET', '/session');
+  } catch (e) {
+    showSignIn(e.status === 401 ? '' : e.message);
+    return;
+  }
+  await enter();
+}
+
+boot();

@@ -1,0 +1,123 @@
+// Small DOM and formatting helpers. Elements are built with `h` and never
+// from HTML strings, so text from files, jobs or firmware can never become
+// markup.
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/** Creates an element. `tag` may be `svg:line` etc. for SVG elements.
+ *  Attributes starting with `on` become listeners; `false`/`null` skip. */
+export function h(tag, attrs, ...children) {
+  const svg = tag.startsWith('svg:');
+  const el = svg ? document.createElementNS(SVG_NS, tag.slice(4)) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs ?? {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else if (!svg && (k === 'value' || k === 'checked' || k === 'disabled' || k === 'hidden')) el[k] = v;
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+/** Replaces an element's children. */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
+/** Sets text only when it changed (keeps screen readers quiet otherwise). */
+export function setText(el, text) {
+  const t = text == null ? '' : String(text);
+  if (el.textContent !== t) el.textContent = t;
+}
+
+/** Keeps `container`'s children in the order of `items`, reusing elements
+ *  by key so that focus and in-progress input survive live updates. */
+export function reconcile(container, items, key, create, update) {
+  const old = new Map();
+  for (const child of container.children) if (child.dataset.key) old.set(child.dataset.key, child);
+  let cursor = container.firstElementChild;
+  for (const item of items) {
+    const k = String(key(item));
+    let el = old.get(k);
+    if (el) old.delete(k);
+    else { el = create(item); el.dataset.key = k; }
+    update(el, item);
+    if (el !== cursor) container.insertBefore(el, cursor);
+    else cursor = cursor.nextElementSibling;
+  }
+  for (const el of old.values()) el.remove();
+}
+
+export function fmtDuration(seconds) {
+  if (seconds == null || !Number.isFinite(seconds)) return '—';
+  const s = Math.max(0, Math.round(seconds));
+  const hh = Math.floor(s / 3600), mm = Math.floor((s % 3600) / 60), ss = s % 60;
+  if (hh > 0) return `${hh} h ${String(mm).padStart(2, '0')} min`;
+  if (mm > 0) return `${mm} min ${String(ss).padStart(2, '0')} s`;
+  return `${ss} s`;
+}
+
+export function fmtLength(mm) {
+  if (mm == null || !Number.isFinite(mm)) return '—';
+  return mm >= 1000 ? `${(mm / 1000).toFixed(2)} m` : `${mm.toFixed(0)} mm`;
+}
+
+export function fmtBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+export function fmtTime(ms) {
+  if (!ms) return '—';
+  const d = new Date(ms);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+export function fmtTemp(v) {
+  return v == null || !Number.isFinite(v) ? '—' : `${v.toFixed(1)} °C`;
+}
+
+export function fmtPercent(p) {
+  return `${Math.floor(Math.max(0, Math.min(100, p ?? 0)))} %`;
+}
+
+const JOB_STATES = {
+  queued: 'Queued', assigned: 'Starting', running: 'Running', paused: 'Paused',
+  completed: 'Completed', failed: 'Failed', cancelled: 'Cancelled', interrupted: 'Interrupted',
+};
+
+export function jobStateLabel(s) {
+  return JOB_STATES[s] ?? s;
+}
+
+export function machineStateLabel(m) {
+  switch (m.state) {
+    case 'idle': return 'Idle';
+    case 'running': return m.kind === 'mill' ? 'Milling' : 'Printing';
+    case 'paused': return 'Paused';
+    case 'awaiting_clear': return 'Waiting for bed clearance';
+    case 'error': return 'Error';
+    case 'offline': return 'Offline';
+    case 'disabled': return 'Disabled';
+    default: return m.state;
+  }
+}
+
+/** Heater names as operators say them. */
+export function heaterLabel(name) {
+  if (name === 'B') return 'Bed';
+  if (name === 'C') return 'Chamber';
+  if (/^T\d*$/.test(name)) return name === 'T' || name === 'T0' ? 'Nozzle' : `Nozzle ${name.slice(1)}`;
+  return name;
+}

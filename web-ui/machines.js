@@ -1,0 +1,163 @@
+// The Machines view: one card per machine, updated in place from live
+// state. Cards are also used at the top of the machine detail view.
+
+import { api } from './api.js';
+import {
+  h, setText, reconcile, fmtDuration, fmtPercent, fmtTemp, machineStateLabel, jobStateLabel, heaterLabel,
+} from './dom.js';
+
+/** The job a card shows: the running one, else the machine's last one. */
+function cardJob(app, m) {
+  if (m.job_id != null) return app.state.jobs.find((j) => j.id === m.job_id) ?? null;
+  let last = null;
+  for (const j of app.state.jobs) {
+    if (j.assigned_machine === m.id && j.ended_ms && (!last || j.ended_ms > last.ended_ms)) last = j;
+  }
+  return last;
+}
+
+/** A machine card; `update(m)` refreshes it from a MachineView. */
+export function machineCard(app, id, { link = true } = {}) {
+  const el = h('article', { class: 'card', 'data-machine': id, 'aria-labelledby': `m-${id}-name` });
+  const name = h('h3', { id: `m-${id}-name` });
+  const nameLink = link ? h('a', { href: `#/machine/${encodeURIComponent(id)}` }) : null;
+  if (nameLink) name.append(nameLink);
+  const sub = h('div', { class: 'sub' });
+  const badge = h('span', { class: 'badge state' });
+  const readings = h('dl', { class: 'readings' });
+  const lastError = h('p', { class: 'card-error', role: 'status' });
+
+  const jobBox = h('div', { class: 'job' });
+  const jobName = h('span', { class: 'job-name' });
+  const jobState = h('span', { class: 'job-state sub' });
+  const bar = h('progress', { class: 'job-progress', max: 100, value: 0, 'aria-labelledby': `m-${id}-pct` });
+  const pct = h('span', { class: 'job-percent', id: `m-${id}-pct` });
+  const elapsed = h('span', { class: 'job-elapsed' });
+  const eta = h('span', { class: 'job-eta' });
+  jobBox.append(
+    h('div', { class: 'job-line' }, jobName, jobState),
+    bar,
+    h('div', { class: 'job-line small' }, pct, elapsed, eta),
+  );
+
+  const error = h('p', { class: 'error', role: 'alert' });
+  const act = (path, label) => async () => {
+    setText(error, '');
+    try {
+      const m = await api('POST', `/machines/${encodeURIComponent(id)}/${path}`);
+      if (m?.id) app.state.machines.set(m.id, m);
+      app.changed();
+    } catch (e) {
+      setText(error, `${label} failed: ${e.message}`);
+    }
+  };
+  const btn = (cls, text, onclick, extra = {}) =>
+    h('button', { type: 'button', class: `small ${cls}`, onclick, ...extra }, text);
+  const buttons = {
+    pause: btn('act-pause', 'Pause', act('pause', 'Pause')),
+    resume: btn('act-resume primary', 'Resume', act('resume', 'Resume')),
+    cancel: btn('act-cancel', 'Cancel job…', async () => {
+      const m = app.state.machines.get(id);
+      const job = m && cardJob(app, m);
+      const what = job ? `job #${job.id} “${job.name}”` : 'the running job';
+      if (await app.confirm(`Cancel ${what} on ${m?.name ?? id}? The machine runs its cancel script.`, 'Cancel job')) {
+        await act('cancel', 'Cancel')();
+      }
+    }),
+    estop: btn('act-estop estop', 'Emergency stop', act('estop', 'Emergency stop'), {
+      'aria-label': `Emergency stop ${id}`,
+    }),
+    clear: btn('act-clear primary', 'Bed cleared', act('clear', 'Bed cleared')),
+    disable: btn('act-disable', 'Disable', act('disable', 'Disable')),
+    enable: btn('act-enable', 'Enable', act('enable', 'Enable')),
+  };
+  const actions = h('div', { class: 'actions' }, Object.values(buttons));
+
+  el.append(
+    h('div', { class: 'card-head' }, h('div', {}, name, sub), badge),
+    readings, lastError, jobBox, actions, error,
+  );
+
+  function readingsFor(m) {
+    const st = m.status ?? {};
+    const rows = [];
+    if (m.kind === 'printer') {
+      for (const x of st.heaters ?? []) {
+        const target = x.target > 0 ? ` / ${x.target.toFixed(0)} °C` : ' / off';
+        rows.push([heaterLabel(x.name), `${fmtTemp(x.actual)}${target}`, `heater-${x.name}`]);
+      }
+      if (!(st.heaters ?? []).length) rows.push(['Temperatures', 'not reported yet', 'heater-none']);
+    } else {
+      rows.push(['GRBL state', st.state ?? '—', 'grbl-state']);
+      const p = st.position;
+      rows.push(['Work position', p ? p.map((v, i) => `${'XYZ'[i]} ${v.toFixed(2)}`).join('  ') : '—', 'wpos']);
+    }
+    rows.push(['Firmware', st.firmware ?? '—', 'firmware']);
+    return rows;
+  }
+
+  function update(m) {
+    el.dataset.state = m.state;
+    if (nameLink) setText(nameLink, m.name); else setText(name, m.name);
+    setText(sub, `${m.kind === 'mill' ? 'Mill' : 'Printer'} · ${m.profile} · ${m.status?.connection ?? 'offline'}`);
+    setText(badge, machineStateLabel(m));
+    reconcile(readings, readingsFor(m), (r) => r[2],
+      () => h('div', {}, h('dt'), h('dd')),
+      (d, r) => { setText(d.firstChild, r[0]); setText(d.lastChild, r[1]); });
+    setText(lastError, m.state === 'error' || m.state === 'offline' ? (m.status?.last_error ?? '') : '');
+    lastError.hidden = !lastError.textContent;
+
+    const job = cardJob(app, m);
+    const live = m.job_id != null ? m.status?.job : null;
+    jobBox.hidden = !job && !live;
+    if (!jobBox.hidden) {
+      const p = job?.progress ?? {};
+      let percent = live?.percent ?? p.percent ?? 0;
+      if (job?.state === 'completed') percent = 100; // every line was acknowledged
+      const running = m.job_id != null;
+      setText(jobName, job ? `#${job.id} ${job.name}` : `Job ${live?.job_id ?? ''}`);
+      setText(jobState, running ? jobStateLabel(job?.state ?? 'running') : `Last job: ${jobStateLabel(job.state)}`);
+      jobBox.dataset.jobState = job?.state ?? 'running';
+      bar.value = percent;
+      setText(pct, fmtPercent(percent));
+      setText(elapsed, `Elapsed ${fmtDuration(live?.elapsed_seconds ?? p.elapsed_seconds)}`);
+      const etaS = live ? live.eta_seconds : null;
+      setText(eta, running ? `ETA ${fmtDuration(etaS)}` : '');
+      if (!running && job?.failure) setText(jobState, `Last job: ${jobStateLabel(job.state)} — ${job.failure.reason}`);
+    }
+
+    const active = m.state === 'running' || m.state === 'paused';
+    buttons.pause.hidden = m.state !== 'running';
+    buttons.resume.hidden = m.state !== 'paused';
+    buttons.cancel.hidden = !active;
+    buttons.estop.hidden = !active;
+    buttons.clear.hidden = m.state !== 'awaiting_clear';
+    buttons.disable.hidden = m.disabled;
+    buttons.enable.hidden = !m.disabled;
+  }
+
+  return { el, update };
+}
+
+export function machinesView(app) {
+  const grid = h('div', { class: 'cards', id: 'machine-cards' });
+  const empty = h('p', { class: 'empty' }, 'No machines are configured.');
+  const el = h('section', { 'aria-labelledby': 'machines-h' },
+    h('h2', { id: 'machines-h' }, 'Machines'), empty, grid);
+  const cards = new Map();
+  return {
+    el,
+    title: 'Machines',
+    update() {
+      const list = [...app.state.machines.values()];
+      empty.hidden = list.length > 0;
+      reconcile(grid, list, (m) => m.id,
+        (m) => {
+          const c = machineCard(app, m.id);
+          cards.set(m.id, c);
+          return c.el;
+        },
+        (_, m) => cards.get(m.id).update(m));
+    },
+  };
+}
