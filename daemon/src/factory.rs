@@ -35,6 +35,9 @@ pub const MAX_COPIES: u32 = 1000;
 /// point).
 const PERSIST_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// Least interval between machine status events while a job runs.
+const MACHINE_EVENT_EVERY: Duration = Duration::from_secs(1);
+
 /// Why an operation was refused; each maps to one HTTP status.
 #[derive(Debug, Error)]
 pub enum FactoryError {
@@ -805,18 +808,21 @@ impl Factory {
 
     async fn watch_status(self: Arc<Self>, i: usize, mut rx: watch::Receiver<MachineStatus>) {
         let mut last = rx.borrow().connection;
+        let mut published = Instant::now();
         while rx.changed().await.is_ok() {
             let (conn, has_job) = {
                 let s = rx.borrow_and_update();
                 (s.connection, s.job.is_some())
             };
-            // Progress is published from driver events; here only changes
-            // an operator sees on the card without a job running.
-            if conn != last || !has_job {
+            // During a job the status changes with every progress tick;
+            // temperatures and positions are worth one event a second.
+            let due = !has_job || published.elapsed() >= MACHINE_EVENT_EVERY;
+            if conn != last || due {
                 let v = view(&self.slots[i], &self.lock());
                 self.publish(Event::Machine {
                     machine: Box::new(v),
                 });
+                published = Instant::now();
             }
             if conn != last && conn == Connection::Online {
                 self.wake.notify_one();
