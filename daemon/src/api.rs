@@ -854,8 +854,14 @@ async fn events(
     State(s): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = s.factory.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let ev = match rx.recv().await {
+    let closing = s.factory.closing();
+    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            // The daemon is stopping: end the stream so the server can.
+            _ = closing.wait_for(|c| *c) => return None,
+        };
+        let ev = match next {
             Ok(e) => {
                 let name = match &e {
                     Event::Job { .. } => "job",
@@ -871,7 +877,7 @@ async fn events(
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
         };
-        Some((Ok(ev), rx))
+        Some((Ok(ev), (rx, closing)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

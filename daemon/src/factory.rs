@@ -113,6 +113,7 @@ pub struct Factory {
     state: Mutex<State>,
     wake: Notify,
     events: broadcast::Sender<Event>,
+    closing: watch::Sender<bool>,
     max_upload: u64,
 }
 
@@ -180,6 +181,7 @@ impl Factory {
             state: Mutex::new(state),
             wake: Notify::new(),
             events,
+            closing: watch::Sender::new(false),
             max_upload,
         }))
     }
@@ -197,6 +199,17 @@ impl Factory {
     /// Live events for `GET /events`.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Becomes `true` when the daemon starts shutting down, so that
+    /// endless responses (event streams) can end and let the server stop.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Marks the start of shutdown.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Starts the per-machine event tasks and the scheduler; returns their

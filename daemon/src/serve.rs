@@ -91,6 +91,7 @@ impl Running {
     /// Stops taking requests, stops every machine at a safe point and
     /// stores the state of interrupted jobs.
     pub async fn stop(self) {
+        self.factory.begin_shutdown();
         let _ = self.stop.send(());
         // Open event streams never end on their own; do not wait forever.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.server).await;

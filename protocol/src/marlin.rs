@@ -853,12 +853,31 @@ impl MarlinHost {
         }
     }
 
+    fn front_is_m115(&self) -> bool {
+        self.in_flight.front().is_some_and(|f| {
+            self.history
+                .iter()
+                .rev()
+                .find(|s| s.number == f.number)
+                .is_some_and(|s| s.is_m115)
+        })
+    }
+
     fn on_ok(&mut self, line: &str) {
         if line.contains(" N") && line.contains(" B") {
             self.advanced_ok_seen = true;
         }
         if let Some(t) = parse_temperatures(line) {
             self.events.push_back(MarlinEvent::Temperatures(t));
+        }
+        if !self.handshake_done && self.firmware.name.is_empty() && self.front_is_m115() {
+            // M115's own ok follows its FIRMWARE_NAME line. An ok before it
+            // is M110's, delayed by an ok a firmware still draining the
+            // buffer of an earlier connection sent (it does not reset when
+            // the port reopens). Counting it would shift every later ok
+            // onto the wrong line.
+            self.stats.unexpected_oks += 1;
+            return;
         }
         let Some(f) = self.in_flight.pop_front() else {
             self.stats.unexpected_oks += 1;
@@ -981,6 +1000,7 @@ impl MarlinHost {
             return;
         }
         self.handshake_done = false;
+        self.firmware = FirmwareInfo::default();
         self.ghosts.clear();
         self.ghost_bytes = 0;
         self.in_flight.clear();

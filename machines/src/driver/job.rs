@@ -186,8 +186,12 @@ impl JobSource {
 
 /// Counts a file's commands (non-empty lines after cleaning), for progress
 /// totals when no analysis is at hand.
-pub async fn count_commands(path: &Path, expand: bool) -> Result<u64, JobFileError> {
-    let mut src = JobSource::open(path, 1).await?;
+pub async fn count_commands(
+    path: &Path,
+    start_line: u64,
+    expand: bool,
+) -> Result<u64, JobFileError> {
+    let mut src = JobSource::open(path, start_line.max(1)).await?;
     if expand {
         src = src.expand_canned_cycles();
     }

@@ -726,9 +726,12 @@ impl<'a> Session<'a> {
         }
         let total = match spec.total_lines {
             Some(t) => t,
-            None => super::job::count_commands(&spec.path, spec.expand_canned_cycles)
-                .await
-                .map_err(|e| DriverError::Invalid(e.to_string()))?,
+            // A restart part-way streams only the lines from `start_line`.
+            None => {
+                super::job::count_commands(&spec.path, spec.start_line, spec.expand_canned_cycles)
+                    .await
+                    .map_err(|e| DriverError::Invalid(e.to_string()))?
+            }
         };
         let mut source = JobSource::open(&spec.path, spec.start_line.max(1))
             .await

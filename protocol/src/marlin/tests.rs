@@ -94,6 +94,37 @@ fn handshake_resets_line_numbers_then_asks_for_capabilities() {
 }
 
 #[test]
+fn stale_oks_from_an_earlier_connection_do_not_shift_the_handshake() {
+    // The firmware kept executing the previous session's buffer and sends
+    // its oks after the port reopened: one lands before M110's own ok.
+    let mut t = Transcript::new(ping_pong());
+    t.host.handshake();
+    t.flush();
+    t.recv("ok"); // stale: taken for M110's, so M115 goes out
+    t.recv("ok"); // M110's real ok: M115 has not answered yet
+    t.recv("FIRMWARE_NAME:Marlin 2.1.2 (Github) PROTOCOL_VERSION:1.0");
+    t.recv("ok"); // M115's
+    let name = t.events.iter().find_map(|e| match e {
+        MarlinEvent::Firmware(i) => Some(i.name.clone()),
+        _ => None,
+    });
+    assert_eq!(name.as_deref(), Some("Marlin 2.1.2 (Github)"));
+    t.host.push(Origin::Job { line: 7 }, "G28").expect("push");
+    t.flush();
+    assert!(t.text.contains("> N2 G28*"), "{}", t.text);
+    t.recv("ok");
+    assert!(
+        t.events.iter().any(|e| matches!(
+            e,
+            MarlinEvent::Acknowledged {
+                origin: Origin::Job { line: 7 }
+            }
+        )),
+        "the job line is acknowledged by its own ok"
+    );
+}
+
+#[test]
 fn resend_without_ok_sends_the_bad_line_and_everything_after_it() {
     let mut t = Transcript::new(MarlinConfig {
         ok_after_resend: Some(false),
@@ -238,6 +269,7 @@ fn restart_mid_job_is_reported_and_the_handshake_repeats() {
     // caused: nothing to redo.
     assert!(!t.events.contains(&MarlinEvent::FirmwareRestarted));
     t.recv("ok");
+    t.recv("FIRMWARE_NAME:Marlin 2.1.2");
     t.recv("ok");
     t.host
         .push(Origin::Job { line: 1 }, "G1 X1")
@@ -429,6 +461,10 @@ impl Firmware {
             && *done <= t
             && let Some((cmd, _)) = self.slots.pop_front()
         {
+            if cmd == "M115" {
+                // As real Marlin: the report comes before the ok.
+                out.push("FIRMWARE_NAME:Marlin model".into());
+            }
             if !cmd.is_empty() {
                 self.executed.push(cmd);
             }
