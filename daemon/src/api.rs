@@ -985,6 +985,7 @@ pub fn router(state: AppState) -> Router {
         // The dashboard at `/`; everything else, `/api` included, stays a
         // JSON 404.
         .merge(crate::web::router())
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // Uploads stream to disk; the limit also bounds multipart overhead.
         .layer(DefaultBodyLimit::max(
@@ -993,6 +994,19 @@ pub fn router(state: AppState) -> Router {
                 .saturating_add(64 * 1024),
         ))
         .with_state(state)
+}
+
+/// A known path called with a method it does not have; axum's default is
+/// an empty body, which breaks the one error shape. `Allow` is still set.
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}; see the Allow header or /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
