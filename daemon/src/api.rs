@@ -276,6 +276,16 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
     })
 }
 
+/// This OpenAPI document; needs no token.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document of every route",
+        content_type = "application/json")))]
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(doc.as_ref().clone())
+}
+
 // ----------------------------------------------------------------- session
 
 /// `POST /session` body.
@@ -970,18 +980,12 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), require_auth));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
+        .routes(routes!(openapi_json))
         .routes(routes!(sign_in))
         .merge(protected)
         .split_for_parts();
-    let doc = Arc::new(api);
     router
-        .route(
-            "/api/v1/openapi.json",
-            axum::routing::get(move || {
-                let doc = Arc::clone(&doc);
-                async move { Json(doc.as_ref().clone()) }
-            }),
-        )
+        .layer(axum::Extension(Arc::new(api)))
         // The dashboard at `/`; everything else, `/api` included, stays a
         // JSON 404.
         .merge(crate::web::router())
