@@ -466,6 +466,24 @@ async fn cookie_sessions(f: &Factory) {
     }
 }
 
+/// (what, request, status, code, words the message must contain)
+type Case = (
+    &'static str,
+    reqwest::RequestBuilder,
+    StatusCode,
+    &'static str,
+    Vec<String>,
+);
+
+/// (what, file content, status, code, words the message must contain)
+type UploadCase = (
+    &'static str,
+    Vec<u8>,
+    StatusCode,
+    &'static str,
+    Vec<&'static str>,
+);
+
 /// A small deterministic generator (xorshift64*), so a failing fuzz case
 /// is the same on every run.
 struct Rng(u64);
@@ -556,8 +574,7 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
             .body(body.to_string())
     };
 
-    // (what, request, status, code, words the message must contain)
-    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str, Vec<String>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             json_req(Method::POST, "/jobs", "{\"file_id\": "),
@@ -778,7 +795,7 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
 
     // Uploads: (what, content, status, code, words).
     let long_line = format!("G28\nG1 {}\n", "X1 ".repeat(100));
-    let uploads: Vec<(&str, Vec<u8>, StatusCode, &str, Vec<&str>)> = vec![
+    let uploads: Vec<UploadCase> = vec![
         (
             "an upload over max_upload_bytes",
             "G1 X1 Y1\n".repeat(600).into_bytes(),
