@@ -25,7 +25,7 @@ use utoipa_axum::routes;
 use crate::auth;
 use crate::factory::{Factory, FactoryError, JobAction, Submission};
 use crate::files::IngestError;
-use crate::model::{Event, FileRecord, Job, JobState, Kind, MachineView, Role};
+use crate::model::{Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord};
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -192,43 +192,58 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-async fn require_auth(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+/// The caller's token record, from the bearer token or the session cookie
+/// (which must carry the CSRF header to change anything), or the 401/403
+/// to answer.
+fn authenticate(s: &AppState, req: &Request) -> Result<TokenRecord, ApiError> {
     let store = s.factory.store();
     let found = if let Some(token) = bearer(req.headers()) {
         auth::lookup(store, token)
     } else if let Some(session) = cookie(req.headers(), auth::SESSION_COOKIE) {
         let safe = req.method() == Method::GET || req.method() == Method::HEAD;
         if !safe && !req.headers().contains_key(auth::CSRF_HEADER) {
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "csrf",
                 format!(
                     "a request signed in by cookie must send the {} header",
                     auth::CSRF_HEADER
                 ),
-            )
-            .into_response();
+            ));
         }
         auth::lookup_session(store, session)
     } else {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "send 'Authorization: Bearer <token>'; create a token with 'microfactoryd token create'",
-        )
-        .into_response();
+        ));
     };
-    let record = match found {
-        Ok(Some(r)) => r,
-        Ok(None) => {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "the token or session is not known to this daemon; sign in again",
-            )
-            .into_response();
-        }
-        Err(e) => return ApiError::from(FactoryError::Store(e)).into_response(),
+    match found {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the token or session is not known to this daemon; sign in again",
+        )),
+        Err(e) => Err(ApiError::from(FactoryError::Store(e))),
+    }
+}
+
+async fn run_as(record: TokenRecord, mut req: Request, next: Next) -> Response {
+    let span = tracing::info_span!("request", caller = %record.name);
+    req.extensions_mut().insert(Caller {
+        name: record.name,
+        role: record.role,
+    });
+    tracing::Instrument::instrument(next.run(req), span).await
+}
+
+/// Any known caller whose role may use the method.
+async fn require_auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let record = match authenticate(&s, &req) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
     };
     if !auth::allowed(record.role, req.method()) {
         let role = format!("{:?}", record.role).to_lowercase();
@@ -244,12 +259,16 @@ async fn require_auth(State(s): State<AppState>, mut req: Request, next: Next) -
         )
         .into_response();
     }
-    let span = tracing::info_span!("request", caller = %record.name);
-    req.extensions_mut().insert(Caller {
-        name: record.name,
-        role: record.role,
-    });
-    tracing::Instrument::instrument(next.run(req), span).await
+    run_as(record, req, next).await
+}
+
+/// Any known caller, whatever its role: for ending one's own session,
+/// which a read-only viewer must be able to do too.
+async fn require_signed_in(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    match authenticate(&s, &req) {
+        Ok(record) => run_as(record, req, next).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 // ------------------------------------------------------------------ system
@@ -274,6 +293,16 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION").into(),
         machines: s.factory.machines().len(),
     })
+}
+
+/// This OpenAPI document; needs no token.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document of every route",
+        content_type = "application/json")))]
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(doc.as_ref().clone())
 }
 
 // ----------------------------------------------------------------- session
@@ -350,7 +379,8 @@ async fn who_am_i(axum::Extension(c): axum::Extension<Caller>) -> Json<WhoAmI> {
     })
 }
 
-/// Signs the browser out (ends the session, clears the cookie).
+/// Signs the browser out (ends the session, clears the cookie). Any role
+/// may, a viewer too.
 #[utoipa::path(delete, path = "/api/v1/session", tag = "session",
     responses((status = 204), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -972,25 +1002,29 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(machine_console))
         .routes(routes!(events))
         .routes(routes!(event_log))
-        .routes(routes!(who_am_i, sign_out))
+        .routes(routes!(who_am_i))
         .layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    // Signing out needs a known caller but no particular role.
+    let signed_in =
+        OpenApiRouter::new()
+            .routes(routes!(sign_out))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                require_signed_in,
+            ));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
+        .routes(routes!(openapi_json))
         .routes(routes!(sign_in))
         .merge(protected)
+        .merge(signed_in)
         .split_for_parts();
-    let doc = Arc::new(api);
     router
-        .route(
-            "/api/v1/openapi.json",
-            axum::routing::get(move || {
-                let doc = Arc::clone(&doc);
-                async move { Json(doc.as_ref().clone()) }
-            }),
-        )
+        .layer(axum::Extension(Arc::new(api)))
         // The dashboard at `/`; everything else, `/api` included, stays a
         // JSON 404.
         .merge(crate::web::router())
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // Uploads stream to disk; the limit also bounds multipart overhead.
         .layer(DefaultBodyLimit::max(
@@ -999,6 +1033,19 @@ pub fn router(state: AppState) -> Router {
                 .saturating_add(64 * 1024),
         ))
         .with_state(state)
+}
+
+/// A known path called with a method it does not have; axum's default is
+/// an empty body, which breaks the one error shape. `Allow` is still set.
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}; see the Allow header or /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {

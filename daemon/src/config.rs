@@ -127,18 +127,74 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let (mut config, unknown) = match toml::from_str::<Config>(&text) {
+            Ok(c) => (c, Vec::new()),
+            Err(e) => Self::without_unknown_keys(&text).ok_or_else(|| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?,
+        };
         if config.data_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
             config.data_dir = base.join(&config.data_dir);
         }
-        config.check().map_err(|problems| ConfigError::Invalid {
+        let problems = match config.check() {
+            Ok(checked) if unknown.is_empty() => return Ok(checked),
+            Ok(_) => unknown,
+            Err(problems) => unknown.into_iter().chain(problems).collect(),
+        };
+        Err(ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
         })
+    }
+
+    /// When a file fails only because of unknown keys, the file without
+    /// them and one problem per key, so that they are reported together
+    /// with everything else that is wrong. `None` for any other error.
+    fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
+        const TOP: [&str; 4] = ["listen", "data_dir", "max_upload_bytes", "machine"];
+        const MACHINE: [&str; 8] = [
+            "id",
+            "name",
+            "profile",
+            "port",
+            "baud",
+            "tags",
+            "require_bed_clear",
+            "flow",
+        ];
+        let mut table: toml::Table = toml::from_str(text).ok()?;
+        let mut unknown = Vec::new();
+        let mut strip = |t: &mut toml::Table, known: &[&str], at: &str| {
+            let extra: Vec<String> = t
+                .keys()
+                .filter(|k| !known.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            for k in extra {
+                t.remove(&k);
+                unknown.push(format!(
+                    "{at}unknown key '{k}' (expected one of {})",
+                    known.join(", ")
+                ));
+            }
+        };
+        strip(&mut table, &TOP, "");
+        if let Some(toml::Value::Array(machines)) = table.get_mut("machine") {
+            for (i, m) in machines.iter_mut().enumerate() {
+                if let toml::Value::Table(m) = m {
+                    let id = m.get("id").and_then(toml::Value::as_str).unwrap_or("?");
+                    let at = format!("machine #{} ({id}): ", i + 1);
+                    strip(m, &MACHINE, &at);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return None;
+        }
+        let config = toml::Value::Table(table).try_into().ok()?;
+        Some((config, unknown))
     }
 
     /// Validates an in-memory configuration (used by the demo too).
@@ -286,6 +342,36 @@ port = "/dev/serial/by-id/x"
         ] {
             assert!(all.contains(needle), "missing {needle}: {all}");
         }
+    }
+
+    #[test]
+    fn unknown_keys_are_set_aside_and_every_known_key_is_kept() {
+        let (c, unknown) = Config::without_unknown_keys(
+            r#"
+listen = "127.0.0.1:1"
+data_dir = "d"
+max_upload_bytes = 2048
+colour = "red"
+[[machine]]
+id = "m"
+name = "M"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/m"
+baud = 115200
+tags = ["tool:vbit"]
+require_bed_clear = true
+flow = "ping-pong"
+speed = 3
+"#,
+        )
+        .expect("only unknown keys are wrong");
+        assert_eq!(unknown.len(), 2, "{unknown:?}");
+        assert!(unknown[0].contains("'colour'"), "{unknown:?}");
+        assert!(unknown[1].starts_with("machine #1 (m): unknown key 'speed'"));
+        assert_eq!(c.max_upload_bytes, 2048);
+        assert_eq!(c.machines[0].flow, Some(FlowMode::PingPong));
+        assert!(c.machines[0].require_bed_clear);
+        assert!(Config::without_unknown_keys("data_dir = 5\n").is_none());
     }
 
     #[test]

@@ -136,3 +136,149 @@ fn expanded_output_is_a_program_grbl_accepts() {
     assert!(!text.contains("G82"));
     assert!(text.contains("G4 P0.25"));
 }
+
+const GOOD_CONFIG: &str = r#"
+listen = "127.0.0.1:7125"
+data_dir = "data-good"
+
+[[machine]]
+id = "mk3-a"
+name = "Prusa A"
+profile = "prusa-mk3s"
+port = "/dev/serial/by-id/usb-Prusa_MK3_A-if00"
+tags = ["material:PLA"]
+
+[[machine]]
+id = "mill-1"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/usb-GRBL_3018-if00"
+"#;
+
+/// Three different mistakes: an unknown key, an unknown profile and an id
+/// used twice.
+const BAD_CONFIG: &str = r#"
+data_dir = "data-bad"
+listen_adress = "127.0.0.1:7125"
+
+[[machine]]
+id = "mk3-a"
+profile = "prusa-mk9"
+port = "/dev/serial/by-id/a"
+
+[[machine]]
+id = "mk3-a"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/b"
+"#;
+
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let p = tmp(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_config_exits_78_listing_every_problem_at_once() {
+    let bad = config_file("bad.toml", BAD_CONFIG);
+    let out = run(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        bad.to_str().unwrap(),
+        "listen_adress",
+        "unknown machine profile 'prusa-mk9'",
+        "id 'mk3-a' is used twice",
+    ] {
+        assert!(err.contains(needle), "missing '{needle}' in:\n{err}");
+    }
+}
+
+#[test]
+fn check_config_exits_0_naming_the_machines_of_a_good_file() {
+    let good = config_file("good.toml", GOOD_CONFIG);
+    let out = run(&["check-config", "--config", good.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "ok, 2 machine(s)",
+        "mk3-a (Prusa A): prusa-mk3s",
+        "mill-1 (mill-1): grbl-3018",
+    ] {
+        assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
+    }
+}
+
+#[test]
+fn serving_a_bad_config_exits_78_before_listening() {
+    let bad = config_file("bad-serve.toml", BAD_CONFIG);
+    let out = run(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("prusa-mk9"), "{err}");
+    let missing = tmp("missing.toml");
+    let out = run(&["--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn token_create_prints_a_new_token_once() {
+    let config = config_file(
+        "token.toml",
+        &format!(
+            "data_dir = \"data-token\"\n{}",
+            &GOOD_CONFIG[GOOD_CONFIG.find("[[").unwrap()..]
+        ),
+    );
+    let create = || {
+        run(&[
+            "token",
+            "create",
+            "--config",
+            config.to_str().unwrap(),
+            "--role",
+            "storefront",
+            "--name",
+            "shop",
+        ])
+    };
+    let first = create();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8(first.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly the token: {stdout:?}");
+    let token = lines[0];
+    assert!(
+        token.starts_with("mfd_") && token.len() == 4 + 64,
+        "{token}"
+    );
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(err.contains("shown only this once"), "{err}");
+    assert!(!err.contains(token), "the token is printed once: {err}");
+    let second = create();
+    assert!(second.status.success());
+    assert_ne!(String::from_utf8_lossy(&second.stdout).trim(), token);
+
+    let out = run(&[
+        "token",
+        "create",
+        "--config",
+        config.to_str().unwrap(),
+        "--role",
+        "admin",
+        "--name",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role 'admin'"));
+}

@@ -251,7 +251,10 @@ impl Factory {
         Ok(f)
     }
 
-    fn token_create(dir: &Path, role: &str) -> Result<String> {
+    /// Creates a token of `role` with `microfactoryd token create` for the
+    /// factory in `dir`. sled allows one process at a time, so this works
+    /// only while the daemon is stopped (before `launch`, after `terminate`).
+    pub fn token_create(dir: &Path, role: &str) -> Result<String> {
         let out = std::process::Command::new(daemon_bin())
             .args(["token", "create", "--role", role, "--name"])
             .arg(format!("test {role}"))

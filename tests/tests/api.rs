@@ -1,0 +1,908 @@
+//! The HTTP API from the outside: who may call which route (every route of
+//! the OpenAPI document, so a new route is covered the day it is added),
+//! cookie sessions, and what every kind of bad input gets back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use microfactory_e2e::{Factory, MachineSpec};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+
+/// A small printer program: extrudes, so it routes to printers only.
+const PRINT: &str = "G28\nG1 Z0.2 F3000\nG1 X10 Y10 E1 F1500\nG1 X20 Y10 E2\n";
+
+/// Routes anyone may call, signed in or not.
+const PUBLIC: [(&str, &str); 3] = [
+    ("GET", "/api/v1/health"),
+    ("POST", "/api/v1/session"),
+    ("GET", "/api/v1/openapi.json"),
+];
+
+/// Routes every signed-in caller may call whatever its role: ending one's
+/// own session.
+const SELF_SERVICE: [(&str, &str); 1] = [("DELETE", "/api/v1/session")];
+
+fn two_machines() -> [MachineSpec; 2] {
+    [
+        MachineSpec::printer("p1", "prusa-mk3s"),
+        MachineSpec::mill("m1"),
+    ]
+}
+
+/// Strips `/api/v1`, which `Factory::request` adds back.
+fn rel(path: &str) -> &str {
+    path.strip_prefix("/api/v1").expect("an /api/v1 path")
+}
+
+/// Sends a request; the body is parsed as JSON unless it is an event
+/// stream (endless: only the status is looked at) or empty.
+async fn call(req: reqwest::RequestBuilder) -> (StatusCode, Option<Value>, header::HeaderMap) {
+    let res = req.send().await.expect("request");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        return (status, None, headers);
+    }
+    let bytes = res.bytes().await.expect("body");
+    if bytes.is_empty() {
+        return (status, None, headers);
+    }
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{status}: body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, Some(v), headers)
+}
+
+/// Asserts the one error shape and returns (code, message).
+fn error_of(what: &str, status: StatusCode, body: &Option<Value>) -> (String, String) {
+    let b = body
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: {status} with an empty body"));
+    let code = b["error"]["code"].as_str();
+    let msg = b["error"]["message"].as_str();
+    match (code, msg) {
+        (Some(c), Some(m)) if !c.is_empty() && !m.is_empty() => (c.to_string(), m.to_string()),
+        _ => panic!("{what}: {status} without the error shape: {b}"),
+    }
+}
+
+fn expect_error(
+    what: &str,
+    (status, body): (StatusCode, &Option<Value>),
+    want: StatusCode,
+    code: &str,
+    needles: &[&str],
+) {
+    assert_eq!(status, want, "{what}: {body:?}");
+    let (c, m) = error_of(what, status, body);
+    assert_eq!(c, code, "{what}: {m}");
+    for n in needles {
+        assert!(m.contains(n), "{what}: message does not name '{n}': {m}");
+    }
+}
+
+/// A route of the OpenAPI document.
+#[derive(Debug, Clone)]
+struct Route {
+    method: Method,
+    template: String,
+}
+
+impl Route {
+    fn is(&self, list: &[(&str, &str)]) -> bool {
+        list.iter()
+            .any(|(m, p)| self.method.as_str() == *m && self.template == *p)
+    }
+
+    fn name(&self) -> String {
+        format!("{} {}", self.method, self.template)
+    }
+}
+
+/// Every (method, path) of the document, checking that it marks exactly the
+/// public routes as needing no token.
+fn routes_of(doc: &Value) -> Vec<Route> {
+    let mut out = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (m, op) in ops.as_object().expect("operations") {
+            let Ok(method) = m.to_uppercase().parse::<Method>() else {
+                continue;
+            };
+            if !matches!(m.as_str(), "get" | "post" | "put" | "patch" | "delete") {
+                continue;
+            }
+            let r = Route {
+                method,
+                template: path.clone(),
+            };
+            let documented_secure = op
+                .get("security")
+                .and_then(Value::as_array)
+                .is_some_and(|s| !s.is_empty());
+            assert_eq!(
+                documented_secure,
+                !r.is(&PUBLIC),
+                "{}: the document's security does not match who may call it",
+                r.name()
+            );
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Ids to put into path templates.
+struct Ids {
+    file: String,
+    job: u64,
+    machine: &'static str,
+}
+
+impl Ids {
+    fn path(&self, template: &str) -> String {
+        let mut out = Vec::new();
+        let segs: Vec<&str> = template.split('/').collect();
+        for (i, seg) in segs.iter().enumerate() {
+            if seg.starts_with('{') {
+                let owner = if i > 0 { segs[i - 1] } else { "" };
+                out.push(match owner {
+                    "files" => self.file.clone(),
+                    "jobs" => self.job.to_string(),
+                    "machines" => self.machine.to_string(),
+                    _ => panic!("{template}: no test id for a parameter after '{owner}'; add one"),
+                });
+            } else {
+                out.push((*seg).to_string());
+            }
+        }
+        out.join("/")
+    }
+}
+
+/// The order operator calls run in, so that destructive ones come last and
+/// each still finds what it acts on.
+fn operator_order(r: &Route) -> u8 {
+    let t = r.template.as_str();
+    match (r.method.as_str(), t) {
+        ("GET", _) => 0,
+        (_, t) if t.ends_with("/cancel") => 2,
+        ("DELETE", "/api/v1/files/{id}") => 3,
+        (_, t) if t.ends_with("/estop") => 4,
+        ("DELETE", "/api/v1/session") => 5,
+        _ => 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_admits_exactly_the_roles_it_documents() {
+    let mut f = Factory::start(&two_machines()).await.unwrap();
+    // The reserved roles: tokens are made while the daemon is stopped
+    // (sled allows one process).
+    f.terminate().await.unwrap();
+    let storefront = Factory::token_create(f.dir.path(), "storefront").unwrap();
+    let machine = Factory::token_create(f.dir.path(), "machine").unwrap();
+    assert!(storefront.starts_with("mfd_") && machine.starts_with("mfd_"));
+    f.launch().await.unwrap();
+
+    // Something for every path parameter: a file, a job that stays queued
+    // (its machine is out of service) and a machine.
+    let file = f
+        .upload_bytes("tiny.gcode", PRINT.as_bytes().to_vec())
+        .await
+        .unwrap();
+    assert_eq!(file.0, StatusCode::CREATED, "{}", file.1);
+    let file_id = file.1["id"].as_str().unwrap().to_string();
+    let (s, v) = f.post("/machines/p1/disable", json!({})).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let jobs = f
+        .submit(json!({"file_id": file_id, "machine_id": "p1"}))
+        .await
+        .unwrap();
+    let ids = Ids {
+        file: file_id.clone(),
+        job: jobs[0],
+        machine: "m1",
+    };
+
+    // The document itself needs no token.
+    let (s, doc, _) = call(f.request(Method::GET, "/openapi.json")).await;
+    assert_eq!(s, StatusCode::OK);
+    let routes = routes_of(doc.as_ref().unwrap());
+    let names: BTreeSet<String> = routes.iter().map(Route::name).collect();
+    for must in [
+        "GET /api/v1/openapi.json",
+        "POST /api/v1/files",
+        "DELETE /api/v1/files/{id}",
+        "POST /api/v1/jobs/{id}/requeue",
+        "POST /api/v1/machines/{id}/console",
+        "GET /api/v1/events",
+        "DELETE /api/v1/session",
+    ] {
+        assert!(names.contains(must), "{must} is not in the document");
+    }
+    assert!(
+        routes.len() >= 30,
+        "only {} routes: {names:?}",
+        routes.len()
+    );
+
+    for r in &routes {
+        let what = r.name();
+        let path = ids.path(&r.template);
+        let req = || f.request(r.method.clone(), rel(&path));
+
+        // No credentials.
+        let (s, body, _) = call(req()).await;
+        if r.is(&PUBLIC) {
+            assert_ne!(s, StatusCode::UNAUTHORIZED, "{what} is public: {body:?}");
+            assert_ne!(s, StatusCode::FORBIDDEN, "{what} is public: {body:?}");
+            continue;
+        }
+        expect_error(
+            &format!("{what} without a token"),
+            (s, &body),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            &["Bearer"],
+        );
+
+        // A token the daemon never issued, and a session it never opened.
+        let (s, body, _) = call(req().bearer_auth("mfd_0000not0a0real0token")).await;
+        expect_error(
+            &format!("{what} with a wrong token"),
+            (s, &body),
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &["not known"],
+        );
+        let (s, body, _) = call(
+            req()
+                .header(header::COOKIE, "mfd_session=forged")
+                .header("x-microfactory-csrf", "1"),
+        )
+        .await;
+        expect_error(
+            &format!("{what} with a forged session"),
+            (s, &body),
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &["sign in again"],
+        );
+
+        // The viewer reads everything and changes nothing.
+        let (s, body, _) = call(req().bearer_auth(&f.viewer)).await;
+        if r.method == Method::GET || r.is(&SELF_SERVICE) {
+            assert!(s.is_success(), "viewer {what}: {s} {body:?}");
+        } else {
+            expect_error(
+                &format!("viewer {what}"),
+                (s, &body),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &["viewer", "operator"],
+            );
+        }
+
+        // The reserved roles may call nothing yet.
+        for (role, token) in [("storefront", &storefront), ("machine", &machine)] {
+            let (s, body, _) = call(req().bearer_auth(token)).await;
+            if r.is(&SELF_SERVICE) {
+                assert!(s.is_success(), "{role} {what}: {s} {body:?}");
+                continue;
+            }
+            expect_error(
+                &format!("{role} {what}"),
+                (s, &body),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &[role],
+            );
+        }
+    }
+
+    // Nothing the others sent changed anything: the job still waits.
+    let (_, j) = f.get(&format!("/jobs/{}", ids.job)).await.unwrap();
+    assert_eq!(j["state"], "queued", "{j}");
+
+    // The operator may call everything; destructive calls last.
+    let mut ordered = routes.clone();
+    ordered.sort_by_key(|r| (operator_order(r), r.template.clone()));
+    let mut second_file: Option<String> = None;
+    for r in &ordered {
+        let what = format!("operator {}", r.name());
+        let path = ids.path(&r.template);
+        let mut req = f
+            .request(r.method.clone(), rel(&path))
+            .bearer_auth(&f.token);
+        match (r.method.as_str(), r.template.as_str()) {
+            ("POST", "/api/v1/files") => {
+                let part = reqwest::multipart::Part::bytes(b"G28\nG1 X5 E1\n".to_vec())
+                    .file_name("second.gcode");
+                req = req.multipart(reqwest::multipart::Form::new().part("file", part));
+            }
+            ("POST", "/api/v1/jobs") => {
+                // The second file, so that deleting the first one is allowed
+                // once its job is cancelled.
+                let file = second_file.clone().unwrap_or_else(|| file_id.clone());
+                req = req.json(&json!({"file_id": file, "machine_id": "p1"}));
+            }
+            ("POST", "/api/v1/session") => req = req.json(&json!({"token": f.token})),
+            ("POST", "/api/v1/machines/{id}/console") => {
+                req = req.json(&json!({"command": "G4 P0"}))
+            }
+            ("POST", "/api/v1/jobs/{id}/reorder") => req = req.json(&json!({"priority": 1})),
+            _ => {}
+        }
+        let (s, body, _) = call(req).await;
+        assert!(
+            s != StatusCode::UNAUTHORIZED && s != StatusCode::FORBIDDEN && !s.is_server_error(),
+            "{what}: {s} {body:?}"
+        );
+        if s.is_client_error() {
+            error_of(&what, s, &body);
+        }
+        if r.method == Method::GET {
+            assert_eq!(s, StatusCode::OK, "{what}: {body:?}");
+        }
+        match (r.method.as_str(), r.template.as_str()) {
+            ("POST", "/api/v1/files") => {
+                assert_eq!(s, StatusCode::CREATED, "{what}: {body:?}");
+                second_file = Some(body.unwrap()["id"].as_str().unwrap().to_string());
+            }
+            ("POST", "/api/v1/jobs") => assert_eq!(s, StatusCode::CREATED, "{what}: {body:?}"),
+            ("POST", "/api/v1/jobs/{id}/cancel") => {
+                assert_eq!(s, StatusCode::OK, "{what}: {body:?}");
+                assert_eq!(body.unwrap()["state"], "cancelled");
+            }
+            ("DELETE", "/api/v1/files/{id}") => {
+                assert_eq!(s, StatusCode::NO_CONTENT, "{what}: {body:?}");
+            }
+            _ => {}
+        }
+    }
+
+    cookie_sessions(&f).await;
+}
+
+/// The dashboard's cookie: `HttpOnly`, `SameSite=Strict`, needs the CSRF
+/// header to change anything, and is dead after signing out.
+async fn cookie_sessions(f: &Factory) {
+    let (s, body, _) = call(
+        f.request(Method::POST, "/session")
+            .json(&json!({"token": "mfd_not_a_token"})),
+    )
+    .await;
+    expect_error(
+        "sign in with a wrong token",
+        (s, &body),
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        &["not known"],
+    );
+
+    for (role, token) in [("operator", &f.token), ("viewer", &f.viewer)] {
+        let (s, body, headers) = call(
+            f.request(Method::POST, "/session")
+                .json(&json!({"token": token})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{role} sign in: {body:?}");
+        assert_eq!(body.unwrap()["role"], role);
+        let set = headers
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .expect("Set-Cookie")
+            .to_string();
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+            assert!(set.contains(attr), "{role} cookie lacks {attr}: {set}");
+        }
+        let pair = set.split(';').next().unwrap().trim().to_string();
+        assert!(pair.starts_with("mfd_session=") && pair.len() > "mfd_session=".len());
+        let with_cookie = |m: Method, p: &str| f.request(m, p).header(header::COOKIE, &pair);
+
+        let (s, body, _) = call(with_cookie(Method::GET, "/session")).await;
+        assert_eq!(s, StatusCode::OK, "{role}: {body:?}");
+        assert_eq!(body.unwrap()["role"], role);
+        let (s, _, _) = call(with_cookie(Method::GET, "/jobs")).await;
+        assert_eq!(s, StatusCode::OK, "{role} GET /jobs by cookie");
+
+        let (s, body, _) = call(with_cookie(Method::POST, "/machines/m1/enable")).await;
+        expect_error(
+            &format!("{role} POST by cookie without the CSRF header"),
+            (s, &body),
+            StatusCode::FORBIDDEN,
+            "csrf",
+            &["x-microfactory-csrf"],
+        );
+        let (s, body, _) = call(
+            with_cookie(Method::POST, "/machines/m1/enable").header("x-microfactory-csrf", "1"),
+        )
+        .await;
+        if role == "operator" {
+            assert_eq!(s, StatusCode::OK, "{role} POST with CSRF header: {body:?}");
+        } else {
+            expect_error(
+                "viewer POST by cookie",
+                (s, &body),
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &["viewer"],
+            );
+        }
+
+        let (s, body, _) = call(with_cookie(Method::DELETE, "/session")).await;
+        expect_error(
+            &format!("{role} sign out without the CSRF header"),
+            (s, &body),
+            StatusCode::FORBIDDEN,
+            "csrf",
+            &[],
+        );
+        let (s, body, headers) =
+            call(with_cookie(Method::DELETE, "/session").header("x-microfactory-csrf", "1")).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{role} sign out: {body:?}");
+        let cleared = headers
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(cleared.contains("Max-Age=0"), "{role}: {cleared}");
+
+        let (s, body, _) = call(with_cookie(Method::GET, "/jobs")).await;
+        expect_error(
+            &format!("{role} cookie after sign out"),
+            (s, &body),
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &[],
+        );
+    }
+}
+
+/// (what, request, status, code, words the message must contain)
+type Case = (
+    &'static str,
+    reqwest::RequestBuilder,
+    StatusCode,
+    &'static str,
+    Vec<String>,
+);
+
+/// (what, file content, status, code, words the message must contain)
+type UploadCase = (
+    &'static str,
+    Vec<u8>,
+    StatusCode,
+    &'static str,
+    Vec<&'static str>,
+);
+
+/// A small deterministic generator (xorshift64*), so a failing fuzz case
+/// is the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A body that is not a valid request: random bytes, random text or
+    /// JSON-looking fragments glued at random.
+    fn body(&mut self) -> Vec<u8> {
+        const PIECES: [&str; 24] = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "\"file_id\"",
+            "\"command\"",
+            "\"before\"",
+            "\"priority\"",
+            "\"copies\"",
+            "null",
+            "true",
+            "-1",
+            "1e309",
+            "18446744073709551616",
+            "\"\\u0000\"",
+            "\"\\ud800\"",
+            "\\",
+            "0",
+            "\u{e9}",
+            "\n",
+            "\"tags\"",
+        ];
+        let len = 1 + self.below(96);
+        let mut out = match self.below(3) {
+            0 => (0..len).map(|_| self.next() as u8).collect::<Vec<u8>>(),
+            1 => (0..len)
+                .map(|_| 0x20 + (self.below(0x5f) as u8))
+                .collect::<Vec<u8>>(),
+            _ => (0..1 + self.below(12))
+                .flat_map(|_| PIECES[self.below(PIECES.len())].bytes())
+                .collect(),
+        };
+        // An empty body means "all defaults" on some routes: never send one.
+        if out.iter().all(u8::is_ascii_whitespace) {
+            out.insert(0, b'{');
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
+    let f = Factory::start_with(&two_machines(), "max_upload_bytes = 4096")
+        .await
+        .unwrap();
+    let (s, file) = f
+        .upload_bytes("tiny.gcode", PRINT.as_bytes().to_vec())
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{file}");
+    let file_id = file["id"].as_str().unwrap().to_string();
+    // Two copies that stay queued: their machine is out of service.
+    let (s, v) = f.post("/machines/p1/disable", json!({})).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let jobs = f
+        .submit(json!({"file_id": file_id, "machine_id": "p1", "copies": 2}))
+        .await
+        .unwrap();
+    let (queued, spare) = (jobs[0], jobs[1]);
+
+    let op = |m: Method, p: &str| f.request(m, p).bearer_auth(&f.token);
+    let json_req = |m: Method, p: &str, body: &str| {
+        op(m, p)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+    };
+
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            json_req(Method::POST, "/jobs", "{\"file_id\": "),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            vec!["request body".into(), "line 1".into()],
+        ),
+        (
+            "wrong content type",
+            op(Method::POST, "/jobs")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(format!("{{\"file_id\": \"{file_id}\"}}")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected_json",
+            vec!["application/json".into(), "text/plain".into()],
+        ),
+        (
+            "unknown field",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"colour\": \"red\"}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            vec!["unknown field".into(), "colour".into()],
+        ),
+        (
+            "unknown file_id",
+            json_req(Method::POST, "/jobs", "{\"file_id\": \"deadbeef\"}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["deadbeef".into(), "not an uploaded file".into()],
+        ),
+        (
+            "copies 0",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"copies\": 0}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["copies".into(), "between 1 and 1000".into(), "got 0".into()],
+        ),
+        (
+            "copies 1001",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"copies\": 1001}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["copies".into(), "got 1001".into()],
+        ),
+        (
+            "negative copies",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"copies\": -1}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            vec!["-1".into()],
+        ),
+        (
+            "unknown machine_id",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"machine_id\": \"nope\"}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["machine_id".into(), "nope".into(), "p1".into(), "m1".into()],
+        ),
+        (
+            "bad tag",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"tags\": [\"PLA\"]}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["'PLA'".into(), "key:value".into()],
+        ),
+        (
+            "job id that is not a number",
+            op(Method::GET, "/jobs/abc"),
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            vec!["'abc'".into(), "integer".into()],
+        ),
+        (
+            "unknown job",
+            op(Method::GET, "/jobs/999999"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            vec!["999999".into()],
+        ),
+        (
+            "unknown machine",
+            op(Method::GET, "/machines/nope"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            vec!["'nope'".into(), "p1".into(), "m1".into()],
+        ),
+        (
+            "unknown file",
+            op(Method::GET, "/files/nope"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            vec!["'nope'".into()],
+        ),
+        (
+            "unknown job state",
+            op(Method::GET, "/jobs?state=queued,bogus"),
+            StatusCode::BAD_REQUEST,
+            "invalid_state",
+            vec![
+                "'bogus'".into(),
+                "queued".into(),
+                "running".into(),
+                "interrupted".into(),
+            ],
+        ),
+        (
+            "resume a queued job",
+            op(Method::POST, &format!("/jobs/{queued}/resume")),
+            StatusCode::CONFLICT,
+            "conflict",
+            vec![format!("job {queued}"), "queued".into()],
+        ),
+        (
+            "delete a file a queued job uses",
+            op(Method::DELETE, &format!("/files/{file_id}")),
+            StatusCode::CONFLICT,
+            "conflict",
+            vec![format!("job {queued}"), "cancel it first".into()],
+        ),
+        (
+            "console with an empty command",
+            json_req(
+                Method::POST,
+                "/machines/m1/console",
+                "{\"command\": \"  \"}",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["command".into(), "1 to 200 characters".into()],
+        ),
+        (
+            "console without a command",
+            json_req(Method::POST, "/machines/m1/console", "{}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+            vec!["missing field".into(), "command".into()],
+        ),
+        (
+            "unknown route",
+            op(Method::GET, "/nope"),
+            StatusCode::NOT_FOUND,
+            "no_route",
+            vec!["GET /api/v1/nope".into(), "openapi.json".into()],
+        ),
+        (
+            "unknown route without a token",
+            f.request(Method::POST, "/jobs/1/explode"),
+            StatusCode::NOT_FOUND,
+            "no_route",
+            vec!["/api/v1/jobs/1/explode".into()],
+        ),
+        (
+            "wrong method on a known path",
+            op(Method::DELETE, "/jobs"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            vec!["/api/v1/jobs".into(), "DELETE".into()],
+        ),
+        (
+            "wrong method on a public path",
+            f.request(Method::PUT, "/health"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            vec!["/api/v1/health".into(), "PUT".into()],
+        ),
+        (
+            "upload that is not multipart",
+            json_req(Method::POST, "/files", "{\"file\": \"G28\"}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected_multipart",
+            vec!["multipart/form-data".into(), "'file'".into()],
+        ),
+        (
+            "upload without a file field",
+            op(Method::POST, "/files")
+                .multipart(reqwest::multipart::Form::new().text("other", "G28\n")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_file",
+            vec!["'file'".into()],
+        ),
+    ];
+    for (what, req, status, code, needles) in cases {
+        let (s, body, headers) = call(req).await;
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        expect_error(what, (s, &body), status, code, &needles);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            let allow = headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            assert!(allow.contains("GET"), "{what}: Allow is '{allow}'");
+        }
+    }
+
+    // Uploads: (what, content, status, code, words).
+    let long_line = format!("G28\nG1 {}\n", "X1 ".repeat(100));
+    let uploads: Vec<UploadCase> = vec![
+        (
+            "an upload over max_upload_bytes",
+            "G1 X1 Y1\n".repeat(600).into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            vec!["4096 bytes"],
+        ),
+        (
+            "a file with a NUL byte",
+            b"G28\nG1 X1\0\n".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_text",
+            vec!["binary", "offset 9"],
+        ),
+        (
+            "a Latin-1 file",
+            b"G28 ; caf\xe9\nG1 X1\n".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_text",
+            vec!["UTF-8", "offset 9"],
+        ),
+        (
+            "a file of comments only",
+            b"; sliced by hand\n\n(nothing here)\n".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_gcode",
+            vec!["no G-code commands"],
+        ),
+        (
+            "a file with a 300-character line",
+            long_line.into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_gcode",
+            vec!["line 2", "303 bytes"],
+        ),
+        (
+            "an empty file",
+            Vec::new(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_gcode",
+            vec!["empty"],
+        ),
+    ];
+    for (what, bytes, status, code, needles) in uploads {
+        let part = reqwest::multipart::Part::bytes(bytes).file_name("bad.gcode");
+        let req = op(Method::POST, "/files")
+            .multipart(reqwest::multipart::Form::new().part("file", part));
+        let (s, body, _) = call(req).await;
+        expect_error(what, (s, &body), status, code, &needles);
+    }
+    // Nothing refused was stored.
+    let (_, files) = f.get("/files").await.unwrap();
+    assert_eq!(files.as_array().unwrap().len(), 1, "{files}");
+
+    // Requeue past the end of the file: cancel the spare copy first.
+    let (s, v) = f
+        .post(&format!("/jobs/{spare}/cancel"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, body, _) = call(json_req(
+        Method::POST,
+        &format!("/jobs/{spare}/requeue"),
+        "{\"from_line\": 999}",
+    ))
+    .await;
+    expect_error(
+        "requeue past the end",
+        (s, &body),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+        &["from_line 999", "past the end", "4 lines"],
+    );
+
+    // Fuzz: no body makes a route answer anything but a 4xx error.
+    let mut rng = Rng(0x6d66_645f_6675_7a7a);
+    let targets = [
+        "/jobs".to_string(),
+        "/machines/m1/console".to_string(),
+        format!("/jobs/{queued}/reorder"),
+    ];
+    for i in 0..210 {
+        let path = &targets[i % targets.len()];
+        let body = rng.body();
+        let ct = [
+            "application/json",
+            "application/json; charset=utf-8",
+            "text/plain",
+        ][rng.below(3)];
+        let req = op(Method::POST, path)
+            .header(header::CONTENT_TYPE, ct)
+            .body(body.clone());
+        let (s, resp, _) = call(req).await;
+        let what = format!(
+            "fuzz #{i} POST {path} ({ct}) {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(s.is_client_error(), "{what}: {s} {resp:?}");
+        error_of(&what, s, &resp);
+    }
+    let (s, health) = f
+        .send(f.request(Method::GET, "/health"), None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{health}");
+    assert_eq!(health["status"], "ok");
+    // The queued job is where it was.
+    let (_, j) = f.get(&format!("/jobs/{queued}")).await.unwrap();
+    assert_eq!(j["state"], "queued", "{j}");
+}
