@@ -1,0 +1,88 @@
+//! README's main command: `microfactoryd --demo` starts a working factory
+//! with nothing else installed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use microfactory_e2e::{TempDir, daemon_bin};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_a_sample_job_on_its_simulated_mill() {
+    let dir = TempDir::new("demo");
+    let mut child = tokio::process::Command::new(daemon_bin())
+        .args(["--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("MICROFACTORYD_TOKEN", "demo-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    while printed.len() < 3 {
+        let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("demo prints its banner")
+            .unwrap()
+            .expect("demo exited early");
+        printed.push(l);
+    }
+    let base = printed[0]
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    assert!(printed[1].contains(&format!("{base}/")), "{printed:?}");
+    assert_eq!(printed[2], "operator token: demo-secret");
+
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("{base}/api/v1{path}"))
+            .bearer_auth("demo-secret")
+            .send()
+    };
+    let files: Value = get("/files").await.unwrap().json().await.unwrap();
+    let pcb = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "demo-pcb-outline.nc")
+        .expect("sample mill job uploaded");
+    assert_eq!(files.as_array().unwrap().len(), 2, "{files}");
+
+    // Subscribe first, then queue: the events cannot be missed.
+    let mut events = http
+        .get(format!("{base}/api/v1/events"))
+        .bearer_auth("demo-secret")
+        .send()
+        .await
+        .unwrap();
+    let res = http
+        .post(format!("{base}/api/v1/jobs"))
+        .bearer_auth("demo-secret")
+        .json(&json!({"file_id": pcb["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let mut seen = String::new();
+    let done = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(chunk) = events.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("\"state\":\"completed\"") {
+                return true;
+            }
+            assert!(!seen.contains("\"state\":\"failed\""), "{seen}");
+        }
+        false
+    })
+    .await
+    .expect("the demo job completes");
+    assert!(done);
+    let jobs: Value = get("/jobs").await.unwrap().json().await.unwrap();
+    assert_eq!(jobs[0]["assigned_machine"], "mill-1", "{jobs}");
+    let _ = child.start_kill();
+}
