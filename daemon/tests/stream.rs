@@ -17,10 +17,12 @@ async fn stream(
     file: &Path,
     extra: &[&str],
 ) -> (std::process::Output, PathBuf) {
+    // Tests run in parallel: each call gets its own folder and log.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "mfd-stream-{}-{firmware}-{}",
         std::process::id(),
-        extra.len()
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("executed.log");
