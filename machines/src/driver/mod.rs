@@ -117,6 +117,9 @@ pub struct DriverConfig {
     /// of a line it has), so this only trades a lost line's delay against
     /// needless probes; long commands (`G28`, `M109`, ...) are exempt.
     pub response_timeout: Duration,
+    /// Marlin: consecutive resend requests of one line before the link is
+    /// declared unusable.
+    pub max_resends_per_line: u32,
 }
 
 impl DriverConfig {
@@ -157,6 +160,7 @@ impl DriverConfig {
             reconnect_max: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             response_timeout: MarlinConfig::default().response_timeout,
+            max_resends_per_line: MarlinConfig::default().max_resends_per_line,
         }
     }
 }
