@@ -68,8 +68,9 @@ use crate::framing::encode_numbered_into;
 use crate::host::Origin;
 
 /// Sent under the number of a line the firmware already ran without its
-/// number: it reports the position and moves nothing, and no single bit
-/// flip turns it into a command the emergency parser acts on.
+/// number, wherever that line falls in a retransmission: it reports the
+/// position and moves nothing, and no single bit flip turns it into a
+/// command the emergency parser acts on.
 const RESYNC_FILLER: &str = "M114";
 
 /// How lines are metered onto the wire.
@@ -406,7 +407,7 @@ struct InFlight {
     consumed: bool,
     /// [`RESYNC_FILLER`] standing in for a line the firmware ran without
     /// its number.
-    resync: bool,
+    filler: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -460,9 +461,6 @@ pub struct MarlinHost {
     clean_run: u32,
     /// The text of an `Unknown command` echo since the last `ok`.
     unknown_echo: Option<String>,
-    /// Line number to fill with [`RESYNC_FILLER`] before any
-    /// retransmission.
-    resync: Option<u32>,
 }
 
 impl MarlinHost {
@@ -497,7 +495,6 @@ impl MarlinHost {
             ghost_bytes: 0,
             clean_run: 0,
             unknown_echo: None,
-            resync: None,
         }
     }
 
@@ -641,33 +638,8 @@ impl MarlinHost {
         if self.halted {
             return None;
         }
-        if (self.resync.is_some() || !self.retransmit.is_empty()) && self.settling(now).is_some() {
+        if !self.retransmit.is_empty() && self.settling(now).is_some() {
             return None;
-        }
-        if let Some(n) = self.resync {
-            // The firmware ran line n without its number: a command that
-            // does nothing takes the number, so n does not run twice.
-            let mut line = String::new();
-            encode_numbered_into(n, RESYNC_FILLER, &mut line);
-            line.push('\n');
-            let len = line.len();
-            if !self.window_allows(len) || self.in_flight.iter().any(|f| f.sync) {
-                return None;
-            }
-            self.resync = None;
-            self.in_flight.push_back(InFlight {
-                number: n,
-                len,
-                long: false,
-                console: false,
-                sync: false,
-                consumed: false,
-                resync: true,
-            });
-            self.in_flight_bytes += len;
-            self.stats.sent_bytes += len as u64;
-            self.arm(now);
-            return Some(line.into_bytes());
         }
         if let Some(&n) = self.retransmit.front() {
             let Some(sent) = self.history.iter().find(|s| s.number == n) else {
@@ -677,8 +649,19 @@ impl MarlinHost {
                 self.fail(format!("line N{n} is no longer in the resend history"));
                 return None;
             };
-            let len = sent.bytes.len();
-            let sync = sent.sync;
+            // A line the firmware already ran without its number must not
+            // run twice: a command that does nothing takes its number.
+            let filler = sent.ran_unnumbered;
+            let bytes = if filler {
+                let mut line = String::new();
+                encode_numbered_into(n, RESYNC_FILLER, &mut line);
+                line.push('\n');
+                line.into_bytes()
+            } else {
+                sent.bytes.clone()
+            };
+            let len = bytes.len();
+            let sync = sent.sync && !filler;
             if !self.window_allows(len)
                 || (sync && !self.in_flight.iter().all(|f| f.consumed))
                 || self.in_flight.iter().any(|f| f.sync)
@@ -687,9 +670,8 @@ impl MarlinHost {
                 // that has to wait must not be dropped.
                 return None;
             }
-            let bytes = sent.bytes.clone();
-            let long = sent.long;
-            let console = matches!(sent.origin, Origin::Console { .. });
+            let long = sent.long && !filler;
+            let console = matches!(sent.origin, Origin::Console { .. }) && !filler;
             self.retransmit.pop_front();
             self.in_flight.push_back(InFlight {
                 number: n,
@@ -698,10 +680,12 @@ impl MarlinHost {
                 console,
                 sync,
                 consumed: false,
-                resync: false,
+                filler,
             });
             self.in_flight_bytes += len;
-            self.stats.resends += 1;
+            if !filler {
+                self.stats.resends += 1;
+            }
             self.stats.sent_bytes += len as u64;
             self.arm(now);
             return Some(bytes);
@@ -761,7 +745,7 @@ impl MarlinHost {
             console,
             sync,
             consumed: false,
-            resync: false,
+            filler: false,
         });
         self.in_flight_bytes += len;
         self.stats.sent_lines += 1;
@@ -791,7 +775,7 @@ impl MarlinHost {
         if let Some(t) = self.probe_sent_at {
             return Some(t + self.config.dead_timeout);
         }
-        let settle = (self.resync.is_some() || !self.retransmit.is_empty())
+        let settle = (!self.retransmit.is_empty())
             .then(|| self.last_rx.map(|t| t + self.config.resend_settle))
             .flatten()
             .filter(|_| !self.ghosts.is_empty());
@@ -843,16 +827,9 @@ impl MarlinHost {
         let Some(pos) = self.history.iter().rposition(|s| s.number == n) else {
             return;
         };
-        let mut again: Vec<u32> = self.history.iter().skip(pos).map(|s| s.number).collect();
+        let again: Vec<u32> = self.history.iter().skip(pos).map(|s| s.number).collect();
         self.in_flight.retain(|f| !again.contains(&f.number));
         self.in_flight_bytes = self.window_bytes();
-        // A line the firmware already ran without its number is skipped,
-        // not run twice.
-        self.resync = None;
-        if self.history.get(pos).is_some_and(|s| s.ran_unnumbered) {
-            again.remove(0);
-            self.resync = Some(n);
-        }
         self.retransmit = again.into();
     }
 
@@ -1089,7 +1066,7 @@ impl MarlinHost {
             return;
         }
         self.clean_run = self.clean_run.saturating_add(1);
-        if f.resync || self.pending_resend.is_some_and(|p| p.number == f.number) {
+        if f.filler || self.pending_resend.is_some_and(|p| p.number == f.number) {
             // The firmware read the retransmission (or the filler that
             // stands for it), so it has read every line that was on the
             // wire before it.
@@ -1097,7 +1074,7 @@ impl MarlinHost {
             self.ghosts.clear();
             self.ghost_bytes = 0;
         }
-        if f.resync {
+        if f.filler {
             return;
         }
         let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == f.number) else {
@@ -1268,7 +1245,6 @@ impl MarlinHost {
         self.in_flight.clear();
         self.in_flight_bytes = 0;
         self.retransmit.clear();
-        self.resync = None;
         self.unknown_echo = None;
         self.clean_run = 0;
         self.pending_resend = None;

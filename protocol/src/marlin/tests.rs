@@ -928,3 +928,41 @@ fn buffered_mode_sends_one_line_at_a_time_until_the_link_is_clean() {
     );
     assert_eq!(t.host.in_flight(), 1);
 }
+
+/// Seen on the PTY (seed 13): N1 lost its `N` and did nothing, then N2 ran
+/// as `n2 …`. The request for N1 resends from N1 on, and N2, which already
+/// ran, must be filled, not sent again.
+#[test]
+fn a_line_that_ran_unnumbered_inside_a_retransmission_is_filled() {
+    let mut t = Transcript::new(ping_pong());
+    for (i, c) in ["G1 X1", "G1 X2", "G1 X3", "G1 X4"].into_iter().enumerate() {
+        t.host
+            .push(Origin::Job { line: i as u64 + 1 }, c)
+            .expect("clean");
+    }
+    t.flush();
+    t.recv("ok N0 P14 B3");
+    t.recv("echo:Unknown command: \"F1 G1 X2\"");
+    t.recv("ok P15 B3");
+    t.recv("ok P14 B3");
+    assert_eq!(acknowledged(&t.events), [1, 3]);
+    t.recv("Error:Line Number is not Last Line Number+1, Last Line: 0");
+    t.recv("Resend: 1");
+    t.advance(ms(2));
+    t.recv("ok N1 P14 B3");
+    t.advance(ms(2));
+    t.recv("ok N2 P14 B3");
+    t.advance(ms(2));
+    t.recv("ok N3 P14 B3");
+    assert_eq!(
+        t.text,
+        "> N0 G1 X1*97\n< ok N0 P14 B3\n> N1 G1 X2*99\n\
+         < echo:Unknown command: \"F1 G1 X2\"\n< ok P15 B3\n> N2 G1 X3*97\n< ok P14 B3\n\
+         > N3 G1 X4*103\n\
+         < Error:Line Number is not Last Line Number+1, Last Line: 0\n< Resend: 1\n\
+         > N1 G1 X2*99\n< ok N1 P14 B3\n> N2 M114*37\n< ok N2 P14 B3\n\
+         > N3 G1 X4*103\n< ok N3 P14 B3\n"
+    );
+    assert_eq!(acknowledged(&t.events), [1, 3, 2, 4]);
+    assert_eq!(t.host.in_flight(), 0);
+}
