@@ -375,7 +375,6 @@ struct Sent {
     origin: Origin,
     /// Encoded line including the newline.
     bytes: Vec<u8>,
-    long: bool,
     is_m115: bool,
     /// An `ok` was already counted for this line. A corrupted line that
     /// lost its `N` is run by Marlin as an unknown command and answered
@@ -397,7 +396,6 @@ struct Sent {
 struct InFlight {
     number: u32,
     len: usize,
-    long: bool,
     console: bool,
     /// `M110`: Marlin applies the new number when it *executes* the
     /// command, so nothing may follow it until its `ok`.
@@ -664,19 +662,17 @@ impl MarlinHost {
             let sync = sent.sync && !filler;
             if !self.window_allows(len)
                 || (sync && !self.in_flight.iter().all(|f| f.consumed))
-                || self.in_flight.iter().any(|f| f.sync)
+                || self.sync_in_flight()
             {
                 // Checked before the line leaves the queue: a retransmission
                 // that has to wait must not be dropped.
                 return None;
             }
-            let long = sent.long && !filler;
             let console = matches!(sent.origin, Origin::Console { .. }) && !filler;
             self.retransmit.pop_front();
             self.in_flight.push_back(InFlight {
                 number: n,
                 len,
-                long,
                 console,
                 sync,
                 consumed: false,
@@ -698,7 +694,7 @@ impl MarlinHost {
         {
             return None;
         }
-        if self.in_flight.iter().any(|f| f.sync) {
+        if self.sync_in_flight() {
             return None;
         }
         let (origin, cmd) = self.queue.front()?;
@@ -718,7 +714,6 @@ impl MarlinHost {
             number,
             origin,
             bytes: line.into_bytes(),
-            long: is_long_command(cmd),
             is_m115: cmd.starts_with("M115"),
             acked: false,
             sync,
@@ -732,7 +727,6 @@ impl MarlinHost {
         self.queue.pop_front();
         let bytes = sent.bytes.clone();
         let len = bytes.len();
-        let long = sent.long;
         let console = matches!(origin, Origin::Console { .. });
         self.history.push_back(sent);
         while self.history.len() > self.config.history {
@@ -741,7 +735,6 @@ impl MarlinHost {
         self.in_flight.push_back(InFlight {
             number,
             len,
-            long,
             console,
             sync,
             consumed: false,
@@ -754,15 +747,18 @@ impl MarlinHost {
         Some(bytes)
     }
 
+    /// An `M110` the firmware has not read yet: nothing may follow it.
+    /// (One it read without its number needs no wait: it either ran or
+    /// did nothing, and the next numbered line tells which.)
+    fn sync_in_flight(&self) -> bool {
+        self.in_flight.iter().any(|f| f.sync && !f.consumed)
+    }
+
     fn arm(&mut self, now: Instant) {
         if self.in_flight.len() == 1 {
             // The silence timer runs from the first line in flight.
             self.last_rx = Some(now);
         }
-    }
-
-    fn long_in_flight(&self) -> bool {
-        self.in_flight.iter().any(|f| f.long)
     }
 
     /// The next moment [`MarlinHost::handle_timeout`] must run (or
@@ -779,7 +775,11 @@ impl MarlinHost {
             .then(|| self.last_rx.map(|t| t + self.config.resend_settle))
             .flatten()
             .filter(|_| !self.ghosts.is_empty());
-        if self.in_flight.is_empty() || self.long_in_flight() {
+        // No exemption for long commands (`G28`, `M109`, ...): Marlin sends
+        // `busy:` every 2 s while one runs (and `M109`/`M190` report each
+        // second), which refreshes the timer. Without it a long command
+        // that the firmware dropped without a word would wait forever.
+        if self.in_flight.is_empty() {
             return settle;
         }
         let silence = self.last_rx.map(|t| t + self.config.response_timeout);
@@ -800,10 +800,7 @@ impl MarlinHost {
             return;
         }
         let Some(last) = self.last_rx else { return };
-        if self.in_flight.is_empty()
-            || self.long_in_flight()
-            || now < last + self.config.response_timeout
-        {
+        if self.in_flight.is_empty() || now < last + self.config.response_timeout {
             return;
         }
         // Lines the firmware threw away without a word (its buffer flush
@@ -853,8 +850,9 @@ impl MarlinHost {
         // nothing about the lines in flight: it must not hold off the
         // silence timer, or a line the firmware dropped without a word
         // (Marlin drops a copy of its last line, which a damaged number
-        // can look like) would wait for its `ok` forever.
-        let autoreport = is_temperature_report(line);
+        // can look like) would wait for its `ok` forever. The reports of a
+        // heating wait (`W:`) do show a command at work.
+        let autoreport = is_autoreport(line);
         if !autoreport {
             self.last_rx = Some(now);
             self.probe_sent_at = None;
@@ -954,7 +952,9 @@ impl MarlinHost {
             self.note_console(line);
             return;
         }
-        if autoreport && let Some(t) = parse_temperatures(line) {
+        if is_temperature_report(line)
+            && let Some(t) = parse_temperatures(line)
+        {
             self.events.push_back(MarlinEvent::Temperatures(t));
             self.note_console(line);
             return;
@@ -1128,12 +1128,30 @@ impl MarlinHost {
         };
         f.consumed = true;
         let number = f.number;
+        let sync = f.sync;
         self.in_flight_bytes = self.window_bytes();
-        if !executed {
-            return;
+        if executed {
+            self.ran_unnumbered(number);
+            if sync {
+                // An `M110` that ran set the firmware's line number just as
+                // a numbered one would: it is done, there is nothing to fill.
+                self.in_flight
+                    .retain(|f| !(f.consumed && f.number == number));
+                return;
+            }
         }
-        // Its command ran (its `N` became `n`): it is done, and must not
-        // run again when it is requested.
+        if self.in_flight.iter().all(|f| f.consumed) && self.count_resend(number) {
+            // Nothing else is on the wire (always so one line at a time):
+            // put this line right now rather than send the next one, which
+            // could itself run unnumbered, ahead of it, before the firmware
+            // asks. It goes again, or a filler takes its number if it ran.
+            self.schedule_resend_from(number);
+        }
+    }
+
+    /// Line `number` ran without its number check (its `N` became `n`): it
+    /// is done, and must not run again when it is requested.
+    fn ran_unnumbered(&mut self, number: u32) {
         self.stats.unnumbered_runs += 1;
         let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == number) else {
             return;
@@ -1183,15 +1201,7 @@ impl MarlinHost {
             ));
             return false;
         }
-        if self.consecutive.0 == n {
-            self.consecutive.1 += 1;
-        } else {
-            self.consecutive = (n, 1);
-        }
-        if self.consecutive.1 > self.config.max_resends_per_line {
-            self.halted = true;
-            self.events
-                .push_back(MarlinEvent::ResendGaveUp { line_number: n });
+        if !self.count_resend(n) {
             return false;
         }
         self.stats.resend_requests += 1;
@@ -1218,6 +1228,23 @@ impl MarlinHost {
         });
         self.schedule_resend_from(n);
         self.check_ratio();
+        true
+    }
+
+    /// Counts one more attempt at line `n`; false (and the host halts)
+    /// when it failed too often in a row.
+    fn count_resend(&mut self, n: u32) -> bool {
+        if self.consecutive.0 == n {
+            self.consecutive.1 += 1;
+        } else {
+            self.consecutive = (n, 1);
+        }
+        if self.consecutive.1 > self.config.max_resends_per_line {
+            self.halted = true;
+            self.events
+                .push_back(MarlinEvent::ResendGaveUp { line_number: n });
+            return false;
+        }
         true
     }
 
@@ -1306,6 +1333,12 @@ fn is_temperature_report(line: &str) -> bool {
     line.starts_with("T:") || line.starts_with("T0:") || line.starts_with("B:")
 }
 
+/// An `M155` autoreport: a temperature report that is not a heating
+/// wait's (those end in `W:<seconds>` or `W:?`).
+fn is_autoreport(line: &str) -> bool {
+    is_temperature_report(line) && !line.contains(" W:")
+}
+
 /// Parses an `ADVANCED_OK` reply: `Some(Some(n))` for `ok N<n> P<p> B<b>`,
 /// `Some(None)` for `ok P<p> B<b>` (a command that came without a line
 /// number), `None` for a plain `ok` (or `ok T:..`, which `M105` prints
@@ -1335,32 +1368,6 @@ fn m110_target(cmd: &str) -> Option<u32> {
     let rest = cmd.strip_prefix("M110")?;
     let n = rest.trim().strip_prefix('N')?;
     n.trim().parse().ok()
-}
-
-/// Commands that legitimately keep the firmware silent for minutes.
-fn is_long_command(cmd: &str) -> bool {
-    let code = cmd.split(' ').next().unwrap_or("");
-    matches!(
-        code,
-        "G28"
-            | "G29"
-            | "G33"
-            | "G34"
-            | "G4"
-            | "G12"
-            | "G76"
-            | "M0"
-            | "M1"
-            | "M109"
-            | "M190"
-            | "M191"
-            | "M226"
-            | "M303"
-            | "M400"
-            | "M600"
-            | "M701"
-            | "M702"
-    )
 }
 
 #[cfg(test)]
