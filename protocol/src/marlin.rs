@@ -67,6 +67,9 @@ use thiserror::Error;
 use crate::framing::encode_numbered_into;
 use crate::host::Origin;
 
+/// Sent to a silent firmware to draw an answer.
+const PROBE: &str = "M105";
+
 /// Sent under the number of a line the firmware already ran without its
 /// number, wherever that line falls in a retransmission: it reports the
 /// position and moves nothing, and no single bit flip turns it into a
@@ -437,6 +440,9 @@ pub struct MarlinHost {
     ok_after_resend: Option<bool>,
     last_rx: Option<Instant>,
     probe_sent_at: Option<Instant>,
+    /// The `M105` probe is queued: it goes out past flow control, since
+    /// its point is to draw an answer while lines go unanswered.
+    probe_queued: bool,
     feeding: bool,
     events: VecDeque<MarlinEvent>,
     console_lines: Vec<String>,
@@ -479,6 +485,7 @@ impl MarlinHost {
             just_got_resend: None,
             last_rx: None,
             probe_sent_at: None,
+            probe_queued: false,
             feeding: true,
             events: VecDeque::new(),
             console_lines: Vec::new(),
@@ -665,8 +672,9 @@ impl MarlinHost {
                 || self.sync_in_flight()
             {
                 // Checked before the line leaves the queue: a retransmission
-                // that has to wait must not be dropped.
-                return None;
+                // that has to wait must not be dropped. Only the probe may
+                // pass it.
+                return self.poll_probe(now);
             }
             let console = matches!(sent.origin, Origin::Console { .. }) && !filler;
             self.retransmit.pop_front();
@@ -697,7 +705,7 @@ impl MarlinHost {
         if self.sync_in_flight() {
             return None;
         }
-        let (origin, cmd) = self.queue.front()?;
+        let (_, cmd) = self.queue.front()?;
         let sync = m110_target(cmd).is_some();
         if sync && !self.in_flight.iter().all(|f| f.consumed) {
             return None;
@@ -707,9 +715,30 @@ impl MarlinHost {
         encode_numbered_into(number, cmd, &mut line);
         line.push('\n');
         if !self.window_allows(line.len()) {
-            return None;
+            return self.poll_probe(now);
         }
-        let origin = *origin;
+        let (origin, cmd) = self.queue.pop_front()?;
+        Some(self.send_new(now, origin, cmd, number, line))
+    }
+
+    /// Records and returns a first transmission of `cmd` as line `number`
+    /// (`line` is its encoding).
+    fn send_new(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        cmd: String,
+        number: u32,
+        line: String,
+    ) -> Vec<u8> {
+        if origin == Origin::Internal && cmd == PROBE {
+            self.probe_queued = false;
+        }
+        let sync = m110_target(&cmd).is_some();
+        self.next_number = match m110_target(&cmd) {
+            Some(n) => n.wrapping_add(1),
+            None => number.wrapping_add(1),
+        };
         let sent = Sent {
             number,
             origin,
@@ -717,14 +746,9 @@ impl MarlinHost {
             is_m115: cmd.starts_with("M115"),
             acked: false,
             sync,
-            command: cmd.clone(),
+            command: cmd,
             ran_unnumbered: false,
         };
-        self.next_number = match m110_target(cmd) {
-            Some(n) => n.wrapping_add(1),
-            None => number.wrapping_add(1),
-        };
-        self.queue.pop_front();
         let bytes = sent.bytes.clone();
         let len = bytes.len();
         let console = matches!(origin, Origin::Console { .. });
@@ -744,7 +768,7 @@ impl MarlinHost {
         self.stats.sent_lines += 1;
         self.stats.sent_bytes += len as u64;
         self.arm(now);
-        Some(bytes)
+        bytes
     }
 
     /// An `M110` the firmware has not read yet: nothing may follow it.
@@ -752,6 +776,23 @@ impl MarlinHost {
     /// did nothing, and the next numbered line tells which.)
     fn sync_in_flight(&self) -> bool {
         self.in_flight.iter().any(|f| f.sync && !f.consumed)
+    }
+
+    /// The queued `M105` probe, past flow control. Numbered after every
+    /// line sent, it draws an answer either way: its own `ok`, or a resend
+    /// request for a line the firmware dropped without a word.
+    fn poll_probe(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let is_probe = |(o, c): &(Origin, String)| *o == Origin::Internal && c == PROBE;
+        if !self.probe_queued || self.sync_in_flight() || !self.queue.front().is_some_and(is_probe)
+        {
+            return None;
+        }
+        let (origin, cmd) = self.queue.pop_front()?;
+        let mut line = String::with_capacity(cmd.len() + 16);
+        let number = self.next_number;
+        encode_numbered_into(number, &cmd, &mut line);
+        line.push('\n');
+        Some(self.send_new(now, origin, cmd, number, line))
     }
 
     fn arm(&mut self, now: Instant) {
@@ -813,7 +854,8 @@ impl MarlinHost {
         if let Some(n) = first {
             self.schedule_resend_from(n);
         }
-        self.queue.push_front((Origin::Internal, "M105".into()));
+        self.queue.push_front((Origin::Internal, PROBE.into()));
+        self.probe_queued = true;
         self.probe_sent_at = Some(now);
     }
 
@@ -1278,6 +1320,7 @@ impl MarlinHost {
         self.history.clear();
         self.halted = false;
         self.probe_sent_at = None;
+        self.probe_queued = false;
         self.next_number = 0;
         self.queue.retain(|(o, _)| *o != Origin::Internal);
         self.handshake();
