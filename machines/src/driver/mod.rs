@@ -115,7 +115,9 @@ pub struct DriverConfig {
     /// Marlin: silence with lines in flight before they are sent again and
     /// the firmware is probed. Retransmitting is safe (Marlin drops a copy
     /// of a line it has), so this only trades a lost line's delay against
-    /// needless probes; long commands (`G28`, `M109`, ...) are exempt.
+    /// needless probes. Long commands (`G28`, `M109`, ...) are kept alive
+    /// by Marlin's `busy:` lines (every 2 s); for a firmware built without
+    /// them it must exceed the longest command.
     pub response_timeout: Duration,
     /// Marlin: consecutive resend requests of one line before the link is
     /// declared unusable.
