@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use microfactory_machines::sim::{self, FirmwareKind, SimConfig};
 
@@ -17,10 +18,13 @@ async fn stream(
     file: &Path,
     extra: &[&str],
 ) -> (std::process::Output, PathBuf) {
+    // One directory per call: tests run in parallel, and two GRBL runs
+    // with the same arguments once shared a log (one removed the other's).
+    static CALL: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "mfd-stream-{}-{firmware}-{}",
         std::process::id(),
-        extra.len()
+        CALL.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("executed.log");
