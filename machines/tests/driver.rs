@@ -34,25 +34,20 @@ fn source_commands(path: &Path) -> Vec<String> {
     out
 }
 
-/// Commands the host sends on its own (handshake, polling, completion).
+/// Commands the host sends on its own (handshake, polling, completion,
+/// and the `M114` that takes the number of a line Marlin ran unnumbered).
 fn is_host_command(c: &str) -> bool {
-    ["M110", "M115", "M155", "M105", "M400", "$I"]
+    ["M110", "M115", "M155", "M105", "M400", "M114", "$I"]
         .iter()
         .any(|p| c == *p || c.starts_with(&format!("{p} ")))
 }
 
-/// What the firmware executed for the job. Marlin runs the tail of a line
-/// its buffer flush cut in two as an unknown command, which does nothing;
-/// such tails (not starting with G, M or T) are left out. A tail that does
-/// start with a command letter would be a real hazard and stays in.
+/// What the firmware executed for the job, without the host's own commands.
 fn executed(log: &Path) -> Vec<String> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .filter(|l| !is_host_command(l))
-        .filter(|l| {
-            !l.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '*')
-        })
         .map(str::to_string)
         .collect()
 }
@@ -92,6 +87,14 @@ mod tempfile_dir {
 }
 
 async fn rig(firmware: Firmware, tweak: impl FnOnce(&mut SimConfig), flow: FlowMode) -> Rig {
+    rig_with(firmware, tweak, |dc| dc.flow = flow).await
+}
+
+async fn rig_with(
+    firmware: Firmware,
+    tweak: impl FnOnce(&mut SimConfig),
+    driver_tweak: impl FnOnce(&mut DriverConfig),
+) -> Rig {
     let dir = tempfile_dir::TempDir::new();
     let log = dir.path().join("executed.log");
     let link = dir.path().join("tty");
@@ -107,7 +110,7 @@ async fn rig(firmware: Firmware, tweak: impl FnOnce(&mut SimConfig), flow: FlowM
     let baud = cfg.baud;
     let sim = sim::spawn(cfg).await.unwrap();
     let mut dc = DriverConfig::new("m1", &link, baud, firmware);
-    dc.flow = flow;
+    driver_tweak(&mut dc);
     let driver = DriverHandle::spawn(dc);
     let mut st = driver.status();
     tokio::time::timeout(LIMIT, st.wait_for(|s| s.connection == Connection::Online))
@@ -199,53 +202,66 @@ fn head_of(name: &str, lines: usize, dir: &Path) -> PathBuf {
     file
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: under injected corruption the end-to-end Marlin stream sometimes stalls or runs a flushed line's tail; the sans-IO property tests pass, the PTY path does not yet (issue 3)"]
-async fn a_noisy_link_loses_duplicates_and_reorders_nothing() {
+/// The seed of a noisy-link test: `NOISY_SEED` when set (to run many
+/// seeds from a shell loop), else `default`.
+fn noisy_seed(default: u64) -> u64 {
+    std::env::var("NOISY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn trace_if_asked() {
     if std::env::var_os("DRIVER_TRACE").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_test_writer()
             .try_init();
     }
-    for (firmware, file) in [
-        (Firmware::Marlin, "coupling_pla.gcode"),
-        (Firmware::Grbl, "pcb_outline_inch.nc"),
-    ] {
-        let rig = rig(
-            firmware,
-            |c| {
-                // One damaged line in ~100; the issue's 1 % per byte (a
-                // quarter of all lines) does not complete yet (see
-                // BENCHMARKS.md and the closing note).
-                c.corrupt_rate = 0.0005;
-                c.drop_rate = 0.0001;
-                c.seed = 7;
-            },
-            FlowMode::Auto,
-        )
-        .await;
-        let dir = tempfile_dir::TempDir::new();
-        let f = head_of(file, 1500, dir.path());
-        let (outcome, stats) = run_to_end(&rig, job(&f)).await;
-        if firmware == Firmware::Marlin {
-            assert_eq!(outcome, JobOutcome::Completed);
-            assert_eq!(executed(&rig.log), source_commands(&f));
-            assert!(
-                stats.resends > 0,
-                "faults were injected, so lines were resent"
-            );
-            eprintln!("marlin with faults: {stats:?}, sim {:?}", rig.sim.stats());
-        } else {
-            // GRBL has no checksums: a damaged line is refused or, worse,
-            // executed. The job must stop at the first refusal.
-            eprintln!("grbl with faults: {outcome:?}");
-            assert!(matches!(
-                outcome,
-                JobOutcome::Failed { line: Some(_), .. } | JobOutcome::Completed
-            ));
-        }
-    }
+}
+
+/// The issue's link: 1 % of host bytes with a bit flipped, 0.1 % lost,
+/// about a third of all lines damaged. At most one fault per line:
+/// Marlin's XOR checksum misses two flips of the same bit in one line, so
+/// with independent faults some damaged lines pass its check and no host
+/// could deliver the file exactly (see `SimConfig::max_faults_per_line`).
+fn noisy(c: &mut SimConfig, seed: u64) {
+    c.corrupt_rate = 0.01;
+    c.drop_rate = 0.001;
+    c.max_faults_per_line = Some(1);
+    c.seed = seed;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_link_loses_duplicates_and_reorders_nothing() {
+    trace_if_asked();
+    let seed = noisy_seed(7);
+    let rig = rig_with(
+        Firmware::Marlin,
+        |c| noisy(c, seed),
+        |dc| {
+            // A line whose damaged number reads as the last one is dropped
+            // by Marlin without a word; only the silence timer finds it.
+            dc.response_timeout = Duration::from_millis(250);
+            // With a third of all lines damaged, ten failures in a row of
+            // one line come about once in 10^5 lines: the default limit,
+            // meant to spot a dead link, would end ~1 % of these jobs.
+            dc.max_resends_per_line = 20;
+        },
+    )
+    .await;
+    let dir = tempfile_dir::TempDir::new();
+    let f = head_of("coupling_pla.gcode", 1500, dir.path());
+    let (outcome, stats) = run_to_end(&rig, job(&f)).await;
+    let sim_stats = rig.sim.stats();
+    eprintln!("seed {seed}: marlin with faults: {stats:?}, sim {sim_stats:?}");
+    assert_eq!(outcome, JobOutcome::Completed);
+    assert_eq!(executed(&rig.log), source_commands(&f));
+    assert_eq!(stats.lines, source_commands(&f).len() as u64);
+    assert!(
+        stats.resends > 0 && sim_stats.resends_requested > 0,
+        "faults were injected, so lines were resent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,4 +498,42 @@ async fn every_machine_profile_drives_its_simulator() {
         assert_eq!(outcome, JobOutcome::Completed, "{id}");
         assert_eq!(executed(&rig.log), source_commands(&file), "{id}");
     }
+}
+
+/// GRBL has no line numbers or checksums: nothing can tell a damaged line
+/// from a good one, so the same link that Marlin survives makes GRBL run
+/// damaged lines until one of them happens not to parse. The host's part
+/// is to fail the job at that line, naming it with the firmware's error;
+/// lines already in GRBL's buffer still run. Faults depend only on the
+/// seed and the bytes of the lines (status polls are never faulted), so
+/// for this seed the outcome is fixed; the damaged lines are pinned to
+/// show what GRBL ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_noisy_link_grbl_runs_damaged_lines_and_fails_at_the_first_it_refuses() {
+    trace_if_asked();
+    let rig = rig(Firmware::Grbl, |c| noisy(c, 7), FlowMode::Auto).await;
+    let file = data("pcb_outline_inch.nc");
+    let (outcome, stats) = run_to_end(&rig, job(&file)).await;
+    eprintln!("grbl with faults: {outcome:?} {stats:?}");
+    assert_eq!(
+        outcome,
+        JobOutcome::Failed {
+            reason: "error:20 unsupported or invalid G-code command".into(),
+            line: Some(64),
+        }
+    );
+    let src = source_commands(&file);
+    let log = executed(&rig.log);
+    // Source line 64 is the 39th command; GRBL refused its damaged copy.
+    let refused = 38;
+    assert_eq!(src[refused], "G01 Z-0.0730 F5");
+    let mut expected: Vec<String> = src[..refused].to_vec();
+    expected[25] = "G01 X-0.9800 Y0.1600".into(); // X-1.9800: a wrong move
+    expected[37] = "G20 X-1.0200 Y1.7600".into(); // G00: switched to inches
+    assert_eq!(log[..refused], expected[..]);
+    // Lines sent before the error reached the host still run, in order;
+    // character counting kept them within GRBL's 128-byte buffer.
+    let after = &log[refused..];
+    assert_eq!(after, &src[refused + 1..refused + 1 + after.len()]);
+    assert!(after.iter().map(|l| l.len() + 1).sum::<usize>() < 128);
 }

@@ -25,8 +25,38 @@
 //! flight an `ok` after `Resend:` may be either, so buffered streaming to
 //! an older firmware needs the machine profile to say so.
 //!
-//! Marlin's XOR checksum cannot see two equal bit flips in one line; no
-//! host can do better than the firmware's check.
+//! Not every `ok` answers a numbered line. The flush takes only what has
+//! arrived, so a line still arriving loses its head and its tail reaches
+//! Marlin as a line without a number, which it runs as it is: usually an
+//! unknown command (`echo:Unknown command: "…"`, then `ok`), sometimes a
+//! real one. A line whose `N` was damaged runs the same way. Counting such
+//! a stray `ok` for the oldest line in flight acknowledges a line the
+//! firmware never accepted, and once the count is ahead every later `ok`
+//! lands on the wrong line. So an `ok` is matched by its line number where
+//! the firmware says it (`ADVANCED_OK`: `ok N<n> P.. B..`, no `N` for a
+//! command that came without one), and otherwise an `ok` that follows an
+//! `Unknown command` echo of text that is not the oldest line's command is
+//! a stray. A line the firmware ran without its number is not sent again
+//! when it is requested: a harmless `M114` goes out under its number
+//! instead. (Not `M110`: one flipped bit makes it `M112`, which Marlin's
+//! emergency parser acts on before any checksum is checked.)
+//!
+//! # Flow control under noise
+//! Buffered streaming keeps lines queued behind the one being read, and a
+//! resend request's flush cuts whichever of them is arriving; its tail may
+//! be a real command that Marlin then runs out of order. Only with one line
+//! in flight is there nothing to cut. So buffered mode sends one line at a
+//! time until [`MarlinConfig::clean_lines_before_buffering`] lines in a row
+//! were accepted without a resend request, at the start and after every
+//! request; on a clean link that costs a few round trips, on a noisy one it
+//! is ping-pong. After a request with lines still on the wire, the
+//! retransmission waits until their echoes are in or the link has been
+//! quiet for [`MarlinConfig::resend_settle`], so that their flushes cannot
+//! cut it.
+//!
+//! Marlin's XOR checksum cannot see two equal bit flips in one line, and a
+//! line whose `N` became `n` runs unchecked; no host can do better than the
+//! firmware's check.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -36,6 +66,15 @@ use thiserror::Error;
 
 use crate::framing::encode_numbered_into;
 use crate::host::Origin;
+
+/// Sent to a silent firmware to draw an answer.
+const PROBE: &str = "M105";
+
+/// Sent under the number of a line the firmware already ran without its
+/// number, wherever that line falls in a retransmission: it reports the
+/// position and moves nothing, and no single bit flip turns it into a
+/// command the emergency parser acts on.
+const RESYNC_FILLER: &str = "M114";
 
 /// How lines are metered onto the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +110,13 @@ pub struct MarlinConfig {
     pub max_command_len: usize,
     /// Warn when more than this share of lines had to be resent.
     pub resend_ratio_warning: f64,
+    /// Buffered mode: lines accepted in a row without a resend request
+    /// before more than one line goes on the wire (see the module docs).
+    /// 0 buffers from the start and through noise.
+    pub clean_lines_before_buffering: u32,
+    /// Quiet on the link after which lines sent before a resend request
+    /// are taken to have arrived (or been flushed).
+    pub resend_settle: Duration,
 }
 
 impl Default for MarlinConfig {
@@ -84,6 +130,8 @@ impl Default for MarlinConfig {
             dead_timeout: Duration::from_secs(10),
             max_command_len: 96,
             resend_ratio_warning: 0.1,
+            clean_lines_before_buffering: 64,
+            resend_settle: Duration::from_millis(100),
         }
     }
 }
@@ -314,6 +362,14 @@ pub struct MarlinStats {
     pub duplicate_resend_requests: u64,
     /// `ok`s that matched no line.
     pub unexpected_oks: u64,
+    /// `ok`s for something the firmware ran without a line number: the
+    /// tail of a line its flush cut, or a line whose `N` was damaged.
+    pub stray_oks: u64,
+    /// Lines the firmware ran without their number (`N` damaged into
+    /// `n`); not sent twice.
+    pub unnumbered_runs: u64,
+    /// Tails of cut lines that the firmware ran as real commands.
+    pub fragments_executed: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -322,7 +378,6 @@ struct Sent {
     origin: Origin,
     /// Encoded line including the newline.
     bytes: Vec<u8>,
-    long: bool,
     is_m115: bool,
     /// An `ok` was already counted for this line. A corrupted line that
     /// lost its `N` is run by Marlin as an unknown command and answered
@@ -331,6 +386,12 @@ struct Sent {
     acked: bool,
     /// An `M110` (see [`InFlight`]).
     sync: bool,
+    /// The command as queued, to tell its own `Unknown command` echo from
+    /// a fragment's.
+    command: String,
+    /// The firmware ran it without its line number; when it is requested
+    /// again, [`RESYNC_FILLER`] goes out under its number instead.
+    ran_unnumbered: bool,
 }
 
 /// A line awaiting its `ok`.
@@ -338,11 +399,16 @@ struct Sent {
 struct InFlight {
     number: u32,
     len: usize,
-    long: bool,
     console: bool,
     /// `M110`: Marlin applies the new number when it *executes* the
     /// command, so nothing may follow it until its `ok`.
     sync: bool,
+    /// The firmware read it without its number (a stray `ok` answered
+    /// it): it left the receive buffer but awaits its resend request.
+    consumed: bool,
+    /// [`RESYNC_FILLER`] standing in for a line the firmware ran without
+    /// its number.
+    filler: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -374,6 +440,9 @@ pub struct MarlinHost {
     ok_after_resend: Option<bool>,
     last_rx: Option<Instant>,
     probe_sent_at: Option<Instant>,
+    /// The `M105` probe is queued: it goes out past flow control, since
+    /// its point is to draw an answer while lines go unanswered.
+    probe_queued: bool,
     feeding: bool,
     events: VecDeque<MarlinEvent>,
     console_lines: Vec<String>,
@@ -392,6 +461,10 @@ pub struct MarlinHost {
     /// firmware has read (and refused) them.
     ghosts: VecDeque<usize>,
     ghost_bytes: usize,
+    /// Lines accepted in a row since the last resend request or stray.
+    clean_run: u32,
+    /// The text of an `Unknown command` echo since the last `ok`.
+    unknown_echo: Option<String>,
 }
 
 impl MarlinHost {
@@ -412,6 +485,7 @@ impl MarlinHost {
             just_got_resend: None,
             last_rx: None,
             probe_sent_at: None,
+            probe_queued: false,
             feeding: true,
             events: VecDeque::new(),
             console_lines: Vec::new(),
@@ -424,6 +498,8 @@ impl MarlinHost {
             last_error_was_line_number: false,
             ghosts: VecDeque::new(),
             ghost_bytes: 0,
+            clean_run: 0,
+            unknown_echo: None,
         }
     }
 
@@ -472,9 +548,16 @@ impl MarlinHost {
         self.queue.len()
     }
 
-    /// Lines sent and not yet acknowledged.
+    /// Lines sent and not yet acknowledged (or requested again).
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Whether more than one line may be on the wire now (buffered mode
+    /// after a clean run; see the module docs).
+    pub fn buffering(&self) -> bool {
+        matches!(self.config.flow, FlowControl::Buffered { .. })
+            && self.clean_run >= self.config.clean_lines_before_buffering
     }
 
     /// Unacknowledged bytes on the wire or in the firmware's buffer.
@@ -526,18 +609,29 @@ impl MarlinHost {
     }
 
     fn window_allows(&self, len: usize) -> bool {
-        if self.in_flight.is_empty() {
-            // Ghosts only limit how much more goes out; one line always may,
-            // or a resend whose ghosts were silently flushed would wait
-            // forever.
+        if self.in_flight.iter().all(|f| f.consumed) {
+            // Ghosts only limit how much more goes out; one line always may
+            // (after the settle time, see `settling`), or a resend whose
+            // ghosts were silently flushed would wait forever.
             return true;
         }
         match self.config.flow {
             FlowControl::PingPong => false,
             FlowControl::Buffered { rx_bytes } => {
-                self.in_flight_bytes + self.ghost_bytes + len <= rx_bytes
+                self.buffering() && self.in_flight_bytes + self.ghost_bytes + len <= rx_bytes
             }
         }
+    }
+
+    /// Lines sent before the last resend request may still be arriving:
+    /// until their echoes are in or the link has been quiet for
+    /// `resend_settle`, a retransmission could be cut by their flushes.
+    fn settling(&self, now: Instant) -> Option<Instant> {
+        if self.ghosts.is_empty() {
+            return None;
+        }
+        let until = self.last_rx? + self.config.resend_settle;
+        (now < until).then_some(until)
     }
 
     /// Bytes to write now, if any. Call until it returns `None`.
@@ -549,6 +643,9 @@ impl MarlinHost {
         if self.halted {
             return None;
         }
+        if !self.retransmit.is_empty() && self.settling(now).is_some() {
+            return None;
+        }
         if let Some(&n) = self.retransmit.front() {
             let Some(sent) = self.history.iter().find(|s| s.number == n) else {
                 // Checked when the request came in; unreachable unless the
@@ -557,27 +654,42 @@ impl MarlinHost {
                 self.fail(format!("line N{n} is no longer in the resend history"));
                 return None;
             };
-            let len = sent.bytes.len();
-            if !self.window_allows(len) {
-                return None;
+            // A line the firmware already ran without its number must not
+            // run twice: a command that does nothing takes its number.
+            let filler = sent.ran_unnumbered;
+            let bytes = if filler {
+                let mut line = String::new();
+                encode_numbered_into(n, RESYNC_FILLER, &mut line);
+                line.push('\n');
+                line.into_bytes()
+            } else {
+                sent.bytes.clone()
+            };
+            let len = bytes.len();
+            let sync = sent.sync && !filler;
+            if !self.window_allows(len)
+                || (sync && !self.in_flight.iter().all(|f| f.consumed))
+                || self.sync_in_flight()
+            {
+                // Checked before the line leaves the queue: a retransmission
+                // that has to wait must not be dropped. Only the probe may
+                // pass it.
+                return self.poll_probe(now);
             }
-            let bytes = sent.bytes.clone();
-            let long = sent.long;
-            let console = matches!(sent.origin, Origin::Console { .. });
+            let console = matches!(sent.origin, Origin::Console { .. }) && !filler;
             self.retransmit.pop_front();
-            let sync = sent.sync;
-            if (sync && !self.in_flight.is_empty()) || self.in_flight.iter().any(|f| f.sync) {
-                return None;
-            }
             self.in_flight.push_back(InFlight {
                 number: n,
                 len,
-                long,
                 console,
                 sync,
+                consumed: false,
+                filler,
             });
             self.in_flight_bytes += len;
-            self.stats.resends += 1;
+            if !filler {
+                self.stats.resends += 1;
+            }
             self.stats.sent_bytes += len as u64;
             self.arm(now);
             return Some(bytes);
@@ -590,12 +702,12 @@ impl MarlinHost {
         {
             return None;
         }
-        if self.in_flight.iter().any(|f| f.sync) {
+        if self.sync_in_flight() {
             return None;
         }
-        let (origin, cmd) = self.queue.front()?;
+        let (_, cmd) = self.queue.front()?;
         let sync = m110_target(cmd).is_some();
-        if sync && !self.in_flight.is_empty() {
+        if sync && !self.in_flight.iter().all(|f| f.consumed) {
             return None;
         }
         let mut line = String::with_capacity(cmd.len() + 16);
@@ -603,26 +715,42 @@ impl MarlinHost {
         encode_numbered_into(number, cmd, &mut line);
         line.push('\n');
         if !self.window_allows(line.len()) {
-            return None;
+            return self.poll_probe(now);
         }
-        let origin = *origin;
+        let (origin, cmd) = self.queue.pop_front()?;
+        Some(self.send_new(now, origin, cmd, number, line))
+    }
+
+    /// Records and returns a first transmission of `cmd` as line `number`
+    /// (`line` is its encoding).
+    fn send_new(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        cmd: String,
+        number: u32,
+        line: String,
+    ) -> Vec<u8> {
+        if origin == Origin::Internal && cmd == PROBE {
+            self.probe_queued = false;
+        }
+        let sync = m110_target(&cmd).is_some();
+        self.next_number = match m110_target(&cmd) {
+            Some(n) => n.wrapping_add(1),
+            None => number.wrapping_add(1),
+        };
         let sent = Sent {
             number,
             origin,
             bytes: line.into_bytes(),
-            long: is_long_command(cmd),
             is_m115: cmd.starts_with("M115"),
             acked: false,
             sync,
+            command: cmd,
+            ran_unnumbered: false,
         };
-        self.next_number = match m110_target(cmd) {
-            Some(n) => n.wrapping_add(1),
-            None => number.wrapping_add(1),
-        };
-        self.queue.pop_front();
         let bytes = sent.bytes.clone();
         let len = bytes.len();
-        let long = sent.long;
         let console = matches!(origin, Origin::Console { .. });
         self.history.push_back(sent);
         while self.history.len() > self.config.history {
@@ -631,15 +759,40 @@ impl MarlinHost {
         self.in_flight.push_back(InFlight {
             number,
             len,
-            long,
             console,
             sync,
+            consumed: false,
+            filler: false,
         });
         self.in_flight_bytes += len;
         self.stats.sent_lines += 1;
         self.stats.sent_bytes += len as u64;
         self.arm(now);
-        Some(bytes)
+        bytes
+    }
+
+    /// An `M110` the firmware has not read yet: nothing may follow it.
+    /// (One it read without its number needs no wait: it either ran or
+    /// did nothing, and the next numbered line tells which.)
+    fn sync_in_flight(&self) -> bool {
+        self.in_flight.iter().any(|f| f.sync && !f.consumed)
+    }
+
+    /// The queued `M105` probe, past flow control. Numbered after every
+    /// line sent, it draws an answer either way: its own `ok`, or a resend
+    /// request for a line the firmware dropped without a word.
+    fn poll_probe(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let is_probe = |(o, c): &(Origin, String)| *o == Origin::Internal && c == PROBE;
+        if !self.probe_queued || self.sync_in_flight() || !self.queue.front().is_some_and(is_probe)
+        {
+            return None;
+        }
+        let (origin, cmd) = self.queue.pop_front()?;
+        let mut line = String::with_capacity(cmd.len() + 16);
+        let number = self.next_number;
+        encode_numbered_into(number, &cmd, &mut line);
+        line.push('\n');
+        Some(self.send_new(now, origin, cmd, number, line))
     }
 
     fn arm(&mut self, now: Instant) {
@@ -649,11 +802,9 @@ impl MarlinHost {
         }
     }
 
-    fn long_in_flight(&self) -> bool {
-        self.in_flight.iter().any(|f| f.long)
-    }
-
-    /// The next moment [`MarlinHost::handle_timeout`] must run.
+    /// The next moment [`MarlinHost::handle_timeout`] must run (or
+    /// [`MarlinHost::poll_transmit`], when a retransmission waits for the
+    /// link to settle).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.halted {
             return None;
@@ -661,10 +812,22 @@ impl MarlinHost {
         if let Some(t) = self.probe_sent_at {
             return Some(t + self.config.dead_timeout);
         }
-        if self.in_flight.is_empty() || self.long_in_flight() {
-            return None;
+        let settle = (!self.retransmit.is_empty())
+            .then(|| self.last_rx.map(|t| t + self.config.resend_settle))
+            .flatten()
+            .filter(|_| !self.ghosts.is_empty());
+        // No exemption for long commands (`G28`, `M109`, ...): Marlin sends
+        // `busy:` every 2 s while one runs (and `M109`/`M190` report each
+        // second), which refreshes the timer. Without it a long command
+        // that the firmware dropped without a word would wait forever.
+        if self.in_flight.is_empty() {
+            return settle;
         }
-        self.last_rx.map(|t| t + self.config.response_timeout)
+        let silence = self.last_rx.map(|t| t + self.config.response_timeout);
+        match (settle, silence) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Acts on a passed deadline: probe a silent firmware with `M105`, or
@@ -678,10 +841,7 @@ impl MarlinHost {
             return;
         }
         let Some(last) = self.last_rx else { return };
-        if self.in_flight.is_empty()
-            || self.long_in_flight()
-            || now < last + self.config.response_timeout
-        {
+        if self.in_flight.is_empty() || now < last + self.config.response_timeout {
             return;
         }
         // Lines the firmware threw away without a word (its buffer flush
@@ -694,7 +854,8 @@ impl MarlinHost {
         if let Some(n) = first {
             self.schedule_resend_from(n);
         }
-        self.queue.push_front((Origin::Internal, "M105".into()));
+        self.queue.push_front((Origin::Internal, PROBE.into()));
+        self.probe_queued = true;
         self.probe_sent_at = Some(now);
     }
 
@@ -707,8 +868,18 @@ impl MarlinHost {
         };
         let again: Vec<u32> = self.history.iter().skip(pos).map(|s| s.number).collect();
         self.in_flight.retain(|f| !again.contains(&f.number));
-        self.in_flight_bytes = self.in_flight.iter().map(|f| f.len).sum();
+        self.in_flight_bytes = self.window_bytes();
         self.retransmit = again.into();
+    }
+
+    /// Bytes of lines in flight that still take room in the firmware's
+    /// receive buffer.
+    fn window_bytes(&self) -> usize {
+        self.in_flight
+            .iter()
+            .filter(|f| !f.consumed)
+            .map(|f| f.len)
+            .sum()
     }
 
     /// Feeds one received line (without its newline).
@@ -717,8 +888,17 @@ impl MarlinHost {
         if line.is_empty() {
             return;
         }
-        self.last_rx = Some(now);
-        self.probe_sent_at = None;
+        // A temperature autoreport (`M155`) comes on its own clock and says
+        // nothing about the lines in flight: it must not hold off the
+        // silence timer, or a line the firmware dropped without a word
+        // (Marlin drops a copy of its last line, which a damaged number
+        // can look like) would wait for its `ok` forever. The reports of a
+        // heating wait (`W:`) do show a command at work.
+        let autoreport = is_autoreport(line);
+        if !autoreport {
+            self.last_rx = Some(now);
+            self.probe_sent_at = None;
+        }
         let after_resend = self.just_got_resend.take();
 
         if line == "ok" || line.starts_with("ok ") {
@@ -788,7 +968,15 @@ impl MarlinHost {
         if line == "wait" {
             return;
         }
-        if body.starts_with("Unknown command") {
+        if let Some(rest) = body.strip_prefix("Unknown command") {
+            // `Unknown command: "<text>"`: the `ok` that follows answers
+            // this text, which tells a fragment from a line of ours.
+            let text = rest.trim_start_matches(':').trim();
+            let text = text
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(text);
+            self.unknown_echo = Some(text.to_string());
             self.events
                 .push_back(MarlinEvent::Warning(line.to_string()));
             self.note_console(line);
@@ -806,8 +994,8 @@ impl MarlinHost {
             self.note_console(line);
             return;
         }
-        if let Some(t) = parse_temperatures(line)
-            && (line.starts_with("T:") || line.starts_with("T0:") || line.starts_with("B:"))
+        if is_temperature_report(line)
+            && let Some(t) = parse_temperatures(line)
         {
             self.events.push_back(MarlinEvent::Temperatures(t));
             self.note_console(line);
@@ -854,17 +1042,21 @@ impl MarlinHost {
     }
 
     fn front_is_m115(&self) -> bool {
-        self.in_flight.front().is_some_and(|f| {
-            self.history
-                .iter()
-                .rev()
-                .find(|s| s.number == f.number)
-                .is_some_and(|s| s.is_m115)
-        })
+        self.in_flight
+            .iter()
+            .find(|f| !f.consumed)
+            .is_some_and(|f| {
+                self.history
+                    .iter()
+                    .rev()
+                    .find(|s| s.number == f.number)
+                    .is_some_and(|s| s.is_m115)
+            })
     }
 
     fn on_ok(&mut self, line: &str) {
-        if line.contains(" N") && line.contains(" B") {
+        let advanced = parse_advanced_ok(line);
+        if advanced.is_some() {
             self.advanced_ok_seen = true;
         }
         if let Some(t) = parse_temperatures(line) {
@@ -879,20 +1071,75 @@ impl MarlinHost {
             self.stats.unexpected_oks += 1;
             return;
         }
-        let Some(f) = self.in_flight.pop_front() else {
+        let unknown = self.unknown_echo.take();
+        match advanced {
+            // `ok N<n> P.. B..` names its line.
+            Some(Some(n)) => self.ack_through(n, line),
+            // No `N`: the firmware ran something that came without a
+            // number. Without an `Unknown command` echo it was G-code.
+            Some(None) => self.on_stray_ok(unknown.is_none()),
+            None => {
+                let front = self
+                    .in_flight
+                    .iter()
+                    .find(|f| !f.consumed)
+                    .and_then(|f| self.history.iter().rev().find(|s| s.number == f.number));
+                let own_echo =
+                    front.is_some_and(|s| unknown.as_deref() == Some(s.command.as_str()));
+                if unknown.is_some() && !own_echo {
+                    // Unknown text that is not the oldest line's command:
+                    // a fragment, or a line that lost its `N`.
+                    self.on_stray_ok(false);
+                    return;
+                }
+                match self.in_flight.iter().position(|f| !f.consumed) {
+                    Some(i) => {
+                        if let Some(f) = self.in_flight.remove(i) {
+                            self.acknowledge(f, line);
+                        }
+                    }
+                    None => self.stats.unexpected_oks += 1,
+                }
+            }
+        }
+    }
+
+    /// `ok N<n>`: line n was accepted, and so was every line sent before
+    /// it (Marlin accepts numbers only in sequence).
+    fn ack_through(&mut self, n: u32, line: &str) {
+        let Some(pos) = self.in_flight.iter().position(|f| f.number == n) else {
+            // A line no longer in flight (requested again meanwhile, or
+            // sent outside flow control like an emergency command).
             self.stats.unexpected_oks += 1;
             return;
         };
-        self.in_flight_bytes -= f.len;
+        for _ in 0..=pos {
+            if let Some(f) = self.in_flight.pop_front() {
+                self.acknowledge(f, line);
+            }
+        }
+    }
+
+    fn acknowledge(&mut self, f: InFlight, line: &str) {
+        self.in_flight_bytes = self.window_bytes();
         if self.consecutive.0 == f.number {
             self.consecutive = (0, 0);
         }
-        if self.pending_resend.is_some_and(|p| p.number == f.number) {
-            // The firmware read the retransmission, so it has read every
-            // line that was on the wire before it.
+        if f.consumed {
+            // Ran without its number; counted when its stray `ok` came.
+            return;
+        }
+        self.clean_run = self.clean_run.saturating_add(1);
+        if f.filler || self.pending_resend.is_some_and(|p| p.number == f.number) {
+            // The firmware read the retransmission (or the filler that
+            // stands for it), so it has read every line that was on the
+            // wire before it.
             self.pending_resend = None;
             self.ghosts.clear();
             self.ghost_bytes = 0;
+        }
+        if f.filler {
+            return;
         }
         let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == f.number) else {
             return;
@@ -914,6 +1161,75 @@ impl MarlinHost {
             self.handshake_done = true;
             self.events
                 .push_back(MarlinEvent::Firmware(self.firmware.clone()));
+        }
+    }
+
+    /// An `ok` for something the firmware ran without a line number.
+    /// `executed`: it was G-code, not an unknown command.
+    fn on_stray_ok(&mut self, executed: bool) {
+        self.stats.stray_oks += 1;
+        self.clean_run = 0;
+        if let Some(len) = self.ghosts.pop_front() {
+            // The tail of a line that was on the wire when the firmware
+            // flushed its buffer.
+            self.ghost_bytes -= len;
+            if executed {
+                self.stats.fragments_executed += 1;
+                self.events.push_back(MarlinEvent::Warning(
+                    "the firmware ran the tail of a line that its receive-buffer flush cut \
+                     (noisy link): one command may have run out of order"
+                        .to_string(),
+                ));
+            }
+            return;
+        }
+        // Otherwise the oldest line in flight arrived without its number.
+        // Marlin refuses the next numbered line and asks for it; until then
+        // its bytes no longer take room in the firmware's buffer.
+        let Some(f) = self.in_flight.iter_mut().find(|f| !f.consumed) else {
+            self.stats.unexpected_oks += 1;
+            return;
+        };
+        f.consumed = true;
+        let number = f.number;
+        let sync = f.sync;
+        self.in_flight_bytes = self.window_bytes();
+        if executed {
+            self.ran_unnumbered(number);
+            if sync {
+                // An `M110` that ran set the firmware's line number just as
+                // a numbered one would: it is done, there is nothing to fill.
+                self.in_flight
+                    .retain(|f| !(f.consumed && f.number == number));
+                return;
+            }
+        }
+        if self.in_flight.iter().all(|f| f.consumed) && self.count_resend(number) {
+            // Nothing else is on the wire (always so one line at a time):
+            // put this line right now rather than send the next one, which
+            // could itself run unnumbered, ahead of it, before the firmware
+            // asks. It goes again, or a filler takes its number if it ran.
+            self.schedule_resend_from(number);
+        }
+    }
+
+    /// Line `number` ran without its number check (its `N` became `n`): it
+    /// is done, and must not run again when it is requested.
+    fn ran_unnumbered(&mut self, number: u32) {
+        self.stats.unnumbered_runs += 1;
+        let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == number) else {
+            return;
+        };
+        sent.ran_unnumbered = true;
+        if !sent.acked {
+            sent.acked = true;
+            let origin = sent.origin;
+            self.events.push_back(MarlinEvent::Acknowledged { origin });
+            if let Origin::Console { .. } = origin {
+                let lines = std::mem::take(&mut self.console_lines);
+                self.events
+                    .push_back(MarlinEvent::Response { origin, lines });
+            }
         }
     }
 
@@ -949,6 +1265,39 @@ impl MarlinHost {
             ));
             return false;
         }
+        if !self.count_resend(n) {
+            return false;
+        }
+        self.stats.resend_requests += 1;
+        self.clean_run = 0;
+        let mut later: VecDeque<usize> = self
+            .in_flight
+            .iter()
+            .filter(|f| !f.consumed && f.number.wrapping_sub(n) < u32::MAX / 2 && f.number != n)
+            .map(|f| f.len)
+            .collect();
+        if line_number_error && self.in_flight.iter().any(|f| f.number == n && f.consumed) {
+            // Line n was read without its number, so the line after it drew
+            // this error: it has been read, it is no longer on the wire.
+            later.pop_front();
+        }
+        // Those lines still reach the firmware and take room in its buffer
+        // until it reads and refuses them.
+        self.ghost_bytes = later.iter().sum();
+        self.ghosts = later;
+        let later = self.ghosts.len();
+        self.pending_resend = Some(PendingResend {
+            number: n,
+            duplicates_allowed: later,
+        });
+        self.schedule_resend_from(n);
+        self.check_ratio();
+        true
+    }
+
+    /// Counts one more attempt at line `n`; false (and the host halts)
+    /// when it failed too often in a row.
+    fn count_resend(&mut self, n: u32) -> bool {
         if self.consecutive.0 == n {
             self.consecutive.1 += 1;
         } else {
@@ -960,24 +1309,6 @@ impl MarlinHost {
                 .push_back(MarlinEvent::ResendGaveUp { line_number: n });
             return false;
         }
-        self.stats.resend_requests += 1;
-        let later: Vec<usize> = self
-            .in_flight
-            .iter()
-            .filter(|f| f.number.wrapping_sub(n) < u32::MAX / 2 && f.number != n)
-            .map(|f| f.len)
-            .collect();
-        // Those lines still reach the firmware and take room in its buffer
-        // until it reads and refuses them.
-        self.ghosts = later.iter().copied().collect();
-        self.ghost_bytes = later.iter().sum();
-        let later = later.len();
-        self.pending_resend = Some(PendingResend {
-            number: n,
-            duplicates_allowed: later,
-        });
-        self.schedule_resend_from(n);
-        self.check_ratio();
         true
     }
 
@@ -1006,10 +1337,13 @@ impl MarlinHost {
         self.in_flight.clear();
         self.in_flight_bytes = 0;
         self.retransmit.clear();
+        self.unknown_echo = None;
+        self.clean_run = 0;
         self.pending_resend = None;
         self.history.clear();
         self.halted = false;
         self.probe_sent_at = None;
+        self.probe_queued = false;
         self.next_number = 0;
         self.queue.retain(|(o, _)| *o != Origin::Internal);
         self.handshake();
@@ -1059,37 +1393,47 @@ fn parse_m115(line: &str) -> FirmwareInfo {
     }
 }
 
+/// A temperature report that is not an `ok` (`M155` autoreport, or the
+/// reports `M109`/`M190` print while they wait).
+fn is_temperature_report(line: &str) -> bool {
+    line.starts_with("T:") || line.starts_with("T0:") || line.starts_with("B:")
+}
+
+/// An `M155` autoreport: a temperature report that is not a heating
+/// wait's (those end in `W:<seconds>` or `W:?`).
+fn is_autoreport(line: &str) -> bool {
+    is_temperature_report(line) && !line.contains(" W:")
+}
+
+/// Parses an `ADVANCED_OK` reply: `Some(Some(n))` for `ok N<n> P<p> B<b>`,
+/// `Some(None)` for `ok P<p> B<b>` (a command that came without a line
+/// number), `None` for a plain `ok` (or `ok T:..`, which `M105` prints
+/// itself).
+fn parse_advanced_ok(line: &str) -> Option<Option<u32>> {
+    let mut n = None;
+    let (mut p, mut b) = (false, false);
+    for tok in line.split_whitespace().skip(1) {
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit());
+        if let Some(v) = tok.strip_prefix('N')
+            && digits(v)
+        {
+            n = v.parse().ok();
+        } else if tok.strip_prefix('P').is_some_and(digits) {
+            p = true;
+        } else if tok.strip_prefix('B').is_some_and(digits) {
+            b = true;
+        } else {
+            return None;
+        }
+    }
+    (p && b).then_some(n)
+}
+
 /// `M110 N<x>` sets the next expected line to x + 1.
 fn m110_target(cmd: &str) -> Option<u32> {
     let rest = cmd.strip_prefix("M110")?;
     let n = rest.trim().strip_prefix('N')?;
     n.trim().parse().ok()
-}
-
-/// Commands that legitimately keep the firmware silent for minutes.
-fn is_long_command(cmd: &str) -> bool {
-    let code = cmd.split(' ').next().unwrap_or("");
-    matches!(
-        code,
-        "G28"
-            | "G29"
-            | "G33"
-            | "G34"
-            | "G4"
-            | "G12"
-            | "G76"
-            | "M0"
-            | "M1"
-            | "M109"
-            | "M190"
-            | "M191"
-            | "M226"
-            | "M303"
-            | "M400"
-            | "M600"
-            | "M701"
-            | "M702"
-    )
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ struct Args {
     corrupt_rate: f64,
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f64,
+    /// At most this many faults in one line (unlimited when absent).
+    #[arg(long)]
+    max_faults_per_line: Option<u32>,
     #[arg(long)]
     disconnect_after_line: Option<u64>,
     #[arg(long)]
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         rx_buffer: args.rx_buffer,
         corrupt_rate: args.corrupt_rate,
         drop_rate: args.drop_rate,
+        max_faults_per_line: args.max_faults_per_line,
         disconnect_after_line: args.disconnect_after_line,
         reset_after_line: args.reset_after_line,
         alarm_after_line: args.alarm_after_line,

@@ -26,6 +26,16 @@ impl MarlinAdapter {
                 },
             },
             ok_after_resend: config.ok_after_resend,
+            response_timeout: config.response_timeout,
+            max_resends_per_line: config.max_resends_per_line,
+            // Auto streams buffered only while the link is clean (see
+            // `microfactory_protocol::marlin`); Buffered insists.
+            clean_lines_before_buffering: match config.flow {
+                FlowMode::Buffered => 0,
+                FlowMode::Auto | FlowMode::PingPong => {
+                    MarlinConfig::default().clean_lines_before_buffering
+                }
+            },
             ..MarlinConfig::default()
         };
         Self {

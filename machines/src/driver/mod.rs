@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use microfactory_protocol::marlin::MarlinConfig;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -48,12 +49,13 @@ impl FromStr for Firmware {
 #[serde(rename_all = "kebab-case")]
 pub enum FlowMode {
     /// Buffered where the firmware allows it (Marlin buffer tracking, GRBL
-    /// character counting).
+    /// character counting); Marlin falls back to one line at a time while
+    /// the link needs resends, so that no flush cuts a queued line.
     #[default]
     Auto,
     /// One line in flight at a time, as OctoPrint does.
     PingPong,
-    /// Keep the firmware's receive buffer full.
+    /// Keep the firmware's receive buffer full, even on a noisy link.
     Buffered,
 }
 
@@ -110,6 +112,16 @@ pub struct DriverConfig {
     pub reconnect_max: Duration,
     /// How long the handshake may take before the port is dropped.
     pub handshake_timeout: Duration,
+    /// Marlin: silence with lines in flight before they are sent again and
+    /// the firmware is probed. Retransmitting is safe (Marlin drops a copy
+    /// of a line it has), so this only trades a lost line's delay against
+    /// needless probes. Long commands (`G28`, `M109`, ...) are kept alive
+    /// by Marlin's `busy:` lines (every 2 s); for a firmware built without
+    /// them it must exceed the longest command.
+    pub response_timeout: Duration,
+    /// Marlin: consecutive resend requests of one line before the link is
+    /// declared unusable.
+    pub max_resends_per_line: u32,
 }
 
 impl DriverConfig {
@@ -149,6 +161,8 @@ impl DriverConfig {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            response_timeout: MarlinConfig::default().response_timeout,
+            max_resends_per_line: MarlinConfig::default().max_resends_per_line,
         }
     }
 }

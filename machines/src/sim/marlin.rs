@@ -10,13 +10,21 @@
 //!   `ok` with `ok_after_resend`), and empties its RX buffer. Lines already
 //!   in flight that arrive later carry the wrong number and each draws its
 //!   own error and `Resend:`: the duplicate resend requests a host must
-//!   tolerate. This is real Marlin behaviour, not a silent discard.
+//!   tolerate. This is real Marlin behaviour, not a silent discard. Only a
+//!   line numbered `Last Line` or the one before it is dropped without a
+//!   word (Marlin 2.1: "a request-for-resend line was already in transit").
+//! * The flush takes what has arrived: a line still arriving loses its head
+//!   and its tail arrives as a line without a number. Like Marlin, the
+//!   model runs such a line as it is (a leading `n<digits>` is skipped as
+//!   Marlin's parser does); what is not G-code draws `echo:Unknown command`
+//!   and an `ok`, and a tail that starts with a command runs that command.
 //! * `ok` is sent when the command at the head has executed: a move once
 //!   it is in the planner (which waits for a free block), `M400`/`G4`/`G28`
 //!   once the planner is empty and the dwell or homing is over, `M109` and
 //!   `M190` once the temperature is within 1 degree (no residency time).
-//!   `ok N<n> P<p> B<b>` reports, like Marlin, the last line number
-//!   received, free planner blocks, and free slots counting the
+//!   `ok N<n> P<p> B<b>` reports, like Marlin's `ok_to_send`, the line
+//!   number of the acknowledged command (left out for a command that came
+//!   without one), free planner blocks, and free slots counting the
 //!   acknowledged command's slot as still taken.
 //! * `echo:busy: processing` every `M113` interval (2 s) of machine time
 //!   while a command blocks; ` T:... W:?` every machine second in
@@ -127,7 +135,8 @@ pub(crate) struct Marlin {
     advanced_ok: bool,
     ok_after_resend: bool,
     action_lines: bool,
-    slots: VecDeque<String>,
+    /// Queued commands with the line number they came with, if any.
+    slots: VecDeque<(String, Option<i64>)>,
     /// The head slot is executing and waits for this.
     wait: Option<Wait>,
     last_n: i64,
@@ -206,13 +215,19 @@ impl Marlin {
         )
     }
 
+    /// Acknowledges the command at the head of the slots (call before
+    /// popping it).
     fn ok(&self, io: &mut Io<'_>) {
         if self.advanced_ok {
-            // Like Marlin, B counts the slot of the command being
-            // acknowledged as still taken.
+            // Like Marlin, N is the acknowledged command's own number (none
+            // for a command that came without one), and B counts its slot
+            // as still taken.
+            let number = match self.slots.front() {
+                Some((_, Some(n))) => format!(" N{n}"),
+                _ => String::new(),
+            };
             let line = format!(
-                "ok N{} P{} B{}",
-                self.last_n,
+                "ok{number} P{} B{}",
                 self.planner.free(),
                 BUFSIZE - self.slots.len()
             );
@@ -251,9 +266,10 @@ impl Marlin {
         if text.is_empty() {
             return;
         }
-        let command: String = if let Some(rest) = text.strip_prefix('N') {
+        let (command, number): (String, Option<i64>) = if let Some(rest) = text.strip_prefix('N') {
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            let mut n: i64 = rest[..digits].parse().unwrap_or(-1);
+            let own: i64 = rest[..digits].parse().unwrap_or(-1);
+            let mut n = own;
             let is_m110 = text.contains("M110");
             if is_m110 {
                 // Marlin reads the number after M110's own N.
@@ -265,6 +281,11 @@ impl Marlin {
                     n = s[..d].parse().unwrap_or(n);
                 }
             } else if n != self.last_n + 1 {
+                if (self.last_n - 1..=self.last_n).contains(&n) {
+                    // Marlin 2.1 drops a line it already has without a
+                    // word: a copy that was in transit when it asked.
+                    return;
+                }
                 Stats::inc(&io.stats.line_number_errors);
                 self.line_error("Line Number is not Last Line Number+1", rx, io);
                 return;
@@ -272,7 +293,8 @@ impl Marlin {
             match parse_framed(text) {
                 Ok(f) => {
                     self.last_n = n;
-                    f.command.to_string()
+                    // `ok` reports the digits after the line's first N.
+                    (f.command.to_string(), Some(own))
                 }
                 Err(FrameError::NoChecksum) => {
                     Stats::inc(&io.stats.checksum_errors);
@@ -286,23 +308,41 @@ impl Marlin {
                 }
             }
         } else {
-            // Unnumbered lines are taken as they are; a checksum is ignored.
-            text.split_once('*').map_or(text, |(c, _)| c).to_string()
+            // Unnumbered lines are taken as they are; a checksum is ignored,
+            // and Marlin's parser skips a line number in any case (a
+            // numbered line whose `N` became `n` runs unchecked).
+            let body = text.split_once('*').map_or(text, |(c, _)| c);
+            (skip_line_number(body).to_string(), None)
         };
         let mut clean = std::mem::take(&mut self.clean);
         let mut cmd = command;
-        cmd.truncate(MAX_CMD_SIZE - 1);
-        if clean_line(&cmd, MAX_CMD_SIZE, &mut clean).is_ok() && !clean.is_empty() {
-            self.slots.push_back(clean.clone());
+        truncate_at_boundary(&mut cmd, MAX_CMD_SIZE - 1);
+        match clean_line(&cmd, MAX_CMD_SIZE, &mut clean) {
+            Ok(_) if clean.is_empty() => {}
+            Ok(_) => self.slots.push_back((clean.clone(), number)),
+            // Marlin has no such check: bytes the log cannot hold (control
+            // bytes) make an unknown command, answered like any.
+            Err(_) => self.slots.push_back((cmd.trim().to_string(), number)),
         }
         self.clean = clean;
     }
 
     /// Executes the head slot; sets `self.wait` when it must wait.
     fn execute(&mut self, cmd: &str, io: &mut Io<'_>) {
-        io.executed.push(cmd.to_string());
         let upper = cmd.to_ascii_uppercase();
-        if upper == "M110" || upper.starts_with("M110 ") {
+        // Marlin's parser takes the first letter as the command: a line
+        // that does not start with G, M or T is an unknown command, even
+        // if a code follows (`L38 G1 X5`, a line whose `N` was damaged).
+        let starts_with_code = upper.starts_with(['G', 'M', 'T']);
+        let is_m110 = upper == "M110" || upper.starts_with("M110 ");
+        let is_gcode = is_m110
+            || (starts_with_code && parse_block(&upper).is_ok_and(|b| b.codes().next().is_some()));
+        if is_gcode {
+            // What is not G-code does nothing and is not logged (the tail
+            // of a line cut by a flush, a line that lost its `N`).
+            io.executed.push(cmd.to_string());
+        }
+        if is_m110 {
             // `gcode` reads M110's N as a line number; handle it first.
             if let Some(i) = upper.find('N') {
                 let s = &upper[i + 1..];
@@ -318,6 +358,7 @@ impl Marlin {
         let parsed = parse_block(&upper);
         let Some((block, code)) = parsed
             .ok()
+            .filter(|_| starts_with_code)
             .and_then(|b| b.codes().next().map(|c| (b.clone(), c)))
         else {
             io.line(&format!("echo:Unknown command: \"{cmd}\""));
@@ -622,6 +663,31 @@ impl Marlin {
     }
 }
 
+/// Skips a leading `N<digits>` in any case, as Marlin's G-code parser does.
+fn skip_line_number(s: &str) -> &str {
+    let t = s.trim_start();
+    match t.strip_prefix(['N', 'n']) {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-') => {
+            let rest = rest.strip_prefix('-').unwrap_or(rest);
+            rest.trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+        }
+        _ => t,
+    }
+}
+
+/// Truncates to at most `max` bytes without splitting a character (a
+/// corrupted byte arrives as U+FFFD).
+fn truncate_at_boundary(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
 impl Firmware for Marlin {
     fn boot(&mut self, io: &mut Io<'_>) {
         let config_scale = self.scale;
@@ -693,7 +759,7 @@ impl Firmware for Marlin {
         if self.wait.is_some() {
             return self.progress_wait(io) || progressed;
         }
-        if let Some(cmd) = self.slots.front().cloned() {
+        if let Some((cmd, _)) = self.slots.front().cloned() {
             self.execute(&cmd, io);
             return true;
         }

@@ -17,7 +17,8 @@
 //!   `drop_rate` loses a byte, `corrupt_rate` flips one bit of a byte. Line
 //!   terminators and GRBL realtime bytes are never dropped, corrupted or
 //!   produced by corruption, so faults damage a line but never merge or
-//!   split lines, and never turn text into a realtime command. Faults are
+//!   split lines, and never turn text into a realtime command.
+//!   `max_faults_per_line` caps the faults in one line. Faults are
 //!   drawn from a SplitMix64 generator seeded by `seed`: the same seed and
 //!   the same byte stream give the same faults.
 //! * **Time.** Motion, dwells, homing and heating run `time_scale` times
@@ -99,6 +100,14 @@ pub struct SimConfig {
     pub corrupt_rate: f64,
     /// Probability that a host→firmware byte is lost.
     pub drop_rate: f64,
+    /// At most this many faults (drops and flips together) in one host
+    /// line; `None` draws every byte on its own. Marlin's XOR checksum
+    /// cannot see two flips of the same bit in one line (nor a lost space
+    /// and a flipped bit 5), so with independent faults at 1 % per byte
+    /// about one line in 250 arrives damaged and passes the check: no host
+    /// can deliver such a link exactly. `Some(1)` keeps every fault within
+    /// what the line protocol can detect.
+    pub max_faults_per_line: Option<u32>,
     /// Hang up the PTY after executing this line (then reconnect).
     pub disconnect_after_line: Option<u64>,
     /// Reboot the firmware after executing this line.
@@ -134,6 +143,7 @@ impl Default for SimConfig {
             rx_buffer: 128,
             corrupt_rate: 0.0,
             drop_rate: 0.0,
+            max_faults_per_line: None,
             disconnect_after_line: None,
             reset_after_line: None,
             alarm_after_line: None,

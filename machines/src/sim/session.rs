@@ -184,6 +184,8 @@ async fn session(
     link.emit(&mut out, start);
     let mut buf = [0u8; READ_AHEAD as usize];
     let mut read_backoff: Option<Instant> = None;
+    // Faults injected since the last line terminator.
+    let mut line_faults = 0u32;
 
     let end = loop {
         let now = Instant::now();
@@ -275,12 +277,20 @@ async fn session(
                     let now = Instant::now();
                     for &b in &buf[..n] {
                         Stats::inc(&stats.bytes_received);
+                        if b == b'\n' || b == b'\r' {
+                            line_faults = 0;
+                        }
+                        let may_fault = config
+                            .max_faults_per_line
+                            .is_none_or(|max| line_faults < max);
                         let b = if fw.protected(b) {
                             b
-                        } else if rng.chance(config.drop_rate) {
+                        } else if rng.chance(config.drop_rate) && may_fault {
+                            line_faults += 1;
                             Stats::inc(&stats.bytes_dropped);
                             continue;
-                        } else if rng.chance(config.corrupt_rate) {
+                        } else if rng.chance(config.corrupt_rate) && may_fault {
+                            line_faults += 1;
                             Stats::inc(&stats.bytes_corrupted);
                             corrupt(b, rng, fw.as_ref())
                         } else {
