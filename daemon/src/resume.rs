@@ -140,8 +140,8 @@ fn build(firmware: Firmware, m: &Modal) -> Vec<String> {
             if let Some(h) = m.hotend {
                 out.push(format!("M109 S{h}"));
             }
-            out.push("G21".into());
-            out.push("G28 X Y".into());
+            // Axis letters need a value for some parsers; Marlin ignores it.
+            out.push("G28 X0 Y0".into());
             out.push(units.into());
             out.push("G90".into());
             if let Some(z) = m.z {
@@ -195,7 +195,7 @@ mod tests {
         for want in [
             "M190 S60",
             "M109 S215",
-            "G28 X Y",
+            "G28 X0 Y0",
             "G92 Z0.4",
             "M82",
             "G92 E7",

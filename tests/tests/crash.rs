@@ -274,7 +274,7 @@ async fn sigterm_interrupts_at_a_safe_line_and_the_job_restarts_there() {
         "the rest of the file ran after the preamble"
     );
     let preamble = &after[..after.len() - rest.len()];
-    for want in ["G28 X Y", "M109 S", "M190 S", "G92 E"] {
+    for want in ["G28 X0 Y0", "M109 S", "M190 S", "G92 E"] {
         assert!(
             preamble.iter().any(|l| l.starts_with(want)),
             "missing {want}: {preamble:?}"
