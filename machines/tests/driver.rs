@@ -537,3 +537,91 @@ async fn on_a_noisy_link_grbl_runs_damaged_lines_and_fails_at_the_first_it_refus
     assert_eq!(after, &src[refused + 1..refused + 1 + after.len()]);
     assert!(after.iter().map(|l| l.len() + 1).sum::<usize>() < 128);
 }
+
+/// The commands the firmware must execute for a file streamed with
+/// canned-cycle expansion: the expander's lines, cleaned like the log.
+fn expanded_commands(path: &Path) -> Vec<String> {
+    use microfactory_protocol::canned::{CannedExpander, Output};
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut x = CannedExpander::new();
+    let mut out = Vec::new();
+    let mut clean = String::new();
+    let mut cmds = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        out.clear();
+        x.push_line(i as u64 + 1, raw, &mut out).unwrap();
+        for o in &out {
+            if let Output::Line { text, .. } = o {
+                clean_line(text, 256, &mut clean).unwrap();
+                if !clean.is_empty() {
+                    cmds.push(clean.clone());
+                }
+            }
+        }
+    }
+    cmds
+}
+
+/// Streams a whole shared file over a fast link (the protocol is the same
+/// at any rate; only the wall time changes) and returns the outcome.
+async fn stream_whole(firmware: Firmware, file: &Path, expand: bool) -> (Rig, JobOutcome) {
+    let rig = rig(
+        firmware,
+        |c| {
+            c.baud = 4_000_000;
+            c.latency_ms = 0.0;
+            c.time_scale = 20_000.0;
+        },
+        FlowMode::Auto,
+    )
+    .await;
+    let mut spec = job(file);
+    spec.expand_canned_cycles = expand;
+    let mut ev = rig.driver.events();
+    rig.driver.start(spec).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(600), async {
+        loop {
+            match ev.recv().await {
+                Ok(DriverEvent::PausedForOperator { .. }) => rig.driver.resume().await.unwrap(),
+                Ok(DriverEvent::JobEnded { outcome, .. }) => return outcome,
+                Ok(_) => {}
+                Err(e) => panic!("event stream: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("ends");
+    (rig, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_coupling_print_executes_exactly_on_marlin() {
+    let file = data("coupling_pla.gcode");
+    let (rig, outcome) = stream_whole(Firmware::Marlin, &file, false).await;
+    assert_eq!(outcome, JobOutcome::Completed);
+    let (ran, src) = (executed(&rig.log), source_commands(&file));
+    assert_eq!(ran.len(), src.len());
+    assert!(ran == src, "executed log differs from coupling_pla.gcode");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_isolation_and_drill_job_executes_exactly_on_grbl_when_expanded() {
+    let file = data("pcb_isolation_and_drill_inch.nc");
+    let (rig, outcome) = stream_whole(Firmware::Grbl, &file, true).await;
+    assert_eq!(outcome, JobOutcome::Completed);
+    let (ran, want) = (executed(&rig.log), expanded_commands(&file));
+    assert!(!want.iter().any(|l| l.starts_with("G82")));
+    assert_eq!(ran.len(), want.len());
+    assert!(
+        ran == want,
+        "executed log differs from the expanded program"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_drill_job_executes_exactly_on_grbl_when_expanded() {
+    let file = data("pcb_drill_toolchange_inch.nc");
+    let (rig, outcome) = stream_whole(Firmware::Grbl, &file, true).await;
+    assert_eq!(outcome, JobOutcome::Completed);
+    assert_eq!(executed(&rig.log), expanded_commands(&file));
+}
