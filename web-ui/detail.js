@@ -77,6 +77,7 @@ export function machineDetailView(app, id) {
       const r = await api('POST', `/machines/${encodeURIComponent(id)}/console`, { command });
       log(r.command, r.response.length ? r.response : ['(no answer)']);
       cmd.value = '';
+      refreshSerial();
     } catch (ex) {
       log(command, [ex.message], true);
       setText(consoleErr, ex.message);
@@ -90,6 +91,30 @@ export function machineDetailView(app, id) {
     h('p', { class: 'muted small' }, 'Sends one command to the firmware and shows its answer; during a job it goes between the job\'s lines.'),
     logBox, form, consoleErr);
 
+  // ---- serial log: the port's recent traffic, as the daemon keeps it
+  const serialBox = h('div', { class: 'console-log serial-log', id: 'serial-log', role: 'log', tabindex: '0', 'aria-label': 'Recent serial traffic' });
+  const serialErr = h('p', { class: 'error', role: 'alert' });
+  let serialSig = '';
+  async function refreshSerial() {
+    try {
+      const lines = await api('GET', `/machines/${encodeURIComponent(id)}/serial`);
+      setText(serialErr, '');
+      const last = lines[lines.length - 1];
+      const sig = `${lines.length}:${last ? last.at_ms + last.text : ''}`;
+      if (sig === serialSig) return;
+      serialSig = sig;
+      const atBottom = serialBox.scrollTop + serialBox.clientHeight >= serialBox.scrollHeight - 4;
+      fill(serialBox, lines.map((l) => h('div', { class: l.sent ? 'sent' : '' }, `${l.sent ? '>' : '<'} ${l.text}`)));
+      if (atBottom) serialBox.scrollTop = serialBox.scrollHeight;
+    } catch (e) {
+      setText(serialErr, `Serial log unavailable: ${e.message}`);
+    }
+  }
+  const serialPanel = h('section', { class: 'panel', 'aria-labelledby': 'serial-h' },
+    h('h2', { id: 'serial-h' }, 'Serial log'),
+    h('p', { class: 'muted small' }, 'The last 200 lines on the port: > sent by the daemon, < from the firmware.'),
+    serialBox, serialErr);
+
   // ---- history
   const histBody = h('tbody');
   const noHist = h('p', { class: 'empty' }, 'This machine has run no job yet.');
@@ -101,7 +126,7 @@ export function machineDetailView(app, id) {
 
   const body = h('div', {},
     h('div', { class: 'detail-head' }, card.el, h('div', { class: 'actions' }, home), homeErr),
-    h('div', { class: 'detail-layout' }, h('div', {}, chartPanel, consolePanel), histPanel));
+    h('div', { class: 'detail-layout' }, h('div', {}, chartPanel, consolePanel, serialPanel), histPanel));
   const el = h('section', { 'aria-label': `Machine ${id}` }, back, missing, body);
 
   let histSig = '';
@@ -109,7 +134,11 @@ export function machineDetailView(app, id) {
     const m = app.state.machines.get(id);
     if (m?.kind === 'printer') drawChart(chartBox, app.state.temps.get(id) ?? [], HISTORY_MS);
   };
-  const timer = setInterval(redraw, 2000);
+  const timer = setInterval(() => {
+    redraw();
+    refreshSerial();
+  }, 2000);
+  refreshSerial();
   return {
     el,
     title: id,

@@ -844,6 +844,40 @@ async fn machine_home(
     }))
 }
 
+/// One line of serial traffic.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SerialLineView {
+    /// ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Sent by the daemon (else received from the firmware).
+    pub sent: bool,
+    /// The line.
+    pub text: String,
+}
+
+/// The recent serial traffic of a machine (last 200 lines, oldest first;
+/// GRBL status polls left out), for the console view.
+#[utoipa::path(get, path = "/api/v1/machines/{id}/serial", tag = "machines",
+    params(("id" = String, Path, description = "Machine id")),
+    responses((status = 200, body = Vec<SerialLineView>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn machine_serial(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<SerialLineView>>> {
+    Ok(Json(
+        s.factory
+            .serial_log(&id)?
+            .into_iter()
+            .map(|l| SerialLineView {
+                at_ms: l.at_ms,
+                sent: l.sent,
+                text: l.text,
+            })
+            .collect(),
+    ))
+}
+
 /// `POST /machines/{id}/console` body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1000,6 +1034,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(machine_enable))
         .routes(routes!(machine_disable))
         .routes(routes!(machine_console))
+        .routes(routes!(machine_serial))
         .routes(routes!(events))
         .routes(routes!(event_log))
         .routes(routes!(who_am_i))

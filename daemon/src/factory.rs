@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use microfactory_machines::driver::{
     Connection, DriverConfig, DriverError, DriverEvent, DriverHandle, Firmware, JobOutcome,
-    JobSpec, MachineStatus, Progress,
+    JobSpec, MachineStatus, Progress, SerialLine,
 };
 use thiserror::Error;
 use tokio::sync::{Notify, broadcast, watch};
@@ -734,6 +734,12 @@ impl Factory {
     pub fn machine(&self, id: &str) -> Result<MachineView> {
         let (_, s) = self.slot(id)?;
         Ok(view(s, &self.lock()))
+    }
+
+    /// The recent traffic on a machine's serial port.
+    pub fn serial_log(&self, id: &str) -> Result<Vec<SerialLine>> {
+        let (_, s) = self.slot(id)?;
+        Ok(s.driver.serial_log())
     }
 
     /// Operator actions on a machine's running job.

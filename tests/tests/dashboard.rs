@@ -690,6 +690,14 @@ async fn a_running_print_pauses_resumes_and_cancels_from_its_card() -> Result<()
         "the firmware's answer to M105",
     )
     .await?;
+    // The serial log shows the command going out and the firmware's words
+    // coming back, job lines included.
+    ui.wait(
+        "(() => { const t = document.querySelector('#serial-log').textContent; \
+         return t.includes(' M105') && t.includes('< ok') && t.includes('> N'); })()",
+        "the serial log with the console command and the firmware's answers",
+    )
+    .await?;
     ui.allow_api_error("/api/v1/machines/mk3-a/console");
     ui.type_into("#console-input", &"G4 P0 ".repeat(40)).await?;
     ui.press_enter("#console-input").await?;

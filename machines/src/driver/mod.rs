@@ -343,6 +343,52 @@ pub struct StreamStats {
     pub seconds: f64,
 }
 
+/// How many lines of traffic [`SerialLog`] keeps.
+pub const SERIAL_LOG_LINES: usize = 200;
+
+/// One line that crossed the serial port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialLine {
+    /// Wall-clock time, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Written by the host (`true`) or read from the firmware.
+    pub sent: bool,
+    /// The line, without its line ending.
+    pub text: String,
+}
+
+/// The recent traffic on a machine's port, newest last: what an operator
+/// reads next to the console to see what the firmware is saying.
+#[derive(Debug, Clone, Default)]
+pub struct SerialLog(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<SerialLine>>>);
+
+impl SerialLog {
+    pub(crate) fn push(&self, sent: bool, text: &str) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= SERIAL_LOG_LINES {
+            q.pop_front();
+        }
+        q.push_back(SerialLine {
+            at_ms,
+            sent,
+            text: text.trim_end().to_string(),
+        });
+    }
+
+    /// A copy of the lines kept, oldest first.
+    pub fn snapshot(&self) -> Vec<SerialLine> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
 /// Requests to a driver task.
 #[derive(Debug)]
 pub(crate) enum Request {
@@ -361,6 +407,7 @@ pub struct DriverHandle {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<MachineStatus>,
     events: broadcast::Sender<DriverEvent>,
+    serial: SerialLog,
     task: Option<JoinHandle<()>>,
 }
 
@@ -370,11 +417,19 @@ impl DriverHandle {
         let (req_tx, req_rx) = mpsc::channel(32);
         let (status_tx, status_rx) = watch::channel(MachineStatus::default());
         let (events_tx, _) = broadcast::channel(1024);
-        let task = tokio::spawn(session::run(config, req_rx, status_tx, events_tx.clone()));
+        let serial = SerialLog::default();
+        let task = tokio::spawn(session::run(
+            config,
+            req_rx,
+            status_tx,
+            events_tx.clone(),
+            serial.clone(),
+        ));
         Self {
             requests: req_tx,
             status: status_rx,
             events: events_tx,
+            serial,
             task: Some(task),
         }
     }
@@ -382,6 +437,11 @@ impl DriverHandle {
     /// The latest status, and a way to wait for changes.
     pub fn status(&self) -> watch::Receiver<MachineStatus> {
         self.status.clone()
+    }
+
+    /// The recent traffic on the port.
+    pub fn serial_log(&self) -> Vec<SerialLine> {
+        self.serial.snapshot()
     }
 
     /// A new subscription to events (missed events are reported as lag).

@@ -137,6 +137,7 @@ pub(crate) async fn run(
     mut requests: mpsc::Receiver<Request>,
     status: watch::Sender<MachineStatus>,
     events: broadcast::Sender<DriverEvent>,
+    serial: super::SerialLog,
 ) {
     let span = info_span!("machine", machine_id = %config.id);
     async move {
@@ -152,7 +153,7 @@ pub(crate) async fn run(
                         s.connection = Connection::Connecting;
                         s.last_error = None;
                     });
-                    let mut session = Session::new(&config, &status, &events);
+                    let mut session = Session::new(&config, &status, &events, &serial);
                     match session.run(port, &mut requests).await {
                         SessionEnd::Shutdown => {
                             status.send_modify(|s| s.connection = Connection::Offline);
@@ -218,6 +219,7 @@ struct Session<'a> {
     config: &'a DriverConfig,
     status: &'a watch::Sender<MachineStatus>,
     events: &'a broadcast::Sender<DriverEvent>,
+    serial: &'a super::SerialLog,
     host: Box<dyn Host>,
     job: Option<Running>,
     console: Option<Console>,
@@ -231,11 +233,13 @@ impl<'a> Session<'a> {
         config: &'a DriverConfig,
         status: &'a watch::Sender<MachineStatus>,
         events: &'a broadcast::Sender<DriverEvent>,
+        serial: &'a super::SerialLog,
     ) -> Self {
         Self {
             config,
             status,
             events,
+            serial,
             host: make_host(config),
             job: None,
             console: None,
@@ -260,7 +264,13 @@ impl<'a> Session<'a> {
             }
             let now = std::time::Instant::now();
             while let Some(bytes) = self.host.poll_transmit(now) {
-                trace!(tx = %String::from_utf8_lossy(&bytes).trim_end(), "write");
+                let text = String::from_utf8_lossy(&bytes);
+                trace!(tx = %text.trim_end(), "write");
+                // GRBL status polls (`?`) and their `<...>` reports are
+                // shown on the machine card; the log keeps the rest.
+                for l in text.lines().filter(|l| *l != "?") {
+                    self.serial.push(true, l);
+                }
                 if let Err(e) = wr.write_all(&bytes).await {
                     return self.lost(format!("write failed: {e}"));
                 }
@@ -282,10 +292,14 @@ impl<'a> Session<'a> {
                     };
                     let now = std::time::Instant::now();
                     let host = &mut self.host;
+                    let serial = self.serial;
                     let _ = splitter.feed(&buf[..n], |item| {
                         match item {
                             SplitItem::Line { text, .. } => {
                                 trace!(rx = %text, "read");
+                                if !text.starts_with('<') {
+                                    serial.push(false, text);
+                                }
                                 host.handle_line(now, text);
                             }
                             SplitItem::Bad { error, .. } => debug!(%error, "unreadable line from firmware"),
