@@ -855,7 +855,12 @@ impl Factory {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // Progress can be skipped, a job's end cannot: the
+                    // driver's status keeps the last one.
                     warn!(missed = n, "driver events lagged");
+                    if let Err(e) = self.reconcile_ended(i).await {
+                        warn!(error = %e, "could not record a job's end after lagging");
+                    }
                     continue;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -864,6 +869,29 @@ impl Factory {
                 warn!(error = %e, "could not record a machine event");
             }
         }
+    }
+
+    /// Records the driver's last ended job if this machine's job is still
+    /// marked as running (its `JobEnded` event was lost to lag).
+    async fn reconcile_ended(&self, i: usize) -> Result<()> {
+        let last = self.slots[i].status.borrow().last_ended.clone();
+        let Some(ended) = last else { return Ok(()) };
+        let Ok(id) = ended.job_id.parse::<u64>() else {
+            return Ok(());
+        };
+        let open = {
+            let st = self.lock();
+            st.jobs.get(&id).is_some_and(|j| j.state.is_active())
+                && st
+                    .machines
+                    .get(&self.slots[i].machine.config.id)
+                    .and_then(|m| m.job)
+                    == Some(id)
+        };
+        if open {
+            self.on_job_ended(i, id, ended.outcome).await?;
+        }
+        Ok(())
     }
 
     async fn on_driver_event(&self, i: usize, ev: DriverEvent) -> Result<()> {
@@ -947,6 +975,10 @@ impl Factory {
         let mid = slot.machine.config.id.clone();
         let (job, machine) = {
             let mut st = self.lock();
+            if st.jobs.get(&id).is_some_and(|j| !j.state.is_active()) {
+                // Already recorded (from the status after a lag).
+                return Ok(());
+            }
             st.last_persist.remove(&id);
             let rt = st.machines.entry(mid.clone()).or_default();
             if rt.job == Some(id) {

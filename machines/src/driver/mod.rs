@@ -283,6 +283,19 @@ pub struct MachineStatus {
     pub job: Option<Progress>,
     /// Last error or alarm text.
     pub last_error: Option<String>,
+    /// The last job that ended: a subscriber that lagged behind the event
+    /// broadcast can still learn how its job ended.
+    #[serde(default)]
+    pub last_ended: Option<EndedJob>,
+}
+
+/// A job's id with how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndedJob {
+    /// Job id.
+    pub job_id: String,
+    /// How it ended.
+    pub outcome: JobOutcome,
 }
 
 /// How a job ended.

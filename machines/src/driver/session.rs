@@ -13,8 +13,8 @@ use tracing::{Instrument, debug, info, info_span, trace, warn};
 
 use super::job::JobSource;
 use super::{
-    Connection, DriverConfig, DriverError, DriverEvent, Firmware, Heater, JobOutcome, JobSpec,
-    MachineStatus, Progress, Request, StreamStats,
+    Connection, DriverConfig, DriverError, DriverEvent, EndedJob, Firmware, Heater, JobOutcome,
+    JobSpec, MachineStatus, Progress, Request, StreamStats,
 };
 
 /// Console ids at and above this are the driver's own.
@@ -590,7 +590,14 @@ impl<'a> Session<'a> {
             self.host.clear_queue();
         }
         info!(job_id = %job.spec.id, ?outcome, lines = stats.lines, "job ended");
-        self.status.send_modify(|s| s.job = None);
+        let ended = EndedJob {
+            job_id: job.spec.id.clone(),
+            outcome: outcome.clone(),
+        };
+        self.status.send_modify(|s| {
+            s.job = None;
+            s.last_ended = Some(ended);
+        });
         let _ = self.events.send(DriverEvent::JobEnded {
             job_id: job.spec.id,
             outcome,
