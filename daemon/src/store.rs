@@ -3,10 +3,15 @@
 //! be reasoned about (and tested by killing the process) in one place.
 //!
 //! sled 0.34 keeps recent writes in memory: a write is durable only after
-//! [`Store::flush`]. Callers flush before they acknowledge anything; sled
-//! batches concurrent flushes, which gives group commit for free.
+//! [`Store::flush`]. Callers flush before they acknowledge anything.
+//! Concurrent flushes are grouped here ([`GroupCommit`]): sled's own
+//! `flush_async` can hang forever when several are awaited at once
+//! (sled issue 1308, unfixed in 0.34.7), which stalled every request that
+//! was flushing at that moment.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,6 +49,36 @@ pub struct Store {
     meta: sled::Tree,
     sessions: sled::Tree,
     blobs: PathBuf,
+    commit: Arc<GroupCommit>,
+}
+
+/// Group commit over sled's blocking flush: one flush runs at a time, and
+/// it covers every caller that asked before it started, so callers that
+/// queued behind it return without flushing again.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    /// Tickets handed out: a caller's writes precede its ticket.
+    asked: AtomicU64,
+    /// Highest ticket covered by a completed flush; held while flushing.
+    done: tokio::sync::Mutex<u64>,
+}
+
+impl GroupCommit {
+    async fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = self.done.lock().await;
+        if *done >= ticket {
+            return Ok(());
+        }
+        // Everyone who has a ticket by now wrote before this flush starts.
+        let covers = self.asked.load(Ordering::SeqCst);
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        *done = covers;
+        Ok(())
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -81,13 +116,13 @@ impl Store {
             sessions: db.open_tree("sessions")?,
             db,
             blobs,
+            commit: Arc::default(),
         })
     }
 
     /// Makes every write so far durable. Call before acknowledging.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        self.commit.flush(&self.db).await
     }
 
     /// Where the content with this sha256 lives.
@@ -316,6 +351,56 @@ mod tests {
         assert!(s.next_id().expect("id") > first);
         assert_eq!(s.token("h").expect("t").map(|t| t.role), Some(Role::Viewer));
         assert!(s.token("x").expect("t").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn concurrent_flushes_all_complete_and_every_write_survives() {
+        let dir = std::env::temp_dir().join(format!("mfd-store-gc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // On its own thread and runtime: a hung flush may block the runtime's
+        // workers, so only an outside clock can report it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let ids: Vec<u64> = rt.block_on(async {
+                let s = Store::open(&d).expect("open");
+                let tasks: Vec<_> = (0..64)
+                    .map(|_| {
+                        let s = s.clone();
+                        tokio::spawn(async move {
+                            let mut ids = Vec::new();
+                            for _ in 0..20 {
+                                let id = s.next_id().expect("id");
+                                s.put_job(&job(id)).expect("put");
+                                s.flush().await.expect("flush");
+                                ids.push(id);
+                            }
+                            ids
+                        })
+                    })
+                    .collect();
+                futures_util::future::join_all(tasks)
+                    .await
+                    .into_iter()
+                    .flat_map(|r| r.expect("task"))
+                    .collect()
+            });
+            let _ = tx.send(ids);
+        });
+        let mut want = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("concurrent flushes never completed");
+        let s = Store::open(&dir).expect("reopen");
+        let mut stored: Vec<u64> = s.jobs().expect("jobs").iter().map(|j| j.id).collect();
+        stored.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(stored, want);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
