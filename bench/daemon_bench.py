@@ -278,8 +278,10 @@ class Factory:
 def bench_fleet(args) -> dict:
     f = Factory(args, args.printers, args.mills, args.latency_ms, args.time_scale)
     f.wait_online()
+    rss_phases = {"online": mem_kib(f.daemon.pid)["VmRSS"]}
     printer_file = f.api.upload(DATA / "coupling_pla.gcode") if args.printers else None
     mill_file = f.api.upload(DATA / args.mill_file) if args.mills else None
+    rss_phases["uploaded"] = mem_kib(f.daemon.pid)["VmRSS"]
     if args.printers:
         f.api.post("/jobs", {"file_id": printer_file, "copies": args.printers, "kind": "printer"})
     if args.mills:
@@ -306,6 +308,7 @@ def bench_fleet(args) -> dict:
         if time.monotonic() > deadline:
             sys.exit(f"{len(slow)} jobs still before line {args.past_line} after 300 s")
         time.sleep(2)
+    rss_phases["streaming"] = mem_kib(f.daemon.pid)["VmRSS"]
     log(f"warming up {args.warmup} s")
     time.sleep(args.warmup)
 
@@ -343,6 +346,7 @@ def bench_fleet(args) -> dict:
         "daemon_vmrss_mib_end": round(mem["VmRSS"] / 1024, 1),
         "daemon_vmrss_mib_max_in_window": round(rss_max / 1024, 1),
         "daemon_vmhwm_mib": round(mem["VmHWM"] / 1024, 1),
+        "daemon_vmrss_mib_phases": {k: round(v / 1024, 1) for k, v in rss_phases.items()},
         "daemon_threads": mem["Threads"],
         "daemon_fds": fd_count(pid),
         "lines_streamed": lines,
@@ -363,15 +367,18 @@ def percentile(sorted_vals: list[float], q: float) -> float:
 
 
 def bench_submit(args) -> dict:
-    f = Factory(args, args.machines, 0)
-    f.wait_online()
-    file_id = f.api.upload(DATA / "coupling_pla.gcode")
-    # Disabled machines keep the jobs queued: the queue grows, nothing streams.
-    for mid, _, _ in f.machines:
-        f.api.post(f"/machines/{mid}/disable")
-    body = json.dumps({"file_id": file_id, "kind": "printer"}).encode()
     results = []
     for conc in [int(c) for c in args.concurrency.split(",")]:
+        # A fresh daemon per level, so each starts from an empty queue.
+        cleanup()
+        f = Factory(args, args.machines, 0)
+        f.wait_online()
+        file_id = f.api.upload(DATA / "coupling_pla.gcode")
+        # Disabled machines keep the jobs queued: the queue grows, nothing
+        # streams.
+        for mid, _, _ in f.machines:
+            f.api.post(f"/machines/{mid}/disable")
+        body = json.dumps({"file_id": file_id, "kind": "printer"}).encode()
         lat: list[list[float]] = [[] for _ in range(conc)]
         errors = [0] * conc
         start = threading.Event()
@@ -382,7 +389,10 @@ def bench_submit(args) -> dict:
             start.wait()
             while time.monotonic() < stop_at[0]:
                 t = time.perf_counter()
-                st, _ = api.request("POST", "/jobs", body, "application/json")
+                try:
+                    st, _ = api.request("POST", "/jobs", body, "application/json")
+                except (OSError, http.client.HTTPException):
+                    st = -1
                 dt = time.perf_counter() - t
                 if st == 201:
                     lat[i].append(dt)
@@ -406,6 +416,7 @@ def bench_submit(args) -> dict:
         queued = len(f.api.get("/jobs?state=queued"))
         r = {
             "concurrency": conc,
+            "daemon_vmhwm_mib": round(mem_kib(pid)["VmHWM"] / 1024, 1),
             "submissions": n,
             "errors": sum(errors),
             "per_s": round(n / wall, 1),
@@ -418,8 +429,9 @@ def bench_submit(args) -> dict:
         log(json.dumps(r))
         results.append(r)
     return {"bench": "submit", "machines": args.machines, "duration_s": args.duration,
-            "results": results,
-            "daemon_vmhwm_mib": round(mem_kib(f.daemon.pid)["VmHWM"] / 1024, 1)}
+            "data_dir_fs": subprocess.run(["df", "-T", str(f.dir)], capture_output=True,
+                                          text=True).stdout.splitlines()[-1].split()[1],
+            "results": results}
 
 
 def run_wrk(url: str, token: str, args) -> dict:
