@@ -274,7 +274,7 @@ impl Factory {
         let res = tokio::task::spawn_blocking(move || -> Result<(FileRecord, bool)> {
             let done = upload.finish()?;
             if let Some(existing) = store.file(&done.id)? {
-                return Ok((existing, false));
+                return Ok((FileRecord::clone(&existing), false));
             }
             let rec = FileRecord {
                 id: done.id.clone(),
@@ -306,6 +306,7 @@ impl Factory {
     pub fn file(&self, id: &str) -> Result<FileRecord> {
         self.store
             .file(id)?
+            .map(|f| FileRecord::clone(&f))
             .ok_or_else(|| FactoryError::NotFound(format!("no file with id '{id}'")))
     }
 
@@ -1072,7 +1073,7 @@ impl Factory {
         Ok(())
     }
 
-    async fn start_on(&self, i: usize, job: Job, file: FileRecord) -> Result<()> {
+    async fn start_on(&self, i: usize, job: Job, file: Arc<FileRecord>) -> Result<()> {
         let slot = &self.slots[i];
         let spec = JobSpec {
             id: job.id.to_string(),

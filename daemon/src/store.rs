@@ -9,9 +9,10 @@
 //! (sled issue 1308, unfixed in 0.34.7), which stalled every request that
 //! was flushing at that moment.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,7 +51,14 @@ pub struct Store {
     sessions: sled::Tree,
     blobs: PathBuf,
     commit: Arc<GroupCommit>,
+    /// Decoded file records (content-addressed, so never changed once
+    /// written): submissions and the scheduler look them up for every job,
+    /// and decoding one with its pre-flight findings costs ~0.3 ms.
+    file_cache: Arc<Mutex<HashMap<String, Arc<FileRecord>>>>,
 }
+
+/// Most decoded file records kept; past it the cache starts over.
+const FILE_CACHE_MAX: usize = 64;
 
 /// Group commit over sled's blocking flush: one flush runs at a time, and
 /// it covers every caller that asked before it started, so callers that
@@ -117,6 +125,7 @@ impl Store {
             db,
             blobs,
             commit: Arc::default(),
+            file_cache: Arc::default(),
         })
     }
 
@@ -164,16 +173,32 @@ impl Store {
 
     /// Stores a file record.
     pub fn put_file(&self, f: &FileRecord) -> Result<(), StoreError> {
+        self.file_cache().remove(&f.id);
         self.files.insert(f.id.as_bytes(), encode(f))?;
         Ok(())
     }
 
+    fn file_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<FileRecord>>> {
+        self.file_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A file by id.
-    pub fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
-        self.files
-            .get(id.as_bytes())?
-            .map(|v| decode("files", id.as_bytes(), &v))
-            .transpose()
+    pub fn file(&self, id: &str) -> Result<Option<Arc<FileRecord>>, StoreError> {
+        if let Some(f) = self.file_cache().get(id) {
+            return Ok(Some(Arc::clone(f)));
+        }
+        let Some(v) = self.files.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let f: Arc<FileRecord> = Arc::new(decode("files", id.as_bytes(), &v)?);
+        let mut cache = self.file_cache();
+        if cache.len() >= FILE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(id.to_string(), Arc::clone(&f));
+        Ok(Some(f))
     }
 
     /// All files.
@@ -190,6 +215,7 @@ impl Store {
     /// Forgets a file record (the blob is removed by the caller after the
     /// removal is flushed).
     pub fn remove_file(&self, id: &str) -> Result<bool, StoreError> {
+        self.file_cache().remove(id);
         Ok(self.files.remove(id.as_bytes())?.is_some())
     }
 
