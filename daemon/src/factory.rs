@@ -287,7 +287,7 @@ impl Factory {
         let res = tokio::task::spawn_blocking(move || -> Result<(FileRecord, bool)> {
             let done = upload.finish()?;
             if let Some(existing) = store.file(&done.id)? {
-                return Ok((existing, false));
+                return Ok((FileRecord::clone(&existing), false));
             }
             let rec = FileRecord {
                 id: done.id.clone(),
@@ -319,6 +319,7 @@ impl Factory {
     pub fn file(&self, id: &str) -> Result<FileRecord> {
         self.store
             .file(id)?
+            .map(|f| FileRecord::clone(&f))
             .ok_or_else(|| FactoryError::NotFound(format!("no file with id '{id}'")))
     }
 
@@ -1123,7 +1124,7 @@ impl Factory {
         Ok(())
     }
 
-    async fn start_on(&self, i: usize, job: Job, file: FileRecord) -> Result<()> {
+    async fn start_on(&self, i: usize, job: Job, file: Arc<FileRecord>) -> Result<()> {
         let slot = &self.slots[i];
         let spec = JobSpec {
             id: job.id.to_string(),
