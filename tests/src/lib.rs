@@ -298,6 +298,25 @@ impl Factory {
         Ok(())
     }
 
+    /// Starts the daemon again on the address it had, as a restart by
+    /// systemd would, so open pages can reconnect.
+    pub async fn relaunch_same_port(&mut self) -> Result<()> {
+        let addr = self
+            .base
+            .strip_prefix("http://")
+            .context("base")?
+            .to_string();
+        let path = self.dir.path().join("config.toml");
+        let text = std::fs::read_to_string(&path)?;
+        let text = text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{addr}\""),
+            1,
+        );
+        std::fs::write(&path, text)?;
+        self.launch().await
+    }
+
     /// `kill -9`.
     pub async fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

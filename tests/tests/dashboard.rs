@@ -755,6 +755,14 @@ async fn the_page_says_so_when_the_daemon_goes_away() -> Result<()> {
     .await?;
     assert!(ui.text("#conn").await?.contains("reconnecting"));
     ui.screenshots("disconnected").await?;
+    // The daemon comes back on the same address: the page reconnects on
+    // its own and shows live data again.
+    f.relaunch_same_port().await?;
+    ui.wait(
+        "document.querySelector('#conn').dataset.conn === 'live'",
+        "the page back to live after the daemon restarted",
+    )
+    .await?;
     ui.close().await;
     Ok(())
 }
