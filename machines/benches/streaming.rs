@@ -1,84 +1,115 @@
 //! Streaming efficiency of the drivers over the simulated link, ping-pong
-//! versus buffered, at two baud rates and two USB latencies.
+//! versus buffered (and Marlin's `auto`), at two baud rates and two USB
+//! latencies, all in one run.
 //!
 //! `cargo bench -p microfactory-machines --bench streaming`
 //!
-//! Each run streams the first `LINES` commands of a short-segment real file
-//! to a simulator (motion 1000× faster than real, so only the link limits)
-//! and prints payload bytes per second, link efficiency (÷ baud/10), the
-//! window bound min(baud/10, W/RTT) and the daemon-side CPU time per line.
+//! Each run streams the first `LINES` moves of a short-segment real file
+//! (the isolation part of the PCB file for GRBL, a fine-segment print for
+//! Marlin) to a `microfactory-sim` *process* (motion 1000× faster than
+//! real, so only the link limits) and prints payload bytes per second,
+//! link efficiency (payload ÷ baud/10), wire bytes per second (Marlin's
+//! `N…*cs` framing included), the window bound min(baud/10, W/RTT) in wire
+//! bytes, and the driver's CPU time per line. The simulator runs in its own
+//! process, so this process's CPU time (every thread, from
+//! `/proc/self/task/*/schedstat`, nanoseconds) is the host's alone.
+//!
+//! `MFD_BENCH_LINES` overrides the number of lines; `MFD_BENCH_ONLY`
+//! (`grbl`, `marlin`) runs one firmware.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use microfactory_machines::driver::{
     Connection, DriverConfig, DriverEvent, DriverHandle, Firmware, FlowMode, JobOutcome, JobSpec,
 };
-use microfactory_machines::sim::{self, FirmwareKind, SimConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
 const LINES: usize = 1500;
 
+/// CPU time of every thread of this process, in seconds.
 fn cpu_seconds() -> f64 {
-    // utime + stime of this process, from /proc (Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let tick = 100.0;
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
     };
-    (get(11) + get(12)) / tick
+    let mut ns = 0u64;
+    for t in dir.flatten() {
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ns as f64 / 1e9
 }
 
-fn slice(name: &str, dir: &Path) -> PathBuf {
+fn slice(name: &str, dir: &Path, lines: usize) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/data/gcode")
         .join(name);
     let text = std::fs::read_to_string(&src).expect("shared data");
-    // Skip the header so the slice is the short-segment body.
+    // Skip the header so the slice is the short-segment body (for the PCB
+    // file, its isolation moves; the drill part's canned cycles are not
+    // `G1`).
     let body: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("G1") || l.starts_with("G01"))
-        .take(LINES)
+        .filter(|l| l.starts_with("G1 ") || l.starts_with("G01 "))
+        .take(lines)
         .collect();
     let out = dir.join(format!("bench-{name}"));
     let mut s = String::new();
     if name.ends_with(".nc") {
         s.push_str("G20\nG90\nM03\n");
     } else {
-        s.push_str("G21\nG90\nM83\n");
+        // The print uses absolute extrusion (M82).
+        s.push_str("G21\nG90\nM82\n");
     }
     for l in body {
-        s.push_str(l);
+        s.push_str(l.trim_end());
         s.push('\n');
     }
     std::fs::write(&out, s).expect("write slice");
     out
 }
 
-async fn run(
-    firmware: Firmware,
-    file: &Path,
-    baud: u32,
-    latency_ms: f64,
-    flow: FlowMode,
-) -> (f64, f64, f64, u64) {
-    let mut cfg = SimConfig::new(match firmware {
-        Firmware::Marlin => FirmwareKind::Marlin,
-        Firmware::Grbl => FirmwareKind::Grbl,
-    });
-    cfg.baud = baud;
-    cfg.latency_ms = latency_ms;
-    cfg.time_scale = 1000.0;
-    let sim = sim::spawn(cfg).await.expect("sim");
-    let mut dc = DriverConfig::new("bench", sim.path(), baud, firmware);
+struct Run {
+    payload_rate: f64,
+    wire_rate: f64,
+    cpu_us_per_line: f64,
+    resends: u64,
+}
+
+async fn run(firmware: Firmware, file: &Path, baud: u32, latency_ms: f64, flow: FlowMode) -> Run {
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_microfactory-sim"))
+        .args([
+            "--firmware",
+            match firmware {
+                Firmware::Marlin => "marlin",
+                Firmware::Grbl => "grbl",
+            },
+            "--baud",
+            &baud.to_string(),
+            "--latency-ms",
+            &latency_ms.to_string(),
+            "--time-scale",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("microfactory-sim starts");
+    let stdout = sim.stdout.take().expect("sim stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let path = lines
+        .next_line()
+        .await
+        .expect("sim prints")
+        .expect("sim prints its PTY path");
+    let mut dc = DriverConfig::new("bench", PathBuf::from(path.trim()), baud, firmware);
     dc.flow = flow;
     let driver = DriverHandle::spawn(dc);
     let mut st = driver.status();
@@ -87,7 +118,6 @@ async fn run(
         .expect("online");
     let mut ev = driver.events();
     let cpu0 = cpu_seconds();
-    let t0 = Instant::now();
     driver
         .start(JobSpec {
             id: "bench".into(),
@@ -106,17 +136,16 @@ async fn run(
             break stats;
         }
     };
-    let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     driver.shutdown().await;
-    sim.shutdown().await;
-    let rate = stats.payload_bytes as f64 / stats.seconds;
-    (
-        rate,
-        rate / (f64::from(baud) / 10.0),
-        cpu / stats.lines as f64 * 1e6,
-        (wall * 1000.0) as u64,
-    )
+    let _ = sim.start_kill();
+    let _ = sim.wait().await;
+    Run {
+        payload_rate: stats.payload_bytes as f64 / stats.seconds,
+        wire_rate: stats.wire_bytes as f64 / stats.seconds,
+        cpu_us_per_line: cpu / stats.lines as f64 * 1e6,
+        resends: stats.resends,
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -126,38 +155,70 @@ async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    let lines = std::env::var("MFD_BENCH_LINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LINES);
+    let only = std::env::var("MFD_BENCH_ONLY").ok();
     let dir = std::env::temp_dir().join(format!("mfd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     println!(
-        "| firmware | file | baud | one-way latency | mode | payload B/s | link efficiency | window bound B/s | bound used | CPU µs/line (daemon+sim) |"
+        "| firmware | file | baud | one-way latency | mode | payload B/s | link efficiency | wire B/s | wire / (baud/10) | window W B | window bound B/s | wire / bound | × ping-pong | resends | host CPU µs/line |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let t0 = Instant::now();
     for (firmware, name, window) in [
         (Firmware::Grbl, "pcb_isolation_and_drill_inch.nc", 127.0),
         (Firmware::Marlin, "coupling_pla.gcode", 128.0),
     ] {
-        let file = slice(name, &dir);
+        if only
+            .as_deref()
+            .is_some_and(|o| !format!("{firmware:?}").eq_ignore_ascii_case(o))
+        {
+            continue;
+        }
+        let file = slice(name, &dir, lines);
+        let modes: &[(&str, FlowMode)] = match firmware {
+            // GRBL's auto is character counting, the same as buffered.
+            Firmware::Grbl => &[
+                ("ping-pong", FlowMode::PingPong),
+                ("buffered", FlowMode::Buffered),
+            ],
+            Firmware::Marlin => &[
+                ("ping-pong", FlowMode::PingPong),
+                ("buffered", FlowMode::Buffered),
+                ("auto", FlowMode::Auto),
+            ],
+        };
         for baud in [115_200u32, 250_000] {
             for latency in [1.0, 16.0] {
-                for (mode, flow) in [
-                    ("ping-pong", FlowMode::PingPong),
-                    ("buffered", FlowMode::Buffered),
-                ] {
-                    let (rate, eff, cpu_us, _) = tokio::time::timeout(
-                        Duration::from_secs(600),
+                let mut ping_pong = None;
+                for &(mode, flow) in modes {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(900),
                         run(firmware, &file, baud, latency, flow),
                     )
                     .await
                     .expect("run ends");
+                    let link = f64::from(baud) / 10.0;
                     let rtt = 2.0 * latency / 1000.0;
-                    let bound = (f64::from(baud) / 10.0).min(window / rtt);
+                    let bound = link.min(window / rtt);
+                    let pp = *ping_pong.get_or_insert(r.payload_rate);
                     println!(
-                        "| {firmware:?} | {name} | {baud} | {latency} ms | {mode} | {rate:.0} | {eff:.2} | {bound:.0} | {:.2} | {cpu_us:.0} |",
-                        rate / bound
+                        "| {firmware:?} | {name} | {baud} | {latency} ms | {mode} | {:.0} | {:.2} | {:.0} | {:.2} | {window:.0} | {bound:.0} | {:.2} | {:.1} | {} | {:.0} |",
+                        r.payload_rate,
+                        r.payload_rate / link,
+                        r.wire_rate,
+                        r.wire_rate / link,
+                        r.wire_rate / bound,
+                        r.payload_rate / pp,
+                        r.resends,
+                        r.cpu_us_per_line,
                     );
                 }
             }
         }
     }
+    eprintln!("bench took {:.0} s", t0.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&dir);
 }

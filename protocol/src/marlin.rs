@@ -54,6 +54,24 @@
 //! quiet for [`MarlinConfig::resend_settle`], so that their flushes cannot
 //! cut it.
 //!
+//! # The window
+//! Marlin's receive buffer is not the whole window: a line the firmware
+//! has taken into one of its command slots (`BUFSIZE`, commonly 4) no
+//! longer takes room there, yet its `ok` comes only when it has executed.
+//! Marlin refills its slots from the receive buffer between commands, not
+//! while one blocks (a move waiting for planner room, `M400`, a dwell), so
+//! the only line a host may always count out of the receive buffer is the
+//! oldest one awaiting its `ok`: it is in a slot (or still on the wire).
+//! That takes `ok`s matched by number (`ADVANCED_OK`); with plain `ok`s
+//! a line run without its `N` could shift the count, so every
+//! unacknowledged byte counts.
+//! `ADVANCED_OK`'s `B<free slots>` tells more: the slots taken when the
+//! `ok` was sent hold that many of the next lines too, and they stay out
+//! of the receive buffer until their own `ok`s. `BUFSIZE` is taken as the
+//! largest `B` seen plus one, never more than the firmware has. Buffered
+//! mode keeps the bytes of every other unacknowledged line within
+//! `rx_bytes`.
+//!
 //! Marlin's XOR checksum cannot see two equal bit flips in one line, and a
 //! line whose `N` became `n` runs unchecked; no host can do better than the
 //! firmware's check.
@@ -465,6 +483,11 @@ pub struct MarlinHost {
     clean_run: u32,
     /// The text of an `Unknown command` echo since the last `ok`.
     unknown_echo: Option<String>,
+    /// The largest `B` (free command slots) an `ADVANCED_OK` reported.
+    max_free_slots: Option<u32>,
+    /// How many of the oldest lines in flight the firmware has reported
+    /// in its command slots (see "The window" in the module docs).
+    in_slots: usize,
 }
 
 impl MarlinHost {
@@ -500,6 +523,8 @@ impl MarlinHost {
             ghost_bytes: 0,
             clean_run: 0,
             unknown_echo: None,
+            max_free_slots: None,
+            in_slots: 0,
         }
     }
 
@@ -618,9 +643,31 @@ impl MarlinHost {
         match self.config.flow {
             FlowControl::PingPong => false,
             FlowControl::Buffered { rx_bytes } => {
-                self.buffering() && self.in_flight_bytes + self.ghost_bytes + len <= rx_bytes
+                self.buffering() && self.rx_buffer_bytes() + self.ghost_bytes + len <= rx_bytes
             }
         }
+    }
+
+    /// Unacknowledged bytes that may be in the firmware's receive buffer:
+    /// all but the lines known to be in its command slots (at least the
+    /// oldest; see "The window" in the module docs). While lines refused
+    /// after a resend request are still arriving, all of them.
+    fn rx_buffer_bytes(&self) -> usize {
+        // Only `ok`s matched by number say for sure which line is the
+        // oldest the firmware holds: a plain `ok` for a line that lost its
+        // `N` would be counted for the oldest line in flight, and the one
+        // after it, still in the receive buffer, be taken for it.
+        if !self.advanced_ok_seen || !self.ghosts.is_empty() || self.pending_resend.is_some() {
+            return self.in_flight_bytes;
+        }
+        let out: usize = self
+            .in_flight
+            .iter()
+            .filter(|f| !f.consumed)
+            .take(self.in_slots.max(1))
+            .map(|f| f.len)
+            .sum();
+        self.in_flight_bytes.saturating_sub(out)
     }
 
     /// Lines sent before the last resend request may still be arriving:
@@ -850,6 +897,7 @@ impl MarlinHost {
         // After this long a silence nothing old is left on the wire.
         self.ghosts.clear();
         self.ghost_bytes = 0;
+        self.in_slots = 0;
         let first = self.in_flight.front().map(|f| f.number);
         if let Some(n) = first {
             self.schedule_resend_from(n);
@@ -1059,6 +1107,7 @@ impl MarlinHost {
         if advanced.is_some() {
             self.advanced_ok_seen = true;
         }
+        let free_slots = advanced.and(free_slots(line));
         if let Some(t) = parse_temperatures(line) {
             self.events.push_back(MarlinEvent::Temperatures(t));
         }
@@ -1074,10 +1123,19 @@ impl MarlinHost {
         let unknown = self.unknown_echo.take();
         match advanced {
             // `ok N<n> P.. B..` names its line.
-            Some(Some(n)) => self.ack_through(n, line),
+            Some(Some(n)) => {
+                let before = self.in_flight.len();
+                self.ack_through(n, line);
+                if self.in_flight.len() < before {
+                    self.note_free_slots(free_slots);
+                }
+            }
             // No `N`: the firmware ran something that came without a
             // number. Without an `Unknown command` echo it was G-code.
-            Some(None) => self.on_stray_ok(unknown.is_none()),
+            Some(None) => {
+                self.in_slots = 0;
+                self.on_stray_ok(unknown.is_none());
+            }
             None => {
                 let front = self
                     .in_flight
@@ -1089,6 +1147,7 @@ impl MarlinHost {
                 if unknown.is_some() && !own_echo {
                     // Unknown text that is not the oldest line's command:
                     // a fragment, or a line that lost its `N`.
+                    self.in_slots = 0;
                     self.on_stray_ok(false);
                     return;
                 }
@@ -1096,12 +1155,27 @@ impl MarlinHost {
                     Some(i) => {
                         if let Some(f) = self.in_flight.remove(i) {
                             self.acknowledge(f, line);
+                            self.note_free_slots(free_slots);
                         }
                     }
                     None => self.stats.unexpected_oks += 1,
                 }
             }
         }
+    }
+
+    /// After an `ok` that acknowledged a line: the `B` it carried tells how
+    /// many of the next lines sat in the firmware's command slots with it.
+    fn note_free_slots(&mut self, free: Option<u32>) {
+        let Some(b) = free else {
+            self.in_slots = self.in_slots.saturating_sub(1);
+            return;
+        };
+        let max = self.max_free_slots.map_or(b, |m| m.max(b));
+        self.max_free_slots = Some(max);
+        // Slots taken = BUFSIZE - b, the acknowledged line's own included;
+        // BUFSIZE is at least max + 1.
+        self.in_slots = usize::try_from(max - b).unwrap_or(0);
     }
 
     /// `ok N<n>`: line n was accepted, and so was every line sent before
@@ -1270,6 +1344,7 @@ impl MarlinHost {
         }
         self.stats.resend_requests += 1;
         self.clean_run = 0;
+        self.in_slots = 0;
         let mut later: VecDeque<usize> = self
             .in_flight
             .iter()
@@ -1339,6 +1414,7 @@ impl MarlinHost {
         self.retransmit.clear();
         self.unknown_echo = None;
         self.clean_run = 0;
+        self.in_slots = 0;
         self.pending_resend = None;
         self.history.clear();
         self.halted = false;
@@ -1427,6 +1503,13 @@ fn parse_advanced_ok(line: &str) -> Option<Option<u32>> {
         }
     }
     (p && b).then_some(n)
+}
+
+/// The `B<free command slots>` of an `ADVANCED_OK` reply.
+fn free_slots(line: &str) -> Option<u32> {
+    line.split_whitespace()
+        .skip(1)
+        .find_map(|t| t.strip_prefix('B').and_then(|v| v.parse().ok()))
 }
 
 /// `M110 N<x>` sets the next expected line to x + 1.

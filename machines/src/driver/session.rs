@@ -257,12 +257,16 @@ impl<'a> Session<'a> {
         let (mut rd, mut wr) = tokio::io::split(port);
         let mut splitter = LineSplitter::new(DEFAULT_MAX_LINE * 4);
         let mut buf = vec![0u8; 4096];
+        let mut out = Vec::with_capacity(1024);
         self.host.handshake();
         loop {
             if let Err(reason) = self.feed_job().await {
                 self.end_job(reason);
             }
             let now = std::time::Instant::now();
+            // Everything the window allows now goes out in one write: one
+            // system call per burst rather than per line.
+            out.clear();
             while let Some(bytes) = self.host.poll_transmit(now) {
                 let text = String::from_utf8_lossy(&bytes);
                 trace!(tx = %text.trim_end(), "write");
@@ -271,9 +275,12 @@ impl<'a> Session<'a> {
                 for l in text.lines().filter(|l| *l != "?") {
                     self.serial.push(true, l);
                 }
-                if let Err(e) = wr.write_all(&bytes).await {
-                    return self.lost(format!("write failed: {e}"));
-                }
+                out.extend_from_slice(&bytes);
+            }
+            if !out.is_empty()
+                && let Err(e) = wr.write_all(&out).await
+            {
+                return self.lost(format!("write failed: {e}"));
             }
             if let Some(end) = self.drain_signals() {
                 return end;
