@@ -61,7 +61,7 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let mut file = File::open(&args.file).context("cannot open")?;
     // PrusaSlicer writes the machine limits it estimated with at the end of
     // the file; read them first so our estimate uses the same machine.
-    let limits = slicer_limits(&mut file)?;
+    let limits = crate::files::slicer_limits(&mut file).context("cannot read")?;
     let mut analyzer = Analyzer::new(AnalyzerConfig {
         limits,
         max_line: 0,
@@ -116,22 +116,6 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Machine limits from the slicer settings in the last 64 KiB of the file.
-fn slicer_limits(
-    file: &mut File,
-) -> anyhow::Result<Option<microfactory_protocol::kinematics::MachineLimits>> {
-    use std::io::{Seek, SeekFrom};
-    let len = file.metadata().context("cannot read")?.len();
-    let start = len.saturating_sub(64 * 1024);
-    file.seek(SeekFrom::Start(start)).context("cannot read")?;
-    let mut tail = Vec::with_capacity((len - start) as usize);
-    file.read_to_end(&mut tail).context("read failed")?;
-    file.seek(SeekFrom::Start(0)).context("cannot read")?;
-    Ok(microfactory_protocol::slicer::limits_from_settings(
-        &String::from_utf8_lossy(&tail),
-    ))
 }
 
 type Expansion = (CannedExpander, BufWriter<File>, PathBuf, Vec<Output>);

@@ -490,7 +490,14 @@ async fn upload_file(
         }
         let name = field
             .file_name()
-            .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string())
+            .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n))
+            // The name is shown on every card and job: keep it readable.
+            .map(|n| {
+                n.chars()
+                    .filter(|c| !c.is_control())
+                    .take(120)
+                    .collect::<String>()
+            })
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "upload.gcode".into());
         let mut up = s.factory.upload().map_err(ApiError::from)?;

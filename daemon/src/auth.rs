@@ -21,7 +21,7 @@ pub const CSRF_HEADER: &str = "x-microfactory-csrf";
 fn random_hex() -> Result<String, StoreError> {
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::files::hex(&raw))
 }
 
 /// Creates a token, stores its hash and returns the token itself.

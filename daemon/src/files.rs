@@ -184,7 +184,8 @@ fn memchr_nul(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == 0)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");
@@ -197,19 +198,29 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// Analysis and both dialects' pre-flight of a file on disk, in one pass
-/// (plus a read of the tail for the slicer's machine limits).
-pub fn analyze(
+/// Machine limits from the slicer settings in the file's last 64 KiB
+/// (PrusaSlicer writes them at the end), so that the estimate uses the
+/// machine the slicer estimated with; leaves the file at its start.
+pub fn slicer_limits(
     file: &mut std::fs::File,
-) -> Result<(Analysis, PreflightReport, PreflightReport), IngestError> {
+) -> std::io::Result<Option<microfactory_protocol::kinematics::MachineLimits>> {
     let len = file.metadata()?.len();
     let start = len.saturating_sub(64 * 1024);
     file.seek(SeekFrom::Start(start))?;
     let mut tail = Vec::with_capacity((len - start) as usize);
     file.read_to_end(&mut tail)?;
     file.seek(SeekFrom::Start(0))?;
-    let limits =
-        microfactory_protocol::slicer::limits_from_settings(&String::from_utf8_lossy(&tail));
+    Ok(microfactory_protocol::slicer::limits_from_settings(
+        &String::from_utf8_lossy(&tail),
+    ))
+}
+
+/// Analysis and both dialects' pre-flight of a file on disk, in one pass
+/// (plus a read of the tail for the slicer's machine limits).
+pub fn analyze(
+    file: &mut std::fs::File,
+) -> Result<(Analysis, PreflightReport, PreflightReport), IngestError> {
+    let limits = slicer_limits(file)?;
     let mut analyzer = Analyzer::new(AnalyzerConfig {
         limits,
         max_line: 0,
@@ -234,9 +245,7 @@ pub fn analyze(
             Err(e) => return Err(e.into()),
         };
         analyzer.feed(&buf[..n])?;
-        splitter
-            .feed(&buf[..n], &mut per_line)
-            .map_err(|e: IngestError| e)?;
+        splitter.feed(&buf[..n], &mut per_line)?;
     }
     splitter.finish(&mut per_line)?;
     let analysis = analyzer.finish()?;

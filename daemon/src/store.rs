@@ -112,6 +112,9 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let blobs = dir.join("files");
+        // Uploads cut short by a crash leave partial files nobody
+        // acknowledged; start with an empty scratch folder.
+        let _ = std::fs::remove_dir_all(blobs.join("tmp"));
         std::fs::create_dir_all(blobs.join("tmp"))?;
         let db = sled::Config::new().path(dir.join("db")).open()?;
         Ok(Self {
@@ -369,8 +372,12 @@ mod tests {
             )
             .expect("token");
             s.flush().await.expect("flush");
+            // An upload a crash cut short.
+            std::fs::write(s.tmp_dir().join("1.part"), b"G1 X").expect("partial");
         }
         let s = Store::open(&dir).expect("reopen");
+        let left = std::fs::read_dir(s.tmp_dir()).expect("tmp").count();
+        assert_eq!(left, 0, "partial uploads are removed at start");
         let jobs = s.jobs().expect("jobs");
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].id, first);
