@@ -42,7 +42,11 @@ pub fn data(name: &str) -> PathBuf {
 
 /// The commands of a G-code file as a firmware log records them.
 pub fn source_commands(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).expect("read source");
+    commands_of(&std::fs::read_to_string(path).expect("read source"))
+}
+
+/// The commands of G-code text as a firmware log records them.
+pub fn commands_of(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut clean = String::new();
     for raw in text.lines() {

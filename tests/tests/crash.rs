@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use microfactory_e2e::{Factory, MachineSpec, data, executed, source_commands, wait_log};
+use microfactory_e2e::{
+    Factory, MachineSpec, commands_of, data, executed, source_commands, wait_log,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -43,12 +45,8 @@ fn program(tag: &str, moves: usize) -> String {
 
 /// Source commands in lines 1..=line of `text`.
 fn commands_through(text: &str, line: u64) -> Vec<String> {
-    let dir = std::env::temp_dir().join(format!("mfd-crash-src-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("prefix.gcode");
     let prefix: Vec<&str> = text.lines().take(line as usize).collect();
-    std::fs::write(&p, prefix.join("\n")).unwrap();
-    source_commands(&p)
+    commands_of(&prefix.join("\n"))
 }
 
 #[derive(Default)]
