@@ -663,32 +663,38 @@ async fn get_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult
     Ok(Json(s.factory.job(job_id(&id)?)?))
 }
 
-/// Pauses a running job.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/pause", tag = "jobs",
-    params(("id" = u64, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn pause_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    Ok(Json(s.factory.pause_job(job_id(&id)?).await?))
+macro_rules! job_action {
+    ($name:ident, $path:literal, $doc:literal, $method:ident) => {
+        #[doc = $doc]
+        #[utoipa::path(post, path = $path, tag = "jobs",
+                    params(("id" = u64, Path, description = "Job id")),
+                    responses((status = 200, body = Job), (status = 400, body = ErrorBody),
+                        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+                    security(("bearer" = [])))]
+        async fn $name(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+            Ok(Json(s.factory.$method(job_id(&id)?).await?))
+        }
+    };
 }
 
-/// Resumes a paused job.
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/resume", tag = "jobs",
-    params(("id" = u64, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn resume_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    Ok(Json(s.factory.resume_job(job_id(&id)?).await?))
-}
-
-/// Cancels a queued or running job (a running one runs the cancel script).
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
-    params(("id" = u64, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
-async fn cancel_job(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    Ok(Json(s.factory.cancel_job(job_id(&id)?).await?))
-}
+job_action!(
+    pause_job,
+    "/api/v1/jobs/{id}/pause",
+    "Pauses a running job.",
+    pause_job
+);
+job_action!(
+    resume_job,
+    "/api/v1/jobs/{id}/resume",
+    "Resumes a paused job.",
+    resume_job
+);
+job_action!(
+    cancel_job,
+    "/api/v1/jobs/{id}/cancel",
+    "Cancels a queued or running job (a running one runs the cancel script).",
+    cancel_job
+);
 
 /// `POST /jobs/{id}/requeue` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
