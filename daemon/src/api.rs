@@ -667,10 +667,10 @@ macro_rules! job_action {
     ($name:ident, $path:literal, $doc:literal, $method:ident) => {
         #[doc = $doc]
         #[utoipa::path(post, path = $path, tag = "jobs",
-                    params(("id" = u64, Path, description = "Job id")),
-                    responses((status = 200, body = Job), (status = 400, body = ErrorBody),
-                        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-                    security(("bearer" = [])))]
+                            params(("id" = u64, Path, description = "Job id")),
+                            responses((status = 200, body = Job), (status = 400, body = ErrorBody),
+                                (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+                            security(("bearer" = [])))]
         async fn $name(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
             Ok(Json(s.factory.$method(job_id(&id)?).await?))
         }

@@ -483,13 +483,25 @@ impl<'a> Session<'a> {
                     });
                     let _ = self.events.send(DriverEvent::Connected { firmware });
                 }
-                Signal::Heaters(h) => self.status.send_modify(|s| s.heaters = h),
-                Signal::MachineState { state, position } => self.status.send_modify(|s| {
-                    s.state = Some(state);
-                    if position.is_some() {
+                // Reports repeat every second or so while nothing changes;
+                // watchers (and the daemon's event stream) hear only changes.
+                Signal::Heaters(h) => {
+                    self.status.send_if_modified(|s| {
+                        let changed = s.heaters != h;
+                        s.heaters = h;
+                        changed
+                    });
+                }
+                Signal::MachineState { state, position } => {
+                    self.status.send_if_modified(|s| {
+                        let position = position.or(s.position);
+                        let changed =
+                            s.state.as_deref() != Some(state.as_str()) || s.position != position;
+                        s.state = Some(state);
                         s.position = position;
-                    }
-                }),
+                        changed
+                    });
+                }
                 Signal::Drained => self.complete_if_finishing(),
                 Signal::HoldComplete => {
                     if self.job.as_ref().is_some_and(|j| j.cancelling) {
