@@ -55,9 +55,16 @@ struct Summary {
     bytes: u64,
     wire_bytes: u64,
     resends: u64,
+    /// First byte to completion (GRBL: until the machine is idle).
     seconds: f64,
-    /// Payload bytes per second divided by the link's byte rate (baud/10).
+    /// First byte to the last acknowledgement: the link's share of `seconds`.
+    streaming_seconds: f64,
+    /// Payload bytes (command text and newline, once) per streaming second
+    /// divided by the link's byte rate (baud/10).
     link_efficiency: f64,
+    /// The same for every byte written (line numbers, checksums, resends):
+    /// how busy the wire was, whatever part of it the framing took.
+    wire_efficiency: f64,
 }
 
 /// Runs the command.
@@ -218,11 +225,14 @@ fn report_end(
     stats: StreamStats,
 ) -> anyhow::Result<ExitCode> {
     let link_rate = f64::from(args.baud) / 10.0;
-    let efficiency = if stats.seconds > 0.0 {
-        stats.payload_bytes as f64 / stats.seconds / link_rate
-    } else {
-        0.0
+    let per_link_second = |bytes: u64| {
+        if stats.streaming_seconds > 0.0 {
+            bytes as f64 / stats.streaming_seconds / link_rate
+        } else {
+            0.0
+        }
     };
+    let efficiency = per_link_second(stats.payload_bytes);
     let code = match &outcome {
         JobOutcome::Completed => ExitCode::SUCCESS,
         JobOutcome::Failed { reason, line } => {
@@ -257,7 +267,9 @@ fn report_end(
             wire_bytes: stats.wire_bytes,
             resends: stats.resends,
             seconds: stats.seconds,
+            streaming_seconds: stats.streaming_seconds,
             link_efficiency: efficiency,
+            wire_efficiency: per_link_second(stats.wire_bytes),
         };
         println!("{}", serde_json::to_string(&s)?);
     } else {

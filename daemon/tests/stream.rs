@@ -70,10 +70,28 @@ async fn stream_completes_a_mill_job_and_prints_a_summary() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["lines", "bytes", "resends", "seconds", "link_efficiency"] {
+    for k in [
+        "lines",
+        "bytes",
+        "resends",
+        "seconds",
+        "streaming_seconds",
+        "link_efficiency",
+        "wire_efficiency",
+    ] {
         assert!(v.get(k).is_some(), "missing {k}");
     }
     assert!(v["lines"].as_u64().unwrap() > 30);
+    let f = |k: &str| v[k].as_f64().unwrap();
+    // The link part of the job ends at the last `ok`, before the motion;
+    // no more can cross the simulated link than baud/10 bytes a second.
+    assert!(
+        0.0 < f("streaming_seconds") && f("streaming_seconds") <= f("seconds"),
+        "{v}"
+    );
+    assert!(0.0 < f("link_efficiency"), "{v}");
+    assert!(f("link_efficiency") <= f("wire_efficiency"), "{v}");
+    assert!(f("wire_efficiency") <= 1.0, "{v}");
     let executed = std::fs::read_to_string(log).unwrap();
     assert!(executed.contains("M05") || executed.contains("M5"));
 }

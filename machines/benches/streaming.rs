@@ -15,7 +15,8 @@
 //! `/proc/self/task/*/schedstat`, nanoseconds) is the host's alone.
 //!
 //! `MFD_BENCH_LINES` overrides the number of lines; `MFD_BENCH_ONLY`
-//! (`grbl`, `marlin`) runs one firmware.
+//! (`grbl`, `marlin`) runs one firmware, `MFD_BENCH_BAUD` one baud rate
+//! and `MFD_BENCH_LATENCY` one latency (ms).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -141,8 +142,8 @@ async fn run(firmware: Firmware, file: &Path, baud: u32, latency_ms: f64, flow: 
     let _ = sim.start_kill();
     let _ = sim.wait().await;
     Run {
-        payload_rate: stats.payload_bytes as f64 / stats.seconds,
-        wire_rate: stats.wire_bytes as f64 / stats.seconds,
+        payload_rate: stats.payload_bytes as f64 / stats.streaming_seconds,
+        wire_rate: stats.wire_bytes as f64 / stats.streaming_seconds,
         cpu_us_per_line: cpu / stats.lines as f64 * 1e6,
         resends: stats.resends,
     }
@@ -190,8 +191,17 @@ async fn main() {
                 ("auto", FlowMode::Auto),
             ],
         };
+        let want = |var: &str, v: f64| {
+            std::env::var(var)
+                .ok()
+                .and_then(|w| w.parse::<f64>().ok())
+                .is_none_or(|w| w == v)
+        };
         for baud in [115_200u32, 250_000] {
             for latency in [1.0, 16.0] {
+                if !want("MFD_BENCH_BAUD", f64::from(baud)) || !want("MFD_BENCH_LATENCY", latency) {
+                    continue;
+                }
                 let mut ping_pong = None;
                 for &(mode, flow) in modes {
                     let r = tokio::time::timeout(

@@ -352,8 +352,14 @@ pub struct StreamStats {
     pub wire_bytes: u64,
     /// Lines re-sent after resend requests.
     pub resends: u64,
-    /// Seconds from the first byte to completion.
+    /// Seconds from the first byte to completion (for GRBL, until the
+    /// machine is idle again).
     pub seconds: f64,
+    /// Seconds from the first byte to the last command's acknowledgement:
+    /// the time the link was in use, which link efficiency is measured
+    /// over (the motion still planned at that point is the machine's time,
+    /// not the link's).
+    pub streaming_seconds: f64,
 }
 
 /// How many lines of traffic [`SerialLog`] keeps.

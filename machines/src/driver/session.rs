@@ -114,6 +114,9 @@ struct Running {
     paused: bool,
     cancelling: bool,
     started: Instant,
+    /// When the last job command was acknowledged: the end of the link's
+    /// part of the job, before the machine finishes its motion.
+    last_ack_at: Option<Instant>,
     last_progress: Option<Instant>,
     payload_bytes: u64,
     resends_at_start: u64,
@@ -531,6 +534,7 @@ impl<'a> Session<'a> {
                 if let Some(job) = self.job.as_mut() {
                     job.done += 1;
                     job.last_acked = line;
+                    job.last_ack_at = Some(Instant::now());
                 }
                 self.maybe_finish();
             }
@@ -604,6 +608,9 @@ impl<'a> Session<'a> {
             wire_bytes: p.bytes_sent,
             resends: p.resends,
             seconds: job.started.elapsed().as_secs_f64(),
+            streaming_seconds: job
+                .last_ack_at
+                .map_or(0.0, |t| t.duration_since(job.started).as_secs_f64()),
         };
         if !matches!(outcome, JobOutcome::Completed) {
             self.host.clear_queue();
@@ -796,6 +803,7 @@ impl<'a> Session<'a> {
             paused: false,
             cancelling: false,
             started: Instant::now(),
+            last_ack_at: None,
             last_progress: None,
             payload_bytes: 0,
             resends_at_start: self.host.resends(),

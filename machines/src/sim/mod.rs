@@ -6,9 +6,11 @@
 //!
 //! # Model
 //! * **Link.** Each direction carries at most `baud / 10` bytes per second
-//!   (8N1) and delays delivery by `latency_ms`. Host bytes are read from the
-//!   PTY only as fast as the link carries them, so the kernel's PTY buffer
-//!   plays the part of the host's serial driver buffer. Arriving bytes go
+//!   (8N1) and delays delivery by `latency_ms`, timed to the microsecond
+//!   (a `timerfd`, not tokio's millisecond timer wheel). Host bytes are
+//!   read as soon as they are written and start down the wire then, up to
+//!   4 KiB ahead of it; beyond that the kernel's PTY buffer pushes back as
+//!   the host's serial driver buffer would. Arriving bytes go
 //!   into the firmware's RX ring buffer (`rx_buffer` bytes); a byte that
 //!   arrives while it is full is lost, as on a UART without flow control
 //!   (counted in [`SimStats::rx_overflow_bytes`]). A host that keeps its
@@ -34,6 +36,7 @@
 //!   filter them in tests. Realtime bytes, rejected lines (resend requests,
 //!   GRBL `error:`) and empty lines are not logged.
 
+mod clock;
 mod grbl;
 mod marlin;
 mod planner;

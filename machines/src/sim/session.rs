@@ -9,16 +9,20 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep};
 use tokio_serial::{SerialPort, SerialStream};
 use tracing::{Instrument, debug, info, warn};
 
+use super::clock::PreciseTimer;
 use super::rng::SplitMix64;
 use super::{Control, Io, RxBuffer, SimConfig, SimError, Stats, make_firmware};
 
-/// Host bytes read ahead of the wire: the sim reads from the PTY only when
-/// the link will have carried all but this many bytes.
-const READ_AHEAD: u32 = 32;
+/// Host bytes taken from the PTY but not yet through the link, at most:
+/// the part of the host's serial driver buffer the simulator holds. Bytes
+/// are read as soon as the host writes them, so each starts down the wire
+/// at the moment it was written; beyond this the kernel's PTY buffer
+/// pushes back on the host as a full driver buffer would.
+const HOST_QUEUE: usize = 4096;
 /// Output queued for a host that does not read is dropped beyond this.
 const MAX_QUEUED_OUTPUT: usize = 64 * 1024;
 
@@ -155,7 +159,6 @@ async fn session(
     );
     let byte_time = Duration::from_secs_f64(10.0 / f64::from(config.baud));
     let latency = Duration::from_secs_f64(config.latency_ms / 1000.0);
-    let read_ahead = byte_time * READ_AHEAD;
 
     let start = Instant::now();
     let mut link = Link {
@@ -182,11 +185,18 @@ async fn session(
         Stats::inc(&stats.boots);
     }
     link.emit(&mut out, start);
-    let mut buf = [0u8; READ_AHEAD as usize];
+    let mut buf = [0u8; 1024];
     let mut read_backoff: Option<Instant> = None;
     // Faults injected since the last line terminator.
     let mut line_faults = 0u32;
 
+    let timer = match PreciseTimer::new() {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot create the link timer");
+            return End::Shutdown;
+        }
+    };
     let end = loop {
         let now = Instant::now();
         let mut hang = false;
@@ -249,18 +259,14 @@ async fn session(
             break End::Hangup;
         }
 
-        let can_read = rx_free <= now + read_ahead && read_backoff.is_none_or(|t| t <= now);
+        let can_read = wire.len() < HOST_QUEUE && read_backoff.is_none_or(|t| t <= now);
         let mut wake = fw.next_wake(now);
         let mut consider = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
         if let Some(&(t, _)) = wire.front() {
             consider(t);
         }
-        if !can_read {
-            consider(
-                read_backoff
-                    .unwrap_or(rx_free - read_ahead)
-                    .max(rx_free - read_ahead),
-            );
+        if let Some(t) = read_backoff.filter(|&t| t > now) {
+            consider(t);
         }
         tokio::select! {
             c = control.recv() => match c {
@@ -301,7 +307,12 @@ async fn session(
                     }
                 }
             },
-            _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+            r = timer.sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
+                if let Err(e) = r {
+                    warn!(error = %e, "link timer failed");
+                    break End::Shutdown;
+                }
+            }
         }
     };
     // Let what the firmware already said reach the host, then hang up.
@@ -360,8 +371,17 @@ async fn writer(
     queued: Arc<AtomicUsize>,
     stats: Arc<Stats>,
 ) {
+    let timer = match PreciseTimer::new() {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot create the output timer");
+            return;
+        }
+    };
     while let Some((at, bytes)) = rx.recv().await {
-        sleep_until(at).await;
+        if timer.sleep_until(at).await.is_err() {
+            break;
+        }
         if wr.write_all(&bytes).await.is_err() {
             break;
         }
