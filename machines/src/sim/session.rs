@@ -200,59 +200,51 @@ async fn session(
     let end = loop {
         let now = Instant::now();
         let mut hang = false;
-        {
-            let mut io = Io {
-                now,
-                out: &mut out,
-                executed: &mut executed,
-                stats,
-            };
-            while let Some(&(t, b)) = wire.front() {
-                if t > now {
-                    break;
-                }
-                wire.pop_front();
-                if !fw.on_arrival(b, &mut rx, &mut io) && !rx.push(b) {
-                    Stats::inc(&stats.rx_overflow_bytes);
-                }
-            }
-        }
-        loop {
-            let mut io = Io {
-                now,
-                out: &mut out,
-                executed: &mut executed,
-                stats,
-            };
-            let progressed = fw.step(&mut rx, &mut io);
-            let lines: Vec<String> = io.executed.drain(..).collect();
-            for line in lines {
-                if let Some(f) = log.as_mut() {
-                    let _ = writeln!(f, "{line}").and_then(|()| f.flush());
-                }
-                let n = stats.lines_executed.fetch_add(1, Ordering::Relaxed) + 1;
-                debug!(n, line, "executed");
-                if config.alarm_after_line == Some(n) && !fired.alarm {
-                    fired.alarm = true;
-                    info!(n, "injecting alarm");
-                    fw.fault_alarm(&mut rx, &mut io);
-                }
-                if config.reset_after_line == Some(n) && !fired.reset {
-                    fired.reset = true;
-                    info!(n, "injecting reset");
-                    rx.clear();
-                    fw.boot(&mut io);
-                    Stats::inc(&stats.boots);
-                }
-                if config.disconnect_after_line == Some(n) && !fired.disconnect {
-                    fired.disconnect = true;
-                    info!(n, "injecting disconnect");
-                    hang = true;
-                }
-            }
-            if !progressed || hang {
+        let mut fw_ctx = FirmwareCtx {
+            config,
+            stats,
+            log,
+            fired,
+        };
+        // Bytes that arrived since the last turn, one at a time at their
+        // arrival times, with the firmware's main loop run after each line
+        // and before a byte would overflow its buffer: real firmware empties
+        // its receive buffer within microseconds of a line's end, so a late
+        // wake-up here (a loaded machine) must not pile a burst of arrivals
+        // into the buffer that the firmware would have taken in between.
+        while let Some(&(t, b)) = wire.front() {
+            if t > now || hang {
                 break;
             }
+            wire.pop_front();
+            let mut io = Io {
+                now: t,
+                out: &mut out,
+                executed: &mut executed,
+                stats,
+            };
+            if fw.on_arrival(b, &mut rx, &mut io) {
+                continue;
+            }
+            if rx.free() == 0 {
+                hang |= fw_ctx.run(fw.as_mut(), &mut rx, &mut io);
+            }
+            if !rx.push(b) {
+                Stats::inc(&stats.rx_overflow_bytes);
+            }
+            if b == b'\n' || b == b'\r' {
+                hang |= fw_ctx.run(fw.as_mut(), &mut rx, &mut io);
+            }
+            link.emit(&mut out, t);
+        }
+        if !hang {
+            let mut io = Io {
+                now,
+                out: &mut out,
+                executed: &mut executed,
+                stats,
+            };
+            hang = fw_ctx.run(fw.as_mut(), &mut rx, &mut io);
         }
         link.emit(&mut out, now);
         if hang {
@@ -326,6 +318,56 @@ async fn session(
     }
     drop(slave);
     end
+}
+
+/// What running the firmware needs besides the firmware and its buffer:
+/// the executed-command log and the fault triggers that count its lines.
+struct FirmwareCtx<'a> {
+    config: &'a SimConfig,
+    stats: &'a Arc<Stats>,
+    log: &'a mut Option<std::fs::File>,
+    fired: &'a mut Fired,
+}
+
+impl FirmwareCtx<'_> {
+    /// Runs the firmware until it makes no more progress at `io.now`,
+    /// logging what it executed and firing the triggers; true when an
+    /// injected disconnect fired.
+    fn run(&mut self, fw: &mut dyn super::Firmware, rx: &mut RxBuffer, io: &mut Io<'_>) -> bool {
+        let mut hang = false;
+        loop {
+            let progressed = fw.step(rx, io);
+            let lines: Vec<String> = io.executed.drain(..).collect();
+            for line in lines {
+                if let Some(f) = self.log.as_mut() {
+                    let _ = writeln!(f, "{line}").and_then(|()| f.flush());
+                }
+                let n = self.stats.lines_executed.fetch_add(1, Ordering::Relaxed) + 1;
+                debug!(n, line, "executed");
+                let fired = &mut *self.fired;
+                if self.config.alarm_after_line == Some(n) && !fired.alarm {
+                    fired.alarm = true;
+                    info!(n, "injecting alarm");
+                    fw.fault_alarm(rx, io);
+                }
+                if self.config.reset_after_line == Some(n) && !fired.reset {
+                    fired.reset = true;
+                    info!(n, "injecting reset");
+                    rx.clear();
+                    fw.boot(io);
+                    Stats::inc(&self.stats.boots);
+                }
+                if self.config.disconnect_after_line == Some(n) && !fired.disconnect {
+                    fired.disconnect = true;
+                    info!(n, "injecting disconnect");
+                    hang = true;
+                }
+            }
+            if !progressed || hang {
+                return hang;
+            }
+        }
+    }
 }
 
 /// Flips one bit of `b`, never producing a protected byte.
