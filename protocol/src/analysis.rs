@@ -12,7 +12,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::block::{Code, CodeLetter, LineKind, parse_block};
+use crate::block::{Code, CodeLetter, LineKind, MotionWords, parse_block};
+use crate::fastpath::parse_move;
 use crate::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem, clean_line};
 use crate::kinematics::{MachineLimits, MoveKind, Planner};
 use crate::slicer::{SlicerInfo, SlicerScanner};
@@ -152,6 +153,8 @@ struct State {
     dwell: f64,
     max_feed: f64,
     codes: HashSet<Code>,
+    /// `G0` and `G1` already in `codes`, so the fast path skips the hash.
+    seen_g0_g1: [bool; 2],
     slicer: SlicerScanner,
 }
 
@@ -199,6 +202,7 @@ impl Analyzer {
                 dwell: 0.0,
                 max_feed: 0.0,
                 codes: HashSet::new(),
+                seen_g0_g1: [false; 2],
                 slicer: SlicerScanner::new(),
             },
         }
@@ -320,6 +324,20 @@ impl State {
         clean: &mut String,
         max_line: usize,
     ) -> Result<(), AnalysisError> {
+        if let Some(m) = parse_move(raw, max_line) {
+            if let Some(c) = m.comment {
+                self.comment(c);
+            }
+            self.commands += 1;
+            let motion = usize::from(m.motion);
+            if !self.seen_g0_g1[motion] {
+                self.seen_g0_g1[motion] = true;
+                self.codes.insert(Code::g(u32::from(m.motion)));
+            }
+            self.motion = u32::from(m.motion);
+            self.motion_words(&m.words);
+            return Ok(());
+        }
         let bad = |reason: String| AnalysisError::BadLine {
             line: number,
             reason,
@@ -347,7 +365,7 @@ impl State {
                 Some(c) if c.letter == CodeLetter::G => match (c.major, c.minor) {
                     (0..=3, 0) => {
                         self.motion = c.major;
-                        self.motion_words(&cmd);
+                        self.motion_words(&MotionWords::of(&cmd));
                         moved = true;
                     }
                     (81..=83, 0) => {
@@ -416,7 +434,7 @@ impl State {
                         if matches!(self.motion, 81..=83) {
                             self.drill(&cmd);
                         } else {
-                            self.motion_words(&cmd);
+                            self.motion_words(&MotionWords::of(&cmd));
                         }
                         moved = true;
                     }
@@ -476,8 +494,8 @@ impl State {
         }
     }
 
-    fn motion_words(&mut self, cmd: &crate::block::Command<'_>) {
-        if let Some(f) = cmd.arg('F') {
+    fn motion_words(&mut self, w: &MotionWords) {
+        if let Some(f) = w.f {
             let f = f64::from(f) * self.scale;
             if f > 0.0 {
                 self.feed_mm_s = f / 60.0;
@@ -486,14 +504,14 @@ impl State {
         }
         let mut target = self.pos;
         let mut any = false;
-        for (i, l) in ['X', 'Y', 'Z'].into_iter().enumerate() {
-            if let Some(v) = cmd.arg(l) {
+        for (i, v) in [w.x, w.y, w.z].into_iter().enumerate() {
+            if let Some(v) = v {
                 let v = f64::from(v) * self.scale;
                 target[i] = if self.abs_xyz { v } else { self.pos[i] + v };
                 any = true;
             }
         }
-        if let Some(e) = cmd.arg('E') {
+        if let Some(e) = w.e {
             let e = f64::from(e);
             target[3] = if self.abs_e { e } else { self.pos[3] + e };
             any = true;
@@ -513,8 +531,8 @@ impl State {
         if matches!(self.motion, 2 | 3) && xyz_moves {
             // Arc: use its length (centre I/J relative to the start).
             let (i, j) = (
-                cmd.arg('I').map_or(0.0, |v| f64::from(v) * self.scale),
-                cmd.arg('J').map_or(0.0, |v| f64::from(v) * self.scale),
+                w.i.map_or(0.0, |v| f64::from(v) * self.scale),
+                w.j.map_or(0.0, |v| f64::from(v) * self.scale),
             );
             let r = (i * i + j * j).sqrt();
             if r > 1e-9 {

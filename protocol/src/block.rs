@@ -159,6 +159,47 @@ impl<'b> Command<'b> {
     }
 }
 
+/// The words a motion command reads, each the first of its letter on the
+/// command, as [`Command::arg`] finds them. Shared by the general path and
+/// [`crate::fastpath`] so that both feed the analysis the same values.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MotionWords {
+    /// Axis targets (or offsets in relative mode), in program units.
+    pub x: Option<f32>,
+    pub y: Option<f32>,
+    pub z: Option<f32>,
+    /// Extruder position (or offset).
+    pub e: Option<f32>,
+    /// Feed rate, program units per minute.
+    pub f: Option<f32>,
+    /// Arc centre offsets (`G2`/`G3`).
+    pub i: Option<f32>,
+    pub j: Option<f32>,
+}
+
+impl MotionWords {
+    /// The motion words of `cmd`, in one pass over its arguments.
+    pub fn of(cmd: &Command<'_>) -> Self {
+        let mut m = Self::default();
+        for w in cmd.args() {
+            let slot = match w.letter {
+                'X' => &mut m.x,
+                'Y' => &mut m.y,
+                'Z' => &mut m.z,
+                'E' => &mut m.e,
+                'F' => &mut m.f,
+                'I' => &mut m.i,
+                'J' => &mut m.j,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(w.value);
+            }
+        }
+        m
+    }
+}
+
 /// What kind of line this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineKind<'a> {
