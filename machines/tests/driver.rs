@@ -435,6 +435,21 @@ async fn emergency_stop_halts_the_machine_and_fails_the_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_printer_reports_its_temperatures_without_a_job_or_a_command() {
+    let printer = rig(Firmware::Marlin, |_| {}, FlowMode::Auto).await;
+    let mut st = printer.driver.status();
+    let status = tokio::time::timeout(LIMIT, st.wait_for(|s| !s.heaters.is_empty()))
+        .await
+        .expect("temperatures within the time limit")
+        .expect("driver alive")
+        .clone();
+    assert!(status.heaters.iter().any(|h| h.name == "T"), "{status:?}");
+    // They came from the firmware's own reports, asked for once.
+    let log = wait_for_log(&printer.log, |log| log.lines().any(|l| l == "M155 S2")).await;
+    assert!(!log.lines().any(|l| l == "M105"), "no polling: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_commands_return_the_firmware_answer() {
     let printer = rig(Firmware::Marlin, |_| {}, FlowMode::Auto).await;
     let lines = printer.driver.console("M105").await.unwrap();

@@ -285,8 +285,14 @@ impl<'a> Session<'a> {
             {
                 return self.lost(format!("write failed: {e}"));
             }
-            if let Some(end) = self.drain_signals() {
-                return end;
+            match self.drain_signals() {
+                Err(end) => return end,
+                // What the signals asked for (the `M155` after
+                // identification, the `M400` after the last line, a reset
+                // after a hold) goes out now, not at the next wake-up,
+                // which on an idle machine may never come.
+                Ok(true) => continue,
+                Ok(false) => {}
             }
             if self.job.is_some() && self.host.queued() < LOOKAHEAD && self.wants_more() {
                 continue;
@@ -430,8 +436,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn drain_signals(&mut self) -> Option<SessionEnd> {
+    /// Acts on what the firmware said; true when there was anything.
+    fn drain_signals(&mut self) -> Result<bool, SessionEnd> {
+        let mut any = false;
         while let Some(sig) = self.host.poll_signal() {
+            any = true;
             match sig {
                 Signal::Ack(origin) => self.ack(origin),
                 Signal::Response { id, lines } => {
@@ -472,7 +481,7 @@ impl<'a> Session<'a> {
                         });
                     }
                 }
-                Signal::LinkDead => return Some(self.lost("no answer from the firmware".into())),
+                Signal::LinkDead => return Err(self.lost("no answer from the firmware".into())),
                 Signal::Identified {
                     firmware,
                     capabilities,
@@ -521,7 +530,7 @@ impl<'a> Session<'a> {
             }
         }
         self.emit_progress(false);
-        None
+        Ok(any)
     }
 
     fn message(&self, text: String) {
