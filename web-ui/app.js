@@ -66,8 +66,11 @@ async function refreshMachines() {
   }
 }
 
+/** Ended jobs the dashboard lists (the newest); older ones stay in the API. */
+const ENDED_SHOWN = 200;
+
 async function refreshJobs() {
-  app.state.jobs = await api('GET', '/jobs');
+  app.state.jobs = await api('GET', `/jobs?ended_limit=${ENDED_SHOWN}`);
   app.changed();
 }
 

@@ -4,8 +4,9 @@
 
 import { h, heaterLabel } from './dom.js';
 
-/** Temperature samples kept per machine for the chart: ten minutes. */
-export const HISTORY_MS = 10 * 60 * 1000;
+/** Temperature samples kept per machine for the chart: twenty minutes,
+ * what the daemon keeps (`GET /machines/{id}/temperatures`). */
+export const HISTORY_MS = 20 * 60 * 1000;
 
 const W = 600, H = 220, L = 40, R = 10, T = 10, B = 24;
 
@@ -59,7 +60,7 @@ export function drawChart(box, samples, maxWindowMs, now = Date.now()) {
     ? latest.heaters.map((x) => `${heaterLabel(x.name)} ${x.actual.toFixed(0)} °C, target ${x.target.toFixed(0)} °C`).join('; ')
     : 'no readings yet';
   const svg = h('svg:svg', {
-    viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Temperatures over the last ${minutes} ${minutes === 1 ? 'minute' : 'minutes'}: ${summary}`,
+    viewBox: `0 0 ${W} ${H}`, role: 'img', 'data-first': samples.length ? samples[0].t : '', 'aria-label': `Temperatures over the last ${minutes} ${minutes === 1 ? 'minute' : 'minutes'}: ${summary}`,
   }, grid, lines);
   const legend = h('ul', { class: 'legend' }, names.map((name, i) =>
     h('li', {}, h('span', { class: `sw c${i % 4}` }), `${heaterLabel(name)} (dashed: target)`)));

@@ -24,6 +24,21 @@ function historyRows(jobs) {
   });
 }
 
+/**
+ * Puts the daemon's temperature history for machine `id` in front of what
+ * this page recorded since it opened, so the chart starts filled.
+ */
+async function loadTempHistory(app, id) {
+  const hist = await api('GET', `/machines/${encodeURIComponent(id)}/temperatures`);
+  const samples = hist.at_ms.map((t, i) => ({
+    t,
+    heaters: hist.heaters.map((s) => ({ name: s.name, actual: s.actual[i], target: s.target[i] })),
+  }));
+  const last = samples.length ? samples[samples.length - 1].t : -Infinity;
+  const mine = (app.state.temps.get(id) ?? []).filter((s) => s.t > last);
+  app.state.temps.set(id, samples.concat(mine));
+}
+
 export function machineDetailView(app, id) {
   const back = h('a', { class: 'back', href: '#/machines' }, '← All machines');
   const missing = h('p', { class: 'error', role: 'alert' }, `There is no machine “${id}”.`);
@@ -139,6 +154,7 @@ export function machineDetailView(app, id) {
     refreshSerial();
   }, 2000);
   refreshSerial();
+  loadTempHistory(app, id).then(redraw, (e) => console.warn('temperature history:', e.message));
   return {
     el,
     title: id,

@@ -26,6 +26,7 @@ use crate::auth;
 use crate::factory::{Factory, FactoryError, JobAction, Submission};
 use crate::files::IngestError;
 use crate::model::{Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord};
+use crate::temps::TemperatureHistory;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -617,9 +618,14 @@ async fn submit_job(
 pub struct JobsQuery {
     /// Comma-separated states, e.g. `queued,running`.
     pub state: Option<String>,
+    /// At most this many ended jobs (completed, failed, cancelled,
+    /// interrupted), the most recent; active and queued jobs always come.
+    /// Default: all.
+    pub ended_limit: Option<usize>,
 }
 
-/// Jobs in queue order: active, then queued, then ended (newest first).
+/// Jobs in queue order: active, then queued (by priority, then order),
+/// then ended (newest first).
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobsQuery),
     responses((status = 200, body = Vec<Job>), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -651,7 +657,7 @@ async fn list_jobs(
             })?;
         states.push(st);
     }
-    Ok(Json(s.factory.jobs(&states)))
+    Ok(Json(s.factory.jobs(&states, q.ended_limit)))
 }
 
 /// One job: state, machine, progress, failure and history.
@@ -857,6 +863,20 @@ async fn machine_home(
     }))
 }
 
+/// The last 20 minutes of a machine's heater readings, one sample a
+/// second, oldest first (empty for a machine without heaters or never
+/// connected; kept in memory, so a restart starts afresh).
+#[utoipa::path(get, path = "/api/v1/machines/{id}/temperatures", tag = "machines",
+    params(("id" = String, Path, description = "Machine id")),
+    responses((status = 200, body = TemperatureHistory), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn machine_temperatures(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TemperatureHistory>> {
+    Ok(Json(s.factory.temperatures(&id)?))
+}
+
 /// One line of serial traffic.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SerialLineView {
@@ -1048,6 +1068,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(machine_disable))
         .routes(routes!(machine_console))
         .routes(routes!(machine_serial))
+        .routes(routes!(machine_temperatures))
         .routes(routes!(events))
         .routes(routes!(event_log))
         .routes(routes!(who_am_i))

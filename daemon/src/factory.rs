@@ -26,6 +26,7 @@ use crate::model::{
 };
 use crate::routing::{self, Requirements};
 use crate::store::{Store, StoreError};
+use crate::temps::{SAMPLE_EVERY, TempHistory, TemperatureHistory};
 
 /// Most copies one submission may ask for.
 pub const MAX_COPIES: u32 = 1000;
@@ -91,6 +92,9 @@ struct Slot {
     machine: Machine,
     driver: DriverHandle,
     status: watch::Receiver<MachineStatus>,
+    /// Its own lock: sampled every second, read by dashboards, never
+    /// worth waiting on the job lock for.
+    temps: Mutex<TempHistory>,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +175,7 @@ impl Factory {
                     machine,
                     driver,
                     status,
+                    temps: Mutex::default(),
                 }
             })
             .collect();
@@ -230,7 +235,36 @@ impl Factory {
         }
         let f = Arc::clone(self);
         tokio::spawn(async move { f.scheduler().await });
+        let f = Arc::clone(self);
+        tokio::spawn(async move { f.sample_temperatures().await });
         tasks
+    }
+
+    /// Records every connected machine's heaters once a second.
+    async fn sample_temperatures(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut closing = self.closing.subscribe();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = closing.wait_for(|c| *c) => return,
+            }
+            let at = now_ms();
+            for s in &self.slots {
+                let heaters = {
+                    let st = s.status.borrow();
+                    if st.connection != Connection::Online {
+                        continue;
+                    }
+                    st.heaters.clone()
+                };
+                s.temps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(at, &heaters);
+            }
+        }
     }
 
     /// Stops every driver at a safe point; running jobs end interrupted
@@ -463,30 +497,34 @@ impl Factory {
 
     /// Jobs in queue order (active first, then queued by priority and
     /// order, then ended jobs newest first), optionally of some states.
-    pub fn jobs(&self, states: &[JobState]) -> Vec<Job> {
+    /// With `ended_limit`, only that many of the most recently ended jobs
+    /// come along: a farm's history grows by hundreds of jobs a day, and a
+    /// dashboard needs the live queue and the latest results, not all of it.
+    pub fn jobs(&self, states: &[JobState], ended_limit: Option<usize>) -> Vec<Job> {
         let st = self.lock();
-        let mut v: Vec<Job> = st
+        let mut v: Vec<&Job> = st
             .jobs
             .values()
             .filter(|j| states.is_empty() || states.contains(&j.state))
-            .cloned()
             .collect();
-        v.sort_by_key(|j| {
-            let group = if j.state.is_active() {
+        let group = |j: &Job| {
+            if j.state.is_active() {
                 0
             } else if j.state == JobState::Queued {
                 1
             } else {
                 2
-            };
-            let end = j.ended_ms.map_or(0, |t| u64::MAX - t);
-            (
-                group,
-                -(j.priority as i64),
-                if group == 2 { end } else { j.seq },
-            )
+            }
+        };
+        v.sort_by_key(|j| match group(j) {
+            2 => (2, 0, u64::MAX - j.ended_ms.unwrap_or(0)),
+            g => (g, -i64::from(j.priority), j.seq),
         });
-        v
+        if let Some(limit) = ended_limit {
+            let live = v.iter().take_while(|j| group(j) < 2).count();
+            v.truncate(live.saturating_add(limit));
+        }
+        v.into_iter().cloned().collect()
     }
 
     /// One job.
@@ -735,6 +773,12 @@ impl Factory {
     pub fn machine(&self, id: &str) -> Result<MachineView> {
         let (_, s) = self.slot(id)?;
         Ok(view(s, &self.lock()))
+    }
+
+    /// The last minutes of machine `id`'s heater readings.
+    pub fn temperatures(&self, id: &str) -> Result<TemperatureHistory> {
+        let (_, s) = self.slot(id)?;
+        Ok(s.temps.lock().unwrap_or_else(|e| e.into_inner()).view())
     }
 
     /// The recent traffic on a machine's serial port.

@@ -21,6 +21,7 @@ mod routing;
 mod serve;
 mod store;
 mod stream;
+mod temps;
 mod web;
 
 /// Exit status for a bad configuration (sysexits' EX_CONFIG), so systemd

@@ -415,6 +415,34 @@ async fn a_wrong_token_is_refused_with_a_message_and_the_right_one_signs_in() ->
     .await?;
     assert_eq!(ui.text("#who-name").await?, "test operator");
 
+    // The machine's chart starts with the daemon's history, sampled before
+    // this page signed in (the page's own samples carry its own times).
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, hist) = f.get("/machines/mk3-a/temperatures").await?;
+            if let Some(t) = hist["at_ms"][0].as_u64() {
+                assert_eq!(
+                    hist["heaters"][0]["actual"].as_array().map(Vec::len),
+                    Some(hist["at_ms"].as_array().map_or(0, Vec::len))
+                );
+                return anyhow::Ok(t);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    ui.go("#/machine/mk3-a").await?;
+    ui.wait(
+        "document.querySelector('#temp-chart svg')?.dataset.first",
+        "the temperature chart",
+    )
+    .await?;
+    ui.wait(
+        &format!("Number(document.querySelector('#temp-chart svg').dataset.first) === {first}"),
+        "the chart to start with the daemon's first sample",
+    )
+    .await?;
+
     // Signing out returns to the sign-in form, and a reload stays out.
     ui.click("#sign-out").await?;
     ui.wait(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use microfactory_e2e::{Factory, MachineSpec, data, executed, source_commands, wait_log};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn fast(mut m: MachineSpec) -> MachineSpec {
     m.time_scale = 5000.0;
@@ -286,4 +286,25 @@ async fn bed_clearance_pause_resume_cancel_and_reorder() {
         (j["state"].as_str(), j["start_line"].as_u64()),
         (Some("queued"), Some(5000))
     );
+
+    // A limit on ended jobs keeps every live one and the newest ended.
+    let ended_states = ["completed", "failed", "cancelled", "interrupted"];
+    let is_ended = |j: &Value| ended_states.contains(&j["state"].as_str().unwrap_or(""));
+    let (_, all) = f.get("/jobs").await.unwrap();
+    let all = all.as_array().unwrap().clone();
+    let (s, some) = f.get("/jobs?ended_limit=1").await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{some}");
+    let some = some.as_array().unwrap();
+    let live: Vec<&Value> = all.iter().filter(|j| !is_ended(j)).collect();
+    assert!(!live.is_empty() && all.iter().filter(|j| is_ended(j)).count() >= 2);
+    assert_eq!(some.len(), live.len() + 1, "{some:?}");
+    assert!(live.iter().all(|j| some.iter().any(|x| x["id"] == j["id"])));
+    let newest = all
+        .iter()
+        .filter(|j| is_ended(j))
+        .max_by_key(|j| j["ended_ms"].as_u64())
+        .unwrap();
+    assert_eq!(some.last().unwrap()["id"], newest["id"]);
+    let (s, e) = f.get("/jobs?ended_limit=some").await.unwrap();
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
 }
