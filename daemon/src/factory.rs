@@ -516,9 +516,10 @@ impl Factory {
                 2
             }
         };
+        // Ended: newest first, the later id first within a millisecond.
         v.sort_by_key(|j| match group(j) {
-            2 => (2, 0, u64::MAX - j.ended_ms.unwrap_or(0)),
-            g => (g, -i64::from(j.priority), j.seq),
+            2 => (2, 0, u64::MAX - j.ended_ms.unwrap_or(0), u64::MAX - j.id),
+            g => (g, -i64::from(j.priority), j.seq, 0),
         });
         if let Some(limit) = ended_limit {
             let live = v.iter().take_while(|j| group(j) < 2).count();

@@ -302,7 +302,7 @@ async fn bed_clearance_pause_resume_cancel_and_reorder() {
     let newest = all
         .iter()
         .filter(|j| is_ended(j))
-        .max_by_key(|j| j["ended_ms"].as_u64())
+        .max_by_key(|j| (j["ended_ms"].as_u64(), j["id"].as_u64()))
         .unwrap();
     assert_eq!(some.last().unwrap()["id"], newest["id"]);
     let (s, e) = f.get("/jobs?ended_limit=some").await.unwrap();
