@@ -63,7 +63,7 @@ export function machineDetailView(app, id) {
   const chartBox = h('div', { class: 'chart', id: 'temp-chart' });
   const chartPanel = h('section', { class: 'panel', 'aria-labelledby': 'chart-h' },
     h('h2', { id: 'chart-h' }, 'Temperatures'), chartBox,
-    h('p', { class: 'muted small' }, 'Up to the last 10 minutes, as recorded by this page since it was opened.'));
+    h('p', { class: 'muted small' }, 'The last 20 minutes, a reading a second, kept by the daemon.'));
 
   // ---- console
   const logBox = h('div', { class: 'console-log', id: 'console-log', role: 'log', 'aria-live': 'polite', tabindex: '0', 'aria-label': 'Console transcript' });
