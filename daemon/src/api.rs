@@ -657,7 +657,7 @@ async fn list_jobs(
             })?;
         states.push(st);
     }
-    Ok(Json(s.factory.jobs(&states, q.ended_limit)))
+    Ok(Json(s.factory.jobs(&states, q.ended_limit)?))
 }
 
 /// One job: state, machine, progress, failure and history.

@@ -16,6 +16,10 @@ use thiserror::Error;
 /// stray upload cannot fill the disk in one request.
 pub const DEFAULT_MAX_UPLOAD: u64 = 256 * 1024 * 1024;
 
+/// Ended jobs kept in memory by default: the dashboard shows 200, and a
+/// thousand cost a few MiB.
+pub const DEFAULT_KEEP_ENDED_JOBS: usize = 1000;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +33,10 @@ pub struct Config {
     /// Largest accepted upload in bytes.
     #[serde(default = "default_max_upload")]
     pub max_upload_bytes: u64,
+    /// How many of the most recently ended jobs stay in memory; older ones
+    /// are read from disk when asked for (all are kept on disk).
+    #[serde(default = "default_keep_ended_jobs")]
+    pub keep_ended_jobs: usize,
     /// The machines, as `[[machine]]` tables.
     #[serde(default, rename = "machine")]
     pub machines: Vec<MachineConfig>,
@@ -66,6 +74,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_max_upload() -> u64 {
     DEFAULT_MAX_UPLOAD
+}
+
+fn default_keep_ended_jobs() -> usize {
+    DEFAULT_KEEP_ENDED_JOBS
 }
 
 /// A configuration that could not be used.
@@ -153,7 +165,13 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 4] = ["listen", "data_dir", "max_upload_bytes", "machine"];
+        const TOP: [&str; 5] = [
+            "listen",
+            "data_dir",
+            "max_upload_bytes",
+            "keep_ended_jobs",
+            "machine",
+        ];
         const MACHINE: [&str; 8] = [
             "id",
             "name",

@@ -86,6 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         max_upload_bytes: crate::config::DEFAULT_MAX_UPLOAD,
+        keep_ended_jobs: crate::config::DEFAULT_KEEP_ENDED_JOBS,
         machines: configs,
     }
     .check()

@@ -6,7 +6,7 @@
 //! One task per machine turns driver events into job transitions; one
 //! scheduler task hands queued jobs to idle, capable machines.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -105,9 +105,40 @@ struct MachineRt {
 
 #[derive(Default)]
 struct State {
+    /// Every live job and the most recently ended ones (see
+    /// [`State::trim_ended`]); the store has all.
     jobs: BTreeMap<u64, Job>,
     machines: HashMap<String, MachineRt>,
     last_persist: HashMap<u64, Instant>,
+    /// Ended jobs kept in memory besides the live ones.
+    keep_ended: usize,
+    /// Ended jobs only the store holds.
+    archived: usize,
+}
+
+impl State {
+    /// Drops the oldest ended jobs from memory beyond `keep_ended` (with
+    /// some slack, so it is not a sort on every job's end). They are
+    /// stored already; without this a farm's daemon would grow by every
+    /// job it ever ran (a few KiB each, tens of thousands a year).
+    fn trim_ended(&mut self) {
+        let ended = self.jobs.values().filter(|j| j.state.is_final()).count();
+        if ended <= self.keep_ended + self.keep_ended / 10 {
+            return;
+        }
+        let mut old: Vec<(u64, u64)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final())
+            .map(|j| (j.ended_ms.unwrap_or(0), j.id))
+            .collect();
+        old.sort_unstable();
+        for &(_, id) in &old[..ended - self.keep_ended] {
+            self.jobs.remove(&id);
+            self.last_persist.remove(&id);
+        }
+        self.archived += ended - self.keep_ended;
+    }
 }
 
 /// The running factory. Shared by the API handlers through an `Arc`.
@@ -137,8 +168,12 @@ impl Factory {
         machines: Vec<Machine>,
         drivers: Vec<DriverConfig>,
         max_upload: u64,
+        keep_ended: usize,
     ) -> Result<Arc<Self>> {
-        let mut state = State::default();
+        let mut state = State {
+            keep_ended,
+            ..State::default()
+        };
         for mut job in store.jobs()? {
             if job.state.is_active() {
                 let line = job.progress.last_acked_line;
@@ -155,6 +190,7 @@ impl Factory {
             }
             state.jobs.insert(job.id, job);
         }
+        state.trim_ended();
         for m in &machines {
             state.machines.insert(
                 m.config.id.clone(),
@@ -500,13 +536,27 @@ impl Factory {
     /// With `ended_limit`, only that many of the most recently ended jobs
     /// come along: a farm's history grows by hundreds of jobs a day, and a
     /// dashboard needs the live queue and the latest results, not all of it.
-    pub fn jobs(&self, states: &[JobState], ended_limit: Option<usize>) -> Vec<Job> {
-        let st = self.lock();
-        let mut v: Vec<&Job> = st
-            .jobs
-            .values()
-            .filter(|j| states.is_empty() || states.contains(&j.state))
-            .collect();
+    /// Ended jobs beyond those kept in memory are read from the store, so
+    /// asking for all of them costs a pass over the whole history.
+    pub fn jobs(&self, states: &[JobState], ended_limit: Option<usize>) -> Result<Vec<Job>> {
+        let wanted = |j: &Job| states.is_empty() || states.contains(&j.state);
+        let (mut v, archived) = {
+            let st = self.lock();
+            let v: Vec<Job> = st.jobs.values().filter(|j| wanted(j)).cloned().collect();
+            (v, st.archived)
+        };
+        let ended_here = v.iter().filter(|j| j.state.is_final()).count();
+        let ended_wanted = JobState::ALL
+            .into_iter()
+            .any(|s| s.is_final() && (states.is_empty() || states.contains(&s)));
+        if archived > 0 && ended_wanted && ended_limit.is_none_or(|l| l > ended_here) {
+            let here: HashSet<u64> = v.iter().map(|j| j.id).collect();
+            for j in self.store.jobs()? {
+                if j.state.is_final() && wanted(&j) && !here.contains(&j.id) {
+                    v.push(j);
+                }
+            }
+        }
         let group = |j: &Job| {
             if j.state.is_active() {
                 0
@@ -525,15 +575,16 @@ impl Factory {
             let live = v.iter().take_while(|j| group(j) < 2).count();
             v.truncate(live.saturating_add(limit));
         }
-        v.into_iter().cloned().collect()
+        Ok(v)
     }
 
-    /// One job.
+    /// One job, from memory or, for one that ended long ago, the store.
     pub fn job(&self, id: u64) -> Result<Job> {
-        self.lock()
-            .jobs
-            .get(&id)
-            .cloned()
+        if let Some(j) = self.lock().jobs.get(&id) {
+            return Ok(j.clone());
+        }
+        self.store
+            .job(id)?
             .ok_or_else(|| FactoryError::NotFound(format!("no job with id {id}")))
     }
 
@@ -628,6 +679,13 @@ impl Factory {
         let job = {
             let mut st = self.lock();
             let seq = self.store.next_id()?;
+            if !st.jobs.contains_key(&id)
+                && let Some(old) = self.store.job(id)?
+            {
+                // Ended long ago: back into memory, live again below.
+                st.jobs.insert(id, old);
+                st.archived = st.archived.saturating_sub(1);
+            }
             let job = st
                 .jobs
                 .get_mut(&id)
@@ -1091,6 +1149,7 @@ impl Factory {
 
     async fn scheduler(self: Arc<Self>) {
         loop {
+            self.lock().trim_ended();
             if let Err(e) = self.schedule_once().await {
                 warn!(error = %e, "scheduling failed");
             }

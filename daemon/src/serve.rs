@@ -58,6 +58,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         checked.machines.clone(),
         drivers,
         checked.config.max_upload_bytes,
+        checked.config.keep_ended_jobs,
     )
     .await
     .context("cannot open the factory")?;

@@ -230,6 +230,15 @@ impl Store {
         Ok(())
     }
 
+    /// One job.
+    pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let key = id.to_be_bytes();
+        self.jobs
+            .get(key)?
+            .map(|v| decode("jobs", &key, &v))
+            .transpose()
+    }
+
     /// Every job, oldest first.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.jobs

@@ -308,3 +308,75 @@ async fn bed_clearance_pause_resume_cancel_and_reorder() {
     let (s, e) = f.get("/jobs?ended_limit=some").await.unwrap();
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_beyond_the_memory_limit_are_still_listed_fetched_and_requeued() {
+    // One ended job stays in memory; the daemon trims the rest at start,
+    // so after a restart everything older comes from disk.
+    let mut f = Factory::start_with(
+        &[MachineSpec::printer("mk3-a", "prusa-mk3s")],
+        "keep_ended_jobs = 1",
+    )
+    .await
+    .unwrap();
+    let (s, _) = f.post("/machines/mk3-a/disable", json!({})).await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    let file = f.upload(&data("bracket_petg.gcode")).await.unwrap();
+    let ids = f
+        .submit(json!({"file_id": file, "kind": "printer", "copies": 4}))
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 4);
+    for id in &ids {
+        let (s, v) = f
+            .post(&format!("/jobs/{id}/cancel"), json!({}))
+            .await
+            .unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let listed = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|j| j["id"].as_u64())
+            .collect()
+    };
+    let (_, before) = f.get("/jobs").await.unwrap();
+    let (_, newest2) = f.get("/jobs?ended_limit=2").await.unwrap();
+
+    f.kill9().await;
+    f.launch().await.unwrap();
+    let (s, after) = f.get("/jobs").await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(after, before, "the same list from disk as from memory");
+    assert_eq!(listed(&after).len(), 4);
+    let (_, limited) = f.get("/jobs?ended_limit=2").await.unwrap();
+    assert_eq!(limited, newest2);
+    let (_, cancelled) = f.get("/jobs?state=cancelled").await.unwrap();
+    assert_eq!(listed(&cancelled).len(), 4);
+    let (_, queued) = f.get("/jobs?state=queued").await.unwrap();
+    assert!(listed(&queued).is_empty());
+
+    // The oldest is only on disk now; it can be read and put back.
+    let oldest = ids[0];
+    let (s, j) = f.get(&format!("/jobs/{oldest}")).await.unwrap();
+    assert_eq!(
+        (s, j["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+    let (s, j) = f
+        .post(&format!("/jobs/{oldest}/requeue"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, j["state"].as_str()),
+        (StatusCode::OK, Some("queued")),
+        "{j}"
+    );
+    let (_, all) = f.get("/jobs").await.unwrap();
+    let all = listed(&all);
+    assert_eq!(all.len(), 4, "requeued, not duplicated: {all:?}");
+    assert_eq!(all[0], oldest, "the live job first");
+    let (s, _) = f.get("/jobs/999999").await.unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
