@@ -294,4 +294,22 @@ async fn sigterm_interrupts_at_a_safe_line_and_the_job_restarts_there() {
         !preamble.iter().any(|l| l == "G28"),
         "never home Z into the part: {preamble:?}"
     );
+    // Up and clear of the part before homing, across at that height, and
+    // down only above the restart point.
+    let at = |pred: &dyn Fn(&str) -> bool| {
+        preamble
+            .iter()
+            .position(|l| pred(l))
+            .unwrap_or_else(|| panic!("{preamble:?}"))
+    };
+    let lift = at(&|l| l.starts_with("G1 Z5 "));
+    let home = at(&|l| l == "G28 X0 Y0");
+    let set_z = at(&|l| l.starts_with("G92 Z"));
+    let travel = at(&|l| l.starts_with("G1 X") && l.contains(" Y"));
+    let lowered = preamble[travel..].iter().any(|l| l.starts_with("G1 Z"));
+    assert!(lift > 0 && preamble[lift - 1] == "G91", "{preamble:?}");
+    assert!(
+        lift < home && home < set_z && set_z < travel && lowered,
+        "{preamble:?}"
+    );
 }
