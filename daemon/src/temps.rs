@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 /// How often a sample is taken.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-/// Samples kept per machine: 20 minutes at one a second, about 30 KB for
+/// Samples kept per machine: 20 minutes at one a second, under 50 KB for
 /// a printer with two heaters.
 pub const SAMPLES_KEPT: usize = 1200;
 
@@ -23,8 +23,9 @@ pub const SAMPLES_KEPT: usize = 1200;
 pub struct TempHistory {
     names: Vec<String>,
     at_ms: VecDeque<u64>,
-    /// `[actual, target]` per heater, in `names` order, per sample.
-    values: VecDeque<Vec<[f32; 2]>>,
+    /// `[actual, target]` per heater in `names` order, sample after sample
+    /// (one flat ring, no allocation per sample).
+    values: VecDeque<[f32; 2]>,
 }
 
 impl TempHistory {
@@ -43,20 +44,24 @@ impl TempHistory {
         }
         if self.at_ms.len() == SAMPLES_KEPT {
             self.at_ms.pop_front();
-            self.values.pop_front();
+            self.values.drain(..self.names.len());
         }
         self.at_ms.push_back(at_ms);
-        self.values.push_back(
-            heaters
-                .iter()
-                .map(|h| [h.actual as f32, h.target as f32])
-                .collect(),
-        );
+        self.values
+            .extend(heaters.iter().map(|h| [h.actual as f32, h.target as f32]));
     }
 
     /// The history in columns, oldest first.
     pub fn view(&self) -> TemperatureHistory {
-        let column = |i: usize, j: usize| self.values.iter().map(|v| v[i][j]).collect();
+        let n = self.names.len();
+        let column = |i: usize, j: usize| {
+            self.values
+                .iter()
+                .skip(i)
+                .step_by(n)
+                .map(|v| v[j])
+                .collect()
+        };
         TemperatureHistory {
             interval_ms: SAMPLE_EVERY.as_millis() as u64,
             at_ms: self.at_ms.iter().copied().collect(),
@@ -127,6 +132,11 @@ mod tests {
         assert_eq!(v.heaters[0].actual[0], 5.0);
         assert_eq!(v.heaters[0].target[SAMPLES_KEPT - 1], 215.0);
         assert_eq!(v.heaters[1].actual.len(), SAMPLES_KEPT);
+        assert_eq!(v.heaters[1].actual[0], 60.0);
+        assert_eq!(
+            v.heaters[0].actual[SAMPLES_KEPT - 1],
+            (SAMPLES_KEPT + 4) as f32
+        );
     }
 
     #[test]
