@@ -1164,6 +1164,19 @@ impl Factory {
         let mut started = Vec::new();
         {
             let mut st = self.lock();
+            let free = |slot: &Slot, st: &State| {
+                let mid = &slot.machine.config.id;
+                let status = slot.status.borrow();
+                st.machines.get(mid).is_some_and(|m| {
+                    !m.record.disabled && !m.record.awaiting_clear && m.job.is_none()
+                }) && status.connection == Connection::Online
+                    && status.job.is_none()
+            };
+            // In a busy farm every machine is usually at work: then there
+            // is nothing to hand out, and no need to sort a long queue.
+            if !self.slots.iter().any(|s| free(s, &st)) {
+                return Ok(());
+            }
             let mut queued: Vec<(i32, u64, u64)> = st
                 .jobs
                 .values()
@@ -1176,14 +1189,9 @@ impl Factory {
             queued.sort();
             for (i, slot) in self.slots.iter().enumerate() {
                 let mid = &slot.machine.config.id;
-                let free = st.machines.get(mid).is_some_and(|m| {
-                    !m.record.disabled && !m.record.awaiting_clear && m.job.is_none()
-                });
-                let status = slot.status.borrow();
-                if !free || status.connection != Connection::Online || status.job.is_some() {
+                if !free(slot, &st) {
                     continue;
                 }
-                drop(status);
                 let mut pick = None;
                 for (qi, (_, _, jid)) in queued.iter().enumerate() {
                     let Some(job) = st.jobs.get(jid) else {
