@@ -9,6 +9,11 @@
 //! travels above the part to where the skipped lines left it and only
 //! there comes down to their Z, so it neither drags across the top layer
 //! nor cuts its way to the restart point.
+//!
+//! A mill's X/Y/Z here are work coordinates, which GRBL keeps across a
+//! soft reset and a reconnect but not across a power cycle of a machine
+//! without homing: there the operator must zero the work again before a
+//! restart, as with any sender.
 
 use std::io::Read;
 use std::path::Path;
