@@ -622,12 +622,18 @@ pub struct JobsQuery {
     /// interrupted), the most recent; active and queued jobs always come.
     /// Default: all.
     pub ended_limit: Option<usize>,
+    /// Only the ended jobs listed after this one (older), and no live
+    /// jobs: pages back through the history with `ended_limit`, passing
+    /// the last id of the previous page.
+    pub ended_after: Option<u64>,
 }
 
 /// Jobs in queue order: active, then queued (by priority, then order),
 /// then ended (newest first).
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(JobsQuery),
-    responses((status = 200, body = Vec<Job>), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = Vec<Job>), (status = 400, body = ErrorBody),
+        (status = 404, description = "ended_after names no job", body = ErrorBody),
+        (status = 422, description = "ended_after names a job that has not ended", body = ErrorBody)),
     security(("bearer" = [])))]
 async fn list_jobs(
     State(s): State<AppState>,
@@ -657,7 +663,11 @@ async fn list_jobs(
             })?;
         states.push(st);
     }
-    Ok(Json(s.factory.jobs(&states, q.ended_limit)?))
+    Ok(Json(s.factory.jobs(
+        &states,
+        q.ended_limit,
+        q.ended_after,
+    )?))
 }
 
 /// One job: state, machine, progress, failure and history.

@@ -538,8 +538,31 @@ impl Factory {
     /// dashboard needs the live queue and the latest results, not all of it.
     /// Ended jobs beyond those kept in memory are read from the store, so
     /// asking for all of them costs a pass over the whole history.
-    pub fn jobs(&self, states: &[JobState], ended_limit: Option<usize>) -> Result<Vec<Job>> {
-        let wanted = |j: &Job| states.is_empty() || states.contains(&j.state);
+    /// With `ended_after`, only the ended jobs that this order puts after
+    /// that one: a page of history.
+    pub fn jobs(
+        &self,
+        states: &[JobState],
+        ended_limit: Option<usize>,
+        ended_after: Option<u64>,
+    ) -> Result<Vec<Job>> {
+        let cursor = match ended_after {
+            None => None,
+            Some(id) => {
+                let j = self.job(id)?;
+                if !j.state.is_final() {
+                    return Err(FactoryError::Invalid(format!(
+                        "job {id} is {}; ended_after takes an ended job",
+                        j.state.as_str()
+                    )));
+                }
+                Some((j.ended_ms.unwrap_or(0), id))
+            }
+        };
+        let wanted = |j: &Job| {
+            (states.is_empty() || states.contains(&j.state))
+                && cursor.is_none_or(|c| j.state.is_final() && (j.ended_ms.unwrap_or(0), j.id) < c)
+        };
         let (mut v, archived) = {
             let st = self.lock();
             let v: Vec<Job> = st.jobs.values().filter(|j| wanted(j)).cloned().collect();

@@ -379,4 +379,42 @@ async fn ended_jobs_beyond_the_memory_limit_are_still_listed_fetched_and_requeue
     assert_eq!(all[0], oldest, "the live job first");
     let (s, _) = f.get("/jobs/999999").await.unwrap();
     assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Paging back through the history, one ended job a page, from disk,
+    // gives the ended part of the whole list, in order.
+    let (_, all) = f.get("/jobs").await.unwrap();
+    let want: Vec<u64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["state"] == "cancelled")
+        .filter_map(|j| j["id"].as_u64())
+        .collect();
+    assert_eq!(want.len(), 3);
+    let mut pages = Vec::new();
+    let mut path = "/jobs?ended_limit=1".to_string();
+    loop {
+        let (s, page) = f.get(&path).await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let ended: Vec<u64> = page
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["state"] == "cancelled")
+            .filter_map(|j| j["id"].as_u64())
+            .collect();
+        let Some(&last) = ended.last() else { break };
+        assert_eq!(ended.len(), 1);
+        pages.push(last);
+        path = format!("/jobs?ended_limit=1&ended_after={last}");
+    }
+    assert_eq!(pages, want);
+    let (s, e) = f.get(&format!("/jobs?ended_after={oldest}")).await.unwrap();
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a live job is no cursor: {e}"
+    );
+    let (s, _) = f.get("/jobs?ended_after=999999").await.unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
