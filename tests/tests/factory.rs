@@ -334,13 +334,15 @@ async fn ended_jobs_beyond_the_memory_limit_are_still_listed_fetched_and_requeue
             .unwrap();
         assert_eq!(s, StatusCode::OK, "{v}");
     }
-    let listed = |v: &Value| -> Vec<u64> {
+    let ids_in = |v: &Value, state: Option<&str>| -> Vec<u64> {
         v.as_array()
             .unwrap()
             .iter()
+            .filter(|j| state.is_none_or(|s| j["state"] == s))
             .filter_map(|j| j["id"].as_u64())
             .collect()
     };
+    let listed = |v: &Value| ids_in(v, None);
     let (_, before) = f.get("/jobs").await.unwrap();
     let (_, newest2) = f.get("/jobs?ended_limit=2").await.unwrap();
 
@@ -383,26 +385,14 @@ async fn ended_jobs_beyond_the_memory_limit_are_still_listed_fetched_and_requeue
     // Paging back through the history, one ended job a page, from disk,
     // gives the ended part of the whole list, in order.
     let (_, all) = f.get("/jobs").await.unwrap();
-    let want: Vec<u64> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|j| j["state"] == "cancelled")
-        .filter_map(|j| j["id"].as_u64())
-        .collect();
+    let want = ids_in(&all, Some("cancelled"));
     assert_eq!(want.len(), 3);
     let mut pages = Vec::new();
     let mut path = "/jobs?ended_limit=1".to_string();
     loop {
         let (s, page) = f.get(&path).await.unwrap();
         assert_eq!(s, StatusCode::OK, "{page}");
-        let ended: Vec<u64> = page
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|j| j["state"] == "cancelled")
-            .filter_map(|j| j["id"].as_u64())
-            .collect();
+        let ended = ids_in(&page, Some("cancelled"));
         let Some(&last) = ended.last() else { break };
         assert_eq!(ended.len(), 1);
         pages.push(last);
