@@ -8,9 +8,10 @@ import {
   h, fill, setText, reconcile, fmtDuration, fmtLength, fmtBytes, fmtPercent, fmtTime, jobStateLabel,
 } from './dom.js';
 
-/** Ended jobs shown under the queue; older ones are in the machines' and
- *  jobs' detail views. */
+/** Ended jobs shown under the queue; "Show older" pages back from there. */
 const RECENT = 15;
+/** Ended jobs fetched per "Show older" click. */
+const OLDER_PAGE = 20;
 
 function bounds(b) {
   if (!b) return '—';
@@ -258,6 +259,36 @@ export function queueView(app) {
   const noActive = h('p', { class: 'empty' }, 'Nothing is running.');
   const noQueued = h('p', { class: 'empty' }, 'The queue is empty.');
   const noEnded = h('p', { class: 'empty' }, 'No job has ended yet.');
+  // Older history, fetched on request a page at a time (the daemon keeps
+  // all of it; the live list holds only the newest).
+  const olderList = h('ul', { class: 'jobs', id: 'jobs-older', 'aria-label': 'Older ended jobs' });
+  const olderBtn = h('button', { type: 'button', class: 'small', id: 'jobs-older-btn' }, 'Show older');
+  const olderNote = h('p', { class: 'muted small', id: 'jobs-older-end', hidden: true }, 'That is the whole history.');
+  let olderDone = false;
+  olderBtn.addEventListener('click', async () => {
+    setText(listErr, '');
+    const shown = [...endedList.children, ...olderList.children];
+    const last = shown[shown.length - 1]?._job;
+    if (!last) return;
+    olderBtn.disabled = true;
+    try {
+      const page = await api('GET', `/jobs?ended_limit=${OLDER_PAGE}&ended_after=${last.id}`);
+      const have = new Set(shown.map((li) => li._job.id));
+      for (const j of page) {
+        if (have.has(j.id)) continue;
+        const li = jobRow(j);
+        updateRow(li, j, {});
+        olderList.append(li);
+      }
+      olderDone = page.length < OLDER_PAGE;
+      olderBtn.hidden = olderDone;
+      olderNote.hidden = !olderDone;
+    } catch (e) {
+      setText(listErr, `Older jobs could not be loaded: ${e.message}`);
+    } finally {
+      olderBtn.disabled = false;
+    }
+  });
 
   async function jobAction(job, action, body, label) {
     setText(listErr, '');
@@ -381,7 +412,8 @@ export function queueView(app) {
       h('h3', {}, 'Waiting'),
       h('p', { class: 'muted small' }, 'Drag to reorder, or use Move up / Move down.'),
       noQueued, queuedList,
-      h('h3', {}, 'Recently ended'), noEnded, endedList));
+      h('h3', {}, 'Recently ended'), noEnded, endedList, olderList,
+      h('div', { class: 'actions' }, olderBtn), olderNote));
 
   let storedSig = '';
   return {
@@ -395,6 +427,7 @@ export function queueView(app) {
       noActive.hidden = active.length > 0;
       noQueued.hidden = q.length > 0;
       noEnded.hidden = ended.length > 0;
+      olderBtn.hidden = olderDone || ended.length < RECENT;
       const row = (ctx) => (li, j) => updateRow(li, j, ctx(j));
       reconcile(activeList, active, (j) => j.id, jobRow, row(() => ({})));
       reconcile(queuedList, q, (j) => j.id, jobRow,

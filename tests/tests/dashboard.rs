@@ -25,7 +25,9 @@ use chromiumoxide::cdp::js_protocol::runtime::{
 use chromiumoxide::page::{Page, ScreenshotParams};
 use futures_util::StreamExt;
 use microfactory_e2e::{Factory, MachineSpec, TempDir, daemon_bin, data};
+use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
+use serde_json::json;
 
 /// Browsers are heavy on a two-core machine: one test at a time.
 static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -442,6 +444,41 @@ async fn a_wrong_token_is_refused_with_a_message_and_the_right_one_signs_in() ->
         "the chart to start with the daemon's first sample",
     )
     .await?;
+
+    // Seventeen ended jobs: the queue shows the newest fifteen, and "Show
+    // older" pages back to the other two, oldest last, then says that is all.
+    let (s, _) = f.post("/machines/mk3-a/disable", json!({})).await?;
+    assert_eq!(s, StatusCode::OK);
+    let file = f.upload(&data("bracket_petg.gcode")).await?;
+    let ids = f
+        .submit(json!({"file_id": file, "kind": "printer", "copies": 17}))
+        .await?;
+    for id in &ids {
+        let (s, v) = f.post(&format!("/jobs/{id}/cancel"), json!({})).await?;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    ui.go("#/queue").await?;
+    ui.wait(
+        "document.querySelectorAll('#jobs-ended li').length === 15 \
+         && document.querySelector('#jobs-older-btn').offsetParent !== null",
+        "fifteen recent jobs and the Show older button",
+    )
+    .await?;
+    ui.click("#jobs-older-btn").await?;
+    ui.wait(
+        "document.querySelectorAll('#jobs-older li').length === 2 \
+         && document.querySelector('#jobs-older-end').offsetParent !== null \
+         && document.querySelector('#jobs-older-btn').offsetParent === null",
+        "the two oldest jobs and the end of the history",
+    )
+    .await?;
+    let older: Vec<u64> = ui
+        .eval(
+            "[...document.querySelectorAll('#jobs-older li')].map((li) => Number(li.dataset.job))",
+        )
+        .await?;
+    assert_eq!(older, vec![ids[1], ids[0]]);
+    ui.screenshots("queue-older").await?;
 
     // Signing out returns to the sign-in form, and a reload stays out.
     ui.click("#sign-out").await?;
