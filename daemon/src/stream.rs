@@ -274,8 +274,13 @@ fn report_end(
         println!("{}", serde_json::to_string(&s)?);
     } else {
         eprintln!(
-            "{} lines, {} bytes in {:.1} s ({} resends), link efficiency {:.2}",
-            stats.lines, stats.payload_bytes, stats.seconds, stats.resends, efficiency
+            "{} lines, {} bytes in {:.1} s ({} resends), link efficiency {:.2} (wire {:.2})",
+            stats.lines,
+            stats.payload_bytes,
+            stats.seconds,
+            stats.resends,
+            efficiency,
+            per_link_second(stats.wire_bytes)
         );
     }
     Ok(code)
