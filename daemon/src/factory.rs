@@ -28,6 +28,32 @@ use crate::routing::{self, Requirements};
 use crate::store::{Store, StoreError};
 use crate::temps::{SAMPLE_EVERY, TempHistory, TemperatureHistory};
 
+/// Sorts jobs as `GET /jobs` lists them (active, queued by priority then
+/// order, ended newest first and the later id first within a millisecond)
+/// and keeps at most `ended_limit` ended ones.
+fn in_list_order<J: std::borrow::Borrow<Job>>(v: &mut Vec<J>, ended_limit: Option<usize>) {
+    v.sort_by_key(|j| {
+        let j = j.borrow();
+        if j.state.is_active() {
+            (0, -i64::from(j.priority), j.seq, 0)
+        } else if j.state == JobState::Queued {
+            (1, -i64::from(j.priority), j.seq, 0)
+        } else {
+            (2, 0, u64::MAX - j.ended_ms.unwrap_or(0), u64::MAX - j.id)
+        }
+    });
+    if let Some(limit) = ended_limit {
+        let live = v
+            .iter()
+            .take_while(|j| !j.borrow().state.is_final())
+            .count();
+        v.truncate(live.saturating_add(limit));
+    }
+}
+
+/// How often ended jobs beyond `keep_ended_jobs` leave memory.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
 /// Most copies one submission may ask for.
 pub const MAX_COPIES: u32 = 1000;
 
@@ -563,41 +589,27 @@ impl Factory {
             (states.is_empty() || states.contains(&j.state))
                 && cursor.is_none_or(|c| j.state.is_final() && (j.ended_ms.unwrap_or(0), j.id) < c)
         };
-        let (mut v, archived) = {
-            let st = self.lock();
-            let v: Vec<Job> = st.jobs.values().filter(|j| wanted(j)).cloned().collect();
-            (v, st.archived)
-        };
-        let ended_here = v.iter().filter(|j| j.state.is_final()).count();
         let ended_wanted = JobState::ALL
             .into_iter()
             .any(|s| s.is_final() && (states.is_empty() || states.contains(&s)));
-        if archived > 0 && ended_wanted && ended_limit.is_none_or(|l| l > ended_here) {
-            let here: HashSet<u64> = v.iter().map(|j| j.id).collect();
-            for j in self.store.jobs()? {
-                if j.state.is_final() && wanted(&j) && !here.contains(&j.id) {
-                    v.push(j);
-                }
+        let mut v: Vec<Job> = {
+            let st = self.lock();
+            let mut v: Vec<&Job> = st.jobs.values().filter(|j| wanted(j)).collect();
+            let ended_here = v.iter().filter(|j| j.state.is_final()).count();
+            if !(st.archived > 0 && ended_wanted && ended_limit.is_none_or(|l| l > ended_here)) {
+                // Everything asked for is in memory: clone only what goes out.
+                in_list_order(&mut v, ended_limit);
+                return Ok(v.into_iter().cloned().collect());
             }
-        }
-        let group = |j: &Job| {
-            if j.state.is_active() {
-                0
-            } else if j.state == JobState::Queued {
-                1
-            } else {
-                2
-            }
+            v.into_iter().cloned().collect()
         };
-        // Ended: newest first, the later id first within a millisecond.
-        v.sort_by_key(|j| match group(j) {
-            2 => (2, 0, u64::MAX - j.ended_ms.unwrap_or(0), u64::MAX - j.id),
-            g => (g, -i64::from(j.priority), j.seq, 0),
-        });
-        if let Some(limit) = ended_limit {
-            let live = v.iter().take_while(|j| group(j) < 2).count();
-            v.truncate(live.saturating_add(limit));
+        let here: HashSet<u64> = v.iter().map(|j| j.id).collect();
+        for j in self.store.jobs()? {
+            if j.state.is_final() && wanted(&j) && !here.contains(&j.id) {
+                v.push(j);
+            }
         }
+        in_list_order(&mut v, ended_limit);
         Ok(v)
     }
 
@@ -1171,8 +1183,15 @@ impl Factory {
     }
 
     async fn scheduler(self: Arc<Self>) {
+        let mut trimmed = Instant::now();
         loop {
-            self.lock().trim_ended();
+            // A pass over every job in memory: once in a while, not on
+            // every wake (a burst of submissions wakes this thousands of
+            // times a second).
+            if trimmed.elapsed() >= TRIM_EVERY {
+                self.lock().trim_ended();
+                trimmed = Instant::now();
+            }
             if let Err(e) = self.schedule_once().await {
                 warn!(error = %e, "scheduling failed");
             }
