@@ -149,7 +149,7 @@ impl State {
     /// job it ever ran (a few KiB each, tens of thousands a year).
     fn trim_ended(&mut self) {
         let ended = self.jobs.values().filter(|j| j.state.is_final()).count();
-        if ended <= self.keep_ended + self.keep_ended / 10 {
+        if ended <= self.keep_ended.saturating_add(self.keep_ended / 10) {
             return;
         }
         let mut old: Vec<(u64, u64)> = self
