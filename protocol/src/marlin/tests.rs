@@ -37,6 +37,12 @@ impl Transcript {
             self.events.push(e);
         }
     }
+    /// Queues job line `line`, which must be accepted.
+    fn job(&mut self, line: u64, command: &str) {
+        self.host
+            .push(Origin::Job { line }, command)
+            .unwrap_or_else(|e| panic!("line {line} refused: {e}"));
+    }
     fn recv(&mut self, line: &str) {
         let _ = writeln!(self.text, "< {line}");
         self.host.handle_line(self.now, line);
@@ -109,7 +115,7 @@ fn stale_oks_from_an_earlier_connection_do_not_shift_the_handshake() {
         _ => None,
     });
     assert_eq!(name.as_deref(), Some("Marlin 2.1.2 (Github)"));
-    t.host.push(Origin::Job { line: 7 }, "G28").expect("push");
+    t.job(7, "G28");
     t.flush();
     assert!(t.text.contains("> N2 G28*"), "{}", t.text);
     t.recv("ok");
@@ -132,7 +138,7 @@ fn resend_without_ok_sends_the_bad_line_and_everything_after_it() {
         ..MarlinConfig::default()
     });
     for c in ["G1 X1", "G1 X2", "G1 X3"] {
-        t.host.push(Origin::Job { line: 1 }, c).expect("clean");
+        t.job(1, c);
     }
     t.flush();
     t.recv("Error:checksum mismatch, Last Line: 0");
@@ -159,9 +165,7 @@ fn resend_without_ok_sends_the_bad_line_and_everything_after_it() {
 #[test]
 fn the_ok_after_resend_of_older_marlin_acknowledges_no_line() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 7 }, "G1 X1")
-        .expect("clean");
+    t.job(7, "G1 X1");
     t.flush();
     t.recv("Error:checksum mismatch, Last Line: -1");
     t.recv("Resend: 0");
@@ -195,9 +199,7 @@ fn buffered_mode_keeps_bytes_in_flight_within_the_receive_buffer() {
         ..MarlinConfig::default()
     });
     for i in 0..10 {
-        t.host
-            .push(Origin::Job { line: i }, "G1 X10 Y10")
-            .expect("clean");
+        t.job(i, "G1 X10 Y10");
     }
     t.flush();
     // Each line is 19 bytes with its newline: two fit in 40.
@@ -222,9 +224,7 @@ fn free_slots_reported_by_advanced_ok_widen_the_window() {
         ..MarlinConfig::default()
     });
     for i in 0..10 {
-        t.host
-            .push(Origin::Job { line: i }, "G1 X10 Y10")
-            .expect("clean");
+        t.job(i, "G1 X10 Y10");
     }
     t.flush();
     assert_eq!(t.host.in_flight(), 2);
@@ -253,9 +253,7 @@ fn free_slots_reported_by_advanced_ok_widen_the_window() {
 #[test]
 fn busy_keepalives_hold_off_the_timeout_during_m109() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "M109 S210")
-        .expect("clean");
+    t.job(1, "M109 S210");
     t.flush();
     for _ in 0..60 {
         t.advance(Duration::from_secs(2));
@@ -272,9 +270,7 @@ fn busy_keepalives_hold_off_the_timeout_during_m109() {
 #[test]
 fn silence_is_probed_with_m105_and_then_declared_dead() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
+    t.job(1, "G1 X1");
     t.flush();
     t.advance(Duration::from_secs(6));
     assert!(t.text.contains("(timeout)"));
@@ -299,9 +295,7 @@ fn silence_is_probed_with_m105_and_then_declared_dead() {
 fn emergency_commands_jump_the_queue() {
     let mut t = Transcript::new(ping_pong());
     for i in 0..3 {
-        t.host
-            .push(Origin::Job { line: i }, "G1 X1")
-            .expect("clean");
+        t.job(i, "G1 X1");
     }
     t.flush();
     t.host.emergency(Emergency::Kill);
@@ -321,9 +315,7 @@ fn restart_mid_job_is_reported_and_the_handshake_repeats() {
     t.recv("ok");
     t.recv("FIRMWARE_NAME:Marlin 2.1.2");
     t.recv("ok");
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
+    t.job(1, "G1 X1");
     t.flush();
     t.recv("start");
     assert!(t.events.contains(&MarlinEvent::FirmwareRestarted));
@@ -338,12 +330,8 @@ fn restart_mid_job_is_reported_and_the_handshake_repeats() {
 #[test]
 fn fatal_errors_halt_sending() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
-    t.host
-        .push(Origin::Job { line: 2 }, "G1 X2")
-        .expect("clean");
+    t.job(1, "G1 X1");
+    t.job(2, "G1 X2");
     t.flush();
     t.recv("Error:Thermal Runaway, system stopped! Heater_ID: 0");
     t.recv("Error:Printer halted. kill() called!");
@@ -437,9 +425,7 @@ fn resend_requests_for_a_line_no_longer_in_history_fail_loudly() {
         ..MarlinConfig::default()
     });
     for i in 0..4 {
-        t.host
-            .push(Origin::Job { line: i }, "G1 X1")
-            .expect("clean");
+        t.job(i, "G1 X1");
         t.flush();
         t.recv("ok");
     }
@@ -457,9 +443,7 @@ fn gives_up_after_too_many_resends_of_one_line() {
         ok_after_resend: Some(false),
         ..ping_pong()
     });
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
+    t.job(1, "G1 X1");
     t.flush();
     for _ in 0..11 {
         t.recv("Error:checksum mismatch, Last Line: -1");
@@ -799,12 +783,8 @@ fn a_clean_link_needs_no_resends_and_fills_the_window() {
 #[test]
 fn a_paused_host_still_sends_operator_commands_ahead_of_job_lines() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
-    t.host
-        .push(Origin::Job { line: 2 }, "G1 X2")
-        .expect("clean");
+    t.job(1, "G1 X1");
+    t.job(2, "G1 X2");
     t.flush();
     t.host.pause_feeding();
     t.host.push(Origin::Internal, "G91").expect("clean");
@@ -848,9 +828,7 @@ fn buffered_now() -> MarlinConfig {
 fn the_ok_for_the_tail_of_a_flushed_line_acknowledges_no_line() {
     let mut t = Transcript::new(buffered_now());
     for (i, c) in ["G1 X1", "G1 X2", "G1 X3", "G1 X4"].into_iter().enumerate() {
-        t.host
-            .push(Origin::Job { line: i as u64 + 1 }, c)
-            .expect("clean");
+        t.job(i as u64 + 1, c);
     }
     t.flush();
     t.recv("ok N0 P14 B3");
@@ -887,9 +865,7 @@ fn the_ok_for_the_tail_of_a_flushed_line_acknowledges_no_line() {
 fn a_plain_ok_after_an_unknown_fragment_acknowledges_no_line() {
     let mut t = Transcript::new(buffered_now());
     for (i, c) in ["G1 X1", "G1 X2", "G1 X3"].into_iter().enumerate() {
-        t.host
-            .push(Origin::Job { line: i as u64 + 1 }, c)
-            .expect("clean");
+        t.job(i as u64 + 1, c);
     }
     t.flush();
     t.recv("ok");
@@ -915,9 +891,7 @@ fn a_plain_ok_after_an_unknown_fragment_acknowledges_no_line() {
 #[test]
 fn an_unknown_command_of_ours_is_still_acknowledged() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "M9999")
-        .expect("clean");
+    t.job(1, "M9999");
     t.flush();
     t.recv("echo:Unknown command: \"M9999\"");
     t.recv("ok");
@@ -931,15 +905,9 @@ fn an_unknown_command_of_ours_is_still_acknowledged() {
 #[test]
 fn a_line_that_ran_without_its_number_is_not_sent_again() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
-    t.host
-        .push(Origin::Job { line: 2 }, "G1 X2")
-        .expect("clean");
-    t.host
-        .push(Origin::Job { line: 3 }, "G1 X3")
-        .expect("clean");
+    t.job(1, "G1 X1");
+    t.job(2, "G1 X2");
+    t.job(3, "G1 X3");
     t.flush();
     t.recv("ok N0 P14 B3");
     t.recv("ok P13 B3");
@@ -961,9 +929,7 @@ fn a_line_that_ran_without_its_number_is_not_sent_again() {
 #[test]
 fn temperature_autoreports_do_not_hold_off_the_silence_timer() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
+    t.job(1, "G1 X1");
     t.flush();
     for _ in 0..3 {
         t.advance(Duration::from_secs(2));
@@ -1021,9 +987,7 @@ fn buffered_mode_sends_one_line_at_a_time_until_the_link_is_clean() {
 fn a_line_read_without_its_number_is_put_right_before_the_next_goes() {
     let mut t = Transcript::new(ping_pong());
     for (i, c) in ["G1 X1", "G1 X2", "G1 X3"].into_iter().enumerate() {
-        t.host
-            .push(Origin::Job { line: i as u64 + 1 }, c)
-            .expect("clean");
+        t.job(i as u64 + 1, c);
     }
     t.flush();
     t.recv("ok N0 P14 B3");
@@ -1063,9 +1027,7 @@ fn an_m110_read_without_its_number_does_not_hold_the_line() {
 #[test]
 fn a_long_command_that_gets_no_keepalive_times_out() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "M109 S200")
-        .expect("clean");
+    t.job(1, "M109 S200");
     t.flush();
     t.advance(Duration::from_secs(3));
     t.recv(" T:20.0 /200.0 B:20.0 /0.0 @:0 B@:0");
@@ -1084,12 +1046,8 @@ fn a_long_command_that_gets_no_keepalive_times_out() {
 #[test]
 fn the_probe_recovers_a_retransmission_that_was_dropped_too() {
     let mut t = Transcript::new(ping_pong());
-    t.host
-        .push(Origin::Job { line: 1 }, "G1 X1")
-        .expect("clean");
-    t.host
-        .push(Origin::Job { line: 2 }, "G1 X2")
-        .expect("clean");
+    t.job(1, "G1 X1");
+    t.job(2, "G1 X2");
     t.flush();
     t.recv("ok N0 P14 B3");
     t.advance(Duration::from_secs(6));
