@@ -715,18 +715,9 @@ mod tests {
 
     #[test]
     fn every_shared_file_parses_without_errors() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/gcode");
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            panic!("test data missing at {dir}");
-        };
         let mut files = 0;
-        for e in entries.flatten() {
-            let p = e.path();
-            if !matches!(p.extension().and_then(|x| x.to_str()), Some("gcode" | "nc")) {
-                continue;
-            }
+        for (p, text) in crate::testdata::all() {
             files += 1;
-            let text = std::fs::read_to_string(&p).expect("readable test file");
             let mut clean = String::new();
             for (i, raw) in text.lines().enumerate() {
                 crate::framing::clean_line(raw, 256, &mut clean).expect("frames");

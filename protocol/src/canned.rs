@@ -500,11 +500,7 @@ mod tests {
             "pcb_isolation_and_drill_inch.nc",
             "pcb_drill_toolchange_inch.nc",
         ] {
-            let p = format!(
-                "{}/../../shared/data/gcode/{name}",
-                env!("CARGO_MANIFEST_DIR")
-            );
-            let text = std::fs::read_to_string(&p).expect("test data");
+            let text = crate::testdata::read(name);
             let mut e = CannedExpander::new();
             let mut out = Vec::new();
             for (i, l) in text.lines().enumerate() {

@@ -17,3 +17,5 @@ pub mod kinematics;
 pub mod marlin;
 pub mod preflight;
 pub mod slicer;
+#[cfg(test)]
+mod testdata;

@@ -499,13 +499,7 @@ fn marlin_knows(c: Code) -> bool {
 mod tests {
     use super::*;
 
-    fn data(name: &str) -> String {
-        let p = format!(
-            "{}/../../shared/data/gcode/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-    }
+    use crate::testdata::read as data;
 
     #[test]
     fn grbl_refuses_canned_cycles_and_tool_changes_with_line_numbers() {

@@ -10,11 +10,7 @@ fn analyze(text: &str) -> Analysis {
 }
 
 fn data(name: &str) -> Vec<u8> {
-    let p = format!(
-        "{}/../../shared/data/gcode/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    crate::testdata::read(name).into_bytes()
 }
 
 /// Analyses a shared file once per test binary, with the limits from its

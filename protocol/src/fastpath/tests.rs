@@ -141,18 +141,9 @@ fn long_numbers_fall_back_to_the_standard_parser_with_the_same_result() {
 
 #[test]
 fn every_line_of_every_shared_file_agrees_with_the_general_path() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/gcode");
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        panic!("test data missing at {dir}");
-    };
     let (mut files, mut moves, mut taken) = (0, 0, 0);
-    for e in entries.flatten() {
-        let p = e.path();
-        if !matches!(p.extension().and_then(|x| x.to_str()), Some("gcode" | "nc")) {
-            continue;
-        }
+    for (p, text) in crate::testdata::all() {
         files += 1;
-        let text = std::fs::read_to_string(&p).expect("readable test file");
         for (n, raw) in text.lines().enumerate() {
             if matches!(general(raw), Ok(Some(_))) {
                 moves += 1;

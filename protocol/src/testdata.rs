@@ -1,0 +1,32 @@
+//! The shared real G-code files (`../shared/data/gcode`), for this crate's
+//! tests only: the product never reads them.
+
+use std::path::{Path, PathBuf};
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gcode")
+}
+
+/// One shared file's text.
+pub(crate) fn read(name: &str) -> String {
+    let p = dir().join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Every shared G-code file (`.gcode`, `.nc`) with its text.
+pub(crate) fn all() -> Vec<(PathBuf, String)> {
+    let dir = dir();
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut files: Vec<(PathBuf, String)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|x| x.to_str()), Some("gcode" | "nc")))
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, text)
+        })
+        .collect();
+    files.sort();
+    files
+}
