@@ -657,3 +657,42 @@ async fn the_whole_drill_job_executes_exactly_on_grbl_when_expanded() {
     let (ran, want) = (executed(&rig.log), expanded_commands(&file));
     assert_same_commands(&ran, &want, "the expanded drill program");
 }
+
+/// A scripted firmware on the other end of a real PTY: a line that is not
+/// UTF-8 never reaches the host state machine, so the serial log shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_line_from_the_firmware_shows_in_the_serial_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_serial::SerialPort;
+    let (mut firmware, host_end) = tokio_serial::SerialStream::pair().unwrap();
+    let path = PathBuf::from(host_end.name().unwrap());
+    let driver = DriverHandle::spawn(DriverConfig::new("raw", path, 115_200, Firmware::Marlin));
+    // Wait for the handshake's first line, then answer with garbage.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(LIMIT, async {
+        while !got.contains(&b'\n') {
+            let n = firmware.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the driver writes its handshake");
+    firmware.write_all(b"\xff\xfe\xfd\n").await.unwrap();
+    let seen = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Some(l) = driver
+                .serial_log()
+                .into_iter()
+                .find(|l| !l.sent && l.text.contains("unreadable line"))
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the serial log shows the unreadable line");
+    assert!(seen.text.contains("UTF-8"), "{}", seen.text);
+    drop(host_end);
+}

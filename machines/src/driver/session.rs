@@ -318,7 +318,12 @@ impl<'a> Session<'a> {
                                 }
                                 host.handle_line(now, text);
                             }
-                            SplitItem::Bad { error, .. } => debug!(%error, "unreadable line from firmware"),
+                            SplitItem::Bad { error, .. } => {
+                                // Not UTF-8 or too long: the host never sees
+                                // it, so the operator's serial log says so.
+                                debug!(%error, "unreadable line from firmware");
+                                serial.push(false, &format!("(unreadable line: {error})"));
+                            }
                         }
                         Ok::<(), ()>(())
                     });
