@@ -1,10 +1,8 @@
 //! Bearer tokens and roles. Tokens are random, shown once, and stored only
 //! as their sha256, so a copy of the data directory does not leak them.
 
-use axum::http::Method;
-
-use crate::files::sha256_hex;
-use crate::model::{Role, TokenRecord, now_ms};
+use crate::core::model::{Role, TokenRecord, now_ms};
+use crate::factory::files::sha256_hex;
 use crate::store::{Store, StoreError};
 
 /// Prefix that makes tokens recognisable in logs and secret scanners.
@@ -21,7 +19,7 @@ pub const CSRF_HEADER: &str = "x-microfactory-csrf";
 fn random_hex() -> Result<String, StoreError> {
     let mut raw = [0u8; 32];
     getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(crate::files::hex(&raw))
+    Ok(crate::factory::files::hex(&raw))
 }
 
 /// Creates a token, stores its hash and returns the token itself.
@@ -79,15 +77,4 @@ pub fn lookup(store: &Store, token: &str) -> Result<Option<TokenRecord>, StoreEr
         return Ok(None);
     }
     store.token(&sha256_hex(token.as_bytes()))
-}
-
-/// Whether `role` may call a route with `method`. Reading is open to
-/// viewers; changing anything needs an operator. The storefront and
-/// machine roles are reserved and may call nothing yet.
-pub fn allowed(role: Role, method: &Method) -> bool {
-    match role {
-        Role::Operator => true,
-        Role::Viewer => method == Method::GET || method == Method::HEAD,
-        Role::Storefront | Role::Machine => false,
-    }
 }

@@ -8,21 +8,16 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-mod analyze;
-mod api;
 mod auth;
+mod cli;
 mod config;
-mod demo;
+mod core;
 mod factory;
-mod files;
-mod model;
-mod resume;
-mod routing;
-mod serve;
+mod http;
 mod store;
-mod stream;
-mod temps;
-mod web;
+
+use crate::core::model;
+use cli::{analyze, demo, serve, stream};
 
 /// Exit status for a bad configuration (sysexits' EX_CONFIG), so systemd
 /// and scripts can tell it from a crash.

@@ -18,15 +18,19 @@ use thiserror::Error;
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::{Instrument, info, info_span, warn};
 
+pub mod files;
+pub mod resume;
+pub mod temps;
+
 use crate::config::Machine;
-use crate::files::{IngestError, Upload};
-use crate::model::{
+use crate::core::model::{
     Event, Failure, FileRecord, Job, JobProgress, JobState, Kind, MachineRecord, MachineView,
     now_ms,
 };
-use crate::routing::{self, Requirements};
+use crate::core::routing::{self, Requirements};
+use crate::factory::files::{IngestError, Upload};
+use crate::factory::temps::{SAMPLE_EVERY, TempHistory, TemperatureHistory};
 use crate::store::{Store, StoreError};
-use crate::temps::{SAMPLE_EVERY, TempHistory, TemperatureHistory};
 
 /// Sorts jobs as `GET /jobs` lists them (active, queued by priority then
 /// order, ended newest first and the later id first within a millisecond)
@@ -1285,7 +1289,7 @@ impl Factory {
             path: self.store.blob_path(&file.id),
             start_line: job.start_line,
             preamble: if job.start_line > 1 {
-                crate::resume::preamble(
+                crate::factory::resume::preamble(
                     &slot.machine,
                     &self.store.blob_path(&file.id),
                     job.start_line,

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
-use crate::model::{Event, FileRecord, Job, MachineRecord, TokenRecord};
+use crate::core::model::{Event, FileRecord, Job, MachineRecord, TokenRecord};
 
 /// Storage failures. None of them is the caller's fault.
 #[derive(Debug, Error)]
@@ -334,7 +334,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{JobProgress, JobState, Role};
+    use crate::core::model::{JobProgress, JobState, Role};
 
     fn job(id: u64) -> Job {
         Job {

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::RustEmbed;
 
-use crate::api::ApiError;
+use crate::http::api::ApiError;
 
 #[derive(RustEmbed)]
 #[folder = "../web-ui/"]

@@ -10,9 +10,9 @@ use microfactory_machines::driver::DriverConfig;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::api::{self, AppState};
 use crate::config::Checked;
 use crate::factory::Factory;
+use crate::http::api::{self, AppState};
 use crate::store::Store;
 
 /// Driver settings for each configured machine.

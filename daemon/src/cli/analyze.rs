@@ -61,7 +61,7 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let mut file = File::open(&args.file).context("cannot open")?;
     // PrusaSlicer writes the machine limits it estimated with at the end of
     // the file; read them first so our estimate uses the same machine.
-    let limits = crate::files::slicer_limits(&mut file).context("cannot read")?;
+    let limits = crate::factory::files::slicer_limits(&mut file).context("cannot read")?;
     let mut analyzer = Analyzer::new(AnalyzerConfig {
         limits,
         max_line: 0,

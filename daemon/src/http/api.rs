@@ -23,10 +23,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth;
+use crate::core::model::{Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord};
+use crate::factory::files::IngestError;
+use crate::factory::temps::TemperatureHistory;
 use crate::factory::{Factory, FactoryError, JobAction, Submission};
-use crate::files::IngestError;
-use crate::model::{Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord};
-use crate::temps::TemperatureHistory;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -246,7 +246,7 @@ async fn require_auth(State(s): State<AppState>, req: Request, next: Next) -> Re
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    if !auth::allowed(record.role, req.method()) {
+    if !crate::http::policy::allowed(record.role, req.method()) {
         let role = format!("{:?}", record.role).to_lowercase();
         let what = if req.method() == Method::GET {
             "read this"
@@ -1102,7 +1102,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(Arc::new(api)))
         // The dashboard at `/`; everything else, `/api` included, stays a
         // JSON 404.
-        .merge(crate::web::router())
+        .merge(crate::http::web::router())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // Uploads stream to disk; the limit also bounds multipart overhead.

@@ -12,9 +12,9 @@ use anyhow::Context;
 use microfactory_machines::sim::{self, FirmwareKind, SimConfig, SimHandle};
 
 use crate::auth;
+use crate::cli::serve;
 use crate::config::{Config, MachineConfig};
-use crate::model::Role;
-use crate::serve;
+use crate::core::model::Role;
 use crate::store::Store;
 
 /// How much faster than real time the demo machines move and heat.

@@ -6,7 +6,7 @@ use microfactory_machines::driver::Firmware;
 use microfactory_machines::profile::MachineKind;
 
 use crate::config::Machine;
-use crate::model::{FileRecord, Kind};
+use crate::core::model::{FileRecord, Kind};
 
 /// What a job asks of a machine.
 #[derive(Debug, Clone, Default)]
