@@ -41,7 +41,6 @@ pub struct Running {
     pub factory: Arc<Factory>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -62,7 +61,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
     )
     .await
     .context("cannot open the factory")?;
-    let tasks = factory.run();
+    factory.run();
     let listener = TcpListener::bind(checked.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
@@ -84,7 +83,6 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         factory,
         server,
         stop,
-        tasks,
     })
 }
 
@@ -96,7 +94,7 @@ impl Running {
         let _ = self.stop.send(());
         // Open event streams never end on their own; do not wait forever.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.server).await;
-        self.factory.shutdown(self.tasks).await;
+        self.factory.shutdown().await;
     }
 }
 

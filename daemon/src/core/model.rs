@@ -198,25 +198,120 @@ pub struct Job {
     pub failure: Option<Failure>,
     /// Every state change, oldest first.
     pub history: Vec<Transition>,
+    /// The current or last attempt (0: never given to a machine).
+    #[serde(default)]
+    pub attempt: u32,
+    /// Why it is paused, while it is.
+    #[serde(default)]
+    pub pause: Option<PauseReason>,
 }
 
 impl Job {
-    /// Moves to `state`, recording why.
-    pub fn transition(&mut self, state: JobState, note: Option<String>) {
+    /// Moves to `state` at `now_ms`, recording why. A new attempt's start
+    /// sets `started_ms`; an end sets `ended_ms`.
+    pub fn transition(&mut self, state: JobState, note: Option<String>, now_ms: u64) {
         self.state = state;
-        let at_ms = now_ms();
         match state {
-            JobState::Running if self.started_ms.is_none() => self.started_ms = Some(at_ms),
-            s if s.is_final() => self.ended_ms = Some(at_ms),
+            JobState::Running if self.started_ms.is_none() => self.started_ms = Some(now_ms),
+            s if s.is_final() => self.ended_ms = Some(now_ms),
             _ => {}
         }
+        if state != JobState::Paused {
+            self.pause = None;
+        }
         self.history.push(Transition {
-            at_ms,
+            at_ms: now_ms,
             state,
             machine_id: self.assigned_machine.clone(),
             note,
         });
     }
+}
+
+/// Why a job is paused: metering tells an operator's pause from a tool
+/// change, and the dashboard says what to do before resuming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PauseReason {
+    /// The operator paused it.
+    Operator,
+    /// The program asks for a tool change (GRBL `M6`).
+    ToolChange {
+        /// The tool to load, when the program names it.
+        tool: Option<u32>,
+        /// Source line of the change.
+        line: u64,
+    },
+    /// The program or firmware paused (filament, `M0`).
+    Program {
+        /// The firmware's or program's words.
+        text: String,
+        /// Source line.
+        line: u64,
+    },
+}
+
+impl PauseReason {
+    /// Reads the driver's pause text: tool changes say "tool change" and
+    /// name the tool as `T<n>`.
+    pub fn from_driver(text: &str, line: u64) -> Self {
+        if text.starts_with("tool change") {
+            let tool = text
+                .rsplit_once('T')
+                .and_then(|(_, n)| n.trim().parse().ok());
+            Self::ToolChange { tool, line }
+        } else {
+            Self::Program {
+                text: text.to_string(),
+                line,
+            }
+        }
+    }
+}
+
+/// How one attempt of a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Every line acknowledged.
+    Completed,
+    /// The firmware refused or stopped it.
+    Failed,
+    /// Stopped by the operator.
+    Cancelled,
+    /// The link or the daemon went away.
+    Interrupted,
+}
+
+/// One run of a job on a machine: a requeue starts a new attempt, so each
+/// cycle time is one attempt's, never a span across runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    /// The job.
+    pub job_id: u64,
+    /// 1, 2, 3... per job.
+    pub n: u32,
+    /// Where it ran.
+    pub machine_id: String,
+    /// First source line streamed.
+    pub start_line: u64,
+    /// When the machine was given the job.
+    pub assigned_ms: u64,
+    /// First byte streamed.
+    pub started_ms: Option<u64>,
+    /// When it ended.
+    pub ended_ms: Option<u64>,
+    /// How it ended (none while it runs).
+    pub outcome: Option<AttemptOutcome>,
+    /// Why it did not complete.
+    pub failure: Option<Failure>,
+    /// Commands acknowledged.
+    pub lines_done: u64,
+    /// Source line of the last acknowledged command.
+    pub last_acked_line: u64,
+    /// The driver's link counters, when it reported them.
+    #[schema(value_type = Option<Object>)]
+    pub stats: Option<microfactory_machines::driver::StreamStats>,
 }
 
 /// Roles a token can carry.
@@ -264,8 +359,19 @@ pub struct TokenRecord {
 pub struct MachineRecord {
     /// Taken out of service for maintenance.
     pub disabled: bool,
-    /// Waiting for the operator to confirm the bed is clear.
-    pub awaiting_clear: bool,
+    /// Waiting for the operator (bed clearance, a look after an
+    /// interrupted, cancelled or failed job), and why.
+    #[serde(default)]
+    pub hold: Option<Hold>,
+}
+
+/// Why a machine waits for the operator before its next job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Why.
+    pub reason: crate::core::machine::StateReason,
+    /// The job that left it so.
+    pub job_id: Option<u64>,
 }
 
 /// What the API shows of a machine.
@@ -294,6 +400,16 @@ pub struct MachineView {
     /// One word for the dashboard: offline, idle, running, paused,
     /// awaiting_clear, error, disabled.
     pub state: String,
+    /// The state as the machine state log records it.
+    pub machine_state: crate::core::machine::MachineState,
+    /// Why, as a code.
+    pub reason: crate::core::machine::StateReason,
+    /// Why, in words ("" when there is nothing to say).
+    pub reason_text: String,
+    /// Since when (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// Why the running job is paused, if it is.
+    pub pause: Option<PauseReason>,
     /// The job it is running.
     pub job_id: Option<u64>,
     /// Connection, firmware, capabilities, temperatures, GRBL state and

@@ -23,7 +23,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth;
-use crate::core::model::{Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord};
+use crate::core::events::LogRecord;
+use crate::core::machine::StateChange;
+use crate::core::model::{
+    Attempt, Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord,
+};
 use crate::factory::files::IngestError;
 use crate::factory::temps::TemperatureHistory;
 use crate::factory::{Factory, FactoryError, JobAction, Submission};
@@ -998,37 +1002,74 @@ pub struct LogQuery {
     pub limit: Option<usize>,
 }
 
-/// One entry of the append-only event log.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LogEntry {
-    /// Increasing sequence number.
-    pub seq: u64,
-    /// What happened.
-    pub event: Event,
-}
-
-/// The append-only log of job transitions, oldest first: the audit trail
-/// that survives restarts (`GET /events` is live only).
+/// The durable domain log, oldest first: every change of a file, a job,
+/// an attempt and a machine's state, in commit order, surviving restarts
+/// (`GET /events` is live only). Read it by cursor: pass the last `seq`
+/// you handled as `after`.
 #[utoipa::path(get, path = "/api/v1/log", tag = "events", params(LogQuery),
-    responses((status = 200, body = Vec<LogEntry>), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = Vec<LogRecord>), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn event_log(
     State(s): State<AppState>,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Vec<LogEntry>>> {
+) -> ApiResult<Json<Vec<LogRecord>>> {
     let q =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let entries = s
         .factory
         .store()
-        .events_after(q.after.unwrap_or(0), q.limit.unwrap_or(100).min(1000))
+        .log_after(q.after.unwrap_or(0), q.limit.unwrap_or(100).min(1000))
         .map_err(FactoryError::Store)?;
-    Ok(Json(
-        entries
-            .into_iter()
-            .map(|(seq, event)| LogEntry { seq, event })
-            .collect(),
-    ))
+    Ok(Json(entries))
+}
+
+/// `GET /machines/{id}/states` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct StatesQuery {
+    /// From this time, ms since the Unix epoch (default 0).
+    pub from: Option<u64>,
+    /// Up to this time (default: now and on).
+    pub to: Option<u64>,
+}
+
+/// A machine's state log: each change with its reason and job, oldest
+/// first; the first entry is the state in force at `from`. The only
+/// source of time for metering.
+#[utoipa::path(get, path = "/api/v1/machines/{id}/states", tag = "machines",
+    params(("id" = String, Path, description = "Machine id"), StatesQuery),
+    responses((status = 200, body = Vec<StateChange>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn machine_states(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<StatesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<StateChange>>> {
+    let q =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let (from, to) = (q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
+    if from > to {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("from ({from}) is after to ({to})"),
+        ));
+    }
+    Ok(Json(s.factory.machine_states(&id, from, to)?))
+}
+
+/// A job's attempts: each run on a machine with its start, end, outcome,
+/// lines and the link's counters. A requeue starts a new attempt.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/attempts", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = Vec<Attempt>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn job_attempts(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Attempt>>> {
+    Ok(Json(s.factory.attempts(job_id(&id)?)?))
 }
 
 // ------------------------------------------------------------------ router
@@ -1037,7 +1078,7 @@ async fn event_log(
 #[openapi(
     info(title = "microfactoryd", description = "Job queue, machines and events of a microfactory."),
     modifiers(&BearerAuth),
-    components(schemas(ErrorBody, Event))
+    components(schemas(ErrorBody, Event, LogRecord))
 )]
 struct ApiDoc;
 
@@ -1081,6 +1122,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(machine_temperatures))
         .routes(routes!(events))
         .routes(routes!(event_log))
+        .routes(routes!(machine_states))
+        .routes(routes!(job_attempts))
         .routes(routes!(who_am_i))
         .layer(middleware::from_fn_with_state(state.clone(), require_auth));
     // Signing out needs a known caller but no particular role.

@@ -1,0 +1,109 @@
+//! Domain events: every change of a file, a job, an attempt or a machine's
+//! state is one of these, appended to the durable log in the same commit as
+//! the records it changes. Readers that must not miss anything (metering,
+//! the webhook outbox, MQTT) consume the log by cursor; the live broadcast
+//! may drop.
+//!
+//! The enum is tagged by `type` and only ever grows: a variant's fields
+//! keep their meaning, new fields get serde defaults. A record written by
+//! a newer daemon is refused when it is read (see the store), never
+//! guessed at.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::core::machine::{MachineState, StateReason};
+use crate::core::model::{AttemptOutcome, JobState, PauseReason};
+
+/// One thing that happened in the factory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DomainEvent {
+    /// A file was stored (first upload of this content).
+    FileAdded {
+        /// sha256.
+        file_id: String,
+        /// Name at upload.
+        name: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// A file was deleted.
+    FileDeleted {
+        /// sha256.
+        file_id: String,
+    },
+    /// A job entered the queue (submitted or requeued).
+    JobQueued {
+        /// Job.
+        job_id: u64,
+        /// Its file.
+        file_id: String,
+        /// First source line to stream.
+        start_line: u64,
+        /// Higher runs first.
+        priority: i32,
+        /// Why, in words.
+        note: Option<String>,
+    },
+    /// A queued job's place or priority changed.
+    JobReordered {
+        /// Job.
+        job_id: u64,
+        /// New queue position key.
+        seq: u64,
+        /// New priority.
+        priority: i32,
+    },
+    /// A job's state changed (assigned, running, paused, resumed, ended).
+    JobState {
+        /// Job.
+        job_id: u64,
+        /// New state.
+        state: JobState,
+        /// Machine involved.
+        machine_id: Option<String>,
+        /// Attempt number, from 1, once it has one.
+        attempt: u32,
+        /// Why it paused, when it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pause: Option<PauseReason>,
+        /// Why, in words.
+        note: Option<String>,
+    },
+    /// An attempt of a job ended (the attempt record has the details).
+    AttemptEnded {
+        /// Job.
+        job_id: u64,
+        /// Attempt number.
+        attempt: u32,
+        /// Machine.
+        machine_id: String,
+        /// How it ended.
+        outcome: AttemptOutcome,
+        /// Commands acknowledged in this attempt.
+        lines_done: u64,
+    },
+    /// A machine's state changed.
+    MachineState {
+        /// Machine.
+        machine_id: String,
+        /// New state.
+        state: MachineState,
+        /// Why.
+        reason: StateReason,
+        /// The job involved.
+        job_id: Option<u64>,
+    },
+}
+
+/// An event as the log holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogRecord {
+    /// Position in the log: 1, 2, 3... in commit order, never reused.
+    pub seq: u64,
+    /// Commit time, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub event: DomainEvent,
+}

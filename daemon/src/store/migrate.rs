@@ -1,0 +1,209 @@
+//! Bringing a store written by an older daemon up to this one's layout,
+//! once, when it opens; and refusing one written by a newer daemon.
+//!
+//! Schema 0 (the first daemon): plain JSON records, machine records with an
+//! `awaiting_clear` flag, a job-only event log in the `events` tree keyed
+//! by sled's global id generator, sessions as the bare token hash.
+//! Schema 1: every record versioned ([`super::codec`]), machine holds with
+//! a reason, the domain log in `log` with its own sequence, attempts and
+//! machine states in tables of their own.
+
+use serde::Deserialize;
+use sled::transaction::ConflictableTransactionError;
+
+use super::codec::{Layout, decode_legacy, encode, layout, show_key};
+use super::{LOG_SEQ, SCHEMA, SCHEMA_VERSION, StoreError, Trees, read_u64};
+use crate::core::events::{DomainEvent, LogRecord};
+use crate::core::machine::StateReason;
+use crate::core::model::{FileRecord, Hold, Job, JobState, MachineRecord, TokenRecord};
+
+/// A machine record of schema 0.
+#[derive(Debug, Deserialize)]
+struct MachineV0 {
+    disabled: bool,
+    awaiting_clear: bool,
+}
+
+/// An event log entry of schema 0 (only job transitions were logged).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum EventV0 {
+    Job {
+        job_id: u64,
+        state: JobState,
+        machine_id: Option<String>,
+        note: Option<String>,
+    },
+    #[serde(other)]
+    Other,
+}
+
+/// Checks the schema and migrates an older store; refuses a newer one.
+pub(super) fn run(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
+    let schema = t.meta.get(SCHEMA)?.map(|v| read_u64(Some(v)));
+    match schema {
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(StoreError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Some(_) => {}
+        None => {
+            let old_events = db.open_tree("events")?;
+            to_v1(t, &old_events)?;
+            t.meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            db.flush()?;
+        }
+    }
+    // Left behind if a crash came between the migration and the drop.
+    if db.tree_names().iter().any(|n| n.as_ref() == b"events") {
+        db.drop_tree("events")?;
+    }
+    refuse_newer(t)
+}
+
+/// Every record must be in a layout this daemon reads: one written by a
+/// newer daemon is refused now, not misread later.
+fn refuse_newer(t: &Trees) -> Result<(), StoreError> {
+    let tables = [
+        (&t.files, "files"),
+        (&t.jobs, "jobs"),
+        (&t.attempts, "attempts"),
+        (&t.machines, "machines"),
+        (&t.states, "machine_states"),
+        (&t.tokens, "tokens"),
+        (&t.sessions, "sessions"),
+        (&t.log, "log"),
+    ];
+    for (tree, table) in tables {
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            match layout(&v) {
+                Layout::Current => {}
+                Layout::Newer(version) => {
+                    return Err(StoreError::Newer {
+                        table,
+                        key: show_key(&k),
+                        version,
+                    });
+                }
+                Layout::Legacy | Layout::Unknown => {
+                    return Err(StoreError::Unreadable {
+                        table,
+                        key: show_key(&k),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-encodes every record of schema 0, in one transaction: a crash in
+/// the middle leaves the old store as it was, and the next start migrates
+/// again.
+fn to_v1(t: &Trees, old_events: &sled::Tree) -> Result<(), StoreError> {
+    let files = legacy::<FileRecord>(&t.files, "files")?;
+    let jobs = legacy::<Job>(&t.jobs, "jobs")?;
+    let tokens = legacy::<TokenRecord>(&t.tokens, "tokens")?;
+    let machines: Vec<(sled::IVec, MachineRecord)> = legacy::<MachineV0>(&t.machines, "machines")?
+        .into_iter()
+        .map(|(k, m)| {
+            let hold = m.awaiting_clear.then_some(Hold {
+                reason: StateReason::BedClear,
+                job_id: None,
+            });
+            (
+                k,
+                MachineRecord {
+                    disabled: m.disabled,
+                    hold,
+                },
+            )
+        })
+        .collect();
+    let mut sessions = Vec::new();
+    for kv in t.sessions.iter() {
+        let (k, v) = kv?;
+        if layout(&v) == Layout::Legacy {
+            sessions.push((k, String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
+    // The old log had no times; entries keep their order.
+    let mut log = Vec::new();
+    for kv in old_events.iter() {
+        let (k, v) = kv?;
+        if let EventV0::Job {
+            job_id,
+            state,
+            machine_id,
+            note,
+        } = decode_legacy::<EventV0>("events", &k, &v)?
+        {
+            log.push(DomainEvent::JobState {
+                job_id,
+                state,
+                machine_id,
+                attempt: 0,
+                pause: None,
+                note,
+            });
+        }
+    }
+    let trees = [
+        &t.files,
+        &t.jobs,
+        &t.tokens,
+        &t.machines,
+        &t.sessions,
+        &t.log,
+        &t.meta,
+    ];
+    sled::Transactional::<StoreError>::transaction(&trees[..], |tx| {
+        let abort = ConflictableTransactionError::Abort;
+        for (k, f) in &files {
+            tx[0].insert(k, encode("files", f).map_err(abort)?)?;
+        }
+        for (k, j) in &jobs {
+            tx[1].insert(k, encode("jobs", j).map_err(abort)?)?;
+        }
+        for (k, tok) in &tokens {
+            tx[2].insert(k, encode("tokens", tok).map_err(abort)?)?;
+        }
+        for (k, m) in &machines {
+            tx[3].insert(k, encode("machines", m).map_err(abort)?)?;
+        }
+        for (k, s) in &sessions {
+            tx[4].insert(k, encode("sessions", s).map_err(abort)?)?;
+        }
+        let mut seq = read_u64(tx[6].get(LOG_SEQ)?);
+        for event in &log {
+            seq += 1;
+            let rec = LogRecord {
+                seq,
+                at_ms: 0,
+                event: event.clone(),
+            };
+            tx[5].insert(&seq.to_be_bytes(), encode("log", &rec).map_err(abort)?)?;
+        }
+        tx[6].insert(LOG_SEQ, &seq.to_be_bytes())?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// The records of a table still in schema 0's plain JSON.
+fn legacy<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    table: &'static str,
+) -> Result<Vec<(sled::IVec, T)>, StoreError> {
+    let mut out = Vec::new();
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        if layout(&v) == Layout::Legacy {
+            out.push((k.clone(), decode_legacy(table, &k, &v)?));
+        }
+    }
+    Ok(out)
+}
