@@ -105,12 +105,36 @@ export function machineStateLabel(m) {
   switch (m.state) {
     case 'idle': return 'Idle';
     case 'running': return m.kind === 'mill' ? 'Milling' : 'Printing';
-    case 'paused': return 'Paused';
-    case 'awaiting_clear': return 'Waiting for bed clearance';
+    case 'paused': return pauseLabel(m.pause);
+    case 'awaiting_clear': return awaitingLabel(m);
     case 'error': return 'Error';
     case 'offline': return 'Offline';
     case 'disabled': return 'Disabled';
     default: return m.state;
+  }
+}
+
+/** Why a job is paused, and what to do before resuming. */
+function pauseLabel(p) {
+  if (!p) return 'Paused';
+  switch (p.kind) {
+    case 'tool_change':
+      return p.tool != null
+        ? `Paused: load tool T${String(p.tool).padStart(2, '0')}, zero Z, then resume`
+        : 'Paused for a tool change: change the tool, zero Z, then resume';
+    case 'program': return `Paused by the program: ${p.text}`;
+    default: return 'Paused';
+  }
+}
+
+/** What the machine waits for (the daemon's reason code). */
+function awaitingLabel(m) {
+  switch (m.reason) {
+    case 'interrupted': return 'Job interrupted: clear the bed, or restart it from a line';
+    case 'cancelled': return 'Job cancelled: clear the bed';
+    case 'failed': return 'Job failed: check the machine, clear the bed';
+    case 'halted': return 'Halted: check the machine, then confirm';
+    default: return 'Waiting for bed clearance';
   }
 }
 

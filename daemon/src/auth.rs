@@ -1,7 +1,8 @@
 //! Bearer tokens and roles. Tokens are random, shown once, and stored only
 //! as their sha256, so a copy of the data directory does not leak them.
 
-use crate::core::model::{Role, TokenRecord, now_ms};
+use crate::clock::now_ms;
+use crate::core::model::{Role, TokenRecord};
 use crate::factory::files::sha256_hex;
 use crate::store::{Store, StoreError};
 

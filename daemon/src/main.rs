@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod auth;
 mod cli;
+mod clock;
 mod config;
 mod core;
 mod factory;

@@ -256,8 +256,16 @@ async fn sigterm_interrupts_at_a_safe_line_and_the_job_restarts_there() {
     assert_eq!(&ran[..before.len()], &before[..]);
     let executed_before = ran.len();
 
+    // The printer holds the half-made part: nothing starts on it until
+    // the operator says so.
+    let (_, m) = f.get("/machines/mk3-a").await.unwrap();
+    assert_eq!(m["machine_state"], "awaiting_operator", "{m}");
+    assert_eq!(m["reason"], "interrupted", "{m}");
+
     // Restart after that line: heats, homes X/Y only, sets Z and E, and
-    // the rest of the file follows.
+    // the rest of the file follows, once the operator confirms.
+    let (s, m) = f.post("/machines/mk3-a/clear", json!({})).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{m}");
     let (s, j) = f
         .post(
             &format!("/jobs/{job}/requeue"),

@@ -896,6 +896,16 @@ impl Core {
     pub fn link(&mut self, i: usize, link: LinkState, busy: bool, now: u64) -> Batch {
         let mut b = Batch::default();
         let m = &mut self.machines[i];
+        // A halt (emergency stop, alarm, kill) leaves the machine for a
+        // person even once the firmware is back: whatever was on the bed
+        // or in the spindle is in an unknown state.
+        if link == LinkState::Faulted && m.link != LinkState::Faulted && m.record.hold.is_none() {
+            m.record.hold = Some(Hold {
+                reason: StateReason::Halted,
+                job_id: m.job,
+            });
+            b.machines.push((m.id().to_string(), m.record.clone()));
+        }
         m.link = link;
         m.link_busy = busy;
         self.refresh(now, &mut b);

@@ -67,6 +67,9 @@ pub enum StateReason {
     Cancelled,
     /// A job failed: the firmware refused or stopped it.
     Failed,
+    /// The firmware halted (emergency stop, alarm, kill) and is back: a
+    /// person looks before the next job starts.
+    Halted,
     /// Paused by the operator.
     OperatorPause,
     /// Paused for a tool change.
@@ -88,6 +91,9 @@ impl StateReason {
             Self::Interrupted => "a job was interrupted; clear the bed or restart it from a line",
             Self::Cancelled => "a job was cancelled; clear the bed",
             Self::Failed => "a job failed; check the machine and clear the bed",
+            Self::Halted => {
+                "the machine halted (emergency stop, alarm or kill); check it, then confirm"
+            }
             Self::OperatorPause => "paused by the operator",
             Self::ToolChange => "paused for a tool change",
             Self::ProgramPause => "paused by the program",

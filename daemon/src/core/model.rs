@@ -8,14 +8,6 @@ use microfactory_protocol::preflight::PreflightReport;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Milliseconds since the Unix epoch; what every timestamp is.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// An uploaded G-code program, stored once per content.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FileRecord {

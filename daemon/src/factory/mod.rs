@@ -32,13 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::clock::now_ms;
 use crate::config::Machine;
 use crate::core::events::LogRecord;
 use crate::core::factory::{Core, CoreError, MachineSeed};
 use crate::core::machine::{LinkState, StateChange};
-use crate::core::model::{
-    Attempt, Event, FileRecord, Job, JobState, MachineView, PauseReason, now_ms,
-};
+use crate::core::model::{Attempt, Event, FileRecord, Job, JobState, MachineView, PauseReason};
 use crate::core::routing::{self, Requirements};
 use crate::store::{Batch, Store, StoreError};
 use files::{IngestError, Upload};
@@ -1148,3 +1147,6 @@ fn job_event(j: &Job) -> Event {
         note: j.history.last().and_then(|t| t.note.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -249,6 +249,27 @@ fn recovery_interrupts_active_jobs_and_holds_their_machines() {
 }
 
 #[test]
+fn a_machine_that_halted_waits_for_the_operator_once_it_is_back() {
+    let f = file();
+    let files = |_: &str| Some(Arc::clone(&f));
+    let mut c = core(&[("m", false)]);
+    c.link(0, LinkState::Faulted, false, 5);
+    assert_eq!(c.machines()[0].state.0, MachineState::UnplannedDown);
+    c.link(0, LinkState::Online, false, 6);
+    assert_eq!(
+        (c.machines()[0].state.0, c.machines()[0].state.1),
+        (MachineState::AwaitingOperator, StateReason::Halted)
+    );
+    submit(&mut c, &f, 1, 7);
+    assert!(
+        c.schedule(&files, 8).0.is_empty(),
+        "no job starts on a halted machine"
+    );
+    c.set_machine(0, Some(true), None, 9);
+    assert_eq!(c.schedule(&files, 10).0.len(), 1);
+}
+
+#[test]
 fn a_queued_job_whose_file_is_gone_fails_with_that_reason() {
     let f = file();
     let mut c = core(&[("p", false)]);

@@ -1,0 +1,158 @@
+//! The seam: the factory runs a machine it knows only as a
+//! [`MachineLink`], here a scripted one that is not a serial port.
+
+use std::sync::Arc;
+
+use microfactory_machines::driver::{
+    Connection, DriverError, DriverEvent, JobOutcome, JobSpec, MachineStatus, SerialLine,
+    StreamStats,
+};
+use microfactory_machines::profile::Profile;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::link::{BoxFuture, Command, MachineLink};
+use super::*;
+use crate::config::MachineConfig;
+use crate::core::events::DomainEvent;
+use crate::core::machine::MachineState;
+use crate::core::model::AttemptOutcome;
+
+/// A machine that is online at once, takes any job, and ends it when the
+/// test says so.
+#[derive(Debug)]
+struct ScriptedLink {
+    status: watch::Sender<MachineStatus>,
+    events: broadcast::Sender<DriverEvent>,
+    started: mpsc::UnboundedSender<JobSpec>,
+}
+
+impl MachineLink for ScriptedLink {
+    fn status(&self) -> watch::Receiver<MachineStatus> {
+        self.status.subscribe()
+    }
+    fn events(&self) -> broadcast::Receiver<DriverEvent> {
+        self.events.subscribe()
+    }
+    fn serial_log(&self) -> Vec<SerialLine> {
+        Vec::new()
+    }
+    fn command(&self, c: Command) -> BoxFuture<'_, Result<Vec<String>, DriverError>> {
+        Box::pin(async move {
+            match c {
+                Command::Start(spec) => {
+                    let _ = self.started.send(spec);
+                    Ok(Vec::new())
+                }
+                _ => Err(DriverError::Invalid("not scripted".into())),
+            }
+        })
+    }
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn machine(id: &str) -> Machine {
+    Machine {
+        config: MachineConfig {
+            id: id.into(),
+            name: None,
+            profile: "prusa-mk3s".into(),
+            port: "/dev/null".into(),
+            baud: None,
+            tags: vec![],
+            require_bed_clear: false,
+            flow: None,
+        },
+        profile: Profile::builtin("prusa-mk3s").expect("profile"),
+    }
+}
+
+#[tokio::test]
+async fn a_machine_behind_any_link_runs_jobs_and_records_its_states_and_attempts() {
+    let dir = std::env::temp_dir().join(format!("mfd-factory-link-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir).expect("store");
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let link = Arc::new(ScriptedLink {
+        status: watch::Sender::new(MachineStatus {
+            connection: Connection::Online,
+            ..MachineStatus::default()
+        }),
+        events: broadcast::channel(16).0,
+        started: started_tx,
+    });
+    let f = Factory::with_links(
+        store.clone(),
+        vec![(machine("net-1"), Arc::clone(&link) as Arc<dyn MachineLink>)],
+        1 << 20,
+        100,
+    )
+    .await
+    .expect("factory");
+    let mut live = f.subscribe();
+    f.run();
+    let mut up = f.upload().expect("upload");
+    up.push(b"G28\nG1 Z0.2 F3000\nG1 X10 Y10 E1 F1500\n")
+        .expect("push");
+    let (file, _) = f.add_file(up, "part.gcode".into()).await.expect("add");
+    let jobs = f
+        .submit(Submission {
+            file_id: file.id.clone(),
+            ..Submission::default()
+        })
+        .await
+        .expect("submit");
+    let spec = started.recv().await.expect("the link was asked to start");
+    assert_eq!(spec.id, jobs[0].id.to_string());
+    let stats = StreamStats {
+        lines: 3,
+        ..StreamStats::default()
+    };
+    link.events
+        .send(DriverEvent::JobEnded {
+            job_id: spec.id.clone(),
+            outcome: JobOutcome::Completed,
+            stats,
+        })
+        .expect("send");
+    loop {
+        match live.recv().await.expect("live events") {
+            Event::Job {
+                job_id,
+                state: JobState::Completed,
+                ..
+            } if job_id == jobs[0].id => break,
+            _ => {}
+        }
+    }
+    let attempts = f.attempts(jobs[0].id).expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, Some(AttemptOutcome::Completed));
+    assert_eq!(attempts[0].stats.map(|s| s.lines), Some(3));
+    let states: Vec<MachineState> = f
+        .machine_states("net-1", 0, u64::MAX)
+        .expect("states")
+        .iter()
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            MachineState::Offline,
+            MachineState::Idle,
+            MachineState::Producing,
+            MachineState::Idle
+        ]
+    );
+    let log = store.log_after(0, 100).expect("log");
+    assert!(log.iter().any(|r| matches!(
+        r.event,
+        DomainEvent::AttemptEnded {
+            outcome: AttemptOutcome::Completed,
+            ..
+        }
+    )));
+    f.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
