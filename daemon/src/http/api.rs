@@ -70,6 +70,12 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// Status, code and message, for routes that must answer in another
+    /// API's error shape (`http::octoprint`).
+    pub(crate) fn into_parts(self) -> (StatusCode, &'static str, String) {
+        (self.status, self.code, self.message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -426,7 +432,7 @@ pub struct FileView {
     pub machines: Vec<Fit>,
 }
 
-fn file_view(f: &Factory, file: FileRecord) -> FileView {
+pub(crate) fn file_view(f: &Factory, file: FileRecord) -> FileView {
     let plain = f.file_fit(&file, false);
     let expanded = f.file_fit(&file, true);
     let machines = plain
@@ -1120,6 +1126,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sign_in))
         .merge(protected)
         .merge(signed_in)
+        // Slicers' "send to printer": OctoPrint's paths, outside /api/v1.
+        .merge(crate::http::octoprint::router(state.clone()))
         .split_for_parts();
     router
         .layer(axum::Extension(Arc::new(api)))
