@@ -55,7 +55,10 @@ fn expect_octoprint_error(
         .and_then(|b| b["error"].as_str())
         .unwrap_or_else(|| panic!("{what}: {status} without OctoPrint's error shape: {body:?}"));
     for n in needles {
-        assert!(msg.contains(n), "{what}: message does not name '{n}': {msg}");
+        assert!(
+            msg.contains(n),
+            "{what}: message does not name '{n}': {msg}"
+        );
     }
 }
 

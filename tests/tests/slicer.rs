@@ -96,9 +96,9 @@ struct Answer {
 impl Answer {
     /// The sentence of an OctoPrint-shaped error, checked to be one.
     fn error(&self) -> &str {
-        let msg = self.body["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{}: not {{\"error\": \"...\"}}: {}", self.status, self.body));
+        let msg = self.body["error"].as_str().unwrap_or_else(|| {
+            panic!("{}: not {{\"error\": \"...\"}}: {}", self.status, self.body)
+        });
         assert!(
             msg.starts_with(char::is_uppercase) && msg.ends_with('.'),
             "not a sentence: {msg}"
@@ -107,7 +107,13 @@ impl Answer {
     }
 }
 
-async fn send(f: &Factory, method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+async fn send(
+    f: &Factory,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Answer {
     let mut req = f.http.request(method, format!("{}{path}", f.base));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -120,7 +126,10 @@ async fn send(f: &Factory, method: Method, path: &str, headers: &[(&str, &str)],
         Value::Null
     } else {
         serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            panic!("{status}: not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+            panic!(
+                "{status}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
         })
     };
     Answer {
@@ -136,7 +145,11 @@ async fn prusaslicer_version(f: &Factory, key: &str) -> Answer {
         f,
         Method::GET,
         "/api/version",
-        &[("User-Agent", "PrusaSlicer/2.8.1"), ("Accept", "*/*"), ("X-Api-Key", key)],
+        &[
+            ("User-Agent", "PrusaSlicer/2.8.1"),
+            ("Accept", "*/*"),
+            ("X-Api-Key", key),
+        ],
         vec![],
     )
     .await
@@ -144,7 +157,14 @@ async fn prusaslicer_version(f: &Factory, key: &str) -> Answer {
 
 /// PrusaSlicer's upload, as libcurl's mime API sends it: `print`, then
 /// `path` (the folder typed in the dialog, usually empty), then the file.
-async fn prusaslicer_upload(f: &Factory, key: &str, print: bool, path: &str, name: &str, gcode: &[u8]) -> Answer {
+async fn prusaslicer_upload(
+    f: &Factory,
+    key: &str,
+    print: bool,
+    path: &str,
+    name: &str,
+    gcode: &[u8],
+) -> Answer {
     let boundary = "------------------------d74496d66958873e";
     let body = multipart(
         boundary,
@@ -179,7 +199,14 @@ async fn prusaslicer_upload(f: &Factory, key: &str, print: bool, path: &str, nam
 /// Cura's OctoPrint plugin's upload, as Qt's QHttpMultiPart sends it: a
 /// quoted boundary, `path` first, then the file, then `select` and
 /// `print` (only when printing right away).
-async fn cura_upload(f: &Factory, key: &str, print: bool, path: &str, name: &str, gcode: &[u8]) -> Answer {
+async fn cura_upload(
+    f: &Factory,
+    key: &str,
+    print: bool,
+    path: &str,
+    name: &str,
+    gcode: &[u8],
+) -> Answer {
     let boundary = "boundary_.oOo._MTY4NzQ0NTk4Mw==MjA0Njk2Nzg2";
     let mut parts = vec![
         Part {
@@ -225,7 +252,10 @@ async fn cura_get(f: &Factory, key: &str, what: &str) -> Answer {
         f,
         Method::GET,
         &format!("/api/{what}"),
-        &[("User-Agent", "Cura/5.7.2 OctoPrintPlugin/3.7.3"), ("X-Api-Key", key)],
+        &[
+            ("User-Agent", "Cura/5.7.2 OctoPrintPlugin/3.7.3"),
+            ("X-Api-Key", key),
+        ],
         vec![],
     )
     .await
@@ -248,7 +278,15 @@ async fn prusaslicer_upload_and_print_ends_with_the_job_completed_on_a_simulated
     // A real PrusaSlicer file, under a name with spaces and non-ASCII
     // letters, in no folder.
     let source = data("bracket_petg.gcode");
-    let up = prusaslicer_upload(&f, &key, true, "", PEOPLES_NAME, &std::fs::read(&source).unwrap()).await;
+    let up = prusaslicer_upload(
+        &f,
+        &key,
+        true,
+        "",
+        PEOPLES_NAME,
+        &std::fs::read(&source).unwrap(),
+    )
+    .await;
     assert_eq!(up.status, StatusCode::CREATED, "{}", up.body);
     assert_eq!(up.body["done"], true);
     assert_eq!(up.body["effectivePrint"], true);
@@ -264,7 +302,10 @@ async fn prusaslicer_upload_and_print_ends_with_the_job_completed_on_a_simulated
     );
     // Analysed like any upload: PrusaSlicer's metadata is read.
     let file = &up.body["microfactory"]["file"];
-    assert!(file["analysis"]["estimated_seconds"].as_f64().unwrap() > 60.0, "{file}");
+    assert!(
+        file["analysis"]["estimated_seconds"].as_f64().unwrap() > 60.0,
+        "{file}"
+    );
     let jobs = up.body["microfactory"]["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{}", up.body);
     assert_eq!(jobs[0]["name"], PEOPLES_NAME);
@@ -276,11 +317,20 @@ async fn prusaslicer_upload_and_print_ends_with_the_job_completed_on_a_simulated
         .await
         .unwrap();
     assert_eq!(ended[0]["state"], "completed", "{}", ended[0]);
-    assert_eq!(ended[0]["assigned_machine"], "p1", "only the printer extrudes");
+    assert_eq!(
+        ended[0]["assigned_machine"], "p1",
+        "only the printer extrudes"
+    );
     let (done, sliced) = (executed(&f.sim("p1").log), source_commands(&source));
     assert_eq!(done.len(), sliced.len(), "line count");
-    assert!(done == sliced, "the printer's log differs from the file as sliced");
-    assert!(executed(&f.sim("m1").log).is_empty(), "the mill ran nothing");
+    assert!(
+        done == sliced,
+        "the printer's log differs from the file as sliced"
+    );
+    assert!(
+        executed(&f.sim("m1").log).is_empty(),
+        "the mill ran nothing"
+    );
 
     // Cura's monitor view of the finished farm.
     let job = cura_get(&f, &key, "job").await;
@@ -299,21 +349,44 @@ async fn cura_stores_a_file_in_a_folder_then_prints_it_and_reads_its_monitor_rou
     let settings = cura_get(&f, &key, "settings").await;
     assert_eq!(settings.status, StatusCode::OK, "{}", settings.body);
     assert_eq!(settings.body["feature"]["sdSupport"], false);
-    assert!(settings.body["webcam"].get("streamUrl").is_none(), "no webcam to show");
+    assert!(
+        settings.body["webcam"].get("streamUrl").is_none(),
+        "no webcam to show"
+    );
     let printer = cura_get(&f, &key, "printer").await;
     assert_eq!(printer.status, StatusCode::OK, "{}", printer.body);
     let flags = &printer.body["state"]["flags"];
-    for flag in ["error", "closedOrError", "paused", "pausing", "printing", "cancelling", "ready", "operational"] {
+    for flag in [
+        "error",
+        "closedOrError",
+        "paused",
+        "pausing",
+        "printing",
+        "cancelling",
+        "ready",
+        "operational",
+    ] {
         assert!(flags[flag].is_boolean(), "flag {flag} missing: {flags}");
     }
     assert_eq!(flags["ready"], true, "Cura prints only to a ready printer");
     assert_eq!(flags["printing"], false);
     let text = printer.body["state"]["text"].as_str().unwrap();
-    assert!(text.contains("2 machines") && text.contains("0 jobs queued"), "{text}");
+    assert!(
+        text.contains("2 machines") && text.contains("0 jobs queued"),
+        "{text}"
+    );
 
     // "Upload" without printing, into a folder typed in the dialog: stored,
     // analysed, not queued; the folder is a label in the name.
-    let up = cura_upload(&f, &key, false, "customer 42/brackets", PEOPLES_NAME, PRINT.as_bytes()).await;
+    let up = cura_upload(
+        &f,
+        &key,
+        false,
+        "customer 42/brackets",
+        PEOPLES_NAME,
+        PRINT.as_bytes(),
+    )
+    .await;
     assert_eq!(up.status, StatusCode::CREATED, "{}", up.body);
     assert_eq!(up.body["effectivePrint"], false);
     let path = format!("customer 42/brackets/{PEOPLES_NAME}");
@@ -327,7 +400,10 @@ async fn cura_stores_a_file_in_a_folder_then_prints_it_and_reads_its_monitor_rou
         "Cura reads the file's path from Location: {:?}",
         up.headers["location"]
     );
-    let file_id = up.body["microfactory"]["file"]["id"].as_str().unwrap().to_string();
+    let file_id = up.body["microfactory"]["file"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (s, files) = f.get("/files").await.unwrap();
     assert_eq!(s, StatusCode::OK);
     let stored = files
@@ -339,13 +415,26 @@ async fn cura_stores_a_file_in_a_folder_then_prints_it_and_reads_its_monitor_rou
     assert_eq!(stored["name"], path.as_str());
     assert_eq!(stored["analysis"]["commands"], 4, "{stored}");
     let (_, queued) = f.get("/jobs").await.unwrap();
-    assert_eq!(queued.as_array().unwrap().len(), 0, "print=false queues nothing: {queued}");
+    assert_eq!(
+        queued.as_array().unwrap().len(),
+        0,
+        "print=false queues nothing: {queued}"
+    );
 
     // "Print": the same content with select and print after the file.
     let up = cura_upload(&f, &key, true, "", "hook.gcode", PRINT.as_bytes()).await;
-    assert_eq!(up.status, StatusCode::CREATED, "a job was made: {}", up.body);
+    assert_eq!(
+        up.status,
+        StatusCode::CREATED,
+        "a job was made: {}",
+        up.body
+    );
     assert_eq!(up.body["effectivePrint"], true);
-    assert_eq!(up.body["microfactory"]["file"]["id"], file_id.as_str(), "same content, same file");
+    assert_eq!(
+        up.body["microfactory"]["file"]["id"],
+        file_id.as_str(),
+        "same content, same file"
+    );
     let id = up.body["microfactory"]["jobs"][0]["id"].as_u64().unwrap();
     let ended = f
         .wait_ended(&mut events, &[id], Duration::from_secs(120))
@@ -364,14 +453,26 @@ async fn wrong_keys_unrunnable_files_and_bad_forms_are_refused_with_a_sentence()
     // this daemon never issued.
     let a = send(&f, Method::GET, "/api/version", &[], vec![]).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    assert!(a.error().contains("X-Api-Key") && a.error().contains("token create"), "{}", a.error());
+    assert!(
+        a.error().contains("X-Api-Key") && a.error().contains("token create"),
+        "{}",
+        a.error()
+    );
     let a = prusaslicer_version(&f, "").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.error().contains("No API key"), "{}", a.error());
     let a = prusaslicer_version(&f, "mfd_0000not0a0real0key").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.error().contains("not known"), "{}", a.error());
-    let a = prusaslicer_upload(&f, "mfd_0000not0a0real0key", true, "", "x.gcode", PRINT.as_bytes()).await;
+    let a = prusaslicer_upload(
+        &f,
+        "mfd_0000not0a0real0key",
+        true,
+        "",
+        "x.gcode",
+        PRINT.as_bytes(),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     assert!(a.error().contains("not known"), "{}", a.error());
 
@@ -380,7 +481,11 @@ async fn wrong_keys_unrunnable_files_and_bad_forms_are_refused_with_a_sentence()
     assert_eq!(cura_get(&f, &f.viewer, "job").await.status, StatusCode::OK);
     let a = prusaslicer_upload(&f, &f.viewer, false, "", "x.gcode", PRINT.as_bytes()).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert!(a.error().contains("viewer") && a.error().contains("slicer"), "{}", a.error());
+    assert!(
+        a.error().contains("viewer") && a.error().contains("slicer"),
+        "{}",
+        a.error()
+    );
     let (s, v) = f
         .send(f.request(Method::POST, "/machines/p1/estop"), Some(&key))
         .await
@@ -388,14 +493,24 @@ async fn wrong_keys_unrunnable_files_and_bad_forms_are_refused_with_a_sentence()
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
 
     // OctoPrint's ?apikey= works too.
-    let a = send(&f, Method::GET, &format!("/api/version?apikey={key}"), &[], vec![]).await;
+    let a = send(
+        &f,
+        Method::GET,
+        &format!("/api/version?apikey={key}"),
+        &[],
+        vec![],
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 
     // No machine can run it: refused with every machine's reason, not kept.
     let a = prusaslicer_upload(&f, &key, true, "", "wide.gcode", TOO_WIDE.as_bytes()).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     let msg = a.error();
-    assert!(msg.starts_with("No machine in this factory can run wide.gcode"), "{msg}");
+    assert!(
+        msg.starts_with("No machine in this factory can run wide.gcode"),
+        "{msg}"
+    );
     assert!(msg.contains("p1: the program spans 400.0"), "{msg}");
     assert!(msg.contains("m1: the program extrudes filament"), "{msg}");
     let (_, files) = f.get("/files").await.unwrap();
@@ -409,18 +524,36 @@ async fn wrong_keys_unrunnable_files_and_bad_forms_are_refused_with_a_sentence()
     // Binary G-code, a folder that climbs, a print that is neither, no file.
     let a = prusaslicer_upload(&f, &key, false, "", "hook.bgcode", b"GCDE\x01\x00\x00\x00").await;
     assert_eq!(a.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert!(a.error().contains("Supports binary G-code"), "{}", a.error());
+    assert!(
+        a.error().contains("Supports binary G-code"),
+        "{}",
+        a.error()
+    );
     let a = prusaslicer_upload(&f, &key, false, "../../etc", "x.gcode", PRINT.as_bytes()).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.error().contains("'..'"), "{}", a.error());
     let boundary = "xyz";
     let body = multipart(boundary, &[Part::text("print", "maybe")]);
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let a = send(&f, Method::POST, "/api/files/local", &[("X-Api-Key", &key), ("Content-Type", &ct)], body).await;
+    let a = send(
+        &f,
+        Method::POST,
+        "/api/files/local",
+        &[("X-Api-Key", &key), ("Content-Type", &ct)],
+        body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.error().contains("'maybe'"), "{}", a.error());
     let body = multipart(boundary, &[Part::text("print", "true")]);
-    let a = send(&f, Method::POST, "/api/files/local", &[("X-Api-Key", &key), ("Content-Type", &ct)], body).await;
+    let a = send(
+        &f,
+        Method::POST,
+        "/api/files/local",
+        &[("X-Api-Key", &key), ("Content-Type", &ct)],
+        body,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     assert!(a.error().contains("no field named 'file'"), "{}", a.error());
     let a = send(

@@ -19,11 +19,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::Json;
 use axum::extract::{Multipart, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -317,7 +317,9 @@ async fn small_field(
         if buf.len() > MAX_SMALL_FIELD {
             return Err(OctoError::new(
                 StatusCode::BAD_REQUEST,
-                format!("the form field '{name}' is longer than {MAX_SMALL_FIELD} bytes; it should be a word or a folder name"),
+                format!(
+                    "the form field '{name}' is longer than {MAX_SMALL_FIELD} bytes; it should be a word or a folder name"
+                ),
             ));
         }
     }
@@ -436,7 +438,9 @@ async fn upload(
                     .map_err(|e| binary_gcode_hint(e, &name))?;
                 received = Some((name, up));
             }
-            Some("print") => print = yes_no("print", &small_field(&mut field, "print", limit).await?)?,
+            Some("print") => {
+                print = yes_no("print", &small_field(&mut field, "print", limit).await?)?
+            }
             Some("select") => {
                 yes_no("select", &small_field(&mut field, "select", limit).await?)?;
             }
@@ -874,7 +878,10 @@ mod tests {
         assert_eq!(folder_label("").ok().flatten(), None);
         assert_eq!(folder_label(" / ./ ").ok().flatten(), None);
         assert_eq!(
-            folder_label("/customer 42\\brackets/").ok().flatten().as_deref(),
+            folder_label("/customer 42\\brackets/")
+                .ok()
+                .flatten()
+                .as_deref(),
             Some("customer 42/brackets")
         );
         assert_eq!(
