@@ -73,7 +73,8 @@ struct TokenArgs {
     /// The daemon's configuration (for its data directory).
     #[arg(long)]
     config: PathBuf,
-    /// operator (everything) or viewer (read-only).
+    /// operator (everything), viewer (read-only) or slicer (OctoPrint
+    /// upload and status only: the key a slicer keeps in its settings).
     #[arg(long)]
     role: model::Role,
     /// Who the token is for.

@@ -318,6 +318,11 @@ pub enum Role {
     Storefront,
     /// Reserved for machines reporting over the network.
     Machine,
+    /// A slicer's "send to printer": the OctoPrint-compatible upload and
+    /// status routes only (`http::octoprint`), nothing under `/api/v1`.
+    /// Its key sits in plain text in the slicer's settings, so it can
+    /// queue work but never stop, delete or command anything.
+    Slicer,
 }
 
 impl std::str::FromStr for Role {
@@ -328,8 +333,9 @@ impl std::str::FromStr for Role {
             "viewer" => Ok(Self::Viewer),
             "storefront" => Ok(Self::Storefront),
             "machine" => Ok(Self::Machine),
+            "slicer" => Ok(Self::Slicer),
             _ => Err(format!(
-                "unknown role '{s}' (expected operator, viewer, storefront or machine)"
+                "unknown role '{s}' (expected operator, viewer, slicer, storefront or machine)"
             )),
         }
     }

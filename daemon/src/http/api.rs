@@ -28,7 +28,7 @@ use crate::core::machine::StateChange;
 use crate::core::model::{
     Attempt, Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord,
 };
-use crate::factory::files::IngestError;
+use crate::factory::files::{IngestError, Upload};
 use crate::factory::temps::TemperatureHistory;
 use crate::factory::{Factory, FactoryError, JobAction, Submission};
 
@@ -73,6 +73,12 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+
+    /// Status, code and message, for routes that must answer in another
+    /// API's error shape (`http::octoprint`).
+    pub(crate) fn into_parts(self) -> (StatusCode, &'static str, String) {
+        (self.status, self.code, self.message)
     }
 }
 
@@ -430,7 +436,7 @@ pub struct FileView {
     pub machines: Vec<Fit>,
 }
 
-fn file_view(f: &Factory, file: FileRecord) -> FileView {
+pub(crate) fn file_view(f: &Factory, file: FileRecord) -> FileView {
     let plain = f.file_fit(&file, false);
     let expanded = f.file_fit(&file, true);
     let machines = plain
@@ -478,38 +484,16 @@ async fn upload_file(
         )
     })?;
     let limit = s.factory.max_upload();
-    let multipart_err = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("file is larger than the limit of {limit} bytes"),
-            )
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
-        }
-    };
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_err)? {
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, limit))?
+    {
         if field.name() != Some("file") {
             continue;
         }
-        let name = field
-            .file_name()
-            .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n))
-            // The name is shown on every card and job: keep it readable.
-            .map(|n| {
-                n.chars()
-                    .filter(|c| !c.is_control())
-                    .take(120)
-                    .collect::<String>()
-            })
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "upload.gcode".into());
-        let mut up = s.factory.upload().map_err(ApiError::from)?;
-        while let Some(chunk) = field.chunk().await.map_err(multipart_err)? {
-            up.push(&chunk)
-                .map_err(|e| ApiError::from(FactoryError::from(e)))?;
-        }
+        let name = upload_name(field.file_name());
+        let up = receive_upload(&s.factory, &mut field).await?;
         let (rec, created) = s.factory.add_file(up, name).await?;
         let status = if created {
             StatusCode::CREATED
@@ -523,6 +507,51 @@ async fn upload_file(
         "missing_file",
         "the form has no field named 'file'",
     ))
+}
+
+/// A broken multipart body as an error: 413 when it outgrew the body
+/// limit (the upload limit plus room for the form), else 400.
+pub(crate) fn multipart_error(e: axum::extract::multipart::MultipartError, limit: u64) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("file is larger than the limit of {limit} bytes"),
+        )
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
+    }
+}
+
+/// The name an upload is shown under: the last component of what the
+/// client sent (never a path), without control characters, at most 120
+/// characters, since it is shown on every card and job.
+pub(crate) fn upload_name(sent: Option<&str>) -> String {
+    sent.map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n))
+        .map(|n| {
+            n.chars()
+                .filter(|c| !c.is_control())
+                .take(120)
+                .collect::<String>()
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "upload.gcode".into())
+}
+
+/// Streams one multipart field into a scratch file, refusing it as soon
+/// as it passes the upload limit or stops being text; shared by every
+/// upload route so that all take the same files.
+pub(crate) async fn receive_upload(
+    factory: &Factory,
+    field: &mut axum::extract::multipart::Field<'_>,
+) -> ApiResult<Upload> {
+    let limit = factory.max_upload();
+    let mut up = factory.upload().map_err(ApiError::from)?;
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        up.push(&chunk)
+            .map_err(|e| ApiError::from(FactoryError::from(e)))?;
+    }
+    Ok(up)
 }
 
 /// Lists stored files, newest first.
@@ -1140,6 +1169,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(sign_in))
         .merge(protected)
         .merge(signed_in)
+        // Slicers' "send to printer": OctoPrint's paths, outside /api/v1.
+        .merge(crate::http::octoprint::router(state.clone()))
         .split_for_parts();
     router
         .layer(axum::Extension(Arc::new(api)))
