@@ -74,16 +74,27 @@ async fn twenty_machines_stop_together_and_an_interrupted_print_waits_for_the_op
     let asked = Instant::now();
     let status = f.terminate().await.unwrap();
     let took = asked.elapsed();
+    eprintln!("SIGTERM with 20 machines, one printing: exited after {took:?}");
     assert!(status.success(), "{status}");
     assert!(took < STOP_WITHIN, "SIGTERM took {took:?} with 20 machines");
     f.launch().await.unwrap();
     let (_, job) = f.get(&format!("/jobs/{}", ids[0])).await.unwrap();
     assert_eq!(job["state"], "interrupted", "{job}");
-    let m = machines(&f)
-        .await
-        .into_iter()
-        .find(|m| m["id"] == "p03")
-        .unwrap();
+    // Once it is back online, the printer waits for the operator.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let m = machines(&f)
+            .await
+            .into_iter()
+            .find(|m| m["id"] == "p03")
+            .unwrap();
+        if m["status"]["connection"] == "online" {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "p03 never came back: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(m["machine_state"], "awaiting_operator", "{m}");
     assert_eq!(m["reason"], "interrupted", "{m}");
     let (_, attempts) = f.get(&format!("/jobs/{}/attempts", ids[0])).await.unwrap();
     assert_eq!(attempts[0]["outcome"], "interrupted", "{attempts}");
