@@ -8,17 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-mod auth;
-mod cli;
-mod clock;
-mod config;
-mod core;
-mod factory;
-mod http;
-mod store;
-
-use crate::core::model;
-use cli::{analyze, demo, serve, stream};
+use microfactoryd::cli::{analyze, demo, serve, stream};
+use microfactoryd::core::model;
+use microfactoryd::{auth, config, store};
 
 /// Exit status for a bad configuration (sysexits' EX_CONFIG), so systemd
 /// and scripts can tell it from a crash.
