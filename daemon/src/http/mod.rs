@@ -1,6 +1,9 @@
-//! Everything HTTP: the API under `/api/v1`, its route policy and the
-//! embedded dashboard. The only module that knows axum.
+//! Everything HTTP: the server loop and its connection limits, the API
+//! under `/api/v1`, its route policy (who may call what, how large a
+//! body) and the embedded dashboard. The only module that knows axum.
 
 pub mod api;
+pub mod limits;
 pub mod policy;
+pub mod server;
 pub mod web;

@@ -286,19 +286,14 @@ impl Store {
 
     // ---- browser sessions ----
 
-    /// Stores a session under its hash; the value is the token's hash.
+    /// Stores a session as daemons before session expiry did: the
+    /// token's hash alone (now [`Store::put_session_record`]; kept to test
+    /// that such sessions are refused).
+    #[cfg(test)]
     pub fn put_session(&self, hash: &str, token_hash: &str) -> Result<(), StoreError> {
         self.sessions
             .insert(hash.as_bytes(), token_hash.as_bytes())?;
         Ok(())
-    }
-
-    /// The token hash a session stands for.
-    pub fn session(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .sessions
-            .get(hash.as_bytes())?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Ends a session.
@@ -328,6 +323,73 @@ impl Store {
                 Ok((u64::from_be_bytes(b), decode("events", &k, &v)?))
             })
             .collect()
+    }
+}
+
+// ---- tokens and sessions: listing, revoking, expiry (for the HTTP layer) ----
+
+/// A browser session as stored: the token it stands for and when it was
+/// opened, so that it can expire on the server whatever the cookie says.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    /// sha256 of the token.
+    pub token: String,
+    /// When it was opened, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl Store {
+    /// Stores a session with its opening time.
+    pub fn put_session_record(&self, hash: &str, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.sessions.insert(hash.as_bytes(), encode(rec))?;
+        Ok(())
+    }
+
+    /// A session; one stored by an older daemon (the token hash alone, no
+    /// time) comes back with `created_ms` 0, so it counts as expired.
+    pub fn session_record(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.sessions.get(hash.as_bytes())?.map(|v| {
+            serde_json::from_slice(&v).unwrap_or_else(|_| SessionRecord {
+                token: String::from_utf8_lossy(&v).into_owned(),
+                created_ms: 0,
+            })
+        }))
+    }
+
+    /// Every token as (hash, record), in hash order.
+    pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("tokens", &k, &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Forgets a token; whether it existed.
+    pub fn remove_token(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.tokens.remove(hash.as_bytes())?.is_some())
+    }
+
+    /// Ends every session opened with the token of this hash; how many.
+    pub fn remove_sessions_of(&self, token_hash: &str) -> Result<usize, StoreError> {
+        let mut ended = 0;
+        for kv in self.sessions.iter() {
+            let (k, _) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            if self
+                .session_record(&key)?
+                .is_some_and(|s| s.token == token_hash)
+            {
+                self.sessions.remove(&k)?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 }
 
