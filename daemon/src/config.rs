@@ -91,7 +91,7 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     /// The keys of `[http]`, for naming unknown ones.
-    const KEYS: [&str; 7] = [
+    pub const KEYS: [&str; 7] = [
         "header_read_timeout_secs",
         "idle_timeout_secs",
         "max_connections",

@@ -398,6 +398,34 @@ mod tests {
         }
     }
 
+    /// `docs/security.md` shows this table between two markers; run with
+    /// `UPDATE_DOCS=1` to rewrite it after changing the table.
+    #[test]
+    fn the_security_document_shows_this_table_and_every_http_setting() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md");
+        let doc = std::fs::read_to_string(path).expect("docs/security.md");
+        let (begin, end) = ("<!-- policy-table:begin -->\n", "<!-- policy-table:end -->");
+        let start = doc.find(begin).expect("begin marker") + begin.len();
+        let stop = doc.find(end).expect("end marker");
+        let table = markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let fresh = format!("{}{table}{}", &doc[..start], &doc[stop..]);
+            std::fs::write(path, fresh).expect("write docs/security.md");
+            return;
+        }
+        assert_eq!(
+            &doc[start..stop],
+            table,
+            "docs/security.md is out of date: run UPDATE_DOCS=1 cargo test -p microfactoryd security_document"
+        );
+        for key in crate::config::HttpConfig::KEYS {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/security.md does not explain {key}"
+            );
+        }
+    }
+
     #[test]
     fn only_the_upload_takes_a_large_body() {
         for r in TABLE {
