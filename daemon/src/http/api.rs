@@ -221,10 +221,10 @@ fn check_job_name(name: &str) -> ApiResult<()> {
     let chars = name.chars().count();
     let problem = if chars > MAX_JOB_NAME_CHARS {
         Some(format!("is {chars} characters long"))
-    } else if let Some(c) = name.chars().find(|c| c.is_control()) {
-        Some(format!("contains the control character {c:?}"))
     } else {
-        None
+        name.chars()
+            .find(|c| c.is_control())
+            .map(|c| format!("contains the control character {c:?}"))
     };
     match problem {
         Some(p) => Err(ApiError::new(
