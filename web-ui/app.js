@@ -235,8 +235,27 @@ function confirmDialog(text, confirmLabel = 'Confirm') {
 
 // ---------------------------------------------------------------- routing
 
+// A link with a malformed escape (`#/job/%E0%A4%A`) names no page:
+// decodeURIComponent throws on it, which would leave the page loading.
+function decodePart(p) {
+  try {
+    return decodeURIComponent(p);
+  } catch {
+    return null;
+  }
+}
+
+function notFoundView() {
+  const el = h('section', { class: 'panel', id: 'not-found', 'aria-labelledby': 'not-found-h' },
+    h('h2', { id: 'not-found-h' }, 'Not found'),
+    h('p', { class: 'error', role: 'alert' }, 'This link names no machine, job or page.'),
+    h('a', { class: 'back', href: '#/machines' }, '← All machines'));
+  return { el, title: 'Not found', update() {}, destroy() {} };
+}
+
 function parseRoute() {
-  const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodePart);
+  if (parts.includes(null)) return { nav: null, make: notFoundView };
   switch (parts[0]) {
     case 'queue': return { nav: 'queue', make: () => queueView(app) };
     case 'machine': return { nav: 'machines', make: () => machineDetailView(app, parts[1] ?? '') };

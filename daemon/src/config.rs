@@ -37,9 +37,98 @@ pub struct Config {
     /// are read from disk when asked for (all are kept on disk).
     #[serde(default = "default_keep_ended_jobs")]
     pub keep_ended_jobs: usize,
+    /// HTTP server limits and session settings (`[http]`).
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The machines, as `[[machine]]` tables.
     #[serde(default, rename = "machine")]
     pub machines: Vec<MachineConfig>,
+}
+
+/// `[http]`: limits that keep one client (or anyone who can reach the
+/// port) from exhausting the daemon, and browser session settings. The
+/// defaults suit a workshop network; docs/security.md explains each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a request's headers, from connecting
+    /// or from the end of its previous answer (a kept-alive connection
+    /// that sends nothing is closed after this too).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may make no progress while the daemon waits
+    /// on the client: a request body that stops arriving, or an answer
+    /// (an event stream included) the client stops reading.
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Concurrent `GET /events` streams per token (each dashboard tab
+    /// holds one).
+    pub max_event_streams_per_token: usize,
+    /// Days a browser session lasts from signing in.
+    pub session_lifetime_days: u64,
+    /// Mark the session cookie `Secure`: set this when the daemon is
+    /// reached over TLS (a reverse proxy), never over plain HTTP, where
+    /// browsers would then drop the cookie.
+    pub cookie_secure: bool,
+    /// Failed sign-ins (wrong token or session) per client address per
+    /// minute before that address gets 429 for the rest of the minute.
+    pub max_failed_sign_ins_per_minute: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 256,
+            max_event_streams_per_token: 8,
+            session_lifetime_days: 30,
+            cookie_secure: false,
+            max_failed_sign_ins_per_minute: 10,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The keys of `[http]`, for naming unknown ones.
+    pub const KEYS: [&str; 7] = [
+        "header_read_timeout_secs",
+        "idle_timeout_secs",
+        "max_connections",
+        "max_event_streams_per_token",
+        "session_lifetime_days",
+        "cookie_secure",
+        "max_failed_sign_ins_per_minute",
+    ];
+
+    fn check(&self, problems: &mut Vec<String>) {
+        let mut range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if !(lo..=hi).contains(&v) {
+                problems.push(format!("http.{key} = {v} must be between {lo} and {hi}"));
+            }
+        };
+        range(
+            "header_read_timeout_secs",
+            self.header_read_timeout_secs,
+            1,
+            300,
+        );
+        range("idle_timeout_secs", self.idle_timeout_secs, 1, 3600);
+        range("max_connections", self.max_connections as u64, 1, 100_000);
+        range(
+            "max_event_streams_per_token",
+            self.max_event_streams_per_token as u64,
+            1,
+            1000,
+        );
+        range("session_lifetime_days", self.session_lifetime_days, 1, 365);
+        range(
+            "max_failed_sign_ins_per_minute",
+            u64::from(self.max_failed_sign_ins_per_minute),
+            1,
+            100_000,
+        );
+    }
 }
 
 /// One machine on one serial port.
@@ -165,11 +254,12 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 5] = [
+        const TOP: [&str; 6] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
             "keep_ended_jobs",
+            "http",
             "machine",
         ];
         const MACHINE: [&str; 8] = [
@@ -199,6 +289,9 @@ impl Config {
             }
         };
         strip(&mut table, &TOP, "");
+        if let Some(toml::Value::Table(http)) = table.get_mut("http") {
+            strip(http, &HttpConfig::KEYS, "http: ");
+        }
         if let Some(toml::Value::Array(machines)) = table.get_mut("machine") {
             for (i, m) in machines.iter_mut().enumerate() {
                 if let toml::Value::Table(m) = m {
@@ -228,6 +321,7 @@ impl Config {
                 self.max_upload_bytes
             ));
         }
+        self.http.check(&mut problems);
         if self.machines.is_empty() {
             warnings
                 .push("no [[machine]] is configured: jobs can be stored but none will run".into());
@@ -390,6 +484,28 @@ speed = 3
         assert_eq!(c.machines[0].flow, Some(FlowMode::PingPong));
         assert!(c.machines[0].require_bed_clear);
         assert!(Config::without_unknown_keys("data_dir = 5\n").is_none());
+    }
+
+    #[test]
+    fn http_limits_default_sanely_and_out_of_range_ones_are_each_named() {
+        let c = parse("data_dir = \"d\"\n").expect("defaults");
+        assert_eq!(c.config.http.session_lifetime_days, 30);
+        assert!(!c.config.http.cookie_secure);
+        let e = parse(
+            "data_dir = \"d\"\n[http]\nheader_read_timeout_secs = 0\nmax_connections = 0\n\
+             max_event_streams_per_token = 0\nsession_lifetime_days = 0\n\
+             max_failed_sign_ins_per_minute = 0\nidle_timeout_secs = 0\n",
+        )
+        .expect_err("all zero");
+        assert_eq!(e.len(), 6, "{e:?}");
+        assert!(e[0].contains("http.header_read_timeout_secs = 0"), "{e:?}");
+        let (_, unknown) =
+            Config::without_unknown_keys("data_dir = \"d\"\n[http]\nmax_conns = 3\n")
+                .expect("only an unknown key");
+        assert!(
+            unknown[0].starts_with("http: unknown key 'max_conns'"),
+            "{unknown:?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use microfactoryd::cli::{analyze, demo, serve, stream};
 use microfactoryd::core::model;
-use microfactoryd::{auth, config, store};
+use microfactoryd::{auth, config, http, store};
 
 /// Exit status for a bad configuration (sysexits' EX_CONFIG), so systemd
 /// and scripts can tell it from a crash.
@@ -58,6 +58,23 @@ enum Command {
 enum TokenCommand {
     /// Create a token and print it once; only its hash is stored.
     Create(TokenArgs),
+    /// List tokens: name, role, creation time and the start of the hash
+    /// (never the token). Run it while the daemon is stopped.
+    List {
+        /// The daemon's configuration (for its data directory).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Revoke a token by its name or the start of its hash (6+ hex
+    /// digits, from `token list`); its browser sessions end with it. Run
+    /// it while the daemon is stopped.
+    Revoke {
+        /// The daemon's configuration (for its data directory).
+        #[arg(long)]
+        config: PathBuf,
+        /// The token's name, or the start of its hash.
+        which: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,8 +82,9 @@ struct TokenArgs {
     /// The daemon's configuration (for its data directory).
     #[arg(long)]
     config: PathBuf,
-    /// operator (everything), viewer (read-only) or slicer (OctoPrint
-    /// upload and status only: the key a slicer keeps in its settings).
+    /// operator (everything), viewer (read-only), slicer (OctoPrint
+    /// upload and status only: the key a slicer keeps in its settings),
+    /// storefront or machine (see docs/security.md for what each may call).
     #[arg(long)]
     role: model::Role,
     /// Who the token is for.
@@ -111,6 +129,10 @@ fn main() -> ExitCode {
         Some(Command::Stream(args)) => return stream::run(&args),
         Some(Command::CheckConfig { config }) => return check_config(&config),
         Some(Command::Token(TokenCommand::Create(args))) => return token_create(&args),
+        Some(Command::Token(TokenCommand::List { config })) => return token_list(&config),
+        Some(Command::Token(TokenCommand::Revoke { config, which })) => {
+            return token_revoke(&config, &which);
+        }
         None => {}
     }
     init_tracing();
@@ -185,6 +207,52 @@ fn token_create(args: &TokenArgs) -> ExitCode {
             eprintln!(
                 "token for '{}' ({:?}) created; it is shown only this once",
                 args.name, args.role
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn token_list(config: &std::path::Path) -> ExitCode {
+    let res = (|| -> anyhow::Result<Vec<auth::TokenInfo>> {
+        let c = config::Config::load(config)?;
+        let store = store::Store::open(&c.config.data_dir)?;
+        Ok(auth::list_tokens(&store)?)
+    })();
+    match res {
+        Ok(tokens) => {
+            println!("{:<14} {:<10} {:<15} NAME", "HASH", "ROLE", "CREATED (ms)");
+            for t in tokens {
+                println!(
+                    "{:<14} {:<10} {:<15} {}",
+                    &t.hash[..12.min(t.hash.len())],
+                    http::policy::role_name(t.record.role),
+                    t.record.created_ms,
+                    t.record.name
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn token_revoke(config: &std::path::Path, which: &str) -> ExitCode {
+    let res = (|| -> anyhow::Result<(auth::TokenInfo, usize)> {
+        let c = config::Config::load(config)?;
+        let store = store::Store::open(&c.config.data_dir)?;
+        let revoked = auth::revoke(&store, which)?;
+        runtime()?.block_on(store.flush())?;
+        Ok(revoked)
+    })();
+    match res {
+        Ok((t, sessions)) => {
+            eprintln!(
+                "revoked '{}' ({}, {}); {sessions} browser session(s) ended",
+                t.record.name,
+                http::policy::role_name(t.record.role),
+                &t.hash[..12.min(t.hash.len())]
             );
             ExitCode::SUCCESS
         }

@@ -1,27 +1,28 @@
 //! The HTTP API from the outside: who may call which route (every route of
-//! the OpenAPI document, so a new route is covered the day it is added),
-//! cookie sessions, and what every kind of bad input gets back.
+//! the OpenAPI document, each with the roles its `x-roles` names, so a new
+//! route is covered the day it is added), what each operator action does,
+//! cookie sessions, limits, and what every kind of bad input gets back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
 
-use microfactory_e2e::{Factory, MachineSpec};
+use std::time::Duration;
+
+use microfactory_e2e::{Factory, MachineSpec, data};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A small printer program: extrudes, so it routes to printers only.
 const PRINT: &str = "G28\nG1 Z0.2 F3000\nG1 X10 Y10 E1 F1500\nG1 X20 Y10 E2\n";
 
-/// Routes anyone may call, signed in or not.
-const PUBLIC: [(&str, &str); 3] = [
-    ("GET", "/api/v1/health"),
-    ("POST", "/api/v1/session"),
-    ("GET", "/api/v1/openapi.json"),
-];
+/// A long print (about a minute of link time at the simulators' speed):
+/// stays running while a test pauses, resumes and cancels it.
+const LONG_PRINT: &str = "bracket_petg.gcode";
 
-/// Routes every signed-in caller may call whatever its role: ending one's
-/// own session.
-const SELF_SERVICE: [(&str, &str); 1] = [("DELETE", "/api/v1/session")];
+/// The walk sends wrong credentials to every route; the failed sign-in
+/// limit is tested on its own.
+const MANY_FAILURES: &str = "[http]\nmax_failed_sign_ins_per_minute = 100000";
 
 fn two_machines() -> [MachineSpec; 2] {
     [
@@ -116,17 +117,21 @@ fn expect_error(
     }
 }
 
-/// A route of the OpenAPI document.
+/// A route of the OpenAPI document with who may call it (`x-roles`).
 #[derive(Debug, Clone)]
 struct Route {
     method: Method,
     template: String,
+    roles: Vec<String>,
 }
 
 impl Route {
-    fn is(&self, list: &[(&str, &str)]) -> bool {
-        list.iter()
-            .any(|(m, p)| self.method.as_str() == *m && self.template == *p)
+    fn public(&self) -> bool {
+        self.roles == ["anyone"]
+    }
+
+    fn admits(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
     }
 
     fn name(&self) -> String {
@@ -134,8 +139,9 @@ impl Route {
     }
 }
 
-/// Every (method, path) of the document, checking that it marks exactly the
-/// public routes as needing no token.
+/// Every (method, path) of the document with its roles, checking that
+/// every operation names who may call it and that exactly the public ones
+/// need no token.
 fn routes_of(doc: &Value) -> Vec<Route> {
     let mut out = Vec::new();
     for (path, ops) in doc["paths"].as_object().expect("paths") {
@@ -146,18 +152,32 @@ fn routes_of(doc: &Value) -> Vec<Route> {
             if !matches!(m.as_str(), "get" | "post" | "put" | "patch" | "delete") {
                 continue;
             }
+            let roles: Vec<String> = op["x-roles"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{m} {path} has no x-roles"))
+                .iter()
+                .map(|r| r.as_str().expect("a role name").to_string())
+                .collect();
             let r = Route {
                 method,
                 template: path.clone(),
+                roles,
             };
+            assert!(!r.roles.is_empty(), "{}: nobody may call it", r.name());
             let documented_secure = op
                 .get("security")
                 .and_then(Value::as_array)
                 .is_some_and(|s| !s.is_empty());
             assert_eq!(
                 documented_secure,
-                !r.is(&PUBLIC),
+                !r.public(),
                 "{}: the document's security does not match who may call it",
+                r.name()
+            );
+            let who = op["description"].as_str().unwrap_or("");
+            assert!(
+                who.contains("Who may call: "),
+                "{}: the description does not say who may call it: {who}",
                 r.name()
             );
             out.push(r);
@@ -210,7 +230,9 @@ fn operator_order(r: &Route) -> u8 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_admits_exactly_the_roles_it_documents() {
-    let mut f = Factory::start(&two_machines()).await.unwrap();
+    let mut f = Factory::start_with(&two_machines(), MANY_FAILURES)
+        .await
+        .unwrap();
     // The reserved roles: tokens are made while the daemon is stopped
     // (sled allows one process).
     f.terminate().await.unwrap();
@@ -262,6 +284,36 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
         "only {} routes: {names:?}",
         routes.len()
     );
+    // What the document says holds the security promises: the operator
+    // may do everything, the viewer only read (and end its session), the
+    // reserved roles nothing but their own session; public routes are few.
+    let public: BTreeSet<String> = routes
+        .iter()
+        .filter(|r| r.public())
+        .map(Route::name)
+        .collect();
+    assert_eq!(
+        public,
+        BTreeSet::from([
+            "GET /api/v1/health".to_string(),
+            "GET /api/v1/openapi.json".to_string(),
+            "POST /api/v1/session".to_string(),
+        ])
+    );
+    for r in routes.iter().filter(|r| !r.public()) {
+        let session = r.template == "/api/v1/session";
+        assert!(r.admits("operator"), "{}: {:?}", r.name(), r.roles);
+        assert_eq!(
+            r.admits("viewer"),
+            r.method == Method::GET || session,
+            "{}: {:?}",
+            r.name(),
+            r.roles
+        );
+        for reserved in ["storefront", "machine"] {
+            assert_eq!(r.admits(reserved), session, "{}: {:?}", r.name(), r.roles);
+        }
+    }
 
     for r in &routes {
         let what = r.name();
@@ -270,7 +322,7 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
 
         // No credentials.
         let (s, body, _) = call(req()).await;
-        if r.is(&PUBLIC) {
+        if r.public() {
             assert_ne!(s, StatusCode::UNAUTHORIZED, "{what} is public: {body:?}");
             assert_ne!(s, StatusCode::FORBIDDEN, "{what} is public: {body:?}");
             continue;
@@ -310,34 +362,26 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
             &["sign in again"],
         );
 
-        // The viewer reads everything and changes nothing.
-        let (s, body, _) = call(req().bearer_auth(&f.viewer)).await;
-        if r.method == Method::GET || r.is(&SELF_SERVICE) {
-            assert!(s.is_success(), "viewer {what}: {s} {body:?}");
-        } else {
-            expect_error(
-                &format!("viewer {what}"),
-                (s, &body),
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &["viewer", "operator"],
-            );
-        }
-
-        // The reserved roles may call nothing yet.
-        for (role, token) in [("storefront", &storefront), ("machine", &machine)] {
+        // Every role but the operator (walked below, in an order that
+        // keeps things to act on): admitted exactly where the document
+        // says, refused with a message naming its role and who may.
+        for (role, token) in [
+            ("viewer", &f.viewer),
+            ("storefront", &storefront),
+            ("machine", &machine),
+        ] {
             let (s, body, _) = call(req().bearer_auth(token)).await;
-            if r.is(&SELF_SERVICE) {
+            if r.admits(role) {
                 assert!(s.is_success(), "{role} {what}: {s} {body:?}");
-                continue;
+            } else {
+                expect_error(
+                    &format!("{role} {what}"),
+                    (s, &body),
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    &[role, &r.roles[0]],
+                );
             }
-            expect_error(
-                &format!("{role} {what}"),
-                (s, &body),
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &[role],
-            );
         }
     }
 
@@ -752,6 +796,57 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
             vec!["'PLA'".into(), "key:value".into()],
         ),
         (
+            "priority over a million",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"priority\": 1000001}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec![
+                "priority".into(),
+                "-1000000 and 1000000".into(),
+                "got 1000001".into(),
+            ],
+        ),
+        (
+            "reorder to the lowest i32",
+            json_req(
+                Method::POST,
+                &format!("/jobs/{queued}/reorder"),
+                "{\"priority\": -2147483648}",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["priority".into(), "got -2147483648".into()],
+        ),
+        (
+            "a 121-character job name",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!(
+                    "{{\"file_id\": \"{file_id}\", \"name\": \"{}\"}}",
+                    "é".repeat(121)
+                ),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["121 characters".into(), "at most 120".into()],
+        ),
+        (
+            "a job name with a line break",
+            json_req(
+                Method::POST,
+                "/jobs",
+                &format!("{{\"file_id\": \"{file_id}\", \"name\": \"a\\nb\"}}"),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            vec!["control character".into()],
+        ),
+        (
             "job id that is not a number",
             op(Method::GET, "/jobs/abc"),
             StatusCode::BAD_REQUEST,
@@ -992,4 +1087,438 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
     // The queued job is where it was.
     let (_, j) = f.get(&format!("/jobs/{queued}")).await.unwrap();
     assert_eq!(j["state"], "queued", "{j}");
+}
+
+/// Waits until job `id` is in `state`, re-checking at every job event.
+async fn wait_state(f: &Factory, events: &mut microfactory_e2e::Events, id: u64, state: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, j) = f.get(&format!("/jobs/{id}")).await.unwrap();
+        if j["state"] == state {
+            return;
+        }
+        tokio::time::timeout_at(deadline, events.next_of("job"))
+            .await
+            .unwrap_or_else(|_| panic!("job {id} never became {state}: {j}"))
+            .unwrap();
+    }
+}
+
+/// POSTs `path` as the operator, expects 200 and returns the body.
+async fn ok(f: &Factory, path: &str) -> Value {
+    let (s, v) = f.post(path, json!({})).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "POST {path}: {v}");
+    v
+}
+
+async fn job_state(f: &Factory, id: u64) -> String {
+    let (_, j) = f.get(&format!("/jobs/{id}")).await.unwrap();
+    j["state"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_and_machine_action_does_what_it_says_to_a_running_print() {
+    let f = Factory::start(&[MachineSpec::printer("p1", "prusa-mk3s")])
+        .await
+        .unwrap();
+    let file = f.upload(&data(LONG_PRINT)).await.unwrap();
+    let mut events = f.events().await.unwrap();
+    let id = f
+        .submit(json!({"file_id": file, "machine_id": "p1"}))
+        .await
+        .unwrap()[0];
+    wait_state(&f, &mut events, id, "running").await;
+
+    // By job.
+    assert_eq!(
+        ok(&f, &format!("/jobs/{id}/pause")).await["state"],
+        "paused"
+    );
+    assert_eq!(job_state(&f, id).await, "paused");
+    assert_eq!(
+        ok(&f, &format!("/jobs/{id}/resume")).await["state"],
+        "running"
+    );
+    assert_eq!(job_state(&f, id).await, "running");
+
+    // By machine: the same, through the job the machine runs.
+    let m = ok(&f, "/machines/p1/pause").await;
+    assert_eq!(m["id"], "p1", "{m}");
+    assert_eq!(job_state(&f, id).await, "paused");
+    ok(&f, "/machines/p1/resume").await;
+    assert_eq!(job_state(&f, id).await, "running");
+    ok(&f, "/machines/p1/cancel").await;
+    wait_state(&f, &mut events, id, "cancelled").await;
+
+    // Requeued while its machine is out of service, so it stays queued;
+    // then cancelled from the queue.
+    let m = ok(&f, "/machines/p1/disable").await;
+    assert_eq!(m["disabled"], true, "{m}");
+    assert_eq!(
+        ok(&f, &format!("/jobs/{id}/requeue")).await["state"],
+        "queued"
+    );
+    assert_eq!(job_state(&f, id).await, "queued");
+    let (_, queue) = f.get("/jobs?state=queued").await.unwrap();
+    assert_eq!(queue[0]["id"], id, "{queue}");
+    assert_eq!(
+        ok(&f, &format!("/jobs/{id}/cancel")).await["state"],
+        "cancelled"
+    );
+    assert_eq!(job_state(&f, id).await, "cancelled");
+    let m = ok(&f, "/machines/p1/enable").await;
+    assert_eq!(m["disabled"], false, "{m}");
+}
+
+/// A raw connection that sends `sent` and then nothing.
+async fn silent_connection(f: &Factory, sent: &[u8]) -> tokio::net::TcpStream {
+    let addr = f.base.strip_prefix("http://").unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(sent).await.unwrap();
+    c
+}
+
+/// Reads until the daemon closes the connection; fails after `limit`.
+async fn closed_within(c: &mut tokio::net::TcpStream, limit: Duration) {
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after {limit:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_get_a_json_503_and_silent_ones_are_closed() {
+    let f = Factory::start_with(
+        &[],
+        "[http]\nmax_connections = 3\nheader_read_timeout_secs = 2",
+    )
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    held.push(silent_connection(&f, b"").await);
+    held.push(silent_connection(&f, b"GET /api/v1/health HTTP/1.1\r\n").await);
+    held.push(silent_connection(&f, b"POST /api/v1/session HTTP/1.1\r\nHost: x\r\n").await);
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let probe = || fresh.get(format!("{}/api/v1/health", f.base)).send();
+    let res = probe().await.expect("an answer, not a reset");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections")
+    );
+
+    // Slow or silent clients are cut off after the header-read timeout,
+    // which frees their places.
+    for c in &mut held {
+        closed_within(c, Duration::from_secs(10)).await;
+    }
+    // The place is freed as the daemon's connection task ends, just after
+    // the close the client saw: nothing to await but the answer itself.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = probe().await.unwrap().status();
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::fs::read_to_string(f.dir.path().join("daemon.log")).unwrap();
+    assert!(
+        log.contains("http.max_connections"),
+        "the limit was not logged"
+    );
+    assert!(
+        log.contains("http.header_read_timeout_secs"),
+        "the timeout was not logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_headers_hold_for_whoever_reaches_the_port() {
+    let f = Factory::start_with(
+        &two_machines(),
+        "[http]\nmax_event_streams_per_token = 2\nmax_failed_sign_ins_per_minute = 3\ncookie_secure = true",
+    )
+    .await
+    .unwrap();
+
+    // Every API answer is no-store and nosniff, errors included; the page
+    // nosniff too.
+    for (path, token) in [
+        ("/health", None),
+        ("/jobs", None),
+        ("/jobs", Some(&f.token)),
+    ] {
+        let mut req = f.request(Method::GET, path);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let (_, _, h) = call(req).await;
+        assert_eq!(h[header::CACHE_CONTROL], "no-store", "{path}");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+    }
+    let page = f.http.get(format!("{}/", f.base)).send().await.unwrap();
+    assert_eq!(page.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+
+    // The Bearer scheme in any case (RFC 7235).
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let (s, body, _) = call(
+            f.request(Method::GET, "/session")
+                .header(header::AUTHORIZATION, format!("{scheme} {}", f.token)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{scheme}: {body:?}");
+    }
+
+    // A Secure cookie when configured; an empty CSRF header is no header.
+    let (s, _, h) = call(
+        f.request(Method::POST, "/session")
+            .json(&json!({"token": f.token})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let set = h[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(set.contains("; Secure"), "{set}");
+    assert!(
+        set.contains(&format!("Max-Age={}", 30 * 24 * 3600)),
+        "{set}"
+    );
+    let pair = set.split(';').next().unwrap().to_string();
+    for empty in ["", " "] {
+        let (s, body, _) = call(
+            f.request(Method::POST, "/machines/m1/enable")
+                .header(header::COOKIE, &pair)
+                .header("x-microfactory-csrf", empty),
+        )
+        .await;
+        expect_error(
+            "empty CSRF header",
+            (s, &body),
+            StatusCode::FORBIDDEN,
+            "csrf",
+            &["non-empty"],
+        );
+    }
+
+    // Bodies: signing in needs no token, so it reads a few KiB at most,
+    // declared or streamed; a JSON route as much; an overlong URI is 414.
+    let big = vec![b' '; 1 << 20];
+    let (s, body, _) = call(
+        f.request(Method::POST, "/session")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(big.clone()),
+    )
+    .await;
+    expect_error(
+        "1 MiB sign-in",
+        (s, &body),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &["16384 bytes"],
+    );
+    let chunks =
+        futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 16 * 1024])));
+    let (s, body, _) = call(
+        f.request(Method::POST, "/session")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(reqwest::Body::wrap_stream(chunks)),
+    )
+    .await;
+    expect_error(
+        "streamed 1 MiB sign-in",
+        (s, &body),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &["16384 bytes"],
+    );
+    let (s, body, _) = call(
+        f.request(Method::POST, "/jobs/1/pause")
+            .bearer_auth(&f.token)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(big),
+    )
+    .await;
+    expect_error(
+        "1 MiB to pause",
+        (s, &body),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &["1024 bytes"],
+    );
+    let long = format!("/jobs?state={}", "queued,".repeat(1500));
+    let (s, body, h) = call(f.request(Method::GET, &long).bearer_auth(&f.token)).await;
+    expect_error(
+        "10 KiB URI",
+        (s, &body),
+        StatusCode::URI_TOO_LONG,
+        "uri_too_long",
+        &["8192"],
+    );
+    assert_eq!(h[header::CACHE_CONTROL], "no-store");
+
+    // The log after the last possible sequence number is empty, not the
+    // log from the start.
+    let (s, file) = f
+        .upload_bytes("tiny.gcode", PRINT.as_bytes().to_vec())
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{file}");
+    f.post("/machines/p1/disable", json!({})).await.unwrap();
+    f.submit(json!({"file_id": file["id"], "machine_id": "p1"}))
+        .await
+        .unwrap();
+    let (_, all) = f.get("/log").await.unwrap();
+    assert!(!all.as_array().unwrap().is_empty(), "{all}");
+    let (s, none) = f.get(&format!("/log?after={}", u64::MAX)).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{none}");
+    assert_eq!(none, json!([]));
+
+    // Event streams per token: the third is refused, another token's is not.
+    let _a = f.events().await.unwrap();
+    let _b = f.events().await.unwrap();
+    let (s, body, h) = call(f.request(Method::GET, "/events").bearer_auth(&f.token)).await;
+    expect_error(
+        "third stream",
+        (s, &body),
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_streams",
+        &["2 event streams"],
+    );
+    assert!(h.contains_key(header::RETRY_AFTER));
+    let (s, _, _) = call(f.request(Method::GET, "/events").bearer_auth(&f.viewer)).await;
+    assert_eq!(s, StatusCode::OK, "the viewer's own stream");
+
+    // Last (it locks this address out for a minute): failed sign-ins.
+    for i in 0..3 {
+        let (s, body, _) = call(
+            f.request(Method::POST, "/session")
+                .json(&json!({"token": format!("mfd_guess{i}")})),
+        )
+        .await;
+        expect_error(
+            "a wrong guess",
+            (s, &body),
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &[],
+        );
+    }
+    for token in ["mfd_guess3", f.token.as_str()] {
+        let (s, body, h) = call(
+            f.request(Method::POST, "/session")
+                .json(&json!({"token": token})),
+        )
+        .await;
+        expect_error(
+            "a guess too many",
+            (s, &body),
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            &["try again in"],
+        );
+        let wait: u64 = h[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    }
+    let (s, body, _) = call(f.request(Method::GET, "/jobs").bearer_auth("mfd_guess4")).await;
+    expect_error(
+        "a bearer guess",
+        (s, &body),
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_failures",
+        &[],
+    );
+    let log = std::fs::read_to_string(f.dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("failed sign-in"), "failures are not logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_and_its_sessions_stop_working() {
+    let mut f = Factory::start(&[]).await.unwrap();
+    let (s, _, h) = call(
+        f.request(Method::POST, "/session")
+            .json(&json!({"token": f.viewer})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let pair = h[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    f.terminate().await.unwrap();
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(microfactory_e2e::daemon_bin())
+            .args(["token"])
+            .args(args)
+            .arg("--config")
+            .arg(f.dir.path().join("config.toml"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (okay, list, err) = cli(&["list"]);
+    assert!(okay, "{err}");
+    assert!(
+        list.contains("test viewer") && list.contains("test operator"),
+        "{list}"
+    );
+    assert!(
+        !list.contains(&f.viewer) && !list.contains(&f.token),
+        "a token is shown: {list}"
+    );
+    let (okay, _, err) = cli(&["revoke", "nobody"]);
+    assert!(!okay && err.contains("no token is named 'nobody'"), "{err}");
+    let (okay, _, err) = cli(&["revoke", "test viewer"]);
+    assert!(okay, "{err}");
+    assert!(err.contains("1 browser session(s) ended"), "{err}");
+    f.launch().await.unwrap();
+
+    let (s, body, _) = call(f.request(Method::GET, "/jobs").bearer_auth(&f.viewer)).await;
+    expect_error(
+        "revoked token",
+        (s, &body),
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        &[],
+    );
+    let (s, body, _) = call(
+        f.request(Method::GET, "/jobs")
+            .header(header::COOKIE, &pair),
+    )
+    .await;
+    expect_error(
+        "its session",
+        (s, &body),
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        &[],
+    );
+    let (s, _) = f.get("/jobs").await.unwrap();
+    assert_eq!(s, StatusCode::OK, "the operator's token still works");
 }

@@ -500,6 +500,49 @@ async fn a_wrong_token_is_refused_with_a_message_and_the_right_one_signs_in() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_with_a_malformed_escape_shows_not_found_instead_of_loading_forever() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let f = Factory::start(&[MachineSpec::printer("mk3-a", "prusa-mk3s")]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'idle'", card("mk3-a")),
+        "the printer's card",
+    )
+    .await?;
+    for link in ["#/job/%E0%A4%A", "#/machine/%ZZ"] {
+        ui.go("#/machines").await?;
+        ui.wait("!document.querySelector('#not-found')", "the machines page")
+            .await?;
+        ui.go(link).await?;
+        ui.wait(
+            "document.querySelector('#not-found h2')?.textContent === 'Not found'",
+            link,
+        )
+        .await?;
+        assert_eq!(
+            ui.eval::<String>("document.title").await?,
+            "Not found · microfactory"
+        );
+        assert!(
+            !ui.eval::<bool>("!!document.querySelector('main .loading')")
+                .await?,
+            "{link}: still loading"
+        );
+    }
+    // A good link after a bad one works.
+    ui.go("#/machine/mk3-a").await?;
+    ui.wait(
+        "!document.querySelector('#not-found') && !!document.querySelector('#temp-chart')",
+        "the machine page",
+    )
+    .await?;
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mill_job_runs_from_upload_to_bed_cleared_and_a_drill_file_shows_its_findings()
 -> Result<()> {
     let _one = ONE_BROWSER.lock().await;

@@ -87,6 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         max_upload_bytes: crate::config::DEFAULT_MAX_UPLOAD,
         keep_ended_jobs: crate::config::DEFAULT_KEEP_ENDED_JOBS,
+        http: crate::config::HttpConfig::default(),
         machines: configs,
     }
     .check()

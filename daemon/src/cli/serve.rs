@@ -66,17 +66,18 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
     let addr = listener.local_addr()?;
-    let app = api::router(AppState {
-        factory: Arc::clone(&factory),
-    });
+    let http = &checked.config.http;
+    let app = api::router(AppState::new(Arc::clone(&factory), http.into()));
+    let limits = crate::http::server::Limits::from(http);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(crate::http::server::serve(
+        listener,
+        app,
+        limits,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     info!(%addr, "listening");
     Ok(Running {
         addr,

@@ -8,35 +8,54 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth;
+use crate::auth::{self, Identity};
+use crate::clock::now_ms;
 use crate::core::events::LogRecord;
 use crate::core::machine::StateChange;
-use crate::core::model::{
-    Attempt, Event, FileRecord, Job, JobState, Kind, MachineView, Role, TokenRecord,
-};
+use crate::core::model::{Attempt, Event, FileRecord, Job, JobState, Kind, MachineView, Role};
 use crate::factory::files::{IngestError, Upload};
 use crate::factory::temps::TemperatureHistory;
 use crate::factory::{Factory, FactoryError, JobAction, Submission};
+use crate::http::limits::{Failures, Settings, Streams};
+use crate::http::policy::{self, BodyLimit, Who};
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     /// The factory.
     pub factory: Arc<Factory>,
+    /// The `[http]` settings.
+    pub settings: Arc<Settings>,
+    /// Open event streams per token.
+    pub streams: Arc<Streams>,
+    /// Recent failed sign-ins per client address.
+    pub failures: Arc<Failures>,
+}
+
+impl AppState {
+    /// State for a factory with these settings.
+    pub fn new(factory: Arc<Factory>, settings: Settings) -> Self {
+        Self {
+            factory,
+            settings: Arc::new(settings),
+            streams: Arc::default(),
+            failures: Arc::default(),
+        }
+    }
 }
 
 // ------------------------------------------------------------------ errors
@@ -63,6 +82,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -72,6 +92,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -79,6 +100,12 @@ impl ApiError {
     /// API's error shape (`http::octoprint`).
     pub(crate) fn into_parts(self) -> (StatusCode, &'static str, String) {
         (self.status, self.code, self.message)
+    }
+
+    /// Adds `Retry-After` (seconds) to the answer.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 }
 
@@ -90,7 +117,12 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
     }
 }
 
@@ -176,6 +208,45 @@ fn job_id(raw: &str) -> ApiResult<u64> {
     })
 }
 
+/// Priorities beyond this either way are refused: room for any real
+/// ordering, and far from where arithmetic on them could overflow.
+pub const MAX_PRIORITY: i32 = 1_000_000;
+
+fn check_priority(p: Option<i32>) -> ApiResult<()> {
+    match p {
+        Some(p) if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&p) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}, got {p}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Job names are shown on every card, like file names: same cap.
+pub const MAX_JOB_NAME_CHARS: usize = 120;
+
+fn check_job_name(name: &str) -> ApiResult<()> {
+    let chars = name.chars().count();
+    let problem = if chars > MAX_JOB_NAME_CHARS {
+        Some(format!("is {chars} characters long"))
+    } else {
+        name.chars()
+            .find(|c| c.is_control())
+            .map(|c| format!("contains the control character {c:?}"))
+    };
+    match problem {
+        Some(p) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "name {p}; a job name must be at most {MAX_JOB_NAME_CHARS} characters without control characters"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 // ------------------------------------------------------------------- auth
 
 /// Who is calling; handlers may take it as an `Extension`.
@@ -185,11 +256,23 @@ pub struct Caller {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// sha256 of its token: names the caller in per-token limits.
+    pub token_hash: String,
 }
 
+/// The client's address, for the failed sign-in limit (unspecified when
+/// the request did not come through [`crate::http::server::serve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// The token of an `Authorization: Bearer` header; the scheme is
+/// case-insensitive (RFC 7235).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ").map(str::trim)
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -203,26 +286,67 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The caller's token record, from the bearer token or the session cookie
-/// (which must carry the CSRF header to change anything), or the 401/403
-/// to answer.
-fn authenticate(s: &AppState, req: &Request) -> Result<TokenRecord, ApiError> {
+/// 429 when `peer` has failed to sign in too often this minute. Checked
+/// before the credential, so a guesser learns nothing while it waits.
+fn check_failures(s: &AppState, peer: Peer) -> Result<(), ApiError> {
+    let max = s.settings.max_failures;
+    match s
+        .failures
+        .retry_after(peer.0, max, std::time::Instant::now())
+    {
+        None => Ok(()),
+        Some(wait) => {
+            let secs = wait.as_secs().max(1);
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "{max} failed sign-ins from this address within a minute; try again in {secs} s"
+                ),
+            )
+            .retry_after(secs))
+        }
+    }
+}
+
+/// Counts and logs a failed sign-in.
+fn record_failure(s: &AppState, peer: Peer, how: &str) {
+    tracing::warn!(client = %peer.0, how, "failed sign-in: unknown token or session");
+    s.failures
+        .record(peer.0, s.settings.max_failures, std::time::Instant::now());
+}
+
+/// The caller, from the bearer token or the session cookie (which must
+/// carry a non-empty CSRF header to change anything), or the 401, 403 or
+/// 429 to answer.
+fn authenticate(s: &AppState, req: &Request, peer: Peer) -> Result<Identity, ApiError> {
     let store = s.factory.store();
-    let found = if let Some(token) = bearer(req.headers()) {
-        auth::lookup(store, token)
+    let (found, how) = if let Some(token) = bearer(req.headers()) {
+        check_failures(s, peer)?;
+        (auth::identify(store, token), "bearer token")
     } else if let Some(session) = cookie(req.headers(), auth::SESSION_COOKIE) {
         let safe = req.method() == Method::GET || req.method() == Method::HEAD;
-        if !safe && !req.headers().contains_key(auth::CSRF_HEADER) {
+        let csrf = req
+            .headers()
+            .get(auth::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.trim().is_empty());
+        if !safe && !csrf {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "csrf",
                 format!(
-                    "a request signed in by cookie must send the {} header",
+                    "a request signed in by cookie must send a non-empty {} header",
                     auth::CSRF_HEADER
                 ),
             ));
         }
-        auth::lookup_session(store, session)
+        check_failures(s, peer)?;
+        let lifetime = s.settings.session_lifetime_ms;
+        (
+            auth::lookup_session(store, session, lifetime, now_ms()),
+            "session cookie",
+        )
     } else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -231,55 +355,250 @@ fn authenticate(s: &AppState, req: &Request) -> Result<TokenRecord, ApiError> {
         ));
     };
     match found {
-        Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "the token or session is not known to this daemon; sign in again",
-        )),
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => {
+            record_failure(s, peer, how);
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token or session is not known to this daemon (or has expired); sign in again",
+            ))
+        }
         Err(e) => Err(ApiError::from(FactoryError::Store(e))),
     }
 }
 
-async fn run_as(record: TokenRecord, mut req: Request, next: Next) -> Response {
-    let span = tracing::info_span!("request", caller = %record.name);
-    req.extensions_mut().insert(Caller {
-        name: record.name,
-        role: record.role,
-    });
-    tracing::Instrument::instrument(next.run(req), span).await
-}
-
-/// Any known caller whose role may use the method.
-async fn require_auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let record = match authenticate(&s, &req) {
+/// Every API route passes here after routing: it finds the route's row in
+/// [`policy::TABLE`] (no row: refused), checks the caller's role, and only
+/// then reads the body, up to the route's limit.
+async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let Some(rule) = matched
+        .as_deref()
+        .and_then(|p| policy::rule(req.method(), p))
+    else {
+        tracing::error!(method = %req.method(), path = ?matched, "route has no access rule: refused");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_policy",
+            format!(
+                "{} {} has no access rule in this daemon, so nobody may call it; please report this",
+                req.method(),
+                req.uri().path()
+            ),
+        )
+        .into_response();
+    };
+    let peer = Peer(
+        crate::http::server::peer(req.extensions())
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip()),
+    );
+    req.extensions_mut().insert(peer);
+    let mut span = None;
+    if let Who::ApiKey(_) = rule.who {
+        match crate::http::octoprint::authorize(&s, &req, rule) {
+            Ok(caller) => {
+                span = Some(tracing::info_span!("octoprint", caller = %caller.name));
+                req.extensions_mut().insert(caller);
+            }
+            Err(refused) => return refused,
+        }
+    }
+    if let Who::Roles(_) = rule.who {
+        let id = match authenticate(&s, &req, peer) {
+            Ok(id) => id,
+            Err(e) => return e.into_response(),
+        };
+        let role = id.record.role;
+        if !rule.admits(role) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "a {} token may not call {} {}; that needs a token of role {}",
+                    policy::role_name(role),
+                    rule.method,
+                    rule.path,
+                    rule.role_names().join(" or ")
+                ),
+            )
+            .into_response();
+        }
+        span = Some(tracing::info_span!("request", caller = %id.record.name));
+        req.extensions_mut().insert(Caller {
+            name: id.record.name,
+            role,
+            token_hash: id.token_hash,
+        });
+    }
+    let req = match limit_body(&s, rule, req).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    if !crate::http::policy::allowed(record.role, req.method()) {
-        let role = format!("{:?}", record.role).to_lowercase();
-        let what = if req.method() == Method::GET {
-            "read this"
-        } else {
-            "change anything"
-        };
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("a {role} token may not {what}; use an operator token"),
-        )
-        .into_response();
+    match span {
+        Some(span) => tracing::Instrument::instrument(next.run(req), span).await,
+        None => next.run(req).await,
     }
-    run_as(record, req, next).await
 }
 
-/// Any known caller, whatever its role: for ending one's own session,
-/// which a read-only viewer must be able to do too.
-async fn require_signed_in(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    match authenticate(&s, &req) {
-        Ok(record) => run_as(record, req, next).await,
-        Err(e) => e.into_response(),
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("this route takes a request body of at most {limit} bytes"),
+    )
+}
+
+/// Bounds the request body to the route's limit (a declared
+/// `Content-Length` over it is refused before reading anything) and to
+/// the idle timeout between its pieces. Small bodies are read here, so
+/// their errors get the one shape; uploads stream on to the handler.
+async fn limit_body(s: &AppState, rule: &policy::Rule, req: Request) -> Result<Request, ApiError> {
+    let limit = rule.body_bytes(s.factory.max_upload());
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
     }
+    let idle = s.settings.idle_timeout;
+    let stalled = move || {
+        tracing::info!(
+            secs = idle.as_secs(),
+            "request body stalled (http.idle_timeout_secs)"
+        );
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body stopped arriving for {} s; send it again",
+                idle.as_secs()
+            ),
+        )
+    };
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    if rule.body == BodyLimit::Upload {
+        let chunks = futures_util::stream::unfold(Some(stream), move |st| async move {
+            let mut st = st?;
+            match tokio::time::timeout(idle, st.next()).await {
+                Ok(Some(Ok(b))) => Some((Ok(b), Some(st))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => {
+                    tracing::info!(
+                        secs = idle.as_secs(),
+                        "upload stalled (http.idle_timeout_secs)"
+                    );
+                    Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the upload stopped arriving",
+                        )),
+                        None,
+                    ))
+                }
+            }
+        });
+        return Ok(Request::from_parts(parts, Body::from_stream(chunks)));
+    }
+    let mut buf = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(stalled()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("could not read the request body: {e}"),
+                ));
+            }
+            Ok(Some(Ok(chunk))) => {
+                if (buf.len() + chunk.len()) as u64 > limit {
+                    return Err(too_large(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(Request::from_parts(parts, Body::from(buf)))
+}
+
+/// URIs longer than this get 414 (hyper's own limit, near 64 KiB, answers
+/// without the error shape).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Around everything, the dashboard and fallbacks included: refuses
+/// overlong URIs, gives any error without the one JSON shape (a framework
+/// default) that shape, and marks every answer `nosniff` and every API
+/// answer `no-store` (they may carry job data and must not be cached).
+async fn answer_headers(req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let mut res = if len > MAX_URI_BYTES {
+        ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the URI is {len} bytes; this daemon takes at most {MAX_URI_BYTES}"),
+        )
+        .into_response()
+    } else {
+        one_error_shape(next.run(req).await).await
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if api {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// An error answer that is not JSON (an extractor's plain-text rejection)
+/// rewritten into the one shape, keeping its status and other headers.
+async fn one_error_shape(res: Response) -> Response {
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let fresh = ApiError::new(status, code, message).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, fresh.into_body())
 }
 
 // ------------------------------------------------------------------ system
@@ -335,33 +654,42 @@ pub struct WhoAmI {
     pub role: Role,
 }
 
-fn session_cookie(value: &str, max_age: u64) -> String {
+/// The session cookie; `Secure` when configured (behind TLS).
+fn session_cookie(value: &str, max_age_secs: u64, secure: bool) -> String {
     format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
-        auth::SESSION_COOKIE
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{}",
+        auth::SESSION_COOKIE,
+        if secure { "; Secure" } else { "" }
     )
 }
 
 /// Signs a browser in with a token: sets an `HttpOnly`, `SameSite=Strict`
 /// session cookie, so that `EventSource` (which cannot send headers) works.
+/// The session ends on the server after `http.session_lifetime_days`.
+/// Too many failures from one address within a minute get 429.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = SignIn,
     responses((status = 201, body = WhoAmI), (status = 401, body = ErrorBody),
-        (status = 415, body = ErrorBody)))]
+        (status = 415, body = ErrorBody),
+        (status = 429, description = "Too many failed sign-ins from this address; see Retry-After",
+            body = ErrorBody)))]
 async fn sign_in(
     State(s): State<AppState>,
+    axum::Extension(peer): axum::Extension<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
     let b: SignIn = json_body(&headers, &body)?;
-    let (id, rec) = auth::open_session(s.factory.store(), b.token.trim())
-        .map_err(FactoryError::Store)?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "that token is not known to this daemon",
-            )
-        })?;
+    check_failures(&s, peer)?;
+    let Some((id, rec)) =
+        auth::open_session(s.factory.store(), b.token.trim()).map_err(FactoryError::Store)?
+    else {
+        record_failure(&s, peer, "sign-in");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "that token is not known to this daemon",
+        ));
+    };
     s.factory
         .store()
         .flush()
@@ -373,7 +701,14 @@ async fn sign_in(
     };
     Ok((
         StatusCode::CREATED,
-        [(header::SET_COOKIE, session_cookie(&id, 30 * 24 * 3600))],
+        [(
+            header::SET_COOKIE,
+            session_cookie(
+                &id,
+                s.settings.session_lifetime_ms / 1000,
+                s.settings.cookie_secure,
+            ),
+        )],
         Json(who),
     )
         .into_response())
@@ -406,7 +741,10 @@ async fn sign_out(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Re
     }
     Ok((
         StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, session_cookie("", 0))],
+        [(
+            header::SET_COOKIE,
+            session_cookie("", 0, s.settings.cookie_secure),
+        )],
     )
         .into_response())
 }
@@ -595,9 +933,9 @@ async fn delete_file(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
 pub struct SubmitJob {
     /// The file to run.
     pub file_id: String,
-    /// Copies, each a job (default 1).
+    /// Copies, each a job: 1 to 1000 per request (default 1).
     pub copies: Option<u32>,
-    /// Higher runs first (default 0).
+    /// Higher runs first: -1000000 to 1000000 (default 0).
     pub priority: Option<i32>,
     /// Run only on this machine.
     pub machine_id: Option<String>,
@@ -605,7 +943,8 @@ pub struct SubmitJob {
     pub kind: Option<Kind>,
     /// Run only on machines with these tags.
     pub tags: Option<Vec<String>>,
-    /// Name shown to operators.
+    /// Name shown to operators: at most 120 characters, no control
+    /// characters (default: the file's name).
     pub name: Option<String>,
     /// GRBL: expand canned cycles, pause at tool changes.
     pub expand_canned_cycles: Option<bool>,
@@ -630,6 +969,10 @@ async fn submit_job(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Submitted>)> {
     let b: SubmitJob = json_body(&headers, &body)?;
+    check_priority(b.priority)?;
+    if let Some(name) = &b.name {
+        check_job_name(name)?;
+    }
     let jobs = s
         .factory
         .submit(Submission {
@@ -777,7 +1120,7 @@ async fn requeue_job(
 pub struct ReorderBody {
     /// Move just before this queued job; absent moves to the end.
     pub before: Option<u64>,
-    /// New priority.
+    /// New priority: -1000000 to 1000000.
     pub priority: Option<i32>,
 }
 
@@ -795,6 +1138,7 @@ async fn reorder_job(
 ) -> ApiResult<Json<Job>> {
     let id = job_id(&id)?;
     let b: ReorderBody = opt_json_body(&headers, &body)?;
+    check_priority(b.priority)?;
     Ok(Json(s.factory.reorder(id, b.before, b.priority).await?))
 }
 
@@ -985,41 +1329,62 @@ async fn machine_console(
 // ------------------------------------------------------------------ events
 
 /// Server-Sent Events: `job` (state changes), `progress` (a few per second
-/// per running job) and `machine` (status changes). Data is JSON.
+/// per running job) and `machine` (status changes). Data is JSON. A token
+/// may hold `http.max_event_streams_per_token` streams at once.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
     responses((status = 200, description = "text/event-stream of Event", body = Event,
-        content_type = "text/event-stream")),
+        content_type = "text/event-stream"),
+        (status = 429, description = "This token has as many streams open as allowed",
+            body = ErrorBody)),
     security(("bearer" = [])))]
 async fn events(
     State(s): State<AppState>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let max = s.settings.max_streams_per_token;
+    let Some(slot) = s.streams.open(&caller.token_hash, max) else {
+        tracing::warn!(caller = %caller.name, max,
+            "event stream refused (http.max_event_streams_per_token)");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "this token already has {max} event streams open (http.max_event_streams_per_token); close a dashboard tab or use another token"
+            ),
+        )
+        .retry_after(15));
+    };
     let rx = s.factory.subscribe();
     let closing = s.factory.closing();
-    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
-        let next = tokio::select! {
-            r = rx.recv() => r,
-            // The daemon is stopping: end the stream so the server can.
-            _ = closing.wait_for(|c| *c) => return None,
-        };
-        let ev = match next {
-            Ok(e) => {
-                let name = match &e {
-                    Event::Job { .. } => "job",
-                    Event::Progress { .. } => "progress",
-                    Event::Machine { .. } => "machine",
-                };
-                let data = serde_json::to_string(&e).unwrap_or_default();
-                SseEvent::default().event(name).data(data)
-            }
-            // Tell the client to refetch instead of dropping silently.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                SseEvent::default().event("lagged").data(n.to_string())
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(ev), (rx, closing)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    // The slot lives as long as the stream: dropping the stream frees it.
+    let stream = futures_util::stream::unfold(
+        (rx, closing, slot),
+        |(mut rx, mut closing, slot)| async move {
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                // The daemon is stopping: end the stream so the server can.
+                _ = closing.wait_for(|c| *c) => return None,
+            };
+            let ev = match next {
+                Ok(e) => {
+                    let name = match &e {
+                        Event::Job { .. } => "job",
+                        Event::Progress { .. } => "progress",
+                        Event::Machine { .. } => "machine",
+                    };
+                    let data = serde_json::to_string(&e).unwrap_or_default();
+                    SseEvent::default().event(name).data(data)
+                }
+                // Tell the client to refetch instead of dropping silently.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    SseEvent::default().event("lagged").data(n.to_string())
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(ev), (rx, closing, slot)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// `GET /log` query.
@@ -1044,6 +1409,12 @@ async fn event_log(
 ) -> ApiResult<Json<Vec<LogRecord>>> {
     let q =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    // Nothing comes after the last sequence number (the store computes
+    // `after + 1`, which would wrap around to the start).
+    let after = q.after.unwrap_or(0);
+    if after == u64::MAX {
+        return Ok(Json(Vec::new()));
+    }
     let entries = s
         .factory
         .store()
@@ -1123,10 +1494,13 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The API router and its OpenAPI document.
-pub fn router(state: AppState) -> Router {
-    let max_upload = state.factory.max_upload();
-    let protected = OpenApiRouter::new()
+/// Every route, unguarded; [`router`] adds the guard, [`openapi`] reads
+/// the document.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .routes(routes!(sign_in, who_am_i, sign_out))
         .routes(routes!(upload_file, list_files))
         .routes(routes!(get_file, delete_file))
         .routes(routes!(submit_job, list_jobs))
@@ -1153,38 +1527,40 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(event_log))
         .routes(routes!(machine_states))
         .routes(routes!(job_attempts))
-        .routes(routes!(who_am_i))
-        .layer(middleware::from_fn_with_state(state.clone(), require_auth));
-    // Signing out needs a known caller but no particular role.
-    let signed_in =
-        OpenApiRouter::new()
-            .routes(routes!(sign_out))
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                require_signed_in,
-            ));
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(health))
-        .routes(routes!(openapi_json))
-        .routes(routes!(sign_in))
-        .merge(protected)
-        .merge(signed_in)
         // Slicers' "send to printer": OctoPrint's paths, outside /api/v1.
-        .merge(crate::http::octoprint::router(state.clone()))
-        .split_for_parts();
+        .merge(crate::http::octoprint::routes())
+}
+
+/// The OpenAPI document, each operation marked with who may call it.
+#[cfg(test)]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = routes().split_for_parts();
+    policy::annotate(&mut doc);
+    doc
+}
+
+/// The API router and its OpenAPI document.
+pub fn router(state: AppState) -> Router {
+    let max_upload = state.factory.max_upload();
+    let (router, mut api) = routes().split_for_parts();
+    policy::annotate(&mut api);
     router
+        // After routing, so the guard sees the matched route; 404 and 405
+        // fallbacks are answered without it.
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::Extension(Arc::new(api)))
         // The dashboard at `/`; everything else, `/api` included, stays a
         // JSON 404.
         .merge(crate::http::web::router())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        // Uploads stream to disk; the limit also bounds multipart overhead.
+        // The guard bounds each body to its route's limit; this only lifts
+        // axum's own 2 MB default for the one route that streams more.
         .layer(DefaultBodyLimit::max(
-            usize::try_from(max_upload)
-                .unwrap_or(usize::MAX)
-                .saturating_add(64 * 1024),
+            usize::try_from(max_upload.saturating_add(policy::MULTIPART_OVERHEAD))
+                .unwrap_or(usize::MAX),
         ))
+        .layer(middleware::from_fn(answer_headers))
         .with_state(state)
 }
 

@@ -1,8 +1,11 @@
-//! Everything HTTP: the API under `/api/v1`, its route policy, the
-//! OctoPrint-compatible routes slicers upload to, and the embedded
-//! dashboard. The only module that knows axum.
+//! Everything HTTP: the server loop and its connection limits, the API
+//! under `/api/v1`, its route policy (who may call what, how large a
+//! body), the OctoPrint-compatible routes slicers upload to, and the
+//! embedded dashboard. The only module that knows axum.
 
 pub mod api;
+pub mod limits;
 pub mod octoprint;
 pub mod policy;
+pub mod server;
 pub mod web;

@@ -21,8 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::{Multipart, Query, Request, State};
-use axum::http::{Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -142,59 +141,53 @@ fn api_key(req: &Request) -> Option<String> {
         .find(|k| !k.is_empty())
 }
 
-/// Whether `role` may call an OctoPrint route with `method`. Every route
-/// here reads status or uploads, so the method decides: a viewer reads, a
-/// slicer or an operator also uploads, the reserved roles do nothing.
-fn may(role: Role, method: &Method) -> bool {
-    match role {
-        Role::Operator | Role::Slicer => true,
-        Role::Viewer => method == Method::GET || method == Method::HEAD,
-        Role::Storefront | Role::Machine => false,
-    }
-}
-
-/// Known key, allowed role, or the 401/403 the slicer shows.
-async fn require_key(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(key) = api_key(&req) else {
-        return OctoError::new(
+/// Checks the OctoPrint key of a request against the route's row of the
+/// policy table (`Who::ApiKey`): a known key of an admitted role, or the
+/// 401/403 the slicer shows. Called by the API's one guard.
+pub(crate) fn authorize(
+    s: &AppState,
+    req: &Request,
+    rule: &crate::http::policy::Rule,
+) -> Result<Caller, Response> {
+    let Some(key) = api_key(req) else {
+        return Err(OctoError::new(
             StatusCode::UNAUTHORIZED,
             "no API key was sent: paste a microfactoryd token into the slicer's API key field \
              (it is sent as X-Api-Key, or Authorization: Bearer); create one with \
              'microfactoryd token create --role slicer --name <who>'",
         )
-        .into_response();
+        .into_response());
     };
     let record = match auth::lookup(s.factory.store(), &key) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            return OctoError::new(
+            return Err(OctoError::new(
                 StatusCode::UNAUTHORIZED,
                 "this API key is not known to microfactoryd: check that it was pasted whole, \
                  or create a new one with 'microfactoryd token create --role slicer --name <who>'",
             )
-            .into_response();
+            .into_response());
         }
-        Err(e) => return OctoError::from(FactoryError::Store(e)).into_response(),
+        Err(e) => return Err(OctoError::from(FactoryError::Store(e)).into_response()),
     };
-    if !may(record.role, req.method()) {
-        let role = format!("{:?}", record.role).to_lowercase();
+    if !rule.admits(record.role) {
+        let role = crate::http::policy::role_name(record.role);
         let what = if record.role == Role::Viewer {
             "may only read the factory's status, not send files"
         } else {
             "may not use the OctoPrint API"
         };
-        return OctoError::new(
+        return Err(OctoError::new(
             StatusCode::FORBIDDEN,
             format!("a {role} key {what}; use a slicer or operator token"),
         )
-        .into_response();
+        .into_response());
     }
-    let span = tracing::info_span!("octoprint", caller = %record.name);
-    req.extensions_mut().insert(Caller {
+    Ok(Caller {
         name: record.name,
         role: record.role,
-    });
-    tracing::Instrument::instrument(next.run(req), span).await
+        token_hash: crate::factory::files::sha256_hex(key.as_bytes()),
+    })
 }
 
 // ----------------------------------------------------------------- version
@@ -859,14 +852,13 @@ impl Modify for ApiKeyAuth {
 
 /// The OctoPrint routes, merged into `api::router` (which adds the body
 /// limit and the JSON fallbacks).
-pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(OctoDoc::openapi())
         .routes(routes!(version))
         .routes(routes!(upload))
         .routes(routes!(job))
         .routes(routes!(printer))
         .routes(routes!(settings))
-        .layer(middleware::from_fn_with_state(state, require_key))
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //!
 //! Schema 0 (the first daemon): plain JSON records, machine records with an
 //! `awaiting_clear` flag, a job-only event log in the `events` tree keyed
-//! by sled's global id generator, sessions as the bare token hash.
+//! by sled's global id generator, sessions as the bare token hash (they
+//! become expired sessions: no opening time was kept).
 //! Schema 1: every record versioned ([`super::codec`]), machine holds with
 //! a reason, the domain log in `log` with its own sequence, attempts and
 //! machine states in tables of their own.
@@ -127,7 +128,15 @@ fn to_v1(t: &Trees, old_events: &sled::Tree) -> Result<(), StoreError> {
     for kv in t.sessions.iter() {
         let (k, v) = kv?;
         if layout(&v) == Layout::Legacy {
-            sessions.push((k, String::from_utf8_lossy(&v).into_owned()));
+            // No opening time was kept: the session counts as expired and
+            // the browser signs in once more.
+            sessions.push((
+                k,
+                super::SessionRecord {
+                    token: String::from_utf8_lossy(&v).into_owned(),
+                    created_ms: 0,
+                },
+            ));
         }
     }
     // The old log had no times; entries keep their order.

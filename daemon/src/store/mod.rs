@@ -542,21 +542,15 @@ impl Store {
 
     // ---- browser sessions ----
 
-    /// Stores a session under its hash; the value is the token's hash.
+    /// Stores a session as daemons before session expiry did: the
+    /// token's hash alone (now [`Store::put_session_record`]; kept to test
+    /// that such sessions are refused).
+    #[cfg(test)]
     pub fn put_session(&self, hash: &str, token_hash: &str) -> Result<(), StoreError> {
         self.t
             .sessions
             .insert(hash.as_bytes(), encode("sessions", &token_hash)?)?;
         Ok(())
-    }
-
-    /// The token hash a session stands for.
-    pub fn session(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        self.t
-            .sessions
-            .get(hash.as_bytes())?
-            .map(|v| decode("sessions", hash.as_bytes(), &v))
-            .transpose()
     }
 
     /// Ends a session.
@@ -616,6 +610,81 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree, table: &'static str) -> Result<Ve
             decode(table, &k, &v)
         })
         .collect()
+}
+
+// ---- tokens and sessions: listing, revoking, expiry (for the HTTP layer) ----
+
+/// A browser session as stored: the token it stands for and when it was
+/// opened, so that it can expire on the server whatever the cookie says.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    /// sha256 of the token.
+    pub token: String,
+    /// When it was opened, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl Store {
+    /// Stores a session with its opening time.
+    pub fn put_session_record(&self, hash: &str, rec: &SessionRecord) -> Result<(), StoreError> {
+        self.t
+            .sessions
+            .insert(hash.as_bytes(), encode("sessions", rec)?)?;
+        Ok(())
+    }
+
+    /// A session; one stored by an older daemon (the token hash alone, no
+    /// time) comes back with `created_ms` 0, so it counts as expired.
+    pub fn session_record(&self, hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let Some(v) = self.t.sessions.get(hash.as_bytes())? else {
+            return Ok(None);
+        };
+        match decode::<SessionRecord>("sessions", hash.as_bytes(), &v) {
+            Ok(s) => Ok(Some(s)),
+            // The bare token hash of an older daemon: no time, so expired.
+            Err(_) => Ok(Some(SessionRecord {
+                token: decode::<String>("sessions", hash.as_bytes(), &v)?,
+                created_ms: 0,
+            })),
+        }
+    }
+
+    /// Every token as (hash, record), in hash order.
+    pub fn tokens(&self) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        self.t
+            .tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    decode("tokens", &k, &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Forgets a token; whether it existed.
+    pub fn remove_token(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(self.t.tokens.remove(hash.as_bytes())?.is_some())
+    }
+
+    /// Ends every session opened with the token of this hash; how many.
+    pub fn remove_sessions_of(&self, token_hash: &str) -> Result<usize, StoreError> {
+        let mut ended = 0;
+        for kv in self.t.sessions.iter() {
+            let (k, _) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            if self
+                .session_record(&key)?
+                .is_some_and(|s| s.token == token_hash)
+            {
+                self.t.sessions.remove(&k)?;
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
 }
 
 #[cfg(test)]
