@@ -551,6 +551,16 @@ async fn answer_headers(req: Request, next: Next) -> Response {
     } else {
         one_error_shape(next.run(req).await).await
     };
+    // A body refused before it was read (too large, too slow) leaves the
+    // rest of it on the connection: say the connection ends, so a client
+    // does not send its next request after that unread body.
+    if matches!(
+        res.status(),
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    ) {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let h = res.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
