@@ -259,8 +259,8 @@ async fn sigterm_interrupts_at_a_safe_line_and_the_job_restarts_there() {
     // The printer holds the half-made part: nothing starts on it until
     // the operator says so.
     let (_, m) = f.get("/machines/mk3-a").await.unwrap();
-    assert_eq!(m["machine_state"], "awaiting_operator", "{m}");
-    assert_eq!(m["reason"], "interrupted", "{m}");
+    assert_eq!(m["awaiting_clear"], true, "{m}");
+    assert_eq!(m["hold_reason"], "interrupted", "{m}");
 
     // Restart after that line: heats, homes X/Y only, sets Z and E, and
     // the rest of the file follows, once the operator confirms.

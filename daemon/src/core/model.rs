@@ -408,6 +408,9 @@ pub struct MachineView {
     pub since_ms: u64,
     /// Why the running job is paused, if it is.
     pub pause: Option<PauseReason>,
+    /// Why it will wait for the operator before its next job (shown even
+    /// while it is offline or halted), if it will.
+    pub hold_reason: Option<crate::core::machine::StateReason>,
     /// The job it is running.
     pub job_id: Option<u64>,
     /// Connection, firmware, capabilities, temperatures, GRBL state and

@@ -1122,6 +1122,7 @@ impl Factory {
             reason_text: reason.words().to_string(),
             since_ms: since,
             pause,
+            hold_reason: m.record.hold.as_ref().map(|h| h.reason),
             job_id: m.job,
             status,
         }
