@@ -824,9 +824,13 @@ async fn a_running_print_pauses_resumes_and_cancels_from_its_card() -> Result<()
     )
     .await?;
     ui.click("#confirm-yes").await?;
+    // The half-made part is still on the bed: the printer waits for the
+    // operator and says why.
     ui.wait(
-        &format!("{c}.dataset.state === 'idle' && {c}.querySelector('.job').dataset.jobState === 'cancelled'"),
-        "the print cancelled and the printer idle",
+        &format!(
+            "{c}.dataset.state === 'awaiting_clear' && {c}.querySelector('.job').dataset.jobState === 'cancelled' && {c}.textContent.includes('Job cancelled: clear the bed')"
+        ),
+        "the print cancelled and the printer waiting for the bed to be cleared",
     )
     .await?;
     ui.wait(

@@ -404,7 +404,7 @@ async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Respo
                 span = Some(tracing::info_span!("octoprint", caller = %caller.name));
                 req.extensions_mut().insert(caller);
             }
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         }
     }
     if let Who::Roles(_) = rule.who {

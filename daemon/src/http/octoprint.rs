@@ -148,15 +148,14 @@ pub(crate) fn authorize(
     s: &AppState,
     req: &Request,
     rule: &crate::http::policy::Rule,
-) -> Result<Caller, Response> {
+) -> Result<Caller, OctoError> {
     let Some(key) = api_key(req) else {
         return Err(OctoError::new(
             StatusCode::UNAUTHORIZED,
             "no API key was sent: paste a microfactoryd token into the slicer's API key field \
              (it is sent as X-Api-Key, or Authorization: Bearer); create one with \
              'microfactoryd token create --role slicer --name <who>'",
-        )
-        .into_response());
+        ));
     };
     let record = match auth::lookup(s.factory.store(), &key) {
         Ok(Some(r)) => r,
@@ -165,10 +164,9 @@ pub(crate) fn authorize(
                 StatusCode::UNAUTHORIZED,
                 "this API key is not known to microfactoryd: check that it was pasted whole, \
                  or create a new one with 'microfactoryd token create --role slicer --name <who>'",
-            )
-            .into_response());
+            ));
         }
-        Err(e) => return Err(OctoError::from(FactoryError::Store(e)).into_response()),
+        Err(e) => return Err(OctoError::from(FactoryError::Store(e))),
     };
     if !rule.admits(record.role) {
         let role = crate::http::policy::role_name(record.role);
@@ -180,8 +178,7 @@ pub(crate) fn authorize(
         return Err(OctoError::new(
             StatusCode::FORBIDDEN,
             format!("a {role} key {what}; use a slicer or operator token"),
-        )
-        .into_response());
+        ));
     }
     Ok(Caller {
         name: record.name,
