@@ -3,7 +3,7 @@
 //! Validation collects every problem instead of stopping at the first, so
 //! `check-config` can tell an operator everything to fix in one go.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +40,75 @@ pub struct Config {
     /// The machines, as `[[machine]]` tables.
     #[serde(default, rename = "machine")]
     pub machines: Vec<MachineConfig>,
+    /// Admissible Performance Criteria: `[apc."<sku>".<machine class>]`.
+    #[serde(default)]
+    pub apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+}
+
+/// The thresholds a product made on a class of machine must meet to be
+/// certified (see docs/production.md). Ratios are fractions (0.8, not 80).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApcCriteria {
+    /// How much evidence a verdict needs.
+    #[serde(default)]
+    pub window: ApcWindow,
+    /// Least availability (APT / PBT).
+    pub availability_min: Option<f64>,
+    /// Least effectiveness (PRU × PQ / APT).
+    pub effectiveness_min: Option<f64>,
+    /// Least quality ratio (GQ / PQ).
+    pub quality_ratio_min: Option<f64>,
+    /// Least first-pass yield.
+    pub first_pass_yield_min: Option<f64>,
+    /// Least OEE.
+    pub oee_min: Option<f64>,
+    /// Least good units per planned busy hour.
+    pub good_units_per_planned_hour_min: Option<f64>,
+    /// Most operator minutes per unit (not measured yet: a verdict with
+    /// it stays `insufficient_data`).
+    pub operator_minutes_per_unit_max: Option<f64>,
+    /// Least mean time between failures, hours.
+    pub mtbf_hours_min: Option<f64>,
+    /// Most mean time to restore, hours.
+    pub mttr_hours_max: Option<f64>,
+}
+
+/// The least evidence for an APC verdict.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApcWindow {
+    /// Units produced.
+    #[serde(default)]
+    pub min_units: u64,
+    /// Planned busy hours.
+    #[serde(default)]
+    pub min_planned_hours: f64,
+}
+
+impl ApcCriteria {
+    /// Every threshold by its key, with whether it is a fraction.
+    pub fn thresholds(&self) -> [(&'static str, Option<f64>, bool); 9] {
+        [
+            ("availability_min", self.availability_min, true),
+            ("effectiveness_min", self.effectiveness_min, false),
+            ("quality_ratio_min", self.quality_ratio_min, true),
+            ("first_pass_yield_min", self.first_pass_yield_min, true),
+            ("oee_min", self.oee_min, true),
+            (
+                "good_units_per_planned_hour_min",
+                self.good_units_per_planned_hour_min,
+                false,
+            ),
+            (
+                "operator_minutes_per_unit_max",
+                self.operator_minutes_per_unit_max,
+                false,
+            ),
+            ("mtbf_hours_min", self.mtbf_hours_min, false),
+            ("mttr_hours_max", self.mttr_hours_max, false),
+        ]
+    }
 }
 
 /// One machine on one serial port.
@@ -66,6 +135,9 @@ pub struct MachineConfig {
     pub require_bed_clear: bool,
     /// Overrides the flow control mode.
     pub flow: Option<FlowMode>,
+    /// Machine class for metering and APC (`[a-z0-9_-]`); default
+    /// `fdm_printer` for printers, `cnc_mill` for mills.
+    pub class: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -119,6 +191,15 @@ impl Machine {
     pub fn kind(&self) -> MachineKind {
         self.profile.kind
     }
+
+    /// Its class for metering and APC.
+    pub fn class(&self) -> &str {
+        match (&self.config.class, self.kind()) {
+            (Some(c), _) => c,
+            (None, MachineKind::Printer) => "fdm_printer",
+            (None, MachineKind::Mill) => "cnc_mill",
+        }
+    }
 }
 
 /// A configuration ready to run, with warnings worth showing.
@@ -165,14 +246,15 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 5] = [
+        const TOP: [&str; 6] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
             "keep_ended_jobs",
             "machine",
+            "apc",
         ];
-        const MACHINE: [&str; 8] = [
+        const MACHINE: [&str; 9] = [
             "id",
             "name",
             "profile",
@@ -181,6 +263,7 @@ impl Config {
             "tags",
             "require_bed_clear",
             "flow",
+            "class",
         ];
         let mut table: toml::Table = toml::from_str(text).ok()?;
         let mut unknown = Vec::new();
@@ -267,6 +350,13 @@ impl Config {
                     ));
                 }
             }
+            if let Some(c) = &m.class
+                && !valid_id(c)
+            {
+                problems.push(format!(
+                    "{at}: class must be 1 to 32 characters of a-z, 0-9, '-' or '_'"
+                ));
+            }
             match Profile::builtin(&m.profile) {
                 Ok(profile) => machines.push(Machine {
                     config: m.clone(),
@@ -275,6 +365,8 @@ impl Config {
                 Err(e) => problems.push(format!("{at}: {e}")),
             }
         }
+        let classes: HashSet<&str> = machines.iter().map(Machine::class).collect();
+        check_apc(&self.apc, &classes, &mut problems, &mut warnings);
         if problems.is_empty() {
             Ok(Checked {
                 config: self,
@@ -283,6 +375,61 @@ impl Config {
             })
         } else {
             Err(problems)
+        }
+    }
+}
+
+/// The `[apc]` tables: SKUs and classes well-formed, every table with at
+/// least one criterion, fractions within 0..=1, other thresholds positive.
+fn check_apc(
+    apc: &BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+    classes: &HashSet<&str>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    for (sku, by_class) in apc {
+        if let Err(e) = crate::metering::model::check_sku(sku) {
+            problems.push(format!("apc.\"{sku}\": {e}"));
+        }
+        for (class, c) in by_class {
+            let at = format!("apc.\"{sku}\".{class}");
+            if !valid_id(class) {
+                problems.push(format!(
+                    "{at}: a machine class is 1 to 32 characters of a-z, 0-9, '-' or '_'"
+                ));
+            } else if !classes.contains(class.as_str()) {
+                warnings.push(format!(
+                    "{at}: no configured machine is of class '{class}' (classes: {})",
+                    {
+                        let mut v: Vec<&str> = classes.iter().copied().collect();
+                        v.sort_unstable();
+                        v.join(", ")
+                    }
+                ));
+            }
+            let set = c.thresholds();
+            if set.iter().all(|(_, v, _)| v.is_none()) {
+                problems.push(format!(
+                    "{at}: no criterion is set (e.g. oee_min = 0.6, availability_min = 0.8)"
+                ));
+            }
+            for (key, v, fraction) in set {
+                match v {
+                    Some(x) if fraction && !(0.0..=1.0).contains(&x) => problems.push(format!(
+                        "{at}: {key} = {x} must be a fraction between 0 and 1 (0.8, not 80)"
+                    )),
+                    Some(x) if !(x.is_finite() && x >= 0.0) => {
+                        problems.push(format!("{at}: {key} = {x} must be zero or more"));
+                    }
+                    _ => {}
+                }
+            }
+            let h = c.window.min_planned_hours;
+            if !(h.is_finite() && h >= 0.0) {
+                problems.push(format!(
+                    "{at}: window.min_planned_hours = {h} must be zero or more"
+                ));
+            }
         }
     }
 }

@@ -80,6 +80,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tags: tags.into_iter().map(String::from).collect(),
             require_bed_clear: fw == FirmwareKind::Marlin,
             flow: None,
+            class: None,
         });
     }
     let checked = Config {
@@ -88,6 +89,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_upload_bytes: crate::config::DEFAULT_MAX_UPLOAD,
         keep_ended_jobs: crate::config::DEFAULT_KEEP_ENDED_JOBS,
         machines: configs,
+        apc: std::collections::BTreeMap::new(),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;
