@@ -15,6 +15,7 @@ mod config;
 mod core;
 mod factory;
 mod http;
+mod metering;
 mod store;
 
 use crate::core::model;
