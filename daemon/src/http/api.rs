@@ -37,6 +37,8 @@ use crate::factory::{Factory, FactoryError, JobAction, Submission};
 pub struct AppState {
     /// The factory.
     pub factory: Arc<Factory>,
+    /// Production metering (products, orders, units, metrics, APC).
+    pub metering: Arc<crate::metering::Metering>,
 }
 
 // ------------------------------------------------------------------ errors
@@ -132,7 +134,7 @@ impl From<FactoryError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn json_body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> ApiResult<T> {
+pub(crate) fn json_body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> ApiResult<T> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -1154,6 +1156,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(machine_states))
         .routes(routes!(job_attempts))
         .routes(routes!(who_am_i))
+        .merge(crate::http::production::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_auth));
     // Signing out needs a known caller but no particular role.
     let signed_in =

@@ -5,4 +5,5 @@
 pub mod api;
 pub mod octoprint;
 pub mod policy;
+pub mod production;
 pub mod web;

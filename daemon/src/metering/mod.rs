@@ -119,8 +119,8 @@ pub enum Scope {
 pub struct Metrics {
     /// Machine or SKU.
     pub scope: Scope,
-    /// The machine id or SKU.
-    pub id: String,
+    /// The machine id or SKU (none: every machine, or every product).
+    pub id: Option<String>,
     /// The window (its end capped at now).
     pub window: Window,
     /// The machines whose state logs were read.
@@ -546,12 +546,13 @@ impl Metering {
 
     // ------------------------------------------------------------- metrics
 
-    fn sku_jobs(&self, sku: &str) -> Result<HashSet<u64>> {
+    /// The jobs of a product's orders (of every product's without one).
+    fn sku_jobs(&self, sku: Option<&str>) -> Result<HashSet<u64>> {
         Ok(self
             .store
             .orders()?
             .iter()
-            .filter(|o| o.sku == sku)
+            .filter(|o| sku.is_none_or(|s| o.sku == s))
             .flat_map(|o| o.jobs.iter().map(|j| j.job_id))
             .collect())
     }
@@ -572,34 +573,44 @@ impl Metering {
         Ok(t)
     }
 
-    /// ISO 22400 figures of a machine or a SKU over `w`.
-    pub fn metrics(&self, scope: Scope, id: &str, w: Window) -> Result<Metrics> {
+    /// ISO 22400 figures of a machine or a SKU over `w`; without an id,
+    /// of every machine (the whole factory) or every product.
+    pub fn metrics(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<Metrics> {
         let now = now_ms();
         let units = self.store.units()?;
-        let (machines, time, quantities) = match scope {
-            Scope::Machine => {
-                if !self.classes.iter().any(|(m, _)| m == id) {
-                    return Err(MeteringError::NotFound(format!("no machine '{id}'")));
-                }
-                let machines = vec![id.to_string()];
+        let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
+        let (machines, time, quantities) = match (scope, id) {
+            (Scope::Machine, id) => {
+                let machines = match id {
+                    Some(id) if all_machines.iter().any(|m| m == id) => vec![id.to_string()],
+                    Some(id) => return Err(MeteringError::NotFound(format!("no machine '{id}'"))),
+                    None => all_machines,
+                };
                 let t = self.time_of(&machines, w, now, &|_| true)?;
-                let q = Quantities::of(&units, w, |u| u.machine_id == id);
+                let q = Quantities::of(&units, w, |u| machines.contains(&u.machine_id));
                 (machines, t, q)
             }
-            Scope::Sku => {
-                self.product(id)?;
-                let jobs = self.sku_jobs(id)?;
-                let machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
-                let t = self.time_of(&machines, w, now, &|c| {
+            (Scope::Sku, Some(sku)) => {
+                self.product(sku)?;
+                let jobs = self.sku_jobs(Some(sku))?;
+                let t = self.time_of(&all_machines, w, now, &|c| {
                     c.job_id.is_some_and(|j| jobs.contains(&j))
                 })?;
-                let q = Quantities::of(&units, w, |u| u.sku == id);
-                (machines, t, q)
+                let q = Quantities::of(&units, w, |u| u.sku == sku);
+                (all_machines, t, q)
+            }
+            (Scope::Sku, None) => {
+                let jobs = self.sku_jobs(None)?;
+                let t = self.time_of(&all_machines, w, now, &|c| {
+                    c.job_id.is_some_and(|j| jobs.contains(&j))
+                })?;
+                let q = Quantities::of(&units, w, |_| true);
+                (all_machines, t, q)
             }
         };
         Ok(Metrics {
             scope,
-            id: id.to_string(),
+            id: id.map(str::to_string),
             window: Window {
                 from_ms: w.from_ms,
                 to_ms: w.to_ms.min(now).max(w.from_ms),
@@ -617,7 +628,7 @@ impl Metering {
         let units = self.store.units()?;
         let mut out = Vec::new();
         for (sku, by_class) in &self.apc {
-            let jobs = self.sku_jobs(sku)?;
+            let jobs = self.sku_jobs(Some(sku))?;
             for (class, criteria) in by_class {
                 let machines: Vec<String> = self
                     .classes

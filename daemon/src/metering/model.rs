@@ -15,8 +15,6 @@ pub const SKU_MAX_CHARS: usize = 32;
 pub const UNITS_PER_JOB_MAX: u32 = 1000;
 /// Largest production order, in units.
 pub const ORDER_QUANTITY_MAX: u32 = 100_000;
-/// Longest unit serial (GS1 AI 21 allows 20).
-pub const SERIAL_MAX_CHARS: usize = 20;
 /// Longest QC note.
 pub const NOTE_MAX_CHARS: usize = 500;
 
@@ -369,10 +367,6 @@ impl QcState {
         matches!(self, Self::Pass | Self::Fail | Self::Scrap)
     }
 
-    /// Counts as scrap (ISO 22400 SQ).
-    pub fn is_scrap(self) -> bool {
-        matches!(self, Self::Fail | Self::Scrap)
-    }
 }
 
 /// One inspection of a unit.
@@ -601,7 +595,8 @@ mod tests {
     #[test]
     fn serials_fit_in_twenty_characters_and_sort_by_number() {
         assert_eq!(serial(42), "U000000042");
-        assert!(serial(10u64.pow(19) - 1).len() <= SERIAL_MAX_CHARS);
+        // GS1 AI 21 allows 20 characters.
+        assert!(serial(10u64.pow(19) - 1).len() <= 20);
         assert!(serial(9) < serial(10));
     }
 }

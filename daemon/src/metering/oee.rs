@@ -191,18 +191,6 @@ impl Quantities {
         }
         q
     }
-
-    /// Adds another window's quantities.
-    pub fn add(&mut self, o: &Self) {
-        self.produced += o.produced;
-        self.good += o.good;
-        self.scrap += o.scrap;
-        self.rework += o.rework;
-        self.uninspected += o.uninspected;
-        self.first_inspected += o.first_inspected;
-        self.first_pass_good += o.first_pass_good;
-        self.credited_runtime_ms += o.credited_runtime_ms;
-    }
 }
 
 /// The indicators; `None` where the denominator is zero (nothing to say).
