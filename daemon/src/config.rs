@@ -540,6 +540,62 @@ speed = 3
     }
 
     #[test]
+    fn apc_thresholds_are_checked_with_everything_else_and_classes_come_from_machines() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[apc."coupling-12mm".fdm_printer]
+window = { min_units = 20, min_planned_hours = 40 }
+availability_min = 0.80
+oee_min = 0.60
+mtbf_hours_min = 100
+[apc."coupling-12mm".laser]
+oee_min = 0.5
+[[machine]]
+id = "p"
+profile = "prusa-mk3s"
+port = "/dev/serial/by-id/p"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.machines[0].class(), "fdm_printer");
+        let fdm = &c.config.apc["coupling-12mm"]["fdm_printer"];
+        assert_eq!((fdm.window.min_units, fdm.oee_min), (20, Some(0.6)));
+        assert!(
+            c.warnings.iter().any(|w| w.contains("class 'laser'")),
+            "{:?}",
+            c.warnings
+        );
+        let e = parse(
+            r#"
+data_dir = "d"
+[apc."bad sku".fdm_printer]
+oee_min = 60
+[apc.ok.fdm_printer]
+window = { min_units = 1 }
+[apc.ok."Big Class"]
+mttr_hours_max = -1
+"#,
+        )
+        .expect_err("invalid");
+        let all = e.join("\n");
+        for needle in [
+            "apc.\"bad sku\": sku",
+            "oee_min = 60 must be a fraction",
+            "apc.\"ok\".fdm_printer: no criterion is set",
+            "a machine class is 1 to 32",
+            "mttr_hours_max = -1 must be zero or more",
+        ] {
+            assert!(all.contains(needle), "missing {needle}: {all}");
+        }
+        let typo = toml::from_str::<Config>("data_dir = \"d\"\n[apc.x.y]\noee = 0.5\n");
+        assert!(
+            typo.is_err(),
+            "an unknown criterion is an error, never ignored"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = parse("data_dir = \"d\"\nlisten_addr = \"x\"\n").expect_err("unknown key");
         assert!(e[0].contains("listen_addr"), "{e:?}");

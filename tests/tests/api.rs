@@ -220,7 +220,10 @@ fn operator_order(r: &Route) -> u8 {
 /// the units are read until a deadline); returns the order and serial.
 async fn one_unit(f: &Factory, file: &str) -> (u64, String) {
     let (s, v) = f
-        .post("/products", json!({"sku": "tiny", "name": "Tiny", "file_id": file}))
+        .post(
+            "/products",
+            json!({"sku": "tiny", "name": "Tiny", "file_id": file}),
+        )
         .await
         .unwrap();
     assert_eq!(s, StatusCode::CREATED, "{v}");

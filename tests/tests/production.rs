@@ -102,7 +102,10 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
         estimated / 2.0
     ));
     let (s, dup) = f
-        .post("/products", json!({"sku": "tile", "name": "x", "file_id": file_id}))
+        .post(
+            "/products",
+            json!({"sku": "tile", "name": "x", "file_id": file_id}),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -110,7 +113,10 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
         (StatusCode::CONFLICT, Some("conflict"))
     );
     let (s, bad) = f
-        .post("/products", json!({"sku": "a b", "name": "x", "file_id": file_id}))
+        .post(
+            "/products",
+            json!({"sku": "a b", "name": "x", "file_id": file_id}),
+        )
         .await
         .unwrap();
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
@@ -169,7 +175,10 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
         assert_eq!(u["first_pass"], true);
     }
     let (st, no_reason) = f
-        .post(&format!("/units/{}/qc", serials[3]), json!({"result": "fail"}))
+        .post(
+            &format!("/units/{}/qc", serials[3]),
+            json!({"result": "fail"}),
+        )
         .await
         .unwrap();
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{no_reason}");
@@ -183,7 +192,10 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
     assert_eq!(st, StatusCode::OK, "{u}");
     assert_eq!(u["qc_history"][0]["by"], "test operator");
     let (st, again) = f
-        .post(&format!("/units/{}/qc", serials[3]), json!({"result": "pass"}))
+        .post(
+            &format!("/units/{}/qc", serials[3]),
+            json!({"result": "pass"}),
+        )
         .await
         .unwrap();
     assert_eq!(st, StatusCode::CONFLICT, "{again}");
@@ -208,11 +220,18 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
     assert_eq!(st, StatusCode::OK);
     let o = order_until(&f, order, |o| o["state"] == "done").await;
     assert_eq!(o["progress"]["good"], 4, "{o}");
-    assert_eq!(o["jobs"].as_array().unwrap().len(), 3, "no plate beyond the need");
+    assert_eq!(
+        o["jobs"].as_array().unwrap().len(),
+        3,
+        "no plate beyond the need"
+    );
 
     // The product stays while its order and units refer to it.
     let (st, body) = f
-        .send(f.request(reqwest::Method::DELETE, "/products/tile"), Some(&f.token))
+        .send(
+            f.request(reqwest::Method::DELETE, "/products/tile"),
+            Some(&f.token),
+        )
         .await
         .unwrap();
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
@@ -270,10 +289,7 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
     assert!(close(fig["quality_ratio"].as_f64().unwrap(), qr), "{fig}");
     assert!(close(fig["oee"].as_f64().unwrap(), a * e * qr), "{fig}");
     // Five inspected first: three passed, one failed, the last passed.
-    assert!(close(
-        fig["first_pass_yield"].as_f64().unwrap(),
-        4.0 / 5.0
-    ));
+    assert!(close(fig["first_pass_yield"].as_f64().unwrap(), 4.0 / 5.0));
 
     // The product's own time is within the machine's.
     let (_, by_sku) = f
@@ -291,7 +307,10 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
     let (_, apc) = f.get(&format!("/apc?from=0&to={to}")).await.unwrap();
     assert_eq!(apc.as_array().unwrap().len(), 1, "{apc}");
     let v = &apc[0];
-    assert_eq!((&v["sku"], &v["class"]), (&json!("tile"), &json!("fdm_printer")));
+    assert_eq!(
+        (&v["sku"], &v["class"]),
+        (&json!("tile"), &json!("fdm_printer"))
+    );
     assert_eq!(v["verdict"], "fail", "{v}");
     let quality = v["criteria"]
         .as_array()

@@ -134,7 +134,10 @@ impl From<FactoryError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub(crate) fn json_body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> ApiResult<T> {
+pub(crate) fn json_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<T> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -235,10 +235,7 @@ async fn list_units(
     params(("serial" = String, Path, description = "Unit serial")),
     responses((status = 200, body = Unit), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-async fn get_unit(
-    State(s): State<AppState>,
-    Path(serial): Path<String>,
-) -> ApiResult<Json<Unit>> {
+async fn get_unit(State(s): State<AppState>, Path(serial): Path<String>) -> ApiResult<Json<Unit>> {
     Ok(Json(s.metering.unit(&serial)?))
 }
 
@@ -260,7 +257,9 @@ async fn inspect_unit(
     body: Bytes,
 ) -> ApiResult<Json<Unit>> {
     let input: QcInput = json_body(&headers, &body)?;
-    Ok(Json(s.metering.inspect(&serial, input, &caller.name).await?))
+    Ok(Json(
+        s.metering.inspect(&serial, input, &caller.name).await?,
+    ))
 }
 
 // ----------------------------------------------------------------- metrics

@@ -196,7 +196,10 @@ mod tests {
         let e = evaluate(&criteria(), &t, &q, &figures(&t, &q));
         assert_eq!(e.verdict, Verdict::Pass, "{e:?}");
         let mtbf = e.criteria.iter().find(|c| c.key == "mtbf_hours_min");
-        assert_eq!(mtbf.map(|c| (c.measured, c.lower_bound)), Some((Some(3.0), true)));
+        assert_eq!(
+            mtbf.map(|c| (c.measured, c.lower_bound)),
+            Some((Some(3.0), true))
+        );
     }
 
     #[test]

@@ -293,7 +293,8 @@ impl Metering {
     // -------------------------------------------------------------- orders
 
     fn view(&self, order: Order, units: &[Unit]) -> OrderView {
-        let progress = production::progress(&order, units.iter().filter(|u| u.order_id == order.id));
+        let progress =
+            production::progress(&order, units.iter().filter(|u| u.order_id == order.id));
         OrderView { order, progress }
     }
 
@@ -489,7 +490,11 @@ impl Metering {
             for o in orders.into_iter().filter(|o| o.submitting.is_some()) {
                 let name = o.job_name();
                 let found: Vec<Job> = jobs.iter().filter(|j| j.name == name).cloned().collect();
-                warn!(order = o.id, jobs = found.len(), "adopting the jobs of an interrupted submission");
+                warn!(
+                    order = o.id,
+                    jobs = found.len(),
+                    "adopting the jobs of an interrupted submission"
+                );
                 self.adopt(o, &found).await?;
             }
         }

@@ -184,20 +184,22 @@ impl ProductInput {
                 "units_per_job must be between 1 and {UNITS_PER_JOB_MAX}, got {units_per_job}"
             ));
         }
-        let (planned, from_analysis) =
-            match positive("planned_runtime_per_unit_s", self.planned_runtime_per_unit_s)? {
-                Some(s) => (s, false),
-                None if file.analysis.estimated_seconds > 0.0 => (
-                    file.analysis.estimated_seconds / f64::from(units_per_job),
-                    true,
-                ),
-                None => {
-                    return invalid(
-                        "the file's analysis has no duration to plan with; \
+        let (planned, from_analysis) = match positive(
+            "planned_runtime_per_unit_s",
+            self.planned_runtime_per_unit_s,
+        )? {
+            Some(s) => (s, false),
+            None if file.analysis.estimated_seconds > 0.0 => (
+                file.analysis.estimated_seconds / f64::from(units_per_job),
+                true,
+            ),
+            None => {
+                return invalid(
+                    "the file's analysis has no duration to plan with; \
                          give planned_runtime_per_unit_s",
-                    );
-                }
-            };
+                );
+            }
+        };
         if let Some(d) = self.dimensions_mm
             && d.iter().any(|x| !(x.is_finite() && *x > 0.0))
         {
@@ -366,7 +368,6 @@ impl QcState {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Pass | Self::Fail | Self::Scrap)
     }
-
 }
 
 /// One inspection of a unit.

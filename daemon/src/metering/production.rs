@@ -297,21 +297,14 @@ mod tests {
         // Two plates done: three pass, one fails; the third still runs.
         o.jobs[0].settled = true;
         o.jobs[1].settled = true;
-        let mut units: Vec<Unit> = units_of_attempt(
-            &o,
-            &attempt(AttemptOutcome::Completed, 1),
-            "f",
-            1,
-            1,
-        )
-        .units;
+        let mut units: Vec<Unit> =
+            units_of_attempt(&o, &attempt(AttemptOutcome::Completed, 1), "f", 1, 1).units;
         units.extend(units_of_attempt(&o, &attempt(AttemptOutcome::Completed, 1), "f", 1, 3).units);
-        for (u, qc) in units.iter_mut().zip([
-            QcState::Pass,
-            QcState::Pass,
-            QcState::Pass,
-            QcState::Fail,
-        ]) {
+        for (u, qc) in
+            units
+                .iter_mut()
+                .zip([QcState::Pass, QcState::Pass, QcState::Pass, QcState::Fail])
+        {
             u.qc = qc;
         }
         let p = progress(&o, &units);
@@ -321,8 +314,16 @@ mod tests {
             "3 good + 2 running covers 5"
         );
         units[0].qc = QcState::Scrap;
-        assert_eq!(progress(&o, &units).jobs_needed, 1, "2 good + 2 running < 5");
+        assert_eq!(
+            progress(&o, &units).jobs_needed,
+            1,
+            "2 good + 2 running < 5"
+        );
         o.state = OrderState::Stopped;
-        assert_eq!(progress(&o, &units).jobs_needed, 0, "a stopped order asks for nothing");
+        assert_eq!(
+            progress(&o, &units).jobs_needed,
+            0,
+            "a stopped order asks for nothing"
+        );
     }
 }

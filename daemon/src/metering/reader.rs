@@ -7,6 +7,7 @@
 //! again. The store also refuses a second unit in the same (job, attempt,
 //! index) place, whatever happens.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,22 +115,21 @@ impl Metering {
         let Some(order_id) = self.store.order_of_job(job_id)? else {
             return Ok(());
         };
-        if !orders.contains_key(&order_id) {
-            let Some(o) = self.store.order(order_id)? else {
-                warn!(order = order_id, job = job_id, "a job's production order is gone");
-                return Ok(());
-            };
-            orders.insert(order_id, o);
-        }
-        let Some(order) = orders.get_mut(&order_id) else {
-            return Ok(());
+        let order = match orders.entry(order_id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let Some(o) = self.store.order(order_id)? else {
+                    warn!(
+                        order = order_id,
+                        job = job_id,
+                        "a job's production order is gone"
+                    );
+                    return Ok(());
+                };
+                v.insert(o)
+            }
         };
-        let Some(attempt) = self
-            .store
-            .attempts(job_id)?
-            .into_iter()
-            .find(|a| a.n == n)
-        else {
+        let Some(attempt) = self.store.attempts(job_id)?.into_iter().find(|a| a.n == n) else {
             warn!(job = job_id, attempt = n, "an ended attempt has no record");
             return Ok(());
         };

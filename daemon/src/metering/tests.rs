@@ -108,8 +108,14 @@ async fn units_survive_reopening_the_store_half_way_and_a_replay_duplicates_none
     }
     // The daemon stops here; the second plate ends after the restart.
     let store = Store::open(&dir).expect("reopen");
-    assert_eq!(store.units().expect("units").len(), 2, "durable at the flush");
-    store.commit(&ended(2, 70_000), 130_000).expect("second plate");
+    assert_eq!(
+        store.units().expect("units").len(),
+        2,
+        "durable at the flush"
+    );
+    store
+        .commit(&ended(2, 70_000), 130_000)
+        .expect("second plate");
     store.flush().await.expect("flush");
     let m = metering(&store).await;
     catch_up_all(&m).await;
@@ -199,6 +205,9 @@ async fn a_failed_unit_of_an_open_order_asks_for_another_job() {
             "op",
         )
         .await;
-    assert!(matches!(again, Err(MeteringError::Conflict(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(MeteringError::Conflict(_))),
+        "{again:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -31,7 +31,7 @@ pub fn layout(bytes: &[u8]) -> Layout {
     match bytes.first() {
         None => Layout::Unknown,
         Some(&VERSION) => Layout::Current,
-        Some(&b) if b == 0 => Layout::Unknown,
+        Some(0) => Layout::Unknown,
         Some(&b) if b < 0x20 && b > VERSION => Layout::Newer(b),
         Some(&b) if b < 0x20 => Layout::Unknown,
         Some(_) => Layout::Legacy,

@@ -692,11 +692,7 @@ impl Store {
 
     /// The production order a job belongs to.
     pub fn order_of_job(&self, job: u64) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .t
-            .order_jobs
-            .get(job_key(job))?
-            .map(|v| u64_key(&v)))
+        Ok(self.t.order_jobs.get(job_key(job))?.map(|v| u64_key(&v)))
     }
 
     /// The order id counter: the last id handed out.
@@ -720,7 +716,12 @@ impl Store {
 
     /// The serial of the unit made in this place (job, attempt, index on
     /// the plate), if one was.
-    pub fn unit_at(&self, job: u64, attempt: u32, index: u32) -> Result<Option<String>, StoreError> {
+    pub fn unit_at(
+        &self,
+        job: u64,
+        attempt: u32,
+        index: u32,
+    ) -> Result<Option<String>, StoreError> {
         Ok(self
             .t
             .unit_places
