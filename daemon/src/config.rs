@@ -3,7 +3,7 @@
 //! Validation collects every problem instead of stopping at the first, so
 //! `check-config` can tell an operator everything to fix in one go.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +43,75 @@ pub struct Config {
     /// The machines, as `[[machine]]` tables.
     #[serde(default, rename = "machine")]
     pub machines: Vec<MachineConfig>,
+    /// Admissible Performance Criteria: `[apc."<sku>".<machine class>]`.
+    #[serde(default)]
+    pub apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+}
+
+/// The thresholds a product made on a class of machine must meet to be
+/// certified (see docs/production.md). Ratios are fractions (0.8, not 80).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApcCriteria {
+    /// How much evidence a verdict needs.
+    #[serde(default)]
+    pub window: ApcWindow,
+    /// Least availability (APT / PBT).
+    pub availability_min: Option<f64>,
+    /// Least effectiveness (PRU × PQ / APT).
+    pub effectiveness_min: Option<f64>,
+    /// Least quality ratio (GQ / PQ).
+    pub quality_ratio_min: Option<f64>,
+    /// Least first-pass yield.
+    pub first_pass_yield_min: Option<f64>,
+    /// Least OEE.
+    pub oee_min: Option<f64>,
+    /// Least good units per planned busy hour.
+    pub good_units_per_planned_hour_min: Option<f64>,
+    /// Most operator minutes per unit (not measured yet: a verdict with
+    /// it stays `insufficient_data`).
+    pub operator_minutes_per_unit_max: Option<f64>,
+    /// Least mean time between failures, hours.
+    pub mtbf_hours_min: Option<f64>,
+    /// Most mean time to restore, hours.
+    pub mttr_hours_max: Option<f64>,
+}
+
+/// The least evidence for an APC verdict.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApcWindow {
+    /// Units produced.
+    #[serde(default)]
+    pub min_units: u64,
+    /// Planned busy hours.
+    #[serde(default)]
+    pub min_planned_hours: f64,
+}
+
+impl ApcCriteria {
+    /// Every threshold by its key, with whether it is a fraction.
+    pub fn thresholds(&self) -> [(&'static str, Option<f64>, bool); 9] {
+        [
+            ("availability_min", self.availability_min, true),
+            ("effectiveness_min", self.effectiveness_min, false),
+            ("quality_ratio_min", self.quality_ratio_min, true),
+            ("first_pass_yield_min", self.first_pass_yield_min, true),
+            ("oee_min", self.oee_min, true),
+            (
+                "good_units_per_planned_hour_min",
+                self.good_units_per_planned_hour_min,
+                false,
+            ),
+            (
+                "operator_minutes_per_unit_max",
+                self.operator_minutes_per_unit_max,
+                false,
+            ),
+            ("mtbf_hours_min", self.mtbf_hours_min, false),
+            ("mttr_hours_max", self.mttr_hours_max, false),
+        ]
+    }
 }
 
 /// `[http]`: limits that keep one client (or anyone who can reach the
@@ -155,6 +224,9 @@ pub struct MachineConfig {
     pub require_bed_clear: bool,
     /// Overrides the flow control mode.
     pub flow: Option<FlowMode>,
+    /// Machine class for metering and APC (`[a-z0-9_-]`); default
+    /// `fdm_printer` for printers, `cnc_mill` for mills.
+    pub class: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -208,6 +280,15 @@ impl Machine {
     pub fn kind(&self) -> MachineKind {
         self.profile.kind
     }
+
+    /// Its class for metering and APC.
+    pub fn class(&self) -> &str {
+        match (&self.config.class, self.kind()) {
+            (Some(c), _) => c,
+            (None, MachineKind::Printer) => "fdm_printer",
+            (None, MachineKind::Mill) => "cnc_mill",
+        }
+    }
 }
 
 /// A configuration ready to run, with warnings worth showing.
@@ -254,15 +335,16 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 6] = [
+        const TOP: [&str; 7] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
             "keep_ended_jobs",
             "http",
             "machine",
+            "apc",
         ];
-        const MACHINE: [&str; 8] = [
+        const MACHINE: [&str; 9] = [
             "id",
             "name",
             "profile",
@@ -271,6 +353,7 @@ impl Config {
             "tags",
             "require_bed_clear",
             "flow",
+            "class",
         ];
         let mut table: toml::Table = toml::from_str(text).ok()?;
         let mut unknown = Vec::new();
@@ -361,6 +444,13 @@ impl Config {
                     ));
                 }
             }
+            if let Some(c) = &m.class
+                && !valid_id(c)
+            {
+                problems.push(format!(
+                    "{at}: class must be 1 to 32 characters of a-z, 0-9, '-' or '_'"
+                ));
+            }
             match Profile::builtin(&m.profile) {
                 Ok(profile) => machines.push(Machine {
                     config: m.clone(),
@@ -369,6 +459,8 @@ impl Config {
                 Err(e) => problems.push(format!("{at}: {e}")),
             }
         }
+        let classes: HashSet<&str> = machines.iter().map(Machine::class).collect();
+        check_apc(&self.apc, &classes, &mut problems, &mut warnings);
         if problems.is_empty() {
             Ok(Checked {
                 config: self,
@@ -377,6 +469,61 @@ impl Config {
             })
         } else {
             Err(problems)
+        }
+    }
+}
+
+/// The `[apc]` tables: SKUs and classes well-formed, every table with at
+/// least one criterion, fractions within 0..=1, other thresholds positive.
+fn check_apc(
+    apc: &BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+    classes: &HashSet<&str>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    for (sku, by_class) in apc {
+        if let Err(e) = crate::metering::model::check_sku(sku) {
+            problems.push(format!("apc.\"{sku}\": {e}"));
+        }
+        for (class, c) in by_class {
+            let at = format!("apc.\"{sku}\".{class}");
+            if !valid_id(class) {
+                problems.push(format!(
+                    "{at}: a machine class is 1 to 32 characters of a-z, 0-9, '-' or '_'"
+                ));
+            } else if !classes.contains(class.as_str()) {
+                warnings.push(format!(
+                    "{at}: no configured machine is of class '{class}' (classes: {})",
+                    {
+                        let mut v: Vec<&str> = classes.iter().copied().collect();
+                        v.sort_unstable();
+                        v.join(", ")
+                    }
+                ));
+            }
+            let set = c.thresholds();
+            if set.iter().all(|(_, v, _)| v.is_none()) {
+                problems.push(format!(
+                    "{at}: no criterion is set (e.g. oee_min = 0.6, availability_min = 0.8)"
+                ));
+            }
+            for (key, v, fraction) in set {
+                match v {
+                    Some(x) if fraction && !(0.0..=1.0).contains(&x) => problems.push(format!(
+                        "{at}: {key} = {x} must be a fraction between 0 and 1 (0.8, not 80)"
+                    )),
+                    Some(x) if !(x.is_finite() && x >= 0.0) => {
+                        problems.push(format!("{at}: {key} = {x} must be zero or more"));
+                    }
+                    _ => {}
+                }
+            }
+            let h = c.window.min_planned_hours;
+            if !(h.is_finite() && h >= 0.0) {
+                problems.push(format!(
+                    "{at}: window.min_planned_hours = {h} must be zero or more"
+                ));
+            }
         }
     }
 }
@@ -505,6 +652,62 @@ speed = 3
         assert!(
             unknown[0].starts_with("http: unknown key 'max_conns'"),
             "{unknown:?}"
+        );
+    }
+
+    #[test]
+    fn apc_thresholds_are_checked_with_everything_else_and_classes_come_from_machines() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[apc."coupling-12mm".fdm_printer]
+window = { min_units = 20, min_planned_hours = 40 }
+availability_min = 0.80
+oee_min = 0.60
+mtbf_hours_min = 100
+[apc."coupling-12mm".laser]
+oee_min = 0.5
+[[machine]]
+id = "p"
+profile = "prusa-mk3s"
+port = "/dev/serial/by-id/p"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.machines[0].class(), "fdm_printer");
+        let fdm = &c.config.apc["coupling-12mm"]["fdm_printer"];
+        assert_eq!((fdm.window.min_units, fdm.oee_min), (20, Some(0.6)));
+        assert!(
+            c.warnings.iter().any(|w| w.contains("class 'laser'")),
+            "{:?}",
+            c.warnings
+        );
+        let e = parse(
+            r#"
+data_dir = "d"
+[apc."bad sku".fdm_printer]
+oee_min = 60
+[apc.ok.fdm_printer]
+window = { min_units = 1 }
+[apc.ok."Big Class"]
+mttr_hours_max = -1
+"#,
+        )
+        .expect_err("invalid");
+        let all = e.join("\n");
+        for needle in [
+            "apc.\"bad sku\": sku",
+            "oee_min = 60 must be a fraction",
+            "apc.\"ok\".fdm_printer: no criterion is set",
+            "a machine class is 1 to 32",
+            "mttr_hours_max = -1 must be zero or more",
+        ] {
+            assert!(all.contains(needle), "missing {needle}: {all}");
+        }
+        let typo = toml::from_str::<Config>("data_dir = \"d\"\n[apc.x.y]\noee = 0.5\n");
+        assert!(
+            typo.is_err(),
+            "an unknown criterion is an error, never ignored"
         );
     }
 

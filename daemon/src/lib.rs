@@ -9,4 +9,5 @@ pub mod config;
 pub mod core;
 pub mod factory;
 pub mod http;
+pub mod metering;
 pub mod store;

@@ -174,12 +174,23 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             );
             for m in &c.machines {
                 println!(
-                    "  {} ({}): {} on {}",
+                    "  {} ({}): {} ({}) on {}",
                     m.config.id,
                     m.name(),
                     m.config.profile,
+                    m.class(),
                     m.config.port.display()
                 );
+            }
+            for (sku, by_class) in &c.config.apc {
+                for (class, criteria) in by_class {
+                    let n = criteria
+                        .thresholds()
+                        .iter()
+                        .filter(|(_, v, _)| v.is_some())
+                        .count();
+                    println!("  apc {sku} on {class}: {n} criteria");
+                }
             }
             for w in &c.warnings {
                 println!("warning: {w}");

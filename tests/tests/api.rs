@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-
 use std::time::Duration;
 
 use microfactory_e2e::{Factory, MachineSpec, data};
@@ -191,6 +190,9 @@ struct Ids {
     file: String,
     job: u64,
     machine: &'static str,
+    sku: &'static str,
+    order: u64,
+    serial: String,
 }
 
 impl Ids {
@@ -204,6 +206,9 @@ impl Ids {
                     "files" => self.file.clone(),
                     "jobs" => self.job.to_string(),
                     "machines" => self.machine.to_string(),
+                    "products" => self.sku.to_string(),
+                    "production-orders" => self.order.to_string(),
+                    "units" => self.serial.clone(),
                     _ => panic!("{template}: no test id for a parameter after '{owner}'; add one"),
                 });
             } else {
@@ -228,6 +233,35 @@ fn operator_order(r: &Route) -> u8 {
     }
 }
 
+/// Makes product `tiny` from `file`, orders one and waits for its unit
+/// (made by the daemon's log reader, which publishes no live event, so
+/// the units are read until a deadline); returns the order and serial.
+async fn one_unit(f: &Factory, file: &str) -> (u64, String) {
+    let (s, v) = f
+        .post(
+            "/products",
+            json!({"sku": "tiny", "name": "Tiny", "file_id": file}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = f
+        .post("/production-orders", json!({"sku": "tiny", "quantity": 1}))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let order = v["id"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, units) = f.get("/units?sku=tiny").await.unwrap();
+        if let Some(serial) = units[0]["serial"].as_str() {
+            return (order, serial.to_string());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no unit was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_admits_exactly_the_roles_it_documents() {
     let mut f = Factory::start_with(&two_machines(), MANY_FAILURES)
@@ -249,6 +283,8 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
         .unwrap();
     assert_eq!(file.0, StatusCode::CREATED, "{}", file.1);
     let file_id = file.1["id"].as_str().unwrap().to_string();
+    // A product, an order of one and the unit it made, while p1 still runs.
+    let (order, serial) = one_unit(&f, &file_id).await;
     let (s, v) = f.post("/machines/p1/disable", json!({})).await.unwrap();
     assert_eq!(s, StatusCode::OK, "{v}");
     let jobs = f
@@ -259,6 +295,9 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
         file: file_id.clone(),
         job: jobs[0],
         machine: "m1",
+        sku: "tiny",
+        order,
+        serial,
     };
 
     // The document itself needs no token.

@@ -80,6 +80,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tags: tags.into_iter().map(String::from).collect(),
             require_bed_clear: fw == FirmwareKind::Marlin,
             flow: None,
+            class: None,
         });
     }
     let checked = Config {
@@ -89,6 +90,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         keep_ended_jobs: crate::config::DEFAULT_KEEP_ENDED_JOBS,
         http: crate::config::HttpConfig::default(),
         machines: configs,
+        apc: std::collections::BTreeMap::new(),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;

@@ -13,6 +13,7 @@ use tracing::info;
 use crate::config::Checked;
 use crate::factory::Factory;
 use crate::http::api::{self, AppState};
+use crate::metering::Metering;
 use crate::store::Store;
 
 /// Driver settings for each configured machine.
@@ -39,6 +40,7 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The factory.
     pub factory: Arc<Factory>,
+    metering: Arc<Metering>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -62,12 +64,22 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
     .await
     .context("cannot open the factory")?;
     factory.run();
+    let metering = Metering::new(
+        Arc::clone(&factory),
+        &checked.machines,
+        checked.config.apc.clone(),
+    );
+    metering.start();
     let listener = TcpListener::bind(checked.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
     let addr = listener.local_addr()?;
     let http = &checked.config.http;
-    let app = api::router(AppState::new(Arc::clone(&factory), http.into()));
+    let app = api::router(AppState::new(
+        Arc::clone(&factory),
+        Arc::clone(&metering),
+        http.into(),
+    ));
     let limits = crate::http::server::Limits::from(http);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::http::server::serve(
@@ -82,6 +94,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         factory,
+        metering,
         server,
         stop,
     })
@@ -95,6 +108,9 @@ impl Running {
         let _ = self.stop.send(());
         // Open event streams never end on their own; do not wait forever.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.server).await;
+        // Before the factory: the reader may be queuing an order's jobs.
+        // What the factory records while stopping is read at the next start.
+        self.metering.shutdown().await;
         self.factory.shutdown().await;
     }
 }

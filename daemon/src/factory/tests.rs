@@ -63,6 +63,7 @@ fn machine(id: &str) -> Machine {
             tags: vec![],
             require_bed_clear: false,
             flow: None,
+            class: None,
         },
         profile: Profile::builtin("prusa-mk3s").expect("profile"),
     }

@@ -38,6 +38,8 @@ use crate::http::policy::{self, BodyLimit, Who};
 pub struct AppState {
     /// The factory.
     pub factory: Arc<Factory>,
+    /// Production metering (products, orders, units, metrics, APC).
+    pub metering: Arc<crate::metering::Metering>,
     /// The `[http]` settings.
     pub settings: Arc<Settings>,
     /// Open event streams per token.
@@ -48,9 +50,14 @@ pub struct AppState {
 
 impl AppState {
     /// State for a factory with these settings.
-    pub fn new(factory: Arc<Factory>, settings: Settings) -> Self {
+    pub fn new(
+        factory: Arc<Factory>,
+        metering: Arc<crate::metering::Metering>,
+        settings: Settings,
+    ) -> Self {
         Self {
             factory,
+            metering,
             settings: Arc::new(settings),
             streams: Arc::default(),
             failures: Arc::default(),
@@ -164,7 +171,10 @@ impl From<FactoryError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn json_body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> ApiResult<T> {
+pub(crate) fn json_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<T> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -1537,6 +1547,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(event_log))
         .routes(routes!(machine_states))
         .routes(routes!(job_attempts))
+        // Production metering: products, orders, units, metrics, APC.
+        .merge(crate::http::production::routes())
         // Slicers' "send to printer": OctoPrint's paths, outside /api/v1.
         .merge(crate::http::octoprint::routes())
 }

@@ -7,5 +7,6 @@ pub mod api;
 pub mod limits;
 pub mod octoprint;
 pub mod policy;
+pub mod production;
 pub mod server;
 pub mod web;

@@ -216,6 +216,51 @@ pub const TABLE: &[Rule] = &[
     ),
     row(Method::GET, "/api/v1/events", Roles(READERS), Empty),
     row(Method::GET, "/api/v1/log", Roles(READERS), Empty),
+    // Production metering (`http::production`).
+    row(Method::POST, "/api/v1/products", Roles(OPERATOR), Json),
+    row(Method::GET, "/api/v1/products", Roles(READERS), Empty),
+    row(Method::GET, "/api/v1/products/{sku}", Roles(READERS), Empty),
+    row(Method::PUT, "/api/v1/products/{sku}", Roles(OPERATOR), Json),
+    row(
+        Method::DELETE,
+        "/api/v1/products/{sku}",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/production-orders",
+        Roles(OPERATOR),
+        Json,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/production-orders",
+        Roles(READERS),
+        Empty,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/production-orders/{id}",
+        Roles(READERS),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/production-orders/{id}/stop",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(Method::GET, "/api/v1/units", Roles(READERS), Empty),
+    row(Method::GET, "/api/v1/units/{serial}", Roles(READERS), Empty),
+    row(
+        Method::POST,
+        "/api/v1/units/{serial}/qc",
+        Roles(OPERATOR),
+        Json,
+    ),
+    row(Method::GET, "/api/v1/metrics", Roles(READERS), Empty),
+    row(Method::GET, "/api/v1/apc", Roles(READERS), Empty),
     // OctoPrint's paths, for slicers (`http::octoprint`).
     row(Method::GET, "/api/version", ApiKey(SLICER_READERS), Empty),
     row(

@@ -37,6 +37,7 @@ use tokio::sync::watch;
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
+use crate::metering::model::{Order, Product, Unit};
 use codec::{decode, encode, u64_key};
 
 /// Storage failures. None of them is the caller's fault.
@@ -119,6 +120,15 @@ fn attempt_key(job: u64, n: u32) -> [u8; 12] {
     k
 }
 
+/// Key of a unit's place: job, attempt, index on the plate. One place
+/// holds at most one unit, whatever a log reader replays.
+fn unit_place_key(job: u64, attempt: u32, index: u32) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..12].copy_from_slice(&attempt_key(job, attempt));
+    k[12..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
 /// Key of a machine state change: the machine, a zero byte, the log seq.
 fn state_key(machine: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(machine.len() + 9);
@@ -132,6 +142,10 @@ fn state_key(machine: &str, seq: u64) -> Vec<u8> {
 const LOG_SEQ: &str = "log_seq";
 /// Meta key of the job id counter.
 const JOB_ID: &str = "job_id";
+/// Meta key of the production order id counter.
+const ORDER_ID: &str = "order_id";
+/// Meta key of the unit serial counter.
+const UNIT_SERIAL: &str = "unit_serial";
 /// Meta key of the schema version.
 const SCHEMA: &str = "schema";
 /// The schema this daemon writes: 1 = versioned records, domain log,
@@ -153,9 +167,15 @@ struct Trees {
     tokens: sled::Tree,
     sessions: sled::Tree,
     log: sled::Tree,
-    #[cfg_attr(not(test), allow(dead_code))]
     cursors: sled::Tree,
     meta: sled::Tree,
+    products: sled::Tree,
+    orders: sled::Tree,
+    /// job id → production order id.
+    order_jobs: sled::Tree,
+    units: sled::Tree,
+    /// (job, attempt, index) → serial.
+    unit_places: sled::Tree,
 }
 
 /// Records that change together, written by [`Store::commit`] as one.
@@ -175,6 +195,25 @@ pub struct Batch {
     pub events: Vec<DomainEvent>,
     /// The job id counter's new value, when ids were handed out.
     pub job_id_counter: Option<u64>,
+    /// Products to write.
+    pub products: Vec<Product>,
+    /// Products to forget, by SKU.
+    pub removed_products: Vec<String>,
+    /// Production orders to write.
+    pub orders: Vec<Order>,
+    /// Jobs that belong to a production order: (job, order).
+    pub order_jobs: Vec<(u64, u64)>,
+    /// The order id counter's new value.
+    pub order_id_counter: Option<u64>,
+    /// Units to write. A new unit whose place (job, attempt, index)
+    /// already holds another serial is skipped: creation is idempotent
+    /// per place even if a reader hands the same log record in twice.
+    pub units: Vec<Unit>,
+    /// The unit serial counter's new value.
+    pub unit_counter: Option<u64>,
+    /// Log readers' cursors to move, in the same transaction as what they
+    /// wrote for the records up to there.
+    pub cursors: Vec<(&'static str, u64)>,
 }
 
 impl Batch {
@@ -187,6 +226,14 @@ impl Batch {
             && self.removed_files.is_empty()
             && self.events.is_empty()
             && self.job_id_counter.is_none()
+            && self.products.is_empty()
+            && self.removed_products.is_empty()
+            && self.orders.is_empty()
+            && self.order_jobs.is_empty()
+            && self.order_id_counter.is_none()
+            && self.units.is_empty()
+            && self.unit_counter.is_none()
+            && self.cursors.is_empty()
     }
 }
 
@@ -262,6 +309,11 @@ impl Store {
             log: db.open_tree("log")?,
             cursors: db.open_tree("cursors")?,
             meta: db.open_tree("meta")?,
+            products: db.open_tree("products")?,
+            orders: db.open_tree("orders")?,
+            order_jobs: db.open_tree("order_jobs")?,
+            units: db.open_tree("units")?,
+            unit_places: db.open_tree("unit_places")?,
         };
         migrate::run(&db, &t)?;
         let tip = read_u64(t.meta.get(LOG_SEQ)?);
@@ -330,10 +382,18 @@ impl Store {
             &t.states,
             &t.log,
             &t.meta,
+            &t.products,
+            &t.orders,
+            &t.order_jobs,
+            &t.units,
+            &t.unit_places,
+            &t.cursors,
         ];
         let records = sled::Transactional::<StoreError>::transaction(&trees[..], |tx| {
             let (files, jobs, attempts, machines, states, log, meta) =
                 (&tx[0], &tx[1], &tx[2], &tx[3], &tx[4], &tx[5], &tx[6]);
+            let (products, orders, order_jobs, units, unit_places, cursors) =
+                (&tx[7], &tx[8], &tx[9], &tx[10], &tx[11], &tx[12]);
             for f in &batch.files {
                 tx_put(files, "files", f.id.as_bytes(), f)?;
             }
@@ -351,6 +411,38 @@ impl Store {
             }
             if let Some(n) = batch.job_id_counter {
                 meta.insert(JOB_ID, &n.to_be_bytes())?;
+            }
+            for p in &batch.products {
+                tx_put(products, "products", p.sku.as_bytes(), p)?;
+            }
+            for sku in &batch.removed_products {
+                products.remove(sku.as_bytes())?;
+            }
+            for o in &batch.orders {
+                tx_put(orders, "orders", o.id.to_be_bytes(), o)?;
+            }
+            for (job, order) in &batch.order_jobs {
+                order_jobs.insert(&job_key(*job), &order.to_be_bytes())?;
+            }
+            if let Some(n) = batch.order_id_counter {
+                meta.insert(ORDER_ID, &n.to_be_bytes())?;
+            }
+            for u in &batch.units {
+                let place = unit_place_key(u.job_id, u.attempt, u.index);
+                match unit_places.get(place)? {
+                    Some(held) if held.as_ref() != u.serial.as_bytes() => continue,
+                    Some(_) => {}
+                    None => {
+                        unit_places.insert(&place, u.serial.as_bytes())?;
+                    }
+                }
+                tx_put(units, "units", u.serial.as_bytes(), u)?;
+            }
+            if let Some(n) = batch.unit_counter {
+                meta.insert(UNIT_SERIAL, &n.to_be_bytes())?;
+            }
+            for (name, seq) in &batch.cursors {
+                cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
             }
             let mut seq = read_u64(meta.get(LOG_SEQ)?);
             let mut out = Vec::with_capacity(batch.events.len());
@@ -385,7 +477,9 @@ impl Store {
                 }
                 out.push(rec);
             }
-            meta.insert(LOG_SEQ, &seq.to_be_bytes())?;
+            if !batch.events.is_empty() {
+                meta.insert(LOG_SEQ, &seq.to_be_bytes())?;
+            }
             Ok(out)
         })?;
         let mut cache = self.file_cache();
@@ -559,10 +653,82 @@ impl Store {
         Ok(())
     }
 
+    // ---- products, production orders and units (metering) ----
+
+    /// A product by SKU.
+    pub fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
+        self.t
+            .products
+            .get(sku.as_bytes())?
+            .map(|v| decode("products", sku.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every product, by SKU.
+    pub fn products(&self) -> Result<Vec<Product>, StoreError> {
+        all(&self.t.products, "products")
+    }
+
+    /// A production order.
+    pub fn order(&self, id: u64) -> Result<Option<Order>, StoreError> {
+        let key = id.to_be_bytes();
+        self.t
+            .orders
+            .get(key)?
+            .map(|v| decode("orders", &key, &v))
+            .transpose()
+    }
+
+    /// Every production order, oldest first.
+    pub fn orders(&self) -> Result<Vec<Order>, StoreError> {
+        all(&self.t.orders, "orders")
+    }
+
+    /// The production order a job belongs to.
+    pub fn order_of_job(&self, job: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self.t.order_jobs.get(job_key(job))?.map(|v| u64_key(&v)))
+    }
+
+    /// The order id counter: the last id handed out.
+    pub fn order_id_counter(&self) -> Result<u64, StoreError> {
+        Ok(read_u64(self.t.meta.get(ORDER_ID)?))
+    }
+
+    /// A unit by serial.
+    pub fn unit(&self, serial: &str) -> Result<Option<Unit>, StoreError> {
+        self.t
+            .units
+            .get(serial.as_bytes())?
+            .map(|v| decode("units", serial.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every unit, by serial (so in the order they were made).
+    pub fn units(&self) -> Result<Vec<Unit>, StoreError> {
+        all(&self.t.units, "units")
+    }
+
+    /// The serial of the unit made in this place (job, attempt, index on
+    /// the plate), if one was.
+    pub fn unit_at(
+        &self,
+        job: u64,
+        attempt: u32,
+        index: u32,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .t
+            .unit_places
+            .get(unit_place_key(job, attempt, index))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The unit serial counter: the last serial number handed out.
+    pub fn unit_counter(&self) -> Result<u64, StoreError> {
+        Ok(read_u64(self.t.meta.get(UNIT_SERIAL)?))
+    }
+
     // ---- the event log ----
-    //
-    // Its first readers by cursor (metering, the webhook outbox, MQTT)
-    // arrive with their issues; until then only the tests read by cursor.
 
     /// Up to `limit` log records after `after`, oldest first.
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
@@ -582,13 +748,11 @@ impl Store {
 
     /// The last durable sequence number, updated after every flush: a log
     /// reader waits on it instead of polling.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn log_tip(&self) -> watch::Receiver<u64> {
         self.durable_tip.subscribe()
     }
 
     /// Where the reader called `name` stopped (0: at the start).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn cursor(&self, name: &str) -> Result<u64, StoreError> {
         Ok(read_u64(self.t.cursors.get(name.as_bytes())?))
     }

@@ -21,6 +21,7 @@ fn printer(id: &str, bed_clear: bool) -> Machine {
             tags: vec![],
             require_bed_clear: bed_clear,
             flow: None,
+            class: None,
         },
         profile: Profile::builtin("prusa-mk3s").expect("profile"),
     }

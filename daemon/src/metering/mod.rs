@@ -1,0 +1,670 @@
+//! Production metering: products, production orders, serialised units
+//! with QC, ISO 22400 metrics and APC verdicts.
+//!
+//! It never patches the factory: it reads the durable domain log by
+//! cursor ([`reader`]) and queues jobs through [`Factory::submit`] like any
+//! client. The rules are pure ([`model`], [`production`], [`oee`],
+//! [`apc`]); this module is their shell: it reads the store and the clock,
+//! and commits every change as one `store::Batch` under its own lock
+//! (batches without domain events, so the log's order stays the factory's
+//! order of decisions), then flushes before answering.
+
+pub mod apc;
+pub mod model;
+pub mod oee;
+pub mod production;
+pub mod reader;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use utoipa::ToSchema;
+
+use crate::clock::now_ms;
+use crate::config::{ApcCriteria, Machine};
+use crate::core::model::Job;
+use crate::factory::{Factory, FactoryError, Submission};
+use crate::store::{Batch, Store, StoreError};
+use apc::Evaluation;
+use model::{
+    Invalid, Order, OrderInput, OrderJob, OrderState, Product, ProductInput, QcError, QcInput,
+    QcState, Unit,
+};
+use oee::{Figures, Quantities, TimeElements, Window};
+use production::Progress;
+
+/// Why a metering request was refused; each maps to one HTTP status.
+#[derive(Debug, Error)]
+pub enum MeteringError {
+    /// No such product, order, unit or machine.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request's values are wrong.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The thing's state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// Queuing jobs failed.
+    #[error(transparent)]
+    Factory(#[from] FactoryError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<QcError> for MeteringError {
+    fn from(e: QcError) -> Self {
+        match e {
+            QcError::Invalid(i) => Self::Invalid(i),
+            QcError::Conflict(m) => Self::Conflict(m),
+        }
+    }
+}
+
+type Result<T, E = MeteringError> = std::result::Result<T, E>;
+
+/// A production order with its progress.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderView {
+    /// The order.
+    #[serde(flatten)]
+    pub order: Order,
+    /// How far it is.
+    pub progress: Progress,
+}
+
+/// What `POST /production-orders` created.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrderCreated {
+    /// The order with its progress.
+    #[serde(flatten)]
+    pub view: OrderView,
+    /// The jobs it queued.
+    pub queued: Vec<Job>,
+}
+
+/// `GET /units` filters.
+#[derive(Debug, Clone, Default)]
+pub struct UnitFilter {
+    /// Of this product.
+    pub sku: Option<String>,
+    /// In this QC state.
+    pub state: Option<QcState>,
+    /// Made at or after (ms).
+    pub from_ms: Option<u64>,
+    /// Made before (ms).
+    pub to_ms: Option<u64>,
+}
+
+/// What metrics are computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One machine: all its time.
+    Machine,
+    /// One product: the time machines spent on its jobs.
+    Sku,
+}
+
+/// `GET /metrics`: the figures with every input.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Metrics {
+    /// Machine or SKU.
+    pub scope: Scope,
+    /// The machine id or SKU (none: every machine, or every product).
+    pub id: Option<String>,
+    /// The window (its end capped at now).
+    pub window: Window,
+    /// The machines whose state logs were read.
+    pub machines: Vec<String>,
+    /// Time elements, from the machine state log only.
+    pub time: TimeElements,
+    /// Quantities, from the units made in the window.
+    pub quantities: Quantities,
+    /// The indicators.
+    pub figures: Figures,
+}
+
+/// One (SKU, machine class) verdict.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApcResult {
+    /// The product.
+    pub sku: String,
+    /// The machine class.
+    pub class: String,
+    /// The class's machines.
+    pub machines: Vec<String>,
+    /// The window evaluated.
+    pub window: Window,
+    /// Time elements of the SKU's jobs on those machines.
+    pub time: TimeElements,
+    /// Quantities of the SKU made on them.
+    pub quantities: Quantities,
+    /// The indicators.
+    pub figures: Figures,
+    /// Verdict and criteria.
+    #[serde(flatten)]
+    pub evaluation: Evaluation,
+}
+
+/// The metering service: shared by the HTTP handlers and its log reader.
+pub struct Metering {
+    factory: Arc<Factory>,
+    store: Store,
+    /// Machine id → class, in configuration order.
+    classes: Vec<(String, String)>,
+    apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+    /// Held by every metering write (and across an order's job
+    /// submission), so that read-modify-write of orders and units and the
+    /// reader's commits never interleave.
+    lock: tokio::sync::Mutex<()>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Metering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metering")
+            .field("machines", &self.classes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metering {
+    /// Metering over `factory`'s store for the configured machines and
+    /// APC criteria. Call [`Metering::start`] to follow the log.
+    pub fn new(
+        factory: Arc<Factory>,
+        machines: &[Machine],
+        apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store: factory.store().clone(),
+            factory,
+            classes: machines
+                .iter()
+                .map(|m| (m.config.id.clone(), m.class().to_string()))
+                .collect(),
+            apc,
+            lock: tokio::sync::Mutex::new(()),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Starts the log reader.
+    pub fn start(self: &Arc<Self>) {
+        let m = Arc::clone(self);
+        self.tasks.spawn(async move { m.read_log().await });
+    }
+
+    /// Stops the log reader (it resumes from its cursor at the next start).
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<()> {
+        self.store.commit(batch, now_ms())?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ products
+
+    /// Every product.
+    pub fn products(&self) -> Result<Vec<Product>> {
+        Ok(self.store.products()?)
+    }
+
+    /// One product.
+    pub fn product(&self, sku: &str) -> Result<Product> {
+        self.store
+            .product(sku)?
+            .ok_or_else(|| MeteringError::NotFound(format!("no product with sku '{sku}'")))
+    }
+
+    /// Creates a product; its SKU must be new.
+    pub async fn create_product(&self, input: ProductInput) -> Result<Product> {
+        let sku = input
+            .sku
+            .clone()
+            .ok_or_else(|| Invalid("sku is required".into()))?;
+        let _g = self.lock.lock().await;
+        let file = self.store.file(&input.file_id)?;
+        let product = input.resolve(&sku, file.as_deref(), None, now_ms())?;
+        if self.store.product(&sku)?.is_some() {
+            return Err(MeteringError::Conflict(format!(
+                "a product with sku '{sku}' exists; change it with PUT /api/v1/products/{sku}"
+            )));
+        }
+        self.commit(&Batch {
+            products: vec![product.clone()],
+            ..Batch::default()
+        })
+        .await?;
+        info!(sku = %product.sku, "product created");
+        Ok(product)
+    }
+
+    /// Replaces a product's description (its SKU stays). Orders keep the
+    /// file, plate and planned runtime they were made with.
+    pub async fn put_product(&self, sku: &str, input: ProductInput) -> Result<Product> {
+        let _g = self.lock.lock().await;
+        let previous = self.product(sku)?;
+        let file = self.store.file(&input.file_id)?;
+        let product = input.resolve(sku, file.as_deref(), Some(&previous), now_ms())?;
+        self.commit(&Batch {
+            products: vec![product.clone()],
+            ..Batch::default()
+        })
+        .await?;
+        Ok(product)
+    }
+
+    /// Deletes a product no order or unit refers to.
+    pub async fn delete_product(&self, sku: &str) -> Result<()> {
+        let _g = self.lock.lock().await;
+        self.product(sku)?;
+        let orders = self.store.orders()?.iter().filter(|o| o.sku == sku).count();
+        let units = self.store.units()?.iter().filter(|u| u.sku == sku).count();
+        if orders + units > 0 {
+            return Err(MeteringError::Conflict(format!(
+                "product '{sku}' is referred to by {orders} production order(s) and {units} \
+                 unit(s); it stays for their records"
+            )));
+        }
+        self.commit(&Batch {
+            removed_products: vec![sku.to_string()],
+            ..Batch::default()
+        })
+        .await
+    }
+
+    // -------------------------------------------------------------- orders
+
+    fn view(&self, order: Order, units: &[Unit]) -> OrderView {
+        let progress =
+            production::progress(&order, units.iter().filter(|u| u.order_id == order.id));
+        OrderView { order, progress }
+    }
+
+    /// Every order with its progress, oldest first.
+    pub fn orders(&self) -> Result<Vec<OrderView>> {
+        let units = self.store.units()?;
+        Ok(self
+            .store
+            .orders()?
+            .into_iter()
+            .map(|o| self.view(o, &units))
+            .collect())
+    }
+
+    /// One order with its progress.
+    pub fn order(&self, id: u64) -> Result<OrderView> {
+        let order = self
+            .store
+            .order(id)?
+            .ok_or_else(|| MeteringError::NotFound(format!("no production order {id}")))?;
+        Ok(self.view(order, &self.store.units()?))
+    }
+
+    /// Creates an order and queues ⌈quantity ÷ units per job⌉ jobs.
+    pub async fn create_order(&self, input: OrderInput) -> Result<OrderCreated> {
+        input.check()?;
+        let _g = self.lock.lock().await;
+        let product = self.store.product(&input.sku)?.ok_or_else(|| {
+            Invalid(format!(
+                "sku '{}' is not a product; create it with POST /api/v1/products",
+                input.sku
+            ))
+        })?;
+        let id = self.store.order_id_counter()? + 1;
+        let order = Order {
+            id,
+            sku: product.sku.clone(),
+            quantity: input.quantity,
+            due_ms: input.due_ms,
+            priority: input.priority.unwrap_or(0),
+            state: OrderState::Open,
+            created_ms: now_ms(),
+            file_id: product.file_id.clone(),
+            units_per_job: product.units_per_job,
+            planned_runtime_per_unit_s: product.planned_runtime_per_unit_s,
+            auto_pass: product.auto_pass,
+            jobs: Vec::new(),
+            submitting: None,
+        };
+        self.commit(&Batch {
+            orders: vec![order.clone()],
+            order_id_counter: Some(id),
+            ..Batch::default()
+        })
+        .await?;
+        let queued = match self.top_up_locked(id).await {
+            Ok(q) => q,
+            Err(e) => {
+                // Nothing could be queued (the file is gone, no machine
+                // can run it): the order is stopped, not left waiting.
+                let mut o = order;
+                o.state = OrderState::Stopped;
+                o.submitting = None;
+                self.commit(&Batch {
+                    orders: vec![o],
+                    ..Batch::default()
+                })
+                .await?;
+                return Err(e);
+            }
+        };
+        info!(order = id, sku = %product.sku, jobs = queued.len(), "production order created");
+        Ok(OrderCreated {
+            view: self.order(id)?,
+            queued,
+        })
+    }
+
+    /// Stops an order: no more jobs are queued for it (queued ones stay
+    /// in the queue; cancel them there).
+    pub async fn stop_order(&self, id: u64) -> Result<OrderView> {
+        let _g = self.lock.lock().await;
+        let mut order = self.order(id)?.order;
+        if order.state == OrderState::Open {
+            order.state = OrderState::Stopped;
+            self.commit(&Batch {
+                orders: vec![order],
+                ..Batch::default()
+            })
+            .await?;
+        }
+        self.order(id)
+    }
+
+    /// Queues the jobs an open order needs now, or marks it done. The
+    /// metering lock must be held: the jobs are recorded in the order
+    /// before the reader can see them end.
+    async fn top_up_locked(&self, id: u64) -> Result<Vec<Job>> {
+        let Some(mut order) = self.store.order(id)? else {
+            return Ok(Vec::new());
+        };
+        if order.state != OrderState::Open {
+            return Ok(Vec::new());
+        }
+        let units: Vec<Unit> = self
+            .store
+            .units()?
+            .into_iter()
+            .filter(|u| u.order_id == id)
+            .collect();
+        let p = production::progress(&order, &units);
+        if p.good >= p.ordered {
+            order.state = OrderState::Done;
+            info!(order = id, "production order done");
+            self.commit(&Batch {
+                orders: vec![order],
+                ..Batch::default()
+            })
+            .await?;
+            return Ok(Vec::new());
+        }
+        let Ok(copies) = u32::try_from(p.jobs_needed) else {
+            return Err(Invalid(format!("order {id} needs too many jobs")).into());
+        };
+        if copies == 0 {
+            return Ok(Vec::new());
+        }
+        order.submitting = Some(copies);
+        self.commit(&Batch {
+            orders: vec![order.clone()],
+            ..Batch::default()
+        })
+        .await?;
+        let submitted = self
+            .factory
+            .submit(Submission {
+                file_id: order.file_id.clone(),
+                copies: Some(copies),
+                priority: Some(order.priority),
+                machine_id: None,
+                kind: None,
+                tags: Vec::new(),
+                name: Some(order.job_name()),
+                expand_canned_cycles: false,
+            })
+            .await;
+        let jobs = match submitted {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                order.submitting = None;
+                self.commit(&Batch {
+                    orders: vec![order],
+                    ..Batch::default()
+                })
+                .await?;
+                return Err(e.into());
+            }
+        };
+        self.adopt(order, &jobs).await?;
+        Ok(jobs)
+    }
+
+    /// Records `jobs` as the order's and ends its submission.
+    async fn adopt(&self, mut order: Order, jobs: &[Job]) -> Result<()> {
+        order.submitting = None;
+        let known: HashSet<u64> = order.jobs.iter().map(|j| j.job_id).collect();
+        let new: Vec<u64> = jobs
+            .iter()
+            .map(|j| j.id)
+            .filter(|id| !known.contains(id))
+            .collect();
+        order.jobs.extend(new.iter().map(|&job_id| OrderJob {
+            job_id,
+            settled: false,
+        }));
+        let order_jobs = new.iter().map(|&j| (j, order.id)).collect();
+        self.commit(&Batch {
+            orders: vec![order],
+            order_jobs,
+            ..Batch::default()
+        })
+        .await
+    }
+
+    /// At start: adopts the jobs of submissions a crash cut short (found
+    /// by the name every order's jobs carry), then tops every open order
+    /// up (a crash may have come between a unit's QC and the top-up).
+    async fn recover(&self) -> Result<()> {
+        let _g = self.lock.lock().await;
+        let orders = self.store.orders()?;
+        if orders.iter().any(|o| o.submitting.is_some()) {
+            let jobs = self.factory.jobs(&[], None, None)?;
+            for o in orders.into_iter().filter(|o| o.submitting.is_some()) {
+                let name = o.job_name();
+                let found: Vec<Job> = jobs.iter().filter(|j| j.name == name).cloned().collect();
+                warn!(
+                    order = o.id,
+                    jobs = found.len(),
+                    "adopting the jobs of an interrupted submission"
+                );
+                self.adopt(o, &found).await?;
+            }
+        }
+        for o in self.store.orders()? {
+            if o.state == OrderState::Open
+                && let Err(e) = self.top_up_locked(o.id).await
+            {
+                warn!(order = o.id, error = %e, "could not queue an order's jobs");
+            }
+        }
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- units
+
+    /// Units matching `f`, in the order they were made.
+    pub fn units(&self, f: &UnitFilter) -> Result<Vec<Unit>> {
+        Ok(self
+            .store
+            .units()?
+            .into_iter()
+            .filter(|u| {
+                f.sku.as_ref().is_none_or(|s| *s == u.sku)
+                    && f.state.is_none_or(|s| s == u.qc)
+                    && f.from_ms.is_none_or(|t| u.ended_ms >= t)
+                    && f.to_ms.is_none_or(|t| u.ended_ms < t)
+            })
+            .collect())
+    }
+
+    /// One unit.
+    pub fn unit(&self, serial: &str) -> Result<Unit> {
+        self.store
+            .unit(serial)?
+            .ok_or_else(|| MeteringError::NotFound(format!("no unit with serial '{serial}'")))
+    }
+
+    /// Records an inspection; a unit of an open order that fails or is
+    /// scrapped makes the order queue another job if it now falls short.
+    pub async fn inspect(&self, serial: &str, input: QcInput, by: &str) -> Result<Unit> {
+        let _g = self.lock.lock().await;
+        let mut unit = self.unit(serial)?;
+        unit.inspect(input, by, now_ms())?;
+        self.commit(&Batch {
+            units: vec![unit.clone()],
+            ..Batch::default()
+        })
+        .await?;
+        if let Err(e) = self.top_up_locked(unit.order_id).await {
+            warn!(order = unit.order_id, error = %e, "could not queue an order's jobs");
+        }
+        Ok(unit)
+    }
+
+    // ------------------------------------------------------------- metrics
+
+    /// The jobs of a product's orders (of every product's without one).
+    fn sku_jobs(&self, sku: Option<&str>) -> Result<HashSet<u64>> {
+        Ok(self
+            .store
+            .orders()?
+            .iter()
+            .filter(|o| sku.is_none_or(|s| o.sku == s))
+            .flat_map(|o| o.jobs.iter().map(|j| j.job_id))
+            .collect())
+    }
+
+    /// Time elements over `machines`, counting only the spans `keep` picks.
+    fn time_of(
+        &self,
+        machines: &[String],
+        w: Window,
+        now: u64,
+        keep: &dyn Fn(&crate::core::machine::StateChange) -> bool,
+    ) -> Result<TimeElements> {
+        let mut t = TimeElements::default();
+        for m in machines {
+            let changes = self.store.machine_states(m, w.from_ms, w.to_ms)?;
+            t.add(&oee::time_elements(&changes, w, now, keep));
+        }
+        Ok(t)
+    }
+
+    /// ISO 22400 figures of a machine or a SKU over `w`; without an id,
+    /// of every machine (the whole factory) or every product.
+    pub fn metrics(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<Metrics> {
+        let now = now_ms();
+        let units = self.store.units()?;
+        let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
+        let (machines, time, quantities) = match (scope, id) {
+            (Scope::Machine, id) => {
+                let machines = match id {
+                    Some(id) if all_machines.iter().any(|m| m == id) => vec![id.to_string()],
+                    Some(id) => return Err(MeteringError::NotFound(format!("no machine '{id}'"))),
+                    None => all_machines,
+                };
+                let t = self.time_of(&machines, w, now, &|_| true)?;
+                let q = Quantities::of(&units, w, |u| machines.contains(&u.machine_id));
+                (machines, t, q)
+            }
+            (Scope::Sku, Some(sku)) => {
+                self.product(sku)?;
+                let jobs = self.sku_jobs(Some(sku))?;
+                let t = self.time_of(&all_machines, w, now, &|c| {
+                    c.job_id.is_some_and(|j| jobs.contains(&j))
+                })?;
+                let q = Quantities::of(&units, w, |u| u.sku == sku);
+                (all_machines, t, q)
+            }
+            (Scope::Sku, None) => {
+                let jobs = self.sku_jobs(None)?;
+                let t = self.time_of(&all_machines, w, now, &|c| {
+                    c.job_id.is_some_and(|j| jobs.contains(&j))
+                })?;
+                let q = Quantities::of(&units, w, |_| true);
+                (all_machines, t, q)
+            }
+        };
+        Ok(Metrics {
+            scope,
+            id: id.map(str::to_string),
+            window: Window {
+                from_ms: w.from_ms,
+                to_ms: w.to_ms.min(now).max(w.from_ms),
+            },
+            machines,
+            figures: oee::figures(&time, &quantities),
+            time,
+            quantities,
+        })
+    }
+
+    /// Every configured (SKU, machine class)'s APC verdict over `w`.
+    pub fn apc(&self, w: Window) -> Result<Vec<ApcResult>> {
+        let now = now_ms();
+        let units = self.store.units()?;
+        let mut out = Vec::new();
+        for (sku, by_class) in &self.apc {
+            let jobs = self.sku_jobs(Some(sku))?;
+            for (class, criteria) in by_class {
+                let machines: Vec<String> = self
+                    .classes
+                    .iter()
+                    .filter(|(_, c)| c == class)
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                let of_class: HashMap<&str, ()> =
+                    machines.iter().map(|m| (m.as_str(), ())).collect();
+                let time = self.time_of(&machines, w, now, &|c| {
+                    c.job_id.is_some_and(|j| jobs.contains(&j))
+                })?;
+                let quantities = Quantities::of(&units, w, |u| {
+                    u.sku == *sku && of_class.contains_key(u.machine_id.as_str())
+                });
+                let figures = oee::figures(&time, &quantities);
+                out.push(ApcResult {
+                    sku: sku.clone(),
+                    class: class.clone(),
+                    machines,
+                    window: Window {
+                        from_ms: w.from_ms,
+                        to_ms: w.to_ms.min(now).max(w.from_ms),
+                    },
+                    evaluation: apc::evaluate(criteria, &time, &quantities, &figures),
+                    time,
+                    quantities,
+                    figures,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
