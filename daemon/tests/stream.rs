@@ -7,7 +7,7 @@ use microfactory_machines::sim::{self, FirmwareKind, SimConfig};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/gcode")
+        .join("../tests/data/gcode")
         .join(name)
 }
 

@@ -16,7 +16,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/gcode")
+        .join("../tests/data/gcode")
         .join(name)
 }
 
