@@ -72,6 +72,34 @@
 //! mode keeps the bytes of every other unacknowledged line within
 //! `rx_bytes`.
 //!
+//! # Silence, chatter and `wait`
+//! The no-`ok` timeout ([`MarlinConfig::response_timeout`]) runs from the
+//! last sign of progress: an `ok`, a resend request or error, a `busy:`
+//! keep-alive, a heating wait's report. Everything else the firmware says
+//! unasked (`wait`, temperature autoreports, `echo:` chatter) is not
+//! progress, so no stream of it can hold off the timeout: a line lost
+//! without a word is always found.
+//!
+//! `wait` says more. Marlin built with `NO_TIMEOUTS` (and Repetier-style
+//! firmwares) print it about once a second while their command queue and
+//! receive buffer are empty. With lines in flight that means each of them
+//! was lost on the way, or ran and its `ok` was lost. Counting the `wait`
+//! as the missing `ok` (OctoPrint) is right only in the second case; in the
+//! first it skips a line. So a `wait` starts the same recovery as a
+//! timeout, at once: every line from the oldest in flight is sent again
+//! and then the `M105` probe, all numbered. A line the firmware already ran
+//! is refused or dropped by its number check and never runs twice, and the
+//! probe's `ok T:` acknowledges the probe and, since Marlin accepts lines
+//! only in sequence, every line before it (matching it to the oldest line
+//! instead would shift every later `ok` by one when a copy was dropped
+//! without a word). A `wait` counts only if every line in flight was sent
+//! before the previous `wait` arrived: a `wait` printed while a line was
+//! still on the wire says nothing about it. So the recovery comes one
+//! `wait` interval (about a second) after the loss, not five seconds (the
+//! timeout), and never while anything of ours may still be arriving.
+//! Repeated recoveries of one line count towards
+//! [`MarlinConfig::max_resends_per_line`].
+//!
 //! Marlin's XOR checksum cannot see two equal bit flips in one line, and a
 //! line whose `N` became `n` runs unchecked; no host can do better than the
 //! firmware's check.
@@ -87,6 +115,12 @@ use crate::host::Origin;
 
 /// Sent to a silent firmware to draw an answer.
 const PROBE: &str = "M105";
+
+/// Probes in a row that draw no line at all before the link is declared
+/// dead. More than one: a lost line and then a lost answer to the probe
+/// (or a copy dropped without a word) is silence too, and it is not a dead
+/// link.
+const SILENT_PROBES_BEFORE_DEAD: u32 = 3;
 
 /// Sent under the number of a line the firmware already ran without its
 /// number, wherever that line falls in a retransmission: it reports the
@@ -388,6 +422,10 @@ pub struct MarlinStats {
     pub unnumbered_runs: u64,
     /// Tails of cut lines that the firmware ran as real commands.
     pub fragments_executed: u64,
+    /// Recoveries (lines in flight sent again, then the `M105` probe)
+    /// after a silence or a `wait` from an idle firmware: a line or its
+    /// `ok` was lost without a word.
+    pub recoveries: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +455,9 @@ struct Sent {
 struct InFlight {
     number: u32,
     len: usize,
+    /// When this copy was written, to tell whether a `wait` could have
+    /// been printed after it arrived.
+    sent_at: Instant,
     console: bool,
     /// `M110`: Marlin applies the new number when it *executes* the
     /// command, so nothing may follow it until its `ok`.
@@ -424,6 +465,12 @@ struct InFlight {
     /// The firmware read it without its number (a stray `ok` answered
     /// it): it left the receive buffer but awaits its resend request.
     consumed: bool,
+    /// Sent before a line the firmware asked for again: it has been read
+    /// (accepted and awaiting its `ok`, or refused as a copy of a line it
+    /// had), so it takes no room in the receive buffer. A copy sent by a
+    /// recovery (see "Silence, chatter and `wait`") is refused this way,
+    /// and the retransmission after it must not wait for its `ok`.
+    read: bool,
     /// [`RESYNC_FILLER`] standing in for a line the firmware ran without
     /// its number.
     filler: bool,
@@ -456,7 +503,20 @@ pub struct MarlinHost {
     /// `genuine`: it was acted on, not recognised as an echo.
     just_got_resend: Option<(u32, Instant, bool)>,
     ok_after_resend: Option<bool>,
-    last_rx: Option<Instant>,
+    /// The last sign of progress (see "Silence, chatter and `wait`"), or
+    /// the first line going in flight: the no-`ok` timeout and the resend
+    /// settle run from here. (Chatter is not an echo of a line on the
+    /// wire, so it must not keep a retransmission waiting either.)
+    last_progress: Option<Instant>,
+    /// When the previous `wait` arrived.
+    last_wait: Option<Instant>,
+    /// When the firmware last said anything at all.
+    last_heard: Option<Instant>,
+    /// Probes in a row that drew nothing at all.
+    silent_probes: u32,
+    /// The lines (first, last) a recovery sent again: copies of lines the
+    /// firmware may already have run (see [`MarlinHost::on_resend`]).
+    recovered: Option<(u32, u32)>,
     probe_sent_at: Option<Instant>,
     /// The `M105` probe is queued: it goes out past flow control, since
     /// its point is to draw an answer while lines go unanswered.
@@ -506,7 +566,11 @@ impl MarlinHost {
             pending_resend: None,
             consecutive: (0, 0),
             just_got_resend: None,
-            last_rx: None,
+            last_progress: None,
+            last_wait: None,
+            last_heard: None,
+            silent_probes: 0,
+            recovered: None,
             probe_sent_at: None,
             probe_queued: false,
             feeding: true,
@@ -634,7 +698,7 @@ impl MarlinHost {
     }
 
     fn window_allows(&self, len: usize) -> bool {
-        if self.in_flight.iter().all(|f| f.consumed) {
+        if self.in_flight.iter().all(|f| f.consumed || f.read) {
             // Ghosts only limit how much more goes out; one line always may
             // (after the settle time, see `settling`), or a resend whose
             // ghosts were silently flushed would wait forever.
@@ -663,7 +727,7 @@ impl MarlinHost {
         let out: usize = self
             .in_flight
             .iter()
-            .filter(|f| !f.consumed)
+            .filter(|f| !f.consumed && !f.read)
             .take(self.in_slots.max(1))
             .map(|f| f.len)
             .sum();
@@ -677,7 +741,7 @@ impl MarlinHost {
         if self.ghosts.is_empty() {
             return None;
         }
-        let until = self.last_rx? + self.config.resend_settle;
+        let until = self.last_progress? + self.config.resend_settle;
         (now < until).then_some(until)
     }
 
@@ -728,9 +792,11 @@ impl MarlinHost {
             self.in_flight.push_back(InFlight {
                 number: n,
                 len,
+                sent_at: now,
                 console,
                 sync,
                 consumed: false,
+                read: false,
                 filler,
             });
             self.in_flight_bytes += len;
@@ -806,9 +872,11 @@ impl MarlinHost {
         self.in_flight.push_back(InFlight {
             number,
             len,
+            sent_at: now,
             console,
             sync,
             consumed: false,
+            read: false,
             filler: false,
         });
         self.in_flight_bytes += len;
@@ -845,7 +913,7 @@ impl MarlinHost {
     fn arm(&mut self, now: Instant) {
         if self.in_flight.len() == 1 {
             // The silence timer runs from the first line in flight.
-            self.last_rx = Some(now);
+            self.last_progress = Some(now);
         }
     }
 
@@ -860,7 +928,7 @@ impl MarlinHost {
             return Some(t + self.config.dead_timeout);
         }
         let settle = (!self.retransmit.is_empty())
-            .then(|| self.last_rx.map(|t| t + self.config.resend_settle))
+            .then(|| self.last_progress.map(|t| t + self.config.resend_settle))
             .flatten()
             .filter(|_| !self.ghosts.is_empty());
         // No exemption for long commands (`G28`, `M109`, ...): Marlin sends
@@ -870,7 +938,9 @@ impl MarlinHost {
         if self.in_flight.is_empty() {
             return settle;
         }
-        let silence = self.last_rx.map(|t| t + self.config.response_timeout);
+        let silence = self
+            .last_progress
+            .map(|t| t + self.config.response_timeout);
         match (settle, silence) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -881,30 +951,84 @@ impl MarlinHost {
     /// give up on it.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(t) = self.probe_sent_at {
-            if now >= t + self.config.dead_timeout {
-                self.probe_sent_at = None;
-                self.events.push_back(MarlinEvent::LinkDead);
+            if now < t + self.config.dead_timeout {
+                return;
+            }
+            self.probe_sent_at = None;
+            // A firmware that still talks (chatter) is alive but lost the
+            // probe too, or its answer was lost: recover again, as often
+            // as a line may be resent. One that says nothing at all gets a
+            // few probes before the link is declared dead.
+            let alive = self.last_heard.is_some_and(|h| h > t);
+            if !alive {
+                self.silent_probes += 1;
+            }
+            let oldest = self.in_flight.front().map(|f| f.number);
+            match oldest {
+                Some(n) if self.silent_probes < SILENT_PROBES_BEFORE_DEAD => {
+                    if self.count_resend(n) {
+                        self.recover(now);
+                    }
+                }
+                _ => self.events.push_back(MarlinEvent::LinkDead),
             }
             return;
         }
-        let Some(last) = self.last_rx else { return };
+        let Some(last) = self.last_progress else {
+            return;
+        };
         if self.in_flight.is_empty() || now < last + self.config.response_timeout {
             return;
         }
-        // Lines the firmware threw away without a word (its buffer flush
-        // after a resend request) are sent again; numbering makes that
-        // safe. Then probe, numbered too, so its `ok` is counted like any.
-        // After this long a silence nothing old is left on the wire.
+        self.recover(now);
+    }
+
+    /// Sends every line from the oldest in flight again, then the probe:
+    /// the firmware lost a line or its `ok` without a word (a silence, or
+    /// `wait` from an idle firmware). Lines it threw away (its buffer flush
+    /// after a resend request) go again; numbering makes that safe, as a
+    /// line it already ran is refused. The probe is numbered too: its
+    /// `ok T:` acknowledges every line up to it. After this long (a
+    /// timeout, or a `wait` printed after the lines arrived) nothing old
+    /// is left on the wire.
+    fn recover(&mut self, now: Instant) {
+        self.stats.recoveries += 1;
         self.ghosts.clear();
         self.ghost_bytes = 0;
         self.in_slots = 0;
         let first = self.in_flight.front().map(|f| f.number);
         if let Some(n) = first {
+            self.recovered = Some((n, self.next_number.wrapping_sub(1)));
             self.schedule_resend_from(n);
         }
-        self.queue.push_front((Origin::Internal, PROBE.into()));
-        self.probe_queued = true;
+        if !self.probe_queued {
+            self.queue.push_front((Origin::Internal, PROBE.into()));
+            self.probe_queued = true;
+        }
         self.probe_sent_at = Some(now);
+    }
+
+    /// `wait`: the firmware's queue and receive buffer are empty. See
+    /// "Silence, chatter and `wait`" in the module docs.
+    fn on_wait(&mut self, now: Instant) {
+        let previous = self.last_wait.replace(now);
+        if self.halted || !self.ghosts.is_empty() {
+            // Lines refused after a resend request may still be arriving:
+            // the retransmission waits for them, not for this.
+            return;
+        }
+        let Some(oldest) = self.in_flight.iter().find(|f| !f.consumed).copied() else {
+            return;
+        };
+        let newest = self.in_flight.iter().map(|f| f.sent_at).max();
+        if !previous.is_some_and(|p| newest.is_some_and(|n| n < p)) {
+            // A line sent since the previous `wait` may have been on the
+            // wire when this one was printed: the firmware may not be done.
+            return;
+        }
+        if self.count_resend(oldest.number) {
+            self.recover(now);
+        }
     }
 
     fn schedule_resend_from(&mut self, n: u32) {
@@ -925,7 +1049,7 @@ impl MarlinHost {
     fn window_bytes(&self) -> usize {
         self.in_flight
             .iter()
-            .filter(|f| !f.consumed)
+            .filter(|f| !f.consumed && !f.read)
             .map(|f| f.len)
             .sum()
     }
@@ -936,16 +1060,17 @@ impl MarlinHost {
         if line.is_empty() {
             return;
         }
-        // A temperature autoreport (`M155`) comes on its own clock and says
-        // nothing about the lines in flight: it must not hold off the
-        // silence timer, or a line the firmware dropped without a word
-        // (Marlin drops a copy of its last line, which a damaged number
-        // can look like) would wait for its `ok` forever. The reports of a
-        // heating wait (`W:`) do show a command at work.
-        let autoreport = is_autoreport(line);
-        if !autoreport {
-            self.last_rx = Some(now);
+        // Chatter (a temperature autoreport, `wait`, `echo:`) comes on its
+        // own clock and says nothing about the lines in flight: it must not
+        // hold off the silence timer, or a line the firmware dropped
+        // without a word (Marlin drops a copy of its last line, which a
+        // damaged number can look like) would wait for its `ok` forever.
+        // The reports of a heating wait (`W:`) do show a command at work.
+        self.last_heard = Some(now);
+        if is_progress(line) {
+            self.last_progress = Some(now);
             self.probe_sent_at = None;
+            self.silent_probes = 0;
         }
         let after_resend = self.just_got_resend.take();
 
@@ -1014,6 +1139,7 @@ impl MarlinHost {
             return;
         }
         if line == "wait" {
+            self.on_wait(now);
             return;
         }
         if let Some(rest) = body.strip_prefix("Unknown command") {
@@ -1121,6 +1247,15 @@ impl MarlinHost {
             return;
         }
         let unknown = self.unknown_echo.take();
+        if advanced.is_none()
+            && let Some(probe) = self.probe_answered(line)
+        {
+            // Marlin accepts lines only in sequence: every line sent before
+            // the probe was accepted too (a copy it already had was dropped
+            // or refused, with no `ok` of its own).
+            self.ack_through(probe, line);
+            return;
+        }
         match advanced {
             // `ok N<n> P.. B..` names its line.
             Some(Some(n)) => {
@@ -1162,6 +1297,26 @@ impl MarlinHost {
                 }
             }
         }
+    }
+
+    /// The number of the probe in flight when `line` is its answer (`ok
+    /// T:..`, which `M105` prints itself, with no `ADVANCED_OK` number).
+    /// Not while lines sent before a resend request may still arrive: one
+    /// of them could be an `M105` run without its number.
+    fn probe_answered(&self, line: &str) -> Option<u32> {
+        if !line.starts_with("ok T:") || !self.ghosts.is_empty() {
+            return None;
+        }
+        let probe = self.in_flight.iter().find(|p| {
+            !p.consumed
+                && self
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|s| s.number == p.number)
+                    .is_some_and(|s| s.origin == Origin::Internal && s.command == PROBE)
+        })?;
+        Some(probe.number)
     }
 
     /// After an `ok` that acknowledged a line: the `B` it carried tells how
@@ -1345,6 +1500,14 @@ impl MarlinHost {
         self.stats.resend_requests += 1;
         self.clean_run = 0;
         self.in_slots = 0;
+        if line_number_error {
+            self.accept_refused_copies(n);
+        }
+        for f in &mut self.in_flight {
+            if n.wrapping_sub(f.number).wrapping_sub(1) < u32::MAX / 2 {
+                f.read = true;
+            }
+        }
         let mut later: VecDeque<usize> = self
             .in_flight
             .iter()
@@ -1368,6 +1531,39 @@ impl MarlinHost {
         self.schedule_resend_from(n);
         self.check_ratio();
         true
+    }
+
+    /// The firmware refused a line number and asks for `n`: it has every
+    /// line before `n`. A recovery's copies of those lines were refused
+    /// as copies, and the `ok`s of their originals were lost (that is what
+    /// made the host recover: a silent or idle firmware, and a firmware
+    /// reads no line while a command blocks, so none is still to come).
+    /// They are acknowledged now; waiting for `ok`s that will never come
+    /// would make every recovery end in another.
+    fn accept_refused_copies(&mut self, n: u32) {
+        let Some((first, last)) = self.recovered else {
+            return;
+        };
+        let within = |x: u32| {
+            x.wrapping_sub(first) <= last.wrapping_sub(first)
+                && n.wrapping_sub(x).wrapping_sub(1) < u32::MAX / 2
+        };
+        let mut kept = VecDeque::with_capacity(self.in_flight.len());
+        let mut accepted = Vec::new();
+        for f in self.in_flight.drain(..) {
+            if within(f.number) && !f.consumed {
+                accepted.push(f);
+            } else {
+                kept.push_back(f);
+            }
+        }
+        self.in_flight = kept;
+        for f in accepted {
+            self.acknowledge(f, "ok");
+        }
+        if n.wrapping_sub(last).wrapping_sub(1) < u32::MAX / 2 {
+            self.recovered = None;
+        }
     }
 
     /// Counts one more attempt at line `n`; false (and the host halts)
@@ -1416,6 +1612,7 @@ impl MarlinHost {
         self.clean_run = 0;
         self.in_slots = 0;
         self.pending_resend = None;
+        self.recovered = None;
         self.history.clear();
         self.halted = false;
         self.probe_sent_at = None;
@@ -1473,6 +1670,22 @@ fn parse_m115(line: &str) -> FirmwareInfo {
 /// reports `M109`/`M190` print while they wait).
 fn is_temperature_report(line: &str) -> bool {
     line.starts_with("T:") || line.starts_with("T0:") || line.starts_with("B:")
+}
+
+/// A line that answers something sent (see "Silence, chatter and `wait`"
+/// in the module docs): the no-`ok` timeout restarts from it. `wait`,
+/// temperature autoreports and other `echo:` lines are not.
+fn is_progress(line: &str) -> bool {
+    let body = line.strip_prefix("echo:").unwrap_or(line);
+    line == "ok"
+        || line.starts_with("ok ")
+        || parse_resend(line).is_some()
+        || line.starts_with("Error:")
+        || line.starts_with("!!")
+        || body.starts_with("busy:")
+        || (is_temperature_report(line) && !is_autoreport(line))
+        || line == "start"
+        || line.starts_with("//action:")
 }
 
 /// An `M155` autoreport: a temperature report that is not a heating

@@ -128,6 +128,14 @@ pub struct SimConfig {
     pub ok_after_resend: bool,
     /// Marlin: emit `//action:` lines (`paused`/`resumed` around `M0`).
     pub action_lines: bool,
+    /// Marlin built with `NO_TIMEOUTS`: print `wait` about once a second
+    /// (of machine time, at most every 20 ms real) while the command queue
+    /// and the receive buffer are empty.
+    pub send_wait: bool,
+    /// Marlin: once this many lines have executed, read the next numbered
+    /// line and drop it without any answer (once): a line lost inside the
+    /// firmware, which only a `wait` or the host's timeout can reveal.
+    pub silent_drop_after_line: Option<u64>,
     /// Maintain a symlink here that points at the current PTY, like the
     /// links in `/dev/serial/by-id`.
     pub link: Option<PathBuf>,
@@ -155,6 +163,8 @@ impl Default for SimConfig {
             advanced_ok: true,
             ok_after_resend: false,
             action_lines: false,
+            send_wait: false,
+            silent_drop_after_line: None,
             link: None,
             reconnect_delay_ms: 200,
         }
