@@ -155,8 +155,10 @@ fn empty_and_comment_only_files_are_errors() {
     );
 }
 
+/// README promises estimates within 0.3 % of PrusaSlicer's own on these
+/// two files: this is that promise (1.001 and 0.998 today).
 #[test]
-fn prusaslicer_estimates_land_within_ten_percent_of_the_slicer() {
+fn prusaslicer_estimates_land_within_three_tenths_of_a_percent_of_the_slicer() {
     for name in ["coupling_pla.gcode", "bracket_petg.gcode"] {
         let a = shared(name);
         let slicer = a.slicer_estimated_seconds.expect("slicer estimate");
@@ -165,7 +167,7 @@ fn prusaslicer_estimates_land_within_ten_percent_of_the_slicer() {
             "{name}: estimate {:.0} s, slicer {slicer:.0} s, ratio {ratio:.3}",
             a.estimated_seconds
         );
-        assert!((0.9..=1.1).contains(&ratio), "{name}: ratio {ratio}");
+        assert!((0.997..=1.003).contains(&ratio), "{name}: ratio {ratio}");
     }
 }
 
