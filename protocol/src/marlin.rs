@@ -72,6 +72,23 @@
 //! mode keeps the bytes of every other unacknowledged line within
 //! `rx_bytes`.
 //!
+//! # Recovery speed
+//! Two waits exist only to let the wire drain, and both are sized by the
+//! shortest round trip measured so far (a line written to its `ok`), not
+//! by a constant. The resend settle above ends after twice that (plus
+//! 2 ms) of quiet, at most `resend_settle`. And while buffered mode sends
+//! one line at a time after noise, a line whose `ok` has not come within
+//! twice the round trip (plus 1 ms) is followed by the next line (when
+//! one is queued; the driver ends every job with `M400`, so the last job
+//! line has one too): Marlin drops a line whose damaged number
+//! reads as its last one without a word, and only a later numbered line
+//! draws the resend request that reveals it, in one round trip rather than
+//! the five-second timeout. That second line cannot be cut by a flush:
+//! the first arrived at least a round trip earlier and was read at once
+//! (every earlier line was acknowledged, so its command slots were free),
+//! or it waits behind a command that blocks, and then nothing is sent
+//! behind the second until the first is acknowledged.
+//!
 //! # Silence, chatter and `wait`
 //! The no-`ok` timeout ([`MarlinConfig::response_timeout`]) runs from the
 //! last sign of progress: an `ok`, a resend request or error, a `busy:`
@@ -514,6 +531,12 @@ pub struct MarlinHost {
     last_heard: Option<Instant>,
     /// Probes in a row that drew nothing at all.
     silent_probes: u32,
+    /// The shortest time from writing a line to its `ok`: the round trip,
+    /// one line's serialisation and the quickest execution. Sizes the
+    /// waits that exist only to let the wire drain (see "Recovery speed").
+    min_rtt: Option<Duration>,
+    /// `now` of the line being handled.
+    clock: Option<Instant>,
     /// The lines (first, last) a recovery sent again: copies of lines the
     /// firmware may already have run (see [`MarlinHost::on_resend`]).
     recovered: Option<(u32, u32)>,
@@ -570,6 +593,8 @@ impl MarlinHost {
             last_wait: None,
             last_heard: None,
             silent_probes: 0,
+            min_rtt: None,
+            clock: None,
             recovered: None,
             probe_sent_at: None,
             probe_queued: false,
@@ -697,8 +722,8 @@ impl MarlinHost {
         self.events.pop_front()
     }
 
-    fn window_allows(&self, len: usize) -> bool {
-        if self.in_flight.iter().all(|f| f.consumed || f.read) {
+    fn window_allows(&self, now: Instant, len: usize) -> bool {
+        if self.in_flight.iter().all(|f| f.consumed || f.read) || self.early_line_due(now) {
             // Ghosts only limit how much more goes out; one line always may
             // (after the settle time, see `settling`), or a resend whose
             // ghosts were silently flushed would wait forever.
@@ -741,8 +766,44 @@ impl MarlinHost {
         if self.ghosts.is_empty() {
             return None;
         }
-        let until = self.last_progress? + self.config.resend_settle;
+        let until = self.last_progress? + self.settle_quiet();
         (now < until).then_some(until)
+    }
+
+    /// How long the link must be quiet before lines sent ahead of a resend
+    /// request are taken to be in: long enough for the first of them still
+    /// on the wire to arrive and its echo to come back (one round trip and
+    /// a line), and for the gap between two echoes (a line). Twice the
+    /// shortest measured round trip and 2 ms cover both; until one is
+    /// measured, and at most, `resend_settle`.
+    fn settle_quiet(&self) -> Duration {
+        self.min_rtt.map_or(self.config.resend_settle, |r| {
+            (r * 2 + Duration::from_millis(2)).min(self.config.resend_settle)
+        })
+    }
+
+    /// When the next line may follow the one line in flight although its
+    /// `ok` has not come, while buffered mode sends one line at a time
+    /// after noise: see "Recovery speed" in the module docs.
+    fn early_line_at(&self) -> Option<Instant> {
+        if !matches!(self.config.flow, FlowControl::Buffered { .. })
+            || self.buffering()
+            || !self.ghosts.is_empty()
+            || self.halted
+        {
+            return None;
+        }
+        let rtt = self.min_rtt?;
+        let mut waiting = self.in_flight.iter().filter(|f| !f.consumed && !f.read);
+        let only = waiting.next()?;
+        if waiting.next().is_some() || only.sync {
+            return None;
+        }
+        Some(only.sent_at + rtt * 2 + Duration::from_millis(1))
+    }
+
+    fn early_line_due(&self, now: Instant) -> bool {
+        self.early_line_at().is_some_and(|t| now >= t)
     }
 
     /// Bytes to write now, if any. Call until it returns `None`.
@@ -778,7 +839,7 @@ impl MarlinHost {
             };
             let len = bytes.len();
             let sync = sent.sync && !filler;
-            if !self.window_allows(len)
+            if !self.window_allows(now, len)
                 || (sync && !self.in_flight.iter().all(|f| f.consumed))
                 || self.sync_in_flight()
             {
@@ -827,7 +888,7 @@ impl MarlinHost {
         let number = self.next_number;
         encode_numbered_into(number, cmd, &mut line);
         line.push('\n');
-        if !self.window_allows(line.len()) {
+        if !self.window_allows(now, line.len()) {
             return self.poll_probe(now);
         }
         let (origin, cmd) = self.queue.pop_front()?;
@@ -928,7 +989,7 @@ impl MarlinHost {
             return Some(t + self.config.dead_timeout);
         }
         let settle = (!self.retransmit.is_empty())
-            .then(|| self.last_progress.map(|t| t + self.config.resend_settle))
+            .then(|| self.last_progress.map(|t| t + self.settle_quiet()))
             .flatten()
             .filter(|_| !self.ghosts.is_empty());
         // No exemption for long commands (`G28`, `M109`, ...): Marlin sends
@@ -941,10 +1002,29 @@ impl MarlinHost {
         let silence = self
             .last_progress
             .map(|t| t + self.config.response_timeout);
-        match (settle, silence) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        // Only when something can follow: otherwise the deadline would
+        // pass and pass again with nothing to do.
+        let early = self.early_line_at().filter(|_| self.sendable());
+        [settle, silence, early].into_iter().flatten().min()
+    }
+
+    /// Something may go out when the window allows it (what
+    /// [`MarlinHost::poll_transmit`] checks besides the window).
+    fn sendable(&self) -> bool {
+        if self.sync_in_flight() {
+            return false;
         }
+        if let Some(&n) = self.retransmit.front() {
+            // An `M110` waits for every line before it, window or not.
+            return !self
+                .history
+                .iter()
+                .find(|s| s.number == n)
+                .is_some_and(|s| s.sync && !s.ran_unnumbered);
+        }
+        self.queue.front().is_some_and(|(o, c)| {
+            (self.feeding || *o == Origin::Internal) && m110_target(c).is_none()
+        })
     }
 
     /// Acts on a passed deadline: probe a silent firmware with `M105`, or
@@ -1060,6 +1140,7 @@ impl MarlinHost {
         if line.is_empty() {
             return;
         }
+        self.clock = Some(now);
         // Chatter (a temperature autoreport, `wait`, `echo:`) comes on its
         // own clock and says nothing about the lines in flight: it must not
         // hold off the silence timer, or a line the firmware dropped
@@ -1351,6 +1432,13 @@ impl MarlinHost {
 
     fn acknowledge(&mut self, f: InFlight, line: &str) {
         self.in_flight_bytes = self.window_bytes();
+        if !f.consumed
+            && !f.read
+            && let Some(now) = self.clock
+        {
+            let rtt = now.saturating_duration_since(f.sent_at);
+            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        }
         if self.consecutive.0 == f.number {
             self.consecutive = (0, 0);
         }
