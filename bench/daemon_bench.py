@@ -35,9 +35,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "gcode"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data/gcode")
+DATA = ROOT / "tests" / "data" / "gcode"
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -512,6 +510,12 @@ def main() -> None:
     rd.add_argument("--threads", type=int, default=2)
     rd.add_argument("--connections", type=int, default=16)
     args = ap.parse_args()
+    # Fail before starting anything if the G-code is missing: a run that
+    # uploaded nothing would measure an idle fleet.
+    needed = ["coupling_pla.gcode"] + ([args.mill_file] if args.cmd == "fleet" else [])
+    missing = [str(DATA / n) for n in needed if not (DATA / n).is_file()]
+    if missing:
+        sys.exit("bench data missing: " + ", ".join(missing))
     started = time.strftime("%Y-%m-%d %H:%M")
     res = {"fleet": bench_fleet, "submit": bench_submit, "read": bench_read}[args.cmd](args)
     res["host"] = host_info()

@@ -29,7 +29,8 @@ struct Cli {
     /// Demo: address to listen on.
     #[arg(long, default_value = "127.0.0.1:7125", requires = "demo")]
     listen: SocketAddr,
-    /// Demo: data directory (default: a folder in the system's temp dir).
+    /// Demo: data directory (default: a new temporary folder for this run,
+    /// removed when it ends).
     #[arg(long, requires = "demo")]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -141,12 +142,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(e.into()),
     };
     let res = if cli.demo {
-        let data_dir = cli
-            .data_dir
-            .unwrap_or_else(|| std::env::temp_dir().join("microfactoryd-demo"));
         rt.block_on(demo::run(demo::DemoArgs {
             listen: cli.listen,
-            data_dir,
+            data_dir: cli.data_dir,
         }))
     } else if let Some(path) = cli.config {
         rt.block_on(serve::run_config(path))

@@ -10,7 +10,7 @@ fn bin() -> Command {
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/gcode")
+        .join("../tests/data/gcode")
         .join(name)
 }
 

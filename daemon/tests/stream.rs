@@ -7,7 +7,7 @@ use microfactory_machines::sim::{self, FirmwareKind, SimConfig};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/gcode")
+        .join("../tests/data/gcode")
         .join(name)
 }
 
@@ -92,8 +92,30 @@ async fn stream_completes_a_mill_job_and_prints_a_summary() {
     assert!(0.0 < f("link_efficiency"), "{v}");
     assert!(f("link_efficiency") <= f("wire_efficiency"), "{v}");
     assert!(f("wire_efficiency") <= 1.0, "{v}");
-    let executed = std::fs::read_to_string(log).unwrap();
-    assert!(executed.contains("M05") || executed.contains("M5"));
+    // Exactly the file's commands ran, in order: the host's own `$`
+    // queries aside, nothing more and nothing less. (Looking for `M5`
+    // alone would pass even if the job stopped early: a stop sends it too.)
+    let executed: Vec<String> = std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('$'))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(executed, commands(&data("pcb_outline_inch.nc")));
+}
+
+/// The commands of a G-code file as the simulator's log records them.
+fn commands(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut clean = String::new();
+    let mut out = Vec::new();
+    for raw in text.lines() {
+        microfactory_protocol::framing::clean_line(raw, 256, &mut clean).unwrap();
+        if !clean.is_empty() {
+            out.push(clean.clone());
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,9 +49,11 @@ fn cpu_seconds() -> f64 {
 
 fn slice(name: &str, dir: &Path, lines: usize) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/gcode")
+        .join("../tests/data/gcode")
         .join(name);
-    let text = std::fs::read_to_string(&src).expect("shared data");
+    // A bench without its data must fail, not measure an empty file.
+    let text = std::fs::read_to_string(&src)
+        .unwrap_or_else(|e| panic!("bench data {}: {e}", src.display()));
     // Skip the header so the slice is the short-segment body (for the PCB
     // file, its isolation moves; the drill part's canned cycles are not
     // `G1`).

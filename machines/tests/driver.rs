@@ -16,7 +16,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/gcode")
+        .join("../tests/data/gcode")
         .join(name)
 }
 
@@ -276,6 +276,33 @@ async fn a_noisy_link_loses_duplicates_and_reorders_nothing() {
         stats.resends > 0 && sim_stats.resends_requested > 0,
         "faults were injected, so lines were resent"
     );
+}
+
+/// Issue 11: a firmware built with `NO_TIMEOUTS` loses a line without a
+/// word and from then on only prints `wait`. Every received line used to
+/// restart the silence timer, so the job hung forever. The timeout here is
+/// far beyond the test's limit, so only the `wait` can bring the line
+/// back; one line at a time, nothing else would reveal it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_lost_inside_a_firmware_that_prints_wait_is_sent_again() {
+    let rig = rig_with(
+        Firmware::Marlin,
+        |c| {
+            c.send_wait = true;
+            c.silent_drop_after_line = Some(100);
+        },
+        |dc| {
+            dc.flow = FlowMode::PingPong;
+            dc.response_timeout = Duration::from_secs(3600);
+        },
+    )
+    .await;
+    let dir = tempfile_dir::TempDir::new();
+    let f = head_of("coupling_pla.gcode", 400, dir.path());
+    let (outcome, stats) = run_to_end(&rig, job(&f)).await;
+    assert_eq!(outcome, JobOutcome::Completed);
+    assert_same_commands(&executed(&rig.log), &source_commands(&f), "the file");
+    assert!(stats.resends > 0, "the lost line was sent again: {stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,15 +7,21 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use microfactory_protocol::analysis::{AnalyzerConfig, analyze_bytes};
 
+/// The files to measure. A missing one panics with its path: a bench that
+/// silently skipped its data would report nothing and look like a pass.
 fn files() -> Vec<(&'static str, Vec<u8>)> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/gcode");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/gcode");
     [
         "coupling_pla.gcode",
         "bracket_petg.gcode",
         "pcb_isolation_and_drill_inch.nc",
     ]
     .into_iter()
-    .filter_map(|n| std::fs::read(format!("{dir}/{n}")).ok().map(|b| (n, b)))
+    .map(|n| {
+        let path = format!("{dir}/{n}");
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("bench data {path}: {e}"));
+        (n, bytes)
+    })
     .collect()
 }
 

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::block::{Code, CodeLetter, LineKind, MotionWords, parse_block};
 use crate::fastpath::parse_move;
-use crate::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem, clean_line};
+use crate::framing::{DEFAULT_MAX_LINE, LineSplitter, MAX_RAW_LINE, SplitItem, clean_line};
 use crate::kinematics::{MachineLimits, MoveKind, Planner};
 use crate::slicer::{SlicerInfo, SlicerScanner};
 
@@ -24,7 +24,10 @@ pub struct AnalyzerConfig {
     /// Machine limits for the estimate; `None` uses defaults (and any
     /// `M201`/`M203`/`M204`/`M205` in the program).
     pub limits: Option<MachineLimits>,
-    /// Longest line accepted; 0 means [`DEFAULT_MAX_LINE`].
+    /// Longest raw line accepted, comments included; 0 means
+    /// [`MAX_RAW_LINE`]. Commands are not limited here: an overlong one is
+    /// a pre-flight finding of the dialect that refuses it, with its line
+    /// number, not a reason to refuse the whole file.
     pub max_line: usize,
 }
 
@@ -162,14 +165,14 @@ impl Analyzer {
     /// A fresh analyser.
     pub fn new(config: AnalyzerConfig) -> Self {
         let max_line = if config.max_line == 0 {
-            DEFAULT_MAX_LINE
+            MAX_RAW_LINE
         } else {
             config.max_line
         };
         Self {
             splitter: LineSplitter::new(max_line),
             max_line,
-            clean: String::with_capacity(max_line),
+            clean: String::with_capacity(max_line.min(DEFAULT_MAX_LINE)),
             bytes: 0,
             state: State {
                 lines: 0,

@@ -30,8 +30,11 @@ const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10
 /// Largest mantissa converted exactly by `m as f32`.
 const EXACT_MANTISSA: u64 = 1 << 24;
 
-/// Parses a raw line (no newline) of at most `max` bytes if it is a plain
-/// `G0`/`G1` move; `None` means "use the general path".
+/// Parses a raw line (no newline) whose command part (before `;`) is at
+/// most `max` bytes if it is a plain `G0`/`G1` move; `None` means "use the
+/// general path". The comment is not limited, as in
+/// [`crate::framing::clean_line`]; the command part bounds the cleaned
+/// command from above, so what this takes the general path takes too.
 ///
 /// Accepted: `G0`, `G00`, `G1`, `G01` (either case), then words separated
 /// by spaces or tabs, each one of `X Y Z E F` (either case) at most once,
@@ -42,9 +45,6 @@ const EXACT_MANTISSA: u64 = 1 << 24;
 /// bytes.
 pub fn parse_move(raw: &str, max: usize) -> Option<FastMove<'_>> {
     let b = raw.as_bytes();
-    if b.len() > max {
-        return None;
-    }
     let mut i = 0;
     while i < b.len() && is_blank(b[i]) {
         i += 1;
@@ -73,6 +73,9 @@ pub fn parse_move(raw: &str, max: usize) -> Option<FastMove<'_>> {
             i += 1;
         }
         if i == b.len() {
+            if i > max {
+                return None;
+            }
             return Some(FastMove {
                 motion,
                 words,
@@ -80,6 +83,9 @@ pub fn parse_move(raw: &str, max: usize) -> Option<FastMove<'_>> {
             });
         }
         if b[i] == b';' {
+            if i > max {
+                return None;
+            }
             return Some(FastMove {
                 motion,
                 words,

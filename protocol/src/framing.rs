@@ -7,17 +7,29 @@
 
 use thiserror::Error;
 
-/// Longest line, in bytes, accepted by default. Marlin's command slots hold
-/// 96 bytes and GRBL's 80; 256 leaves room for grblHAL and slicer comments
-/// while still refusing the megabyte "lines" of a binary file.
+/// Longest command, in bytes, accepted by default: what is left of a line
+/// once comments and extra blanks are stripped, which is what a firmware
+/// receives. Marlin's command slots hold 96 bytes and GRBL's 80; 256 leaves
+/// room for grblHAL. Comments are not limited by it: slicers write long
+/// ones (settings, thumbnails), and they never reach a firmware. The
+/// dialects' own limits are pre-flight findings (`preflight`).
 pub const DEFAULT_MAX_LINE: usize = 256;
+
+/// Longest raw line, comments included, read at all: a bound on memory
+/// for whoever buffers a line ([`LineSplitter`]), not a G-code rule. Far
+/// above any real line (a slicer's single-line base64 thumbnail is some
+/// hundred KiB), far below a binary file's megabyte "lines".
+pub const MAX_RAW_LINE: usize = 4 << 20;
 
 /// Why a line could not be framed or cleaned.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
-    /// The line is longer than the configured maximum.
+    /// The raw line is longer than the configured maximum.
     #[error("line is {len} bytes long; the limit is {max}")]
     TooLong { len: usize, max: usize },
+    /// The command, comments stripped, is longer than the limit.
+    #[error("command is {len} bytes long without its comments; the limit is {max}")]
+    CommandTooLong { len: usize, max: usize },
     /// The bytes are not UTF-8 text.
     #[error("line is not valid UTF-8 text (byte {offset})")]
     NotUtf8 { offset: usize },
@@ -130,21 +142,29 @@ fn verify(covered: &str, cs: &str) -> Result<(), FrameError> {
 /// trims, writing the result to `out` (cleared first). Returns the first
 /// comment's text (without its delimiters), which slicers use for markers.
 ///
-/// Rejects lines longer than `max` bytes and control bytes, so that binary
-/// data never reaches a firmware or the analyser.
+/// Rejects a command (the result) longer than `max` bytes, and control
+/// bytes outside `;` comments, so that binary data never reaches a firmware
+/// or the analyser. Comments are not counted against `max`: only what is
+/// sent is limited. (The raw line's own bound is the splitter's,
+/// [`MAX_RAW_LINE`].)
 pub fn clean_line<'a>(
     raw: &'a str,
     max: usize,
     out: &mut String,
 ) -> Result<Option<&'a str>, FrameError> {
-    out.clear();
-    let raw = raw.trim_end_matches(['\r', '\n']);
-    if raw.len() > max {
-        return Err(FrameError::TooLong {
-            len: raw.len(),
+    let comment = strip_line(raw, out)?;
+    if out.len() > max {
+        return Err(FrameError::CommandTooLong {
+            len: out.len(),
             max,
         });
     }
+    Ok(comment)
+}
+
+fn strip_line<'a>(raw: &'a str, out: &mut String) -> Result<Option<&'a str>, FrameError> {
+    out.clear();
+    let raw = raw.trim_end_matches(['\r', '\n']);
     let bytes = raw.as_bytes();
     let mut comment: Option<&'a str> = None;
     let mut pending_space = false;
@@ -397,12 +417,48 @@ mod tests {
     }
 
     #[test]
-    fn refuses_lines_over_the_limit() {
+    fn refuses_commands_over_the_limit() {
         let mut out = String::new();
         let long = "G1 X1".repeat(100);
         assert_eq!(
             clean_line(&long, 256, &mut out),
-            Err(FrameError::TooLong { len: 500, max: 256 })
+            Err(FrameError::CommandTooLong { len: 500, max: 256 })
+        );
+    }
+
+    /// Slicers write long comments (settings, thumbnails); they are never
+    /// sent, so no limit applies to them (issue 11: a 300-byte comment
+    /// made an upload fail).
+    #[test]
+    fn a_long_comment_is_no_reason_to_refuse_a_line() {
+        let mut out = String::new();
+        for len in [300, 100_000] {
+            let comment = "x".repeat(len);
+            let raw = format!("G1 X1 Y2 ; {comment}");
+            assert_eq!(
+                clean_line(&raw, 256, &mut out),
+                Ok(Some(comment.as_str()))
+            );
+            assert_eq!(out, "G1 X1 Y2");
+            let raw = format!("G1 X1 ({comment}) Y2");
+            assert_eq!(
+                clean_line(&raw, 256, &mut out),
+                Ok(Some(comment.as_str()))
+            );
+            assert_eq!(out, "G1 X1 Y2");
+        }
+    }
+
+    /// The limit is on what the firmware would receive: a 300-byte command
+    /// is refused even when its raw line is mostly blanks.
+    #[test]
+    fn a_300_byte_command_is_refused_with_its_length_without_comments() {
+        let mut out = String::new();
+        let command = format!("M117 {}", "a".repeat(295));
+        let raw = format!("{command}    ; note");
+        assert_eq!(
+            clean_line(&raw, 256, &mut out),
+            Err(FrameError::CommandTooLong { len: 300, max: 256 })
         );
     }
 

@@ -72,6 +72,51 @@
 //! mode keeps the bytes of every other unacknowledged line within
 //! `rx_bytes`.
 //!
+//! # Recovery speed
+//! Two waits exist only to let the wire drain, and both are sized by the
+//! shortest round trip measured so far (a line written to its `ok`), not
+//! by a constant. The resend settle above ends after twice that (plus
+//! 2 ms) of quiet, at most `resend_settle`. And while buffered mode sends
+//! one line at a time after noise, a line whose `ok` has not come within
+//! twice the round trip (plus 1 ms) is followed by the next line (when
+//! one is queued; the driver ends every job with `M400`, so the last job
+//! line has one too): Marlin drops a line whose damaged number
+//! reads as its last one without a word, and only a later numbered line
+//! draws the resend request that reveals it, in one round trip rather than
+//! the five-second timeout. That second line cannot be cut by a flush:
+//! the first arrived at least a round trip earlier and was read at once
+//! (every earlier line was acknowledged, so its command slots were free),
+//! or it waits behind a command that blocks, and then nothing is sent
+//! behind the second until the first is acknowledged.
+//!
+//! # Silence, chatter and `wait`
+//! The no-`ok` timeout ([`MarlinConfig::response_timeout`]) runs from the
+//! last sign of progress: an `ok`, a resend request or error, a `busy:`
+//! keep-alive, a heating wait's report. Everything else the firmware says
+//! unasked (`wait`, temperature autoreports, `echo:` chatter) is not
+//! progress, so no stream of it can hold off the timeout: a line lost
+//! without a word is always found.
+//!
+//! `wait` says more. Marlin built with `NO_TIMEOUTS` (and Repetier-style
+//! firmwares) print it about once a second while their command queue and
+//! receive buffer are empty. With lines in flight that means each of them
+//! was lost on the way, or ran and its `ok` was lost. Counting the `wait`
+//! as the missing `ok` (OctoPrint) is right only in the second case; in the
+//! first it skips a line. So a `wait` starts the same recovery as a
+//! timeout, at once: every line from the oldest in flight is sent again
+//! and then the `M105` probe, all numbered. A line the firmware already ran
+//! is refused or dropped by its number check and never runs twice, and the
+//! probe's `ok T:` acknowledges the probe and, since Marlin accepts lines
+//! only in sequence, every line before it (matching it to the oldest line
+//! instead would shift every later `ok` by one when a copy was dropped
+//! without a word). A `wait` counts only if every line in flight was sent
+//! before the previous `wait` arrived: a `wait` printed while a line was
+//! still on the wire says nothing about it. So the recovery comes one
+//! `wait` interval (about a second) after the loss, not five seconds (the
+//! timeout), and never while anything of ours may still be arriving.
+//! Repeated recoveries of one line count towards
+//! [`MarlinConfig::max_resends_per_line`].
+//!
 //! Marlin's XOR checksum cannot see two equal bit flips in one line, and a
 //! line whose `N` became `n` runs unchecked; no host can do better than the
 //! firmware's check.
@@ -87,6 +132,12 @@ use crate::host::Origin;
 
 /// Sent to a silent firmware to draw an answer.
 const PROBE: &str = "M105";
+
+/// Probes in a row that draw no line at all before the link is declared
+/// dead. More than one: a lost line and then a lost answer to the probe
+/// (or a copy dropped without a word) is silence too, and it is not a dead
+/// link.
+const SILENT_PROBES_BEFORE_DEAD: u32 = 3;
 
 /// Sent under the number of a line the firmware already ran without its
 /// number, wherever that line falls in a retransmission: it reports the
@@ -388,6 +439,10 @@ pub struct MarlinStats {
     pub unnumbered_runs: u64,
     /// Tails of cut lines that the firmware ran as real commands.
     pub fragments_executed: u64,
+    /// Recoveries (lines in flight sent again, then the `M105` probe)
+    /// after a silence or a `wait` from an idle firmware: a line or its
+    /// `ok` was lost without a word.
+    pub recoveries: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +472,9 @@ struct Sent {
 struct InFlight {
     number: u32,
     len: usize,
+    /// When this copy was written, to tell whether a `wait` could have
+    /// been printed after it arrived.
+    sent_at: Instant,
     console: bool,
     /// `M110`: Marlin applies the new number when it *executes* the
     /// command, so nothing may follow it until its `ok`.
@@ -424,6 +482,12 @@ struct InFlight {
     /// The firmware read it without its number (a stray `ok` answered
     /// it): it left the receive buffer but awaits its resend request.
     consumed: bool,
+    /// Sent before a line the firmware asked for again: it has been read
+    /// (accepted and awaiting its `ok`, or refused as a copy of a line it
+    /// had), so it takes no room in the receive buffer. A copy sent by a
+    /// recovery (see "Silence, chatter and `wait`") is refused this way,
+    /// and the retransmission after it must not wait for its `ok`.
+    read: bool,
     /// [`RESYNC_FILLER`] standing in for a line the firmware ran without
     /// its number.
     filler: bool,
@@ -456,7 +520,26 @@ pub struct MarlinHost {
     /// `genuine`: it was acted on, not recognised as an echo.
     just_got_resend: Option<(u32, Instant, bool)>,
     ok_after_resend: Option<bool>,
-    last_rx: Option<Instant>,
+    /// The last sign of progress (see "Silence, chatter and `wait`"), or
+    /// the first line going in flight: the no-`ok` timeout and the resend
+    /// settle run from here. (Chatter is not an echo of a line on the
+    /// wire, so it must not keep a retransmission waiting either.)
+    last_progress: Option<Instant>,
+    /// When the previous `wait` arrived.
+    last_wait: Option<Instant>,
+    /// When the firmware last said anything at all.
+    last_heard: Option<Instant>,
+    /// Probes in a row that drew nothing at all.
+    silent_probes: u32,
+    /// The shortest time from writing a line to its `ok`: the round trip,
+    /// one line's serialisation and the quickest execution. Sizes the
+    /// waits that exist only to let the wire drain (see "Recovery speed").
+    min_rtt: Option<Duration>,
+    /// `now` of the line being handled.
+    clock: Option<Instant>,
+    /// The lines (first, last) a recovery sent again: copies of lines the
+    /// firmware may already have run (see [`MarlinHost::on_resend`]).
+    recovered: Option<(u32, u32)>,
     probe_sent_at: Option<Instant>,
     /// The `M105` probe is queued: it goes out past flow control, since
     /// its point is to draw an answer while lines go unanswered.
@@ -506,7 +589,13 @@ impl MarlinHost {
             pending_resend: None,
             consecutive: (0, 0),
             just_got_resend: None,
-            last_rx: None,
+            last_progress: None,
+            last_wait: None,
+            last_heard: None,
+            silent_probes: 0,
+            min_rtt: None,
+            clock: None,
+            recovered: None,
             probe_sent_at: None,
             probe_queued: false,
             feeding: true,
@@ -633,8 +722,8 @@ impl MarlinHost {
         self.events.pop_front()
     }
 
-    fn window_allows(&self, len: usize) -> bool {
-        if self.in_flight.iter().all(|f| f.consumed) {
+    fn window_allows(&self, now: Instant, len: usize) -> bool {
+        if self.in_flight.iter().all(|f| f.consumed || f.read) || self.early_line_due(now) {
             // Ghosts only limit how much more goes out; one line always may
             // (after the settle time, see `settling`), or a resend whose
             // ghosts were silently flushed would wait forever.
@@ -663,7 +752,7 @@ impl MarlinHost {
         let out: usize = self
             .in_flight
             .iter()
-            .filter(|f| !f.consumed)
+            .filter(|f| !f.consumed && !f.read)
             .take(self.in_slots.max(1))
             .map(|f| f.len)
             .sum();
@@ -677,8 +766,44 @@ impl MarlinHost {
         if self.ghosts.is_empty() {
             return None;
         }
-        let until = self.last_rx? + self.config.resend_settle;
+        let until = self.last_progress? + self.settle_quiet();
         (now < until).then_some(until)
+    }
+
+    /// How long the link must be quiet before lines sent ahead of a resend
+    /// request are taken to be in: long enough for the first of them still
+    /// on the wire to arrive and its echo to come back (one round trip and
+    /// a line), and for the gap between two echoes (a line). Twice the
+    /// shortest measured round trip and 2 ms cover both; until one is
+    /// measured, and at most, `resend_settle`.
+    fn settle_quiet(&self) -> Duration {
+        self.min_rtt.map_or(self.config.resend_settle, |r| {
+            (r * 2 + Duration::from_millis(2)).min(self.config.resend_settle)
+        })
+    }
+
+    /// When the next line may follow the one line in flight although its
+    /// `ok` has not come, while buffered mode sends one line at a time
+    /// after noise: see "Recovery speed" in the module docs.
+    fn early_line_at(&self) -> Option<Instant> {
+        if !matches!(self.config.flow, FlowControl::Buffered { .. })
+            || self.buffering()
+            || !self.ghosts.is_empty()
+            || self.halted
+        {
+            return None;
+        }
+        let rtt = self.min_rtt?;
+        let mut waiting = self.in_flight.iter().filter(|f| !f.consumed && !f.read);
+        let only = waiting.next()?;
+        if waiting.next().is_some() || only.sync {
+            return None;
+        }
+        Some(only.sent_at + rtt * 2 + Duration::from_millis(1))
+    }
+
+    fn early_line_due(&self, now: Instant) -> bool {
+        self.early_line_at().is_some_and(|t| now >= t)
     }
 
     /// Bytes to write now, if any. Call until it returns `None`.
@@ -714,7 +839,7 @@ impl MarlinHost {
             };
             let len = bytes.len();
             let sync = sent.sync && !filler;
-            if !self.window_allows(len)
+            if !self.window_allows(now, len)
                 || (sync && !self.in_flight.iter().all(|f| f.consumed))
                 || self.sync_in_flight()
             {
@@ -728,9 +853,11 @@ impl MarlinHost {
             self.in_flight.push_back(InFlight {
                 number: n,
                 len,
+                sent_at: now,
                 console,
                 sync,
                 consumed: false,
+                read: false,
                 filler,
             });
             self.in_flight_bytes += len;
@@ -761,7 +888,7 @@ impl MarlinHost {
         let number = self.next_number;
         encode_numbered_into(number, cmd, &mut line);
         line.push('\n');
-        if !self.window_allows(line.len()) {
+        if !self.window_allows(now, line.len()) {
             return self.poll_probe(now);
         }
         let (origin, cmd) = self.queue.pop_front()?;
@@ -806,9 +933,11 @@ impl MarlinHost {
         self.in_flight.push_back(InFlight {
             number,
             len,
+            sent_at: now,
             console,
             sync,
             consumed: false,
+            read: false,
             filler: false,
         });
         self.in_flight_bytes += len;
@@ -845,7 +974,7 @@ impl MarlinHost {
     fn arm(&mut self, now: Instant) {
         if self.in_flight.len() == 1 {
             // The silence timer runs from the first line in flight.
-            self.last_rx = Some(now);
+            self.last_progress = Some(now);
         }
     }
 
@@ -860,7 +989,7 @@ impl MarlinHost {
             return Some(t + self.config.dead_timeout);
         }
         let settle = (!self.retransmit.is_empty())
-            .then(|| self.last_rx.map(|t| t + self.config.resend_settle))
+            .then(|| self.last_progress.map(|t| t + self.settle_quiet()))
             .flatten()
             .filter(|_| !self.ghosts.is_empty());
         // No exemption for long commands (`G28`, `M109`, ...): Marlin sends
@@ -870,41 +999,116 @@ impl MarlinHost {
         if self.in_flight.is_empty() {
             return settle;
         }
-        let silence = self.last_rx.map(|t| t + self.config.response_timeout);
-        match (settle, silence) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let silence = self
+            .last_progress
+            .map(|t| t + self.config.response_timeout);
+        // Only when something can follow: otherwise the deadline would
+        // pass and pass again with nothing to do.
+        let early = self.early_line_at().filter(|_| self.sendable());
+        [settle, silence, early].into_iter().flatten().min()
+    }
+
+    /// Something may go out when the window allows it (what
+    /// [`MarlinHost::poll_transmit`] checks besides the window).
+    fn sendable(&self) -> bool {
+        if self.sync_in_flight() {
+            return false;
         }
+        if let Some(&n) = self.retransmit.front() {
+            // An `M110` waits for every line before it, window or not.
+            return !self
+                .history
+                .iter()
+                .find(|s| s.number == n)
+                .is_some_and(|s| s.sync && !s.ran_unnumbered);
+        }
+        self.queue.front().is_some_and(|(o, c)| {
+            (self.feeding || *o == Origin::Internal) && m110_target(c).is_none()
+        })
     }
 
     /// Acts on a passed deadline: probe a silent firmware with `M105`, or
     /// give up on it.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(t) = self.probe_sent_at {
-            if now >= t + self.config.dead_timeout {
-                self.probe_sent_at = None;
-                self.events.push_back(MarlinEvent::LinkDead);
+            if now < t + self.config.dead_timeout {
+                return;
+            }
+            self.probe_sent_at = None;
+            // A firmware that still talks (chatter) is alive but lost the
+            // probe too, or its answer was lost: recover again, as often
+            // as a line may be resent. One that says nothing at all gets a
+            // few probes before the link is declared dead.
+            let alive = self.last_heard.is_some_and(|h| h > t);
+            if !alive {
+                self.silent_probes += 1;
+            }
+            let oldest = self.in_flight.front().map(|f| f.number);
+            match oldest {
+                Some(n) if self.silent_probes < SILENT_PROBES_BEFORE_DEAD => {
+                    if self.count_resend(n) {
+                        self.recover(now);
+                    }
+                }
+                _ => self.events.push_back(MarlinEvent::LinkDead),
             }
             return;
         }
-        let Some(last) = self.last_rx else { return };
+        let Some(last) = self.last_progress else {
+            return;
+        };
         if self.in_flight.is_empty() || now < last + self.config.response_timeout {
             return;
         }
-        // Lines the firmware threw away without a word (its buffer flush
-        // after a resend request) are sent again; numbering makes that
-        // safe. Then probe, numbered too, so its `ok` is counted like any.
-        // After this long a silence nothing old is left on the wire.
+        self.recover(now);
+    }
+
+    /// Sends every line from the oldest in flight again, then the probe:
+    /// the firmware lost a line or its `ok` without a word (a silence, or
+    /// `wait` from an idle firmware). Lines it threw away (its buffer flush
+    /// after a resend request) go again; numbering makes that safe, as a
+    /// line it already ran is refused. The probe is numbered too: its
+    /// `ok T:` acknowledges every line up to it. After this long (a
+    /// timeout, or a `wait` printed after the lines arrived) nothing old
+    /// is left on the wire.
+    fn recover(&mut self, now: Instant) {
+        self.stats.recoveries += 1;
         self.ghosts.clear();
         self.ghost_bytes = 0;
         self.in_slots = 0;
         let first = self.in_flight.front().map(|f| f.number);
         if let Some(n) = first {
+            self.recovered = Some((n, self.next_number.wrapping_sub(1)));
             self.schedule_resend_from(n);
         }
-        self.queue.push_front((Origin::Internal, PROBE.into()));
-        self.probe_queued = true;
+        if !self.probe_queued {
+            self.queue.push_front((Origin::Internal, PROBE.into()));
+            self.probe_queued = true;
+        }
         self.probe_sent_at = Some(now);
+    }
+
+    /// `wait`: the firmware's queue and receive buffer are empty. See
+    /// "Silence, chatter and `wait`" in the module docs.
+    fn on_wait(&mut self, now: Instant) {
+        let previous = self.last_wait.replace(now);
+        if self.halted || !self.ghosts.is_empty() {
+            // Lines refused after a resend request may still be arriving:
+            // the retransmission waits for them, not for this.
+            return;
+        }
+        let Some(oldest) = self.in_flight.iter().find(|f| !f.consumed).copied() else {
+            return;
+        };
+        let newest = self.in_flight.iter().map(|f| f.sent_at).max();
+        if !previous.is_some_and(|p| newest.is_some_and(|n| n < p)) {
+            // A line sent since the previous `wait` may have been on the
+            // wire when this one was printed: the firmware may not be done.
+            return;
+        }
+        if self.count_resend(oldest.number) {
+            self.recover(now);
+        }
     }
 
     fn schedule_resend_from(&mut self, n: u32) {
@@ -925,7 +1129,7 @@ impl MarlinHost {
     fn window_bytes(&self) -> usize {
         self.in_flight
             .iter()
-            .filter(|f| !f.consumed)
+            .filter(|f| !f.consumed && !f.read)
             .map(|f| f.len)
             .sum()
     }
@@ -936,16 +1140,18 @@ impl MarlinHost {
         if line.is_empty() {
             return;
         }
-        // A temperature autoreport (`M155`) comes on its own clock and says
-        // nothing about the lines in flight: it must not hold off the
-        // silence timer, or a line the firmware dropped without a word
-        // (Marlin drops a copy of its last line, which a damaged number
-        // can look like) would wait for its `ok` forever. The reports of a
-        // heating wait (`W:`) do show a command at work.
-        let autoreport = is_autoreport(line);
-        if !autoreport {
-            self.last_rx = Some(now);
+        self.clock = Some(now);
+        // Chatter (a temperature autoreport, `wait`, `echo:`) comes on its
+        // own clock and says nothing about the lines in flight: it must not
+        // hold off the silence timer, or a line the firmware dropped
+        // without a word (Marlin drops a copy of its last line, which a
+        // damaged number can look like) would wait for its `ok` forever.
+        // The reports of a heating wait (`W:`) do show a command at work.
+        self.last_heard = Some(now);
+        if is_progress(line) {
+            self.last_progress = Some(now);
             self.probe_sent_at = None;
+            self.silent_probes = 0;
         }
         let after_resend = self.just_got_resend.take();
 
@@ -1014,6 +1220,7 @@ impl MarlinHost {
             return;
         }
         if line == "wait" {
+            self.on_wait(now);
             return;
         }
         if let Some(rest) = body.strip_prefix("Unknown command") {
@@ -1121,6 +1328,15 @@ impl MarlinHost {
             return;
         }
         let unknown = self.unknown_echo.take();
+        if advanced.is_none()
+            && let Some(probe) = self.probe_answered(line)
+        {
+            // Marlin accepts lines only in sequence: every line sent before
+            // the probe was accepted too (a copy it already had was dropped
+            // or refused, with no `ok` of its own).
+            self.ack_through(probe, line);
+            return;
+        }
         match advanced {
             // `ok N<n> P.. B..` names its line.
             Some(Some(n)) => {
@@ -1164,6 +1380,26 @@ impl MarlinHost {
         }
     }
 
+    /// The number of the probe in flight when `line` is its answer (`ok
+    /// T:..`, which `M105` prints itself, with no `ADVANCED_OK` number).
+    /// Not while lines sent before a resend request may still arrive: one
+    /// of them could be an `M105` run without its number.
+    fn probe_answered(&self, line: &str) -> Option<u32> {
+        if !line.starts_with("ok T:") || !self.ghosts.is_empty() {
+            return None;
+        }
+        let probe = self.in_flight.iter().find(|p| {
+            !p.consumed
+                && self
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|s| s.number == p.number)
+                    .is_some_and(|s| s.origin == Origin::Internal && s.command == PROBE)
+        })?;
+        Some(probe.number)
+    }
+
     /// After an `ok` that acknowledged a line: the `B` it carried tells how
     /// many of the next lines sat in the firmware's command slots with it.
     fn note_free_slots(&mut self, free: Option<u32>) {
@@ -1196,6 +1432,13 @@ impl MarlinHost {
 
     fn acknowledge(&mut self, f: InFlight, line: &str) {
         self.in_flight_bytes = self.window_bytes();
+        if !f.consumed
+            && !f.read
+            && let Some(now) = self.clock
+        {
+            let rtt = now.saturating_duration_since(f.sent_at);
+            self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+        }
         if self.consecutive.0 == f.number {
             self.consecutive = (0, 0);
         }
@@ -1345,6 +1588,14 @@ impl MarlinHost {
         self.stats.resend_requests += 1;
         self.clean_run = 0;
         self.in_slots = 0;
+        if line_number_error {
+            self.accept_refused_copies(n);
+        }
+        for f in &mut self.in_flight {
+            if n.wrapping_sub(f.number).wrapping_sub(1) < u32::MAX / 2 {
+                f.read = true;
+            }
+        }
         let mut later: VecDeque<usize> = self
             .in_flight
             .iter()
@@ -1368,6 +1619,39 @@ impl MarlinHost {
         self.schedule_resend_from(n);
         self.check_ratio();
         true
+    }
+
+    /// The firmware refused a line number and asks for `n`: it has every
+    /// line before `n`. A recovery's copies of those lines were refused
+    /// as copies, and the `ok`s of their originals were lost (that is what
+    /// made the host recover: a silent or idle firmware, and a firmware
+    /// reads no line while a command blocks, so none is still to come).
+    /// They are acknowledged now; waiting for `ok`s that will never come
+    /// would make every recovery end in another.
+    fn accept_refused_copies(&mut self, n: u32) {
+        let Some((first, last)) = self.recovered else {
+            return;
+        };
+        let within = |x: u32| {
+            x.wrapping_sub(first) <= last.wrapping_sub(first)
+                && n.wrapping_sub(x).wrapping_sub(1) < u32::MAX / 2
+        };
+        let mut kept = VecDeque::with_capacity(self.in_flight.len());
+        let mut accepted = Vec::new();
+        for f in self.in_flight.drain(..) {
+            if within(f.number) && !f.consumed {
+                accepted.push(f);
+            } else {
+                kept.push_back(f);
+            }
+        }
+        self.in_flight = kept;
+        for f in accepted {
+            self.acknowledge(f, "ok");
+        }
+        if n.wrapping_sub(last).wrapping_sub(1) < u32::MAX / 2 {
+            self.recovered = None;
+        }
     }
 
     /// Counts one more attempt at line `n`; false (and the host halts)
@@ -1416,6 +1700,7 @@ impl MarlinHost {
         self.clean_run = 0;
         self.in_slots = 0;
         self.pending_resend = None;
+        self.recovered = None;
         self.history.clear();
         self.halted = false;
         self.probe_sent_at = None;
@@ -1473,6 +1758,22 @@ fn parse_m115(line: &str) -> FirmwareInfo {
 /// reports `M109`/`M190` print while they wait).
 fn is_temperature_report(line: &str) -> bool {
     line.starts_with("T:") || line.starts_with("T0:") || line.starts_with("B:")
+}
+
+/// A line that answers something sent (see "Silence, chatter and `wait`"
+/// in the module docs): the no-`ok` timeout restarts from it. `wait`,
+/// temperature autoreports and other `echo:` lines are not.
+fn is_progress(line: &str) -> bool {
+    let body = line.strip_prefix("echo:").unwrap_or(line);
+    line == "ok"
+        || line.starts_with("ok ")
+        || parse_resend(line).is_some()
+        || line.starts_with("Error:")
+        || line.starts_with("!!")
+        || body.starts_with("busy:")
+        || (is_temperature_report(line) && !is_autoreport(line))
+        || line == "start"
+        || line.starts_with("//action:")
 }
 
 /// An `M155` autoreport: a temperature report that is not a heating

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::block::{Code, CodeLetter, LineKind, parse_block};
-use crate::framing::clean_line;
+use crate::framing::{MAX_RAW_LINE, clean_line};
 
 /// Findings kept in a report; the total is always counted.
 pub const MAX_FINDINGS: usize = 1000;
@@ -154,7 +154,8 @@ impl Preflight {
         let raw = raw.trim_end_matches(['\r', '\n']);
         let max = self.dialect.max_line();
         let mut clean = std::mem::take(&mut self.clean);
-        let result = clean_line(raw, 4096, &mut clean);
+        // Only the dialect's limit applies (below); comments have none.
+        let result = clean_line(raw, MAX_RAW_LINE, &mut clean);
         match result {
             Err(e) => self.add(
                 line,
@@ -171,13 +172,11 @@ impl Preflight {
         if clean.is_empty() {
             return;
         }
-        // GRBL buffers the line before it strips comments and spaces;
-        // Marlin's command slots hold the line as received.
-        let measured = if self.dialect == Dialect::Marlin2 {
-            clean.len()
-        } else {
-            raw.trim().len()
-        };
+        // What the host sends: the command with its comments stripped
+        // (the driver never sends a comment). GRBL drops comments too as
+        // it fills its line buffer, so its 80 characters hold at least
+        // this much.
+        let measured = clean.len();
         if measured > max {
             self.add(
                 line,
@@ -534,13 +533,40 @@ mod tests {
     }
 
     #[test]
-    fn grbl_counts_the_raw_line_against_its_80_character_buffer() {
-        let long = format!("G1 X1 ({})", "x".repeat(90));
+    fn grbl_counts_what_is_sent_against_its_80_character_buffer() {
+        let long = format!("G1 X1 Y1.{}", "0".repeat(80));
         let r = check_program(Dialect::Grbl11, [long.as_str()]);
         assert_eq!(r.rejected_count, 1);
         assert!(r.findings[0].reason.contains("error:11"));
         let r = check_program(Dialect::GrblHal, [long.as_str()]);
         assert_eq!(r.rejected_count, 0);
+        // A comment is never sent.
+        let commented = format!("G1 X1 ({})", "x".repeat(90));
+        let r = check_program(Dialect::Grbl11, [commented.as_str()]);
+        assert_eq!(r.total, 0, "{:?}", r.findings);
+    }
+
+    /// Issue 11: slicer comments of any length are fine; a real overlong
+    /// command is one finding with its line number, in every dialect.
+    #[test]
+    fn long_comments_pass_and_a_300_byte_command_is_one_finding_with_its_line() {
+        let short = format!("G1 X1 ; {}", "c".repeat(300));
+        let huge = format!("; thumbnail {}", "A".repeat(100_000));
+        let command = format!("M117 {}", "a".repeat(295));
+        for dialect in [Dialect::Marlin2, Dialect::Grbl11, Dialect::GrblHal] {
+            let r = check_program(
+                dialect,
+                [short.as_str(), huge.as_str(), "G1 X2", command.as_str()],
+            );
+            let long: Vec<_> = r
+                .findings
+                .iter()
+                .filter(|f| f.reason.contains("300 characters"))
+                .collect();
+            assert_eq!(long.len(), 1, "{dialect}: {:?}", r.findings);
+            assert_eq!(long[0].line, 4);
+            assert!(r.findings.iter().all(|f| f.line == 4), "{:?}", r.findings);
+        }
     }
 
     #[test]

@@ -1,19 +1,19 @@
-//! The shared real G-code files (`../shared/data/gcode`), for this crate's
-//! tests only: the product never reads them.
+//! The repository's real G-code files (`tests/data/gcode` at the workspace
+//! root), for this crate's tests only: the product never reads them.
 
 use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/gcode")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/gcode")
 }
 
-/// One shared file's text.
+/// One data file's text.
 pub(crate) fn read(name: &str) -> String {
     let p = dir().join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Every shared G-code file (`.gcode`, `.nc`) with its text.
+/// Every data G-code file (`.gcode`, `.nc`) with its text.
 pub(crate) fn all() -> Vec<(PathBuf, String)> {
     let dir = dir();
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
@@ -28,5 +28,7 @@ pub(crate) fn all() -> Vec<(PathBuf, String)> {
         })
         .collect();
     files.sort();
+    // Tests iterate over these: none would mean they check nothing.
+    assert!(!files.is_empty(), "no G-code files in {}", dir.display());
     files
 }

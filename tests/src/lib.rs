@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -22,21 +23,77 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The daemon binary built by `cargo test --workspace`.
+/// The daemon binary under test: `MICROFACTORYD_BIN` if set, otherwise the
+/// one `cargo build --workspace --bin microfactoryd` makes, built once per
+/// test process.
+///
+/// Why build it here: this crate cannot depend on a binary, so `cargo test
+/// -p microfactory-e2e` alone builds no `microfactoryd`, and whatever an
+/// older build left in `target/` would be tested instead of the current
+/// source. Cargo releases its build lock before it runs tests, so the
+/// nested build does not wait for the outer one; it is a no-op when the
+/// binary is fresh (e.g. under `cargo test --workspace`). The profile is
+/// the test binary's own (its directory name under `target/`).
 pub fn daemon_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("MICROFACTORYD_BIN") {
-        return p.into();
-    }
-    // target/debug/deps/<test> -> target/debug/microfactoryd
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join("microfactoryd")
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("MICROFACTORYD_BIN") {
+            return p.into();
+        }
+        build_daemon().unwrap_or_else(|e| panic!("building microfactoryd for the tests: {e:#}"))
+    })
+    .clone()
 }
 
-/// A file of the shared test data.
+fn build_daemon() -> Result<PathBuf> {
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .context("test binary is not under target/<profile>/deps")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    // `--workspace` resolves features as `cargo test --workspace` does, so
+    // after it this build is a no-op rather than a second set of crates.
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "build",
+        "--workspace",
+        "--bin",
+        "microfactoryd",
+        "--message-format=json-render-diagnostics",
+    ]);
+    if profile_dir != "debug" {
+        cmd.args(["--profile", profile_dir]);
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run cargo build")?;
+    if !out.status.success() {
+        bail!("cargo build -p microfactoryd failed: {}", out.status);
+    }
+    // The artifact message names the executable, wherever the target
+    // directory is.
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "microfactoryd" {
+            if let Some(exe) = msg["executable"].as_str() {
+                return Ok(exe.into());
+            }
+        }
+    }
+    bail!("cargo build reported no microfactoryd executable")
+}
+
+/// A file of the repository's real G-code (`tests/data/gcode`).
 pub fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/gcode")
+        .join("data/gcode")
         .join(name)
 }
 

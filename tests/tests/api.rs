@@ -1015,7 +1015,6 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
     }
 
     // Uploads: (what, content, status, code, words).
-    let long_line = format!("G28\nG1 {}\n", "X1 ".repeat(100));
     let uploads: Vec<UploadCase> = vec![
         (
             "an upload over max_upload_bytes",
@@ -1046,13 +1045,6 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
             vec!["no G-code commands"],
         ),
         (
-            "a file with a 300-character line",
-            long_line.into_bytes(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_gcode",
-            vec!["line 2", "303 bytes"],
-        ),
-        (
             "an empty file",
             Vec::new(),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1067,6 +1059,21 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
         let (s, body, _) = call(req).await;
         expect_error(what, (s, &body), status, code, &needles);
     }
+    // Not refused (issue 11): a comment of any length, and a 300-byte
+    // command, which is a pre-flight finding with its line number.
+    let text = format!("G28\n; {}\nM117 {}\n", "c".repeat(300), "a".repeat(295));
+    let (s, v) = f.upload_bytes("long.gcode", text.into_bytes()).await.unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let findings = v["preflight_marlin"]["findings"].as_array().expect("findings");
+    assert!(
+        findings
+            .iter()
+            .any(|x| x["line"] == 3 && x["reason"].as_str().unwrap_or("").contains("300")),
+        "{v}"
+    );
+    let id = v["id"].as_str().unwrap().to_string();
+    let (s, _, _) = call(op(Method::DELETE, &format!("/files/{id}"))).await;
+    assert!(s.is_success(), "{s}");
     // Nothing refused was stored.
     let (_, files) = f.get("/files").await.unwrap();
     assert_eq!(files.as_array().unwrap().len(), 1, "{files}");

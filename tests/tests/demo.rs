@@ -86,3 +86,80 @@ async fn the_demo_runs_a_sample_job_on_its_simulated_mill() {
     assert_eq!(jobs[0]["assigned_machine"], "mill-1", "{jobs}");
     let _ = child.start_kill();
 }
+
+/// Starts `--demo` without `--data-dir`, with `TMPDIR` pointing at `tmp`,
+/// and returns the child, its API base and its token.
+async fn start_demo_without_data_dir(
+    tmp: &std::path::Path,
+    token: &str,
+) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(daemon_bin())
+        .args(["--demo", "--listen", "127.0.0.1:0"])
+        .env("TMPDIR", tmp)
+        .env("MICROFACTORYD_TOKEN", token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("demo prints its address")
+        .unwrap()
+        .expect("demo exited early");
+    let base = first.strip_prefix("listening on ").unwrap().to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_demos_without_a_data_dir_each_get_their_own_and_leave_nothing_behind() {
+    let tmp = TempDir::new("demo-tmp");
+    let (mut a, base_a) = start_demo_without_data_dir(tmp.path(), "secret-a").await;
+    let (mut b, base_b) = start_demo_without_data_dir(tmp.path(), "secret-b").await;
+
+    let http = reqwest::Client::new();
+    for (base, token, other) in [
+        (&base_a, "secret-a", "secret-b"),
+        (&base_b, "secret-b", "secret-a"),
+    ] {
+        let files: Value = http
+            .get(format!("{base}/api/v1/files"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Its own two samples, not the other demo's too.
+        assert_eq!(files.as_array().unwrap().len(), 2, "{files}");
+        // And not the other demo's token store.
+        let res = http
+            .get(format!("{base}/api/v1/files"))
+            .bearer_auth(other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+
+    for child in [&mut a, &mut b] {
+        let pid = child.id().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the demo stops on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
+}

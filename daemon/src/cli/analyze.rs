@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use microfactory_protocol::analysis::{Analysis, Analyzer, AnalyzerConfig};
 use microfactory_protocol::canned::{CannedExpander, Output};
-use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem};
+use microfactory_protocol::framing::{LineSplitter, MAX_RAW_LINE, SplitItem};
 use microfactory_protocol::preflight::{Dialect, Finding, Preflight, PreflightReport};
 use serde::Serialize;
 
@@ -67,7 +67,7 @@ fn analyze(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
         max_line: 0,
     });
     let mut preflight = args.firmware.map(Preflight::new);
-    let mut splitter = LineSplitter::new(DEFAULT_MAX_LINE);
+    let mut splitter = LineSplitter::new(MAX_RAW_LINE);
     let mut expand = if args.expand_canned_cycles {
         let out = args
             .output

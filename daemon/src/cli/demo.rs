@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use microfactory_machines::sim::{self, FirmwareKind, SimConfig, SimHandle};
@@ -25,14 +25,56 @@ pub const DEMO_TIME_SCALE: f64 = 20.0;
 pub struct DemoArgs {
     /// Listen address.
     pub listen: SocketAddr,
-    /// Data directory.
-    pub data_dir: PathBuf,
+    /// Data directory; `None` for a fresh temporary one, removed on exit.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// A demo's own temporary data directory, removed when dropped. Each demo
+/// gets a new one so two demos never share a store (sled lets only one
+/// process open it) or PTY links, and a demo never resumes another's jobs.
+#[derive(Debug)]
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> anyhow::Result<Self> {
+        let base = std::env::temp_dir();
+        // The pid keeps concurrent demos apart; the counter skips a folder
+        // left behind by an earlier process that had the same pid.
+        for n in 0..1000 {
+            let p = base.join(format!("microfactoryd-demo-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(Self(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
+            }
+        }
+        anyhow::bail!("no free demo folder name in {}", base.display())
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Runs the demo until SIGTERM/SIGINT.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let store = Store::open(&args.data_dir)
-        .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
+    // `_scratch` lives to the end of the demo: dropping it removes the
+    // folder.
+    let (data_dir, _scratch) = match args.data_dir {
+        Some(d) => (d, None),
+        None => {
+            let s = ScratchDir::create()?;
+            (s.path().to_path_buf(), Some(s))
+        }
+    };
+    let store =
+        Store::open(&data_dir).with_context(|| format!("cannot open {}", data_dir.display()))?;
     let machines = [
         (
             "mk3-a",
@@ -59,7 +101,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut sims: Vec<SimHandle> = Vec::new();
     let mut configs = Vec::new();
     for (id, name, profile, fw, tags) in machines {
-        let link = args.data_dir.join(format!("demo-{id}.tty"));
+        let link = data_dir.join(format!("demo-{id}.tty"));
         let _ = std::fs::remove_file(&link);
         let sim = sim::spawn(SimConfig {
             name: id.into(),
@@ -85,7 +127,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let checked = Config {
         listen: args.listen,
-        data_dir: args.data_dir.clone(),
+        data_dir: data_dir.clone(),
         max_upload_bytes: crate::config::DEFAULT_MAX_UPLOAD,
         keep_ended_jobs: crate::config::DEFAULT_KEEP_ENDED_JOBS,
         http: crate::config::HttpConfig::default(),

@@ -13,7 +13,7 @@ use microfactory_machines::driver::{
     Connection, DriverConfig, DriverEvent, DriverHandle, Firmware, FlowMode, JobOutcome, JobSpec,
     StreamStats,
 };
-use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem};
+use microfactory_protocol::framing::{LineSplitter, MAX_RAW_LINE, SplitItem};
 use microfactory_protocol::preflight::{Dialect, FindingKind, Preflight};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
@@ -101,7 +101,7 @@ async fn stream(args: &StreamArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot open")?;
     let mut pf = Preflight::new(dialect(args.firmware));
-    let mut splitter = LineSplitter::new(DEFAULT_MAX_LINE);
+    let mut splitter = LineSplitter::new(MAX_RAW_LINE);
     let mut each = |item: SplitItem<'_>| match item {
         SplitItem::Line { number, text } => {
             pf.check_line(number, text);

@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use microfactory_protocol::analysis::{Analysis, AnalysisError, Analyzer, AnalyzerConfig};
-use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem};
+use microfactory_protocol::framing::{LineSplitter, MAX_RAW_LINE, SplitItem};
 use microfactory_protocol::preflight::{Dialect, Preflight, PreflightReport};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -227,14 +227,15 @@ pub fn analyze(
     });
     let mut marlin = Preflight::new(Dialect::Marlin2);
     let mut grbl = Preflight::new(Dialect::Grbl11);
-    let mut splitter = LineSplitter::new(DEFAULT_MAX_LINE);
+    let mut splitter = LineSplitter::new(MAX_RAW_LINE);
     let mut buf = vec![0u8; 256 * 1024];
     let mut per_line = |item: SplitItem<'_>| -> Result<(), IngestError> {
         if let SplitItem::Line { number, text } = item {
             marlin.check_line(number, text);
             grbl.check_line(number, text);
         }
-        // Overlong lines are reported by the analyser with their number.
+        // Lines over the raw bound are reported by the analyser with their
+        // number; overlong commands are pre-flight findings.
         Ok(())
     };
     loop {
@@ -272,6 +273,29 @@ mod tests {
         let f = u.finish().expect("finish");
         assert_eq!(f.id, sha256_hex(text));
         assert_eq!(f.analysis.commands, 2);
+    }
+
+    /// Issue 11: a real slicer file with comments longer than 256 bytes
+    /// (settings, a one-line thumbnail) used to be refused with 422. Only
+    /// an overlong command is a problem, and it is a pre-flight finding
+    /// with its line number.
+    #[test]
+    fn long_comments_upload_and_an_overlong_command_is_a_finding_with_its_line() {
+        let text = format!(
+            "G28\n; {}\n;thumbnail {}\nG1 X1 Y1 F600\nM117 {}\nG1 X2 Y2\n",
+            "s".repeat(300),
+            "A".repeat(100_000),
+            "a".repeat(295)
+        );
+        let mut u = Upload::new(&tmp(), 1 << 20).expect("new");
+        u.push(text.as_bytes()).expect("push");
+        let f = u.finish().expect("a file with long comments uploads");
+        assert_eq!(f.analysis.commands, 4);
+        for report in [&f.preflight_marlin, &f.preflight_grbl] {
+            let lines: Vec<u64> = report.findings.iter().map(|f| f.line).collect();
+            assert!(lines.contains(&5), "{:?}", report.findings);
+            assert!(!lines.contains(&2) && !lines.contains(&3), "{lines:?}");
+        }
     }
 
     #[test]

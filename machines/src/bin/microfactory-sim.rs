@@ -57,6 +57,13 @@ struct Args {
     ok_after_resend: bool,
     #[arg(long)]
     action_lines: bool,
+    /// Marlin: print `wait` about once a second while idle (`NO_TIMEOUTS`).
+    #[arg(long)]
+    send_wait: bool,
+    /// Marlin: once this many lines have executed, drop the next numbered
+    /// line received without any answer (once).
+    #[arg(long)]
+    silent_drop_after_line: Option<u64>,
     /// Name for log spans.
     #[arg(long, default_value = "sim")]
     name: String,
@@ -94,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
         advanced_ok: !args.no_advanced_ok,
         ok_after_resend: args.ok_after_resend,
         action_lines: args.action_lines,
+        send_wait: args.send_wait,
+        silent_drop_after_line: args.silent_drop_after_line,
         link: args.link,
         ..SimConfig::default()
     };

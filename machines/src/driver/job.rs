@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use microfactory_protocol::canned::{CannedExpander, Output};
-use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem, clean_line};
+use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, MAX_RAW_LINE, SplitItem, clean_line};
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 
@@ -70,7 +70,7 @@ impl JobSource {
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            splitter: LineSplitter::new(DEFAULT_MAX_LINE),
+            splitter: LineSplitter::new(MAX_RAW_LINE),
             pending: VecDeque::new(),
             start_line,
             eof: false,

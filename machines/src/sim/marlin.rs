@@ -31,12 +31,19 @@
 //!   `M109`/`M190`; `M155 S<n>` autoreports every n *real* seconds. No
 //!   unsolicited line comes faster than every 20 ms real, whatever the
 //!   time scale.
+//! * With `send_wait` (`NO_TIMEOUTS`), `wait` every machine second (at
+//!   most every 20 ms real) while no command is queued and nothing waits
+//!   in the receive buffer, as Marlin's `get_serial_commands` prints it.
+//! * `silent_drop_after_line`: the first numbered line read once that many
+//!   lines have executed is dropped without any answer (a fault; Marlin
+//!   itself drops only copies of its last line that way).
 //! * `M112`, `M108` and `M410` act as their line arrives (emergency
 //!   parser). After `M112` (or the injected thermal runaway) the printer
 //!   is dead until the PTY is re-created: it reads and answers nothing.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use microfactory_protocol::block::{CodeLetter, LineKind, parse_block};
@@ -135,6 +142,12 @@ pub(crate) struct Marlin {
     advanced_ok: bool,
     ok_after_resend: bool,
     action_lines: bool,
+    send_wait: bool,
+    /// The next `wait` while idle (`NO_TIMEOUTS`).
+    next_wait: Option<Instant>,
+    silent_drop_after_line: Option<u64>,
+    /// The silent drop has happened (kept across reboots: it fires once).
+    silent_drop_done: bool,
     /// Queued commands with the line number they came with, if any.
     slots: VecDeque<(String, Option<i64>)>,
     /// The head slot is executing and waits for this.
@@ -166,6 +179,10 @@ impl Marlin {
             advanced_ok: config.advanced_ok,
             ok_after_resend: config.ok_after_resend,
             action_lines: config.action_lines,
+            send_wait: config.send_wait,
+            next_wait: None,
+            silent_drop_after_line: config.silent_drop_after_line,
+            silent_drop_done: false,
             slots: VecDeque::with_capacity(BUFSIZE),
             wait: None,
             last_n: 0,
@@ -264,6 +281,16 @@ impl Marlin {
         let text = String::from_utf8_lossy(raw);
         let text = text.trim();
         if text.is_empty() {
+            return;
+        }
+        if text.starts_with('N')
+            && !self.silent_drop_done
+            && self
+                .silent_drop_after_line
+                .is_some_and(|n| io.stats.lines_executed.load(Ordering::Relaxed) >= n)
+        {
+            // The injected fault: read, then forgotten without a word.
+            self.silent_drop_done = true;
             return;
         }
         let (command, number): (String, Option<i64>) = if let Some(rest) = text.strip_prefix('N') {
@@ -696,6 +723,9 @@ impl Firmware for Marlin {
             advanced_ok: self.advanced_ok,
             ok_after_resend: self.ok_after_resend,
             action_lines: self.action_lines,
+            send_wait: self.send_wait,
+            silent_drop_after_line: self.silent_drop_after_line,
+            silent_drop_done: self.silent_drop_done,
             ..Marlin::new(
                 &SimConfig {
                     time_scale: config_scale,
@@ -761,7 +791,22 @@ impl Firmware for Marlin {
         }
         if let Some((cmd, _)) = self.slots.front().cloned() {
             self.execute(&cmd, io);
+            self.next_wait = None;
             return true;
+        }
+        if self.send_wait && rx.is_empty() {
+            // `NO_TIMEOUTS` after the last command, then again and again.
+            let interval = self.report_interval(1.0);
+            match self.next_wait {
+                None => self.next_wait = Some(now + interval),
+                Some(t) if now >= t => {
+                    io.line("wait");
+                    self.next_wait = Some(now + interval);
+                }
+                Some(_) => {}
+            }
+        } else {
+            self.next_wait = None;
         }
         progressed
     }
@@ -777,6 +822,9 @@ impl Firmware for Marlin {
             }
         };
         consider(self.next_autoreport);
+        if self.slots.is_empty() {
+            consider(self.next_wait);
+        }
         match &self.wait {
             Some(Wait::Until(u)) => consider(Some(*u)),
             Some(Wait::Temp { .. }) => consider(Some(now + MIN_REPORT_INTERVAL / 2)),

@@ -128,6 +128,14 @@ pub struct SimConfig {
     pub ok_after_resend: bool,
     /// Marlin: emit `//action:` lines (`paused`/`resumed` around `M0`).
     pub action_lines: bool,
+    /// Marlin built with `NO_TIMEOUTS`: print `wait` about once a second
+    /// (of machine time, at most every 20 ms real) while the command queue
+    /// and the receive buffer are empty.
+    pub send_wait: bool,
+    /// Marlin: once this many lines have executed, read the next numbered
+    /// line and drop it without any answer (once): a line lost inside the
+    /// firmware, which only a `wait` or the host's timeout can reveal.
+    pub silent_drop_after_line: Option<u64>,
     /// Maintain a symlink here that points at the current PTY, like the
     /// links in `/dev/serial/by-id`.
     pub link: Option<PathBuf>,
@@ -155,6 +163,8 @@ impl Default for SimConfig {
             advanced_ok: true,
             ok_after_resend: false,
             action_lines: false,
+            send_wait: false,
+            silent_drop_after_line: None,
             link: None,
             reconnect_delay_ms: 200,
         }
@@ -228,12 +238,33 @@ pub(crate) struct Stats {
     pub rx_overflow_bytes: AtomicU64,
     pub boots: AtomicU64,
     pub hangups: AtomicU64,
+    /// When the first and the last host byte left the wire, by the link
+    /// model's own clock (ns since [`epoch`]; 0 before any byte).
+    pub wire_first_ns: AtomicU64,
+    pub wire_last_ns: AtomicU64,
 }
 
 impl Stats {
     pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Notes that a host byte finishes crossing the wire at `t`.
+    pub(crate) fn wire_byte(&self, t: Instant) {
+        let ns = u64::try_from(t.into_std().saturating_duration_since(epoch()).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self
+            .wire_first_ns
+            .compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
+        self.wire_last_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// The origin of the link model's timestamps in [`Stats`].
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 /// A snapshot of a simulator's counters.
@@ -261,6 +292,11 @@ pub struct SimStats {
     pub boots: u64,
     /// Hang-ups (PTY closed and re-created).
     pub hangups: u64,
+    /// From the first host byte leaving the wire to the last, by the link
+    /// model's own clock: the schedule it computed, whatever the wall
+    /// clock did meanwhile. Over a burst the host wrote at once it is
+    /// (bytes − 1) byte times unless the model lost pace.
+    pub host_wire_span: std::time::Duration,
 }
 
 /// Requests from a [`SimHandle`] to the running simulator.
@@ -313,6 +349,9 @@ impl SimHandle {
             rx_overflow_bytes: g(&s.rx_overflow_bytes),
             boots: g(&s.boots),
             hangups: g(&s.hangups),
+            host_wire_span: std::time::Duration::from_nanos(
+                g(&s.wire_last_ns).saturating_sub(g(&s.wire_first_ns)),
+            ),
         }
     }
 

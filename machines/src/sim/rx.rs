@@ -31,6 +31,11 @@ impl RxBuffer {
         self.cap - self.buf.len()
     }
 
+    /// Nothing has arrived that the firmware has not read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub(crate) fn clear(&mut self) {
         self.buf.clear();
     }

@@ -295,6 +295,7 @@ async fn session(
                             b
                         };
                         rx_free = rx_free.max(now) + byte_time;
+                        stats.wire_byte(rx_free);
                         wire.push_back((rx_free + latency, b));
                     }
                 }

@@ -105,16 +105,33 @@ fn binary_input_names_the_line() {
     );
 }
 
+/// The raw bound is for memory: a "line" longer than any real one (a
+/// binary file's) is refused with its number.
 #[test]
-fn a_megabyte_line_is_refused_with_its_number() {
+fn a_line_over_the_raw_bound_is_refused_with_its_number() {
     let mut v = b"G1 X1\nG1 X2\n".to_vec();
-    v.extend(std::iter::repeat_n(b'X', 1 << 20));
+    v.extend(std::iter::repeat_n(b'X', crate::framing::MAX_RAW_LINE + 1));
     v.push(b'\n');
     let e = analyze_bytes(&v, AnalyzerConfig::default());
     assert!(
         matches!(e, Err(AnalysisError::BadLine { line: 3, .. })),
         "{e:?}"
     );
+}
+
+/// Issue 11: slicer comments of any length are analysed, and an overlong
+/// command is pre-flight's to report, not a reason to refuse the file.
+#[test]
+fn long_comments_and_an_overlong_command_do_not_stop_the_analysis() {
+    let text = format!(
+        "G28\n; {}\nG1 X1 Y1 ; {}\nM117 {}\nG1 X10 Y10 F600\n",
+        "c".repeat(300),
+        "t".repeat(100_000),
+        "a".repeat(295)
+    );
+    let a = analyze(&text);
+    assert_eq!(a.lines, 5);
+    assert_eq!(a.commands, 4);
 }
 
 #[test]
@@ -138,8 +155,10 @@ fn empty_and_comment_only_files_are_errors() {
     );
 }
 
+/// README promises estimates within 0.3 % of PrusaSlicer's own on these
+/// two files: this is that promise (1.001 and 0.998 today).
 #[test]
-fn prusaslicer_estimates_land_within_ten_percent_of_the_slicer() {
+fn prusaslicer_estimates_land_within_three_tenths_of_a_percent_of_the_slicer() {
     for name in ["coupling_pla.gcode", "bracket_petg.gcode"] {
         let a = shared(name);
         let slicer = a.slicer_estimated_seconds.expect("slicer estimate");
@@ -148,7 +167,7 @@ fn prusaslicer_estimates_land_within_ten_percent_of_the_slicer() {
             "{name}: estimate {:.0} s, slicer {slicer:.0} s, ratio {ratio:.3}",
             a.estimated_seconds
         );
-        assert!((0.9..=1.1).contains(&ratio), "{name}: ratio {ratio}");
+        assert!((0.997..=1.003).contains(&ratio), "{name}: ratio {ratio}");
     }
 }
 

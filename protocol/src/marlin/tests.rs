@@ -284,9 +284,13 @@ fn silence_is_probed_with_m105_and_then_declared_dead() {
         t.text
     );
     t.recv("ok");
-    // The probe itself goes unanswered: probe again, then give up.
+    // The probe itself goes unanswered: probe again, and after three
+    // probes that draw nothing at all, give up.
     t.advance(Duration::from_secs(6));
-    assert!(!t.events.contains(&MarlinEvent::LinkDead));
+    for _ in 0..2 {
+        t.advance(Duration::from_secs(11));
+        assert!(!t.events.contains(&MarlinEvent::LinkDead));
+    }
     t.advance(Duration::from_secs(11));
     assert!(t.events.contains(&MarlinEvent::LinkDead));
 }
@@ -465,10 +469,31 @@ struct Firmware {
     executed: Vec<String>,
     ok_after_resend: bool,
     overflow: usize,
+    /// Marlin 2.1: a copy of the last line (or the one before) is dropped
+    /// without a word; otherwise it draws a resend request.
+    drop_copies: bool,
+    /// `NO_TIMEOUTS`: print `wait` this often (ms) while idle.
+    wait_every: Option<u64>,
+    /// Print `echo:` chatter and temperature autoreports every 300 ms.
+    chatter: bool,
+    /// Indexes of received lines (counted from 0) dropped without a word.
+    silent_drop: BTreeSet<usize>,
+    /// Indexes of `ok`s (counted from 0) lost on the way to the host.
+    lose_ok: BTreeSet<usize>,
+    lines_read: usize,
+    oks_sent: usize,
+    last_activity: u64,
+}
+
+/// What a received line comes to.
+enum Check {
+    Run(String),
+    /// Dropped without an answer.
+    Dropped,
 }
 
 impl Firmware {
-    fn new(rx_cap: usize, ok_after_resend: bool) -> Self {
+    fn new(rx_cap: usize, ok_after_resend: bool, faults: &Faults) -> Self {
         Self {
             rx: VecDeque::new(),
             rx_cap,
@@ -477,6 +502,23 @@ impl Firmware {
             executed: Vec::new(),
             ok_after_resend,
             overflow: 0,
+            drop_copies: faults.drop_copies,
+            wait_every: faults.wait_every,
+            chatter: faults.chatter,
+            silent_drop: faults.silent_drop.clone(),
+            lose_ok: faults.lose_ok.clone(),
+            lines_read: 0,
+            oks_sent: 0,
+            last_activity: 0,
+        }
+    }
+
+    /// An `ok` (or `ok T:..`), unless this one is to be lost.
+    fn ok(&mut self, line: &str, out: &mut Vec<String>) {
+        let i = self.oks_sent;
+        self.oks_sent += 1;
+        if !self.lose_ok.contains(&i) {
+            out.push(line.into());
         }
     }
 
@@ -500,14 +542,25 @@ impl Firmware {
                 // As real Marlin: the report comes before the ok.
                 out.push("FIRMWARE_NAME:Marlin model".into());
             }
+            // M105 prints its own `ok` with the report.
+            let ok = if cmd == "M105" {
+                "ok T:20.0 /0.0 B:20.0 /0.0 @:0 B@:0"
+            } else {
+                "ok"
+            };
             if !cmd.is_empty() {
                 self.executed.push(cmd);
             }
-            out.push("ok".into());
+            self.ok(ok, out);
             if let Some(next) = self.slots.front_mut() {
                 next.1 = t + 2;
             }
             between_commands = true;
+            self.last_activity = t;
+        }
+        if self.chatter && t % 300 == 150 {
+            out.push("echo:chatter".into());
+            out.push(" T:20.0 /0.0 B:20.0 /0.0 @:0 B@:0".into());
         }
         // Parse lines while a command slot is free, as Marlin's main loop
         // does: between commands, never while one is executing (blocked on
@@ -522,8 +575,15 @@ impl Firmware {
             if text.trim().is_empty() {
                 continue;
             }
+            self.last_activity = t;
+            let index = self.lines_read;
+            self.lines_read += 1;
+            if self.silent_drop.contains(&index) {
+                continue;
+            }
             match self.check(&text) {
-                Ok(cmd) => {
+                Ok(Check::Dropped) => {}
+                Ok(Check::Run(cmd)) => {
                     let start = if self.slots.is_empty() {
                         t + 2
                     } else {
@@ -538,23 +598,32 @@ impl Firmware {
                     ));
                     out.push(format!("Resend: {}", self.expected));
                     if self.ok_after_resend {
-                        out.push("ok".into());
+                        self.ok("ok", out);
                     }
                     self.rx.clear();
                 }
             }
         }
+        // `NO_TIMEOUTS`: nothing queued, nothing arriving.
+        if let Some(every) = self.wait_every
+            && self.slots.is_empty()
+            && self.rx.is_empty()
+            && t >= self.last_activity + every
+        {
+            out.push("wait".into());
+            self.last_activity = t;
+        }
     }
 
-    fn check(&mut self, text: &str) -> Result<String, &'static str> {
+    fn check(&mut self, text: &str) -> Result<Check, &'static str> {
         let trimmed = text.trim();
         if !trimmed.contains('N') {
             // Marlin runs an unnumbered line as it is; a line whose `N` was
             // corrupted is an unknown command and executes nothing.
             if trimmed.starts_with(['G', 'M', 'T']) && !trimmed.contains('*') {
-                return Ok(trimmed.to_string());
+                return Ok(Check::Run(trimmed.to_string()));
             }
-            return Ok(String::new());
+            return Ok(Check::Run(String::new()));
         }
         // Marlin checks the number before the checksum.
         let digits: String = trimmed[1..]
@@ -564,6 +633,11 @@ impl Firmware {
         let n: Option<u32> = digits.parse().ok();
         let is_m110 = trimmed.contains("M110");
         if !is_m110 && n != Some(self.expected) {
+            if self.drop_copies
+                && n.is_some_and(|n| n.wrapping_add(1) == self.expected || n.wrapping_add(2) == self.expected)
+            {
+                return Ok(Check::Dropped);
+            }
             return Err("Line Number is not Last Line Number+1");
         }
         let f = parse_framed(trimmed).map_err(|_| "checksum mismatch")?;
@@ -573,14 +647,29 @@ impl Firmware {
         } else {
             self.expected = f.number.unwrap_or(self.expected) + 1;
         }
-        Ok(cmd)
+        Ok(Check::Run(cmd))
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Faults {
+    /// Indexes of host bytes flipped on the way.
     corrupt: BTreeSet<usize>,
+    /// Indexes of host bytes lost on the way.
     drop: BTreeSet<usize>,
+    /// Indexes of lines the firmware reads and drops without a word.
+    silent_drop: BTreeSet<usize>,
+    /// Indexes of the firmware's `ok`s lost on the way.
+    lose_ok: BTreeSet<usize>,
+    drop_copies: bool,
+    wait_every: Option<u64>,
+    chatter: bool,
+}
+
+impl Faults {
+    fn none() -> Self {
+        Self::default()
+    }
 }
 
 fn run_link(
@@ -602,7 +691,7 @@ fn run_link(
         clean_lines_before_buffering: 0,
         ..MarlinConfig::default()
     });
-    let mut fw = Firmware::new(rx_cap, ok_after_resend);
+    let mut fw = Firmware::new(rx_cap, ok_after_resend, faults);
     let t0 = Instant::now();
     let mut to_fw: VecDeque<(u64, u8)> = VecDeque::new();
     let mut to_host: VecDeque<(u64, String)> = VecDeque::new();
@@ -615,7 +704,7 @@ fn run_link(
     // MARLIN_TRACE=1 prints the exchange, for debugging a failing case.
     let trace = std::env::var_os("MARLIN_TRACE").is_some();
     host.handshake();
-    for t in 0..400_000u64 {
+    for t in 0..1_000_000u64 {
         let now = t0 + ms(t);
         while to_host.front().is_some_and(|(at, _)| *at <= t) {
             if let Some((_, l)) = to_host.pop_front() {
@@ -713,10 +802,7 @@ fn program_strategy() -> impl Strategy<Value = Vec<String>> {
 /// faults are kept 50 bytes apart (lines here are under 30 bytes).
 fn faults_strategy() -> impl Strategy<Value = Faults> {
     proptest::collection::btree_map(0usize..80, any::<bool>(), 0..14).prop_map(|m| {
-        let mut f = Faults {
-            corrupt: BTreeSet::new(),
-            drop: BTreeSet::new(),
-        };
+        let mut f = Faults::none();
         for (slot, is_drop) in m {
             let at = slot * 50 + 7;
             if is_drop {
@@ -756,13 +842,65 @@ proptest! {
     }
 }
 
+/// Lines and `ok`s lost without a word, by firmwares that print `wait`
+/// while idle or chatter (`echo:`, autoreports) all the time, that drop
+/// copies of their last line silently (Marlin 2.1) or refuse them. Losses
+/// are spaced (six lines or `ok`s apart): a firmware that also loses the
+/// recovery's probe and says nothing else is rightly declared dead.
+fn silent_losses_strategy() -> impl Strategy<Value = Faults> {
+    (
+        proptest::collection::btree_map(0usize..14, any::<bool>(), 0..5),
+        any::<bool>(),
+        prop_oneof![Just(None), Just(Some(1000u64)), Just(Some(20u64))],
+        any::<bool>(),
+    )
+        .prop_map(|(losses, drop_copies, wait_every, chatter)| {
+            let mut f = Faults {
+                drop_copies,
+                wait_every,
+                chatter,
+                ..Faults::none()
+            };
+            for (slot, is_line) in losses {
+                let at = slot * 6 + 2;
+                if is_line {
+                    f.silent_drop.insert(at);
+                } else {
+                    f.lose_ok.insert(at);
+                }
+            }
+            f
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The hang of issue 11: a lost `ok` under `wait` keep-alives (every
+    /// received line used to restart the silence timer). Whatever is lost,
+    /// and whatever the firmware says meanwhile, the job completes exactly.
+    #[test]
+    fn lost_lines_and_oks_are_recovered_whatever_the_firmware_chatters(
+        program in program_strategy(),
+        faults in silent_losses_strategy(),
+        buffered in any::<bool>(),
+        latency in 0u64..20,
+    ) {
+        let flow = if buffered { FlowControl::Buffered { rx_bytes: 128 } } else { FlowControl::PingPong };
+        let (executed, stats, overflow, _) =
+            run_link(&program, flow, false, true, &faults, latency);
+        prop_assert_eq!(&executed, &program);
+        prop_assert_eq!(overflow, 0);
+        if faults.silent_drop.is_empty() && faults.lose_ok.is_empty() {
+            prop_assert_eq!(stats.recoveries, 0);
+        }
+    }
+}
+
 #[test]
 fn a_clean_link_needs_no_resends_and_fills_the_window() {
     let program: Vec<String> = (0..200).map(|i| format!("G1 X{i} Y{i}")).collect();
-    let faults = Faults {
-        corrupt: BTreeSet::new(),
-        drop: BTreeSet::new(),
-    };
+    let faults = Faults::none();
     let (executed, stats, overflow, max_window) = run_link(
         &program,
         FlowControl::Buffered { rx_bytes: 128 },
@@ -1070,4 +1208,220 @@ fn the_probe_recovers_a_retransmission_that_was_dropped_too() {
     assert_eq!(acknowledged(&t.events), [1, 2]);
     assert!(!t.events.contains(&MarlinEvent::LinkDead));
     assert_eq!(t.host.in_flight(), 0);
+}
+
+/// Marlin 2.1 with `NO_TIMEOUTS`: line 0 ran and its `ok` was lost, so the
+/// firmware sits idle printing `wait`. The second `wait` (printed a second
+/// after the line left) starts the recovery at once: the line again, which
+/// the firmware drops as a copy, and the probe, whose `ok T:` acknowledges
+/// everything before it.
+#[test]
+fn a_wait_after_a_lost_ok_sends_the_line_again_and_the_probe_settles_the_count() {
+    let mut t = Transcript::new(ping_pong());
+    t.job(1, "G1 X1");
+    t.job(2, "G1 X2");
+    t.flush();
+    t.advance(ms(500));
+    t.recv("wait");
+    t.advance(ms(1000));
+    t.recv("wait");
+    t.recv("ok T:20.0 /0.0 B:20.0 /0.0 @:0 B@:0");
+    t.recv("ok");
+    assert_eq!(
+        t.text,
+        "> N0 G1 X1*97\n< wait\n< wait\n> N0 G1 X1*97\n> N1 M105*38\n\
+         < ok T:20.0 /0.0 B:20.0 /0.0 @:0 B@:0\n> N2 G1 X2*96\n< ok\n"
+    );
+    assert_eq!(acknowledged(&t.events), [1, 2]);
+    assert_eq!(t.host.in_flight(), 0);
+    assert_eq!(t.host.stats().recoveries, 1);
+}
+
+/// A `wait` the idle firmware printed while the line was still on the wire
+/// says nothing about that line.
+#[test]
+fn a_wait_printed_before_the_line_arrived_is_not_a_lost_ok() {
+    let mut t = Transcript::new(ping_pong());
+    t.recv("wait");
+    t.advance(ms(1000));
+    t.job(1, "G1 X1");
+    t.flush();
+    t.advance(ms(1));
+    t.recv("wait");
+    t.recv("ok");
+    assert_eq!(t.text, "< wait\n> N0 G1 X1*97\n< wait\n< ok\n");
+    assert_eq!(acknowledged(&t.events), [1]);
+    assert_eq!(t.host.stats().recoveries, 0);
+}
+
+/// The hang of issue 11, as reproduced: the firmware asks for line 1 again,
+/// silently drops the retransmission, and from then on only prints `wait`.
+/// Each `wait` used to restart the silence timer, so the job never ended.
+#[test]
+fn waits_alone_recover_a_retransmission_the_firmware_dropped() {
+    let mut t = Transcript::new(ping_pong());
+    t.job(1, "G1 X1");
+    t.job(2, "G1 X2");
+    t.flush();
+    t.recv("ok N0 P14 B3");
+    t.recv("Error:checksum mismatch, Last Line: 0");
+    t.recv("Resend: 1");
+    // N1 again, dropped without a word; then `wait` once a second.
+    let resent = t.text.matches("> N1 G1 X2*99\n").count();
+    assert_eq!(resent, 2, "{}", t.text);
+    for _ in 0..3 {
+        t.advance(ms(1000));
+        t.recv("wait");
+        if t.text.ends_with("> N2 M105*37\n") {
+            break;
+        }
+    }
+    assert!(
+        t.text.ends_with("< wait\n< wait\n> N1 G1 X2*99\n> N2 M105*37\n"),
+        "{}",
+        t.text
+    );
+    t.recv("ok N1 P14 B3");
+    t.recv("ok T:20.0 /0.0 B:20.0 /0.0 @:0 B@:0");
+    assert_eq!(acknowledged(&t.events), [1, 2]);
+    assert_eq!(t.host.in_flight(), 0);
+}
+
+/// Chatter is not progress: `echo:` lines and temperature autoreports
+/// every half second hold off neither the probe nor, when every probe goes
+/// unanswered too, giving up on the line.
+#[test]
+fn chatter_never_holds_off_the_no_ok_timeout() {
+    let mut t = Transcript::new(MarlinConfig {
+        max_resends_per_line: 3,
+        ..ping_pong()
+    });
+    t.job(1, "G1 X1");
+    t.flush();
+    for i in 0..200 {
+        t.advance(ms(500));
+        if i % 2 == 0 {
+            t.recv("echo:SD card released");
+        } else {
+            t.recv(" T:200.0 /200.0 B:60.0 /60.0 @:0 B@:0");
+        }
+    }
+    assert!(
+        t.text.contains("  (timeout)\n> N0 G1 X1*97\n> N1 M105*38\n"),
+        "{}",
+        t.text
+    );
+    assert!(
+        t.events
+            .contains(&MarlinEvent::ResendGaveUp { line_number: 0 }),
+        "{:?}",
+        t.events
+    );
+}
+
+/// A firmware that says nothing at all to three probes is gone.
+#[test]
+fn silence_after_three_probes_is_a_dead_link() {
+    let mut t = Transcript::new(ping_pong());
+    t.job(1, "G1 X1");
+    t.flush();
+    t.advance(Duration::from_secs(6));
+    t.advance(Duration::from_secs(11));
+    t.advance(Duration::from_secs(11));
+    assert!(!t.events.contains(&MarlinEvent::LinkDead), "{:?}", t.events);
+    t.advance(Duration::from_secs(11));
+    assert!(t.events.contains(&MarlinEvent::LinkDead), "{:?}", t.events);
+    assert_eq!(t.text.matches("M105").count(), 3, "{}", t.text);
+}
+
+/// A `wait` again and again while every copy of the line is lost ends in
+/// giving up, not in endless retransmissions.
+#[test]
+fn a_line_lost_at_every_wait_is_given_up_on() {
+    let mut t = Transcript::new(MarlinConfig {
+        max_resends_per_line: 3,
+        ..ping_pong()
+    });
+    t.job(1, "G1 X1");
+    t.flush();
+    for _ in 0..20 {
+        t.advance(ms(1000));
+        t.recv("wait");
+    }
+    assert!(
+        t.events
+            .contains(&MarlinEvent::ResendGaveUp { line_number: 0 }),
+        "{:?}",
+        t.events
+    );
+}
+
+/// Issue 11, recovery speed: after noise, buffered mode sends one line at a
+/// time; a line Marlin drops without a word (its damaged number read as
+/// the last one) used to wait for the five-second timeout. Two measured
+/// round trips (plus 1 ms) after it, the next line follows, and the resend
+/// request it draws reveals the loss.
+#[test]
+fn a_line_dropped_without_a_word_is_revealed_by_the_next_within_two_round_trips() {
+    let mut t = Transcript::new(MarlinConfig {
+        ok_after_resend: Some(false),
+        ..MarlinConfig::default()
+    });
+    for i in 0..4 {
+        t.job(i + 1, &format!("G1 X{i}"));
+    }
+    t.flush();
+    t.advance(ms(2));
+    t.recv("ok N0 P14 B3");
+    // Line 1 is dropped without a word: nothing until 2 × 2 ms + 1 ms.
+    t.advance(ms(4));
+    assert!(t.text.ends_with("> N1 G1 X1*96\n"), "{}", t.text);
+    t.advance(ms(1));
+    assert!(
+        t.text.ends_with("> N1 G1 X1*96\n  (timeout)\n> N2 G1 X2*96\n"),
+        "{}",
+        t.text
+    );
+    // No third line while two are unanswered.
+    t.advance(ms(20));
+    assert!(t.text.ends_with("> N2 G1 X2*96\n"), "{}", t.text);
+    t.recv("Error:Line Number is not Last Line Number+1, Last Line: 0");
+    t.recv("Resend: 1");
+    // Line 2 may still be arriving, for all the host can tell: the settle.
+    t.advance(ms(6));
+    assert!(
+        t.text
+            .ends_with("< Resend: 1\n  (timeout)\n> N1 G1 X1*96\n"),
+        "{}",
+        t.text
+    );
+    t.advance(ms(2));
+    t.recv("ok N1 P14 B3");
+    assert_eq!(acknowledged(&t.events), [1, 2]);
+}
+
+/// Issue 11, recovery speed: the settle after a resend request waits for
+/// lines still on the wire, and a wire drains in a round trip: two
+/// measured round trips (plus 2 ms) of quiet, not 100 ms.
+#[test]
+fn the_settle_after_a_resend_request_lasts_two_round_trips_not_a_tenth_of_a_second() {
+    let mut t = Transcript::new(buffered_now());
+    for i in 0..6 {
+        t.job(i + 1, &format!("G1 X{i}"));
+    }
+    t.flush();
+    t.advance(ms(2));
+    t.recv("ok N0 P14 B3");
+    t.recv("Error:checksum mismatch, Last Line: 0");
+    t.recv("Resend: 1");
+    // Lines 2.. were on the wire: wait 2 × 2 ms + 2 ms of quiet.
+    assert!(t.text.ends_with("< Resend: 1\n"), "{}", t.text);
+    t.advance(ms(5));
+    assert!(t.text.ends_with("< Resend: 1\n"), "{}", t.text);
+    t.advance(ms(1));
+    assert!(
+        t.text.ends_with("< Resend: 1\n  (timeout)\n> N1 G1 X1*96\n"),
+        "{}",
+        t.text
+    );
 }
