@@ -999,9 +999,7 @@ impl MarlinHost {
         if self.in_flight.is_empty() {
             return settle;
         }
-        let silence = self
-            .last_progress
-            .map(|t| t + self.config.response_timeout);
+        let silence = self.last_progress.map(|t| t + self.config.response_timeout);
         // Only when something can follow: otherwise the deadline would
         // pass and pass again with nothing to do.
         let early = self.early_line_at().filter(|_| self.sendable());
