@@ -940,8 +940,14 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
     ui.wait("document.querySelector('#confirm').open", "the confirmation")
         .await?;
     ui.click("#confirm-yes").await?;
+    // After the reset that ends a cancel, GRBL is either idle or (reset
+    // while moving) in alarm; wait for its first report after the reset.
+    let grbl_state = format!("{c}.querySelector('.readings [data-key=grbl-state] dd').textContent");
     ui.wait(
-        &format!("['awaiting_clear', 'error'].includes({c}.dataset.state)"),
+        &format!(
+            "({c}.dataset.state === 'error' && {grbl_state} === 'Alarm') \
+             || ({c}.dataset.state === 'awaiting_clear' && {grbl_state} === 'Idle')"
+        ),
         "the mill waiting for the operator after the cancel",
     )
     .await?;
@@ -988,10 +994,11 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
         "the mill in alarm after the emergency stop",
     )
     .await?;
-    assert_eq!(
-        ui.text(&on_card("mill-1", ".state")).await?,
-        "Alarm: check the mill, then unlock"
-    );
+    ui.wait(
+        &format!("{c}.querySelector('.state').textContent === 'Alarm: check the mill, then unlock'"),
+        "the card to say the mill is in alarm",
+    )
+    .await?;
     ui.wait(&shown(&on_card("mill-1", ".act-unlock")), "the Unlock button")
         .await?;
     ui.screenshots("mill-alarm").await?;
@@ -1110,6 +1117,11 @@ async fn a_tool_change_pause_says_which_tool_and_what_to_do_before_resume() -> R
     ui.wait(
         &format!("{c}.dataset.state === 'paused'"),
         "the tool-change pause",
+    )
+    .await?;
+    ui.wait(
+        &format!("{c}.querySelector('.pause-note').textContent.includes('T01')"),
+        "the tool-change note",
     )
     .await?;
     let badge = ui.text(&on_card("mill-1", ".state")).await?;

@@ -562,8 +562,14 @@ impl<'a> Session<'a> {
                     // A firmware that identifies itself again has rebooted.
                     self.halted = None;
                     info!(%firmware, "machine identified");
+                    let grbl = self.config.firmware == Firmware::Grbl;
                     self.status.send_modify(|s| {
-                        s.connection = Connection::Online;
+                        // GRBL keeps an alarm through a soft reset: after
+                        // one, its status reports (not the banner) say
+                        // when it is unlocked.
+                        if !(grbl && s.connection == Connection::Faulted) {
+                            s.connection = Connection::Online;
+                        }
                         s.firmware = Some(firmware.clone());
                         s.capabilities = capabilities;
                     });
