@@ -25,6 +25,8 @@ export function machineCard(app, id, { link = true } = {}) {
   if (nameLink) name.append(nameLink);
   const sub = h('div', { class: 'sub' });
   const badge = h('span', { class: 'badge state' });
+  // What it is loaded with (material:, nozzle: ...), which routing reads.
+  const tagList = h('ul', { class: 'tags', 'aria-label': 'Tags' });
   const readings = h('dl', { class: 'readings' });
   const staleNote = h('p', { class: 'stale-note small', role: 'status' },
     'Not reporting: the readings above are the last ones heard, not live.');
@@ -103,7 +105,7 @@ export function machineCard(app, id, { link = true } = {}) {
 
   el.append(
     h('div', { class: 'card-head' }, h('div', {}, name, sub), badge),
-    pauseNote, readings, staleNote, lastError, jobBox, actions, recoverRow, error, estopRow,
+    tagList, pauseNote, readings, staleNote, lastError, jobBox, actions, recoverRow, error, estopRow,
   );
 
   function readingsFor(m) {
@@ -129,6 +131,8 @@ export function machineCard(app, id, { link = true } = {}) {
     if (nameLink) setText(nameLink, m.name); else setText(name, m.name);
     setText(sub, `${m.kind === 'mill' ? 'Mill' : 'Printer'} · ${m.profile} · ${m.status?.connection ?? 'offline'}`);
     setText(badge, machineStateLabel(m));
+    reconcile(tagList, m.tags ?? [], (t) => t, (t) => h('li', { class: 'tag' }, t), () => {});
+    tagList.hidden = !(m.tags ?? []).length;
     reconcile(readings, readingsFor(m), (r) => r[2],
       () => h('div', {}, h('dt'), h('dd')),
       (d, r) => { setText(d.firstChild, r[0]); setText(d.lastChild, r[1]); });

@@ -1153,3 +1153,102 @@ async fn a_tool_change_pause_says_which_tool_and_what_to_do_before_resume() -> R
     ui.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut petg = MachineSpec::printer("mk3-petg", "prusa-mk3s");
+    petg.tags = vec!["material:PETG"];
+    let mut pla = MachineSpec::printer("mk3-pla", "prusa-mk3s");
+    pla.tags = vec!["material:PLA"];
+    // The PETG printer comes first: without the material rule it would
+    // take the job.
+    let f = Factory::start(&[petg, pla]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!(
+            "{}?.dataset.state === 'idle' && {}?.dataset.state === 'idle'",
+            card("mk3-petg"),
+            card("mk3-pla")
+        ),
+        "both printers idle",
+    )
+    .await?;
+    assert_eq!(
+        ui.text(&on_card("mk3-petg", ".tags")).await?,
+        "material:PETG",
+        "the card shows the machine's tags"
+    );
+    ui.go("#/queue").await?;
+    ui.choose_file("#file-input", &data("coupling_pla.gcode"))
+        .await?;
+    ui.wait(
+        "document.querySelector('#analysis-facts [data-fact=material]')?.textContent === 'PLA'",
+        "the file's material in the analysis",
+    )
+    .await?;
+    assert!(
+        ui.eval::<bool>(
+            "document.querySelector('#analysis-fits li.fit-no[data-machine=\"mk3-petg\"]')?.textContent.includes('sliced for PLA')"
+        )
+        .await?
+    );
+    assert!(
+        ui.eval::<bool>("!!document.querySelector('#analysis-fits li.fit-ok[data-machine=\"mk3-pla\"]')")
+            .await?
+    );
+    // Choosing the PETG printer says so before queueing.
+    ui.eval::<bool>(
+        "(() => { const s = document.querySelector('#q-target'); s.value = 'machine:mk3-petg'; \
+         s.dispatchEvent(new Event('change')); return true; })()",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#material-warning').dataset.mismatch === 'true' \
+         && document.querySelector('#material-warning').textContent.includes('material:PETG')",
+        "the mismatch warning",
+    )
+    .await?;
+    ui.screenshots("queue-material-mismatch").await?;
+    // Any printer: it goes to the PLA one.
+    ui.eval::<bool>(
+        "(() => { const s = document.querySelector('#q-target'); s.value = 'kind:printer'; \
+         s.dispatchEvent(new Event('change')); return true; })()",
+    )
+    .await?;
+    ui.click("#queue-submit").await?;
+    ui.wait(
+        "document.querySelector('#queue-ok').textContent.startsWith('Queued job #')",
+        "queued",
+    )
+    .await?;
+    ui.go("#/machines").await?;
+    ui.wait(
+        &format!("{}.dataset.state === 'running'", card("mk3-pla")),
+        "the PLA printer running it",
+    )
+    .await?;
+    assert_eq!(
+        ui.eval::<String>(&format!("{}.dataset.state", card("mk3-petg")))
+            .await?,
+        "idle"
+    );
+    // The API says the same, and the override queues it anyway.
+    let file = f.upload(&data("coupling_pla.gcode")).await?;
+    let (s, v) = f
+        .post("/jobs", json!({"file_id": file, "machine_id": "mk3-petg"}))
+        .await?;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v.to_string().contains("sliced for PLA"), "{v}");
+    let (s, v) = f
+        .post(
+            "/jobs",
+            json!({"file_id": file, "machine_id": "mk3-petg", "any_material": true}),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}

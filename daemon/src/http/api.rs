@@ -960,6 +960,9 @@ pub struct SubmitJob {
     pub name: Option<String>,
     /// GRBL: expand canned cycles, pause at tool changes.
     pub expand_canned_cycles: Option<bool>,
+    /// Run on machines whose `material:` or `nozzle:` tags differ from
+    /// what the file states (default false: such machines are skipped).
+    pub any_material: Option<bool>,
 }
 
 /// `POST /jobs` answer: one job per copy.
@@ -996,6 +999,7 @@ async fn submit_job(
             tags: b.tags.unwrap_or_default(),
             name: b.name,
             expand_canned_cycles: b.expand_canned_cycles.unwrap_or(false),
+            any_material: b.any_material.unwrap_or(false),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(Submitted { jobs })))

@@ -489,6 +489,7 @@ async fn upload(
                 tags: Vec::new(),
                 name: Some(path.clone()),
                 expand_canned_cycles: false,
+                any_material: false,
             })
             .await?
     } else {
