@@ -63,7 +63,12 @@ async fn wait_status(
     let mut st = d.status();
     tokio::time::timeout(LIMIT, st.wait_for(pred))
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}; status {:?}", d.status().borrow()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for {what}; status {:?}",
+                d.status().borrow()
+            )
+        })
         .unwrap()
         .clone()
 }
@@ -126,7 +131,9 @@ async fn a_grbl_alarm_faults_the_connection_and_unlock_brings_it_back_online() {
     // until the firmware says otherwise; polls keep confirming the alarm.
     tokio::time::timeout(Duration::from_secs(3), async {
         let mut st = rig.driver.status();
-        st.wait_for(|s| s.connection != Connection::Faulted).await.ok();
+        st.wait_for(|s| s.connection != Connection::Faulted)
+            .await
+            .ok();
     })
     .await
     .expect_err("an alarm stays a fault while GRBL reports Alarm");
@@ -167,7 +174,10 @@ async fn recovery_actions_that_do_not_fit_the_firmware_or_a_running_job_are_refu
         mill.driver.recover(Recovery::FirmwareRestart).await,
         Err(DriverError::Invalid(_))
     ));
-    mill.driver.start(job(&long_moves(&mill.dir))).await.unwrap();
+    mill.driver
+        .start(job(&long_moves(&mill.dir)))
+        .await
+        .unwrap();
     assert_eq!(
         mill.driver.recover(Recovery::Reconnect).await,
         Err(DriverError::Busy("j1".into()))
@@ -185,7 +195,10 @@ async fn recovery_actions_that_do_not_fit_the_firmware_or_a_running_job_are_refu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_halted_printer_goes_stale_refuses_commands_at_once_and_reconnect_reopens_the_port() {
     let rig = rig(Firmware::Marlin, 200.0).await;
-    wait_status(&rig.driver, "temperatures", |s| !s.heaters.is_empty() && !s.stale).await;
+    wait_status(&rig.driver, "temperatures", |s| {
+        !s.heaters.is_empty() && !s.stale
+    })
+    .await;
     rig.driver.emergency_stop().await.unwrap();
     wait_status(&rig.driver, "the halt", |s| {
         s.connection == Connection::Faulted
@@ -247,7 +260,10 @@ async fn a_hung_console_command_is_superseded_by_the_next_and_reconnect_handshak
 async fn wait_for_serial(d: &DriverHandle, text: &str) {
     tokio::time::timeout(LIMIT, async {
         loop {
-            if d.serial_log().iter().any(|l| l.sent && l.text.contains(text)) {
+            if d.serial_log()
+                .iter()
+                .any(|l| l.sent && l.text.contains(text))
+            {
                 return;
             }
             // Polling the driver's log: it has no event for a line sent.

@@ -830,7 +830,10 @@ async fn a_running_print_pauses_resumes_and_cancels_from_its_card() -> Result<()
         "the print cancelled and the printer waiting for the operator",
     )
     .await?;
-    assert_eq!(ui.text(&sel(".state")).await?, "Job cancelled: clear the bed");
+    assert_eq!(
+        ui.text(&sel(".state")).await?,
+        "Job cancelled: clear the bed"
+    );
     ui.click(&sel(".act-clear")).await?;
     ui.wait(&format!("{c}.dataset.state === 'idle'"), "the printer idle")
         .await?;
@@ -913,7 +916,10 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v.to_string().contains("not in alarm"), "{v}");
     let (s, v) = f
-        .post("/machines/mill-1/recover", json!({"action": "firmware_restart"}))
+        .post(
+            "/machines/mill-1/recover",
+            json!({"action": "firmware_restart"}),
+        )
         .await?;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v.to_string().contains("unlock"), "{v}");
@@ -926,8 +932,11 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
     let ids = f
         .submit(json!({"file_id": file, "machine_id": "mill-1", "copies": 3}))
         .await?;
-    ui.wait(&format!("{c}.dataset.state === 'running'"), "the first job running")
-        .await?;
+    ui.wait(
+        &format!("{c}.dataset.state === 'running'"),
+        "the first job running",
+    )
+    .await?;
     ui.wait(
         &format!("{c}.querySelector('.job-progress').value > 0"),
         "progress",
@@ -937,8 +946,11 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
     // Cancel: the mill waits for the operator and the next job does not
     // start on its own (it used to start a millisecond later and fail).
     ui.click(&on_card("mill-1", ".act-cancel")).await?;
-    ui.wait("document.querySelector('#confirm').open", "the confirmation")
-        .await?;
+    ui.wait(
+        "document.querySelector('#confirm').open",
+        "the confirmation",
+    )
+    .await?;
     ui.click("#confirm-yes").await?;
     // After the reset that ends a cancel, GRBL is either idle or (reset
     // while moving) in alarm; wait for its first report after the reset.
@@ -951,7 +963,10 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
         "the mill waiting for the operator after the cancel",
     )
     .await?;
-    if ui.eval::<bool>(&shown(&on_card("mill-1", ".act-unlock"))).await? {
+    if ui
+        .eval::<bool>(&shown(&on_card("mill-1", ".act-unlock")))
+        .await?
+    {
         // The reset after the hold left GRBL in alarm: unlock it here.
         ui.click(&on_card("mill-1", ".act-unlock")).await?;
     }
@@ -995,12 +1010,17 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
     )
     .await?;
     ui.wait(
-        &format!("{c}.querySelector('.state').textContent === 'Alarm: check the mill, then unlock'"),
+        &format!(
+            "{c}.querySelector('.state').textContent === 'Alarm: check the mill, then unlock'"
+        ),
         "the card to say the mill is in alarm",
     )
     .await?;
-    ui.wait(&shown(&on_card("mill-1", ".act-unlock")), "the Unlock button")
-        .await?;
+    ui.wait(
+        &shown(&on_card("mill-1", ".act-unlock")),
+        "the Unlock button",
+    )
+    .await?;
     ui.screenshots("mill-alarm").await?;
     let (_, job2) = f.get(&format!("/jobs/{}", ids[1])).await?;
     assert_eq!(job2["state"], "failed", "{job2}");
@@ -1044,8 +1064,12 @@ async fn a_halted_printer_shows_stale_readings_and_recovers_from_its_card() -> R
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let (s, _) = f.post("/machines/mk3-a/estop", json!({})).await?;
     assert_eq!(s, StatusCode::OK);
-    ui.wait(&format!("{c}.dataset.state === 'error'"), "halted").await?;
-    assert_eq!(ui.text(&on_card("mk3-a", ".state")).await?, "Halted: recover it");
+    ui.wait(&format!("{c}.dataset.state === 'error'"), "halted")
+        .await?;
+    assert_eq!(
+        ui.text(&on_card("mk3-a", ".state")).await?,
+        "Halted: recover it"
+    );
     // The halted firmware reads nothing: a command is refused at once.
     let t = std::time::Instant::now();
     let (s, v) = f
@@ -1059,10 +1083,19 @@ async fn a_halted_printer_shows_stale_readings_and_recovers_from_its_card() -> R
         "the readings marked stale",
     )
     .await?;
-    ui.wait(&shown(&on_card("mk3-a", ".act-firmware-restart")), "Restart firmware")
-        .await?;
-    assert!(ui.eval::<bool>(&shown(&on_card("mk3-a", ".act-reconnect"))).await?);
-    assert!(!ui.eval::<bool>(&shown(&on_card("mk3-a", ".act-unlock"))).await?);
+    ui.wait(
+        &shown(&on_card("mk3-a", ".act-firmware-restart")),
+        "Restart firmware",
+    )
+    .await?;
+    assert!(
+        ui.eval::<bool>(&shown(&on_card("mk3-a", ".act-reconnect")))
+            .await?
+    );
+    assert!(
+        !ui.eval::<bool>(&shown(&on_card("mk3-a", ".act-unlock")))
+            .await?
+    );
     ui.screenshots("printer-halted").await?;
     ui.go("#/machine/mk3-a").await?;
     ui.wait(&shown("#chart-stale"), "the chart says it is not live")
@@ -1088,7 +1121,8 @@ async fn a_halted_printer_shows_stale_readings_and_recovers_from_its_card() -> R
         "Halted: check the machine, then confirm"
     );
     ui.click(&on_card("mk3-a", ".act-clear")).await?;
-    ui.wait(&format!("{c}.dataset.state === 'idle'"), "idle").await?;
+    ui.wait(&format!("{c}.dataset.state === 'idle'"), "idle")
+        .await?;
     ui.assert_no_js_errors();
     ui.close().await;
     Ok(())
@@ -1128,7 +1162,10 @@ async fn a_tool_change_pause_says_which_tool_and_what_to_do_before_resume() -> R
     assert!(badge.contains("T01"), "badge: {badge}");
     let note = ui.text(&on_card("mill-1", ".pause-note")).await?;
     assert!(
-        note.contains("line 9") && note.contains("T01") && note.contains("zero Z") && note.contains("Resume"),
+        note.contains("line 9")
+            && note.contains("T01")
+            && note.contains("zero Z")
+            && note.contains("Resume"),
         "note: {note}"
     );
     ui.screenshots("mill-tool-change").await?;
@@ -1195,8 +1232,10 @@ async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch
         .await?
     );
     assert!(
-        ui.eval::<bool>("!!document.querySelector('#analysis-fits li.fit-ok[data-machine=\"mk3-pla\"]')")
-            .await?
+        ui.eval::<bool>(
+            "!!document.querySelector('#analysis-fits li.fit-ok[data-machine=\"mk3-pla\"]')"
+        )
+        .await?
     );
     // Choosing the PETG printer says so before queueing.
     ui.eval::<bool>(

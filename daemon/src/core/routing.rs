@@ -240,9 +240,15 @@ mod tests {
             Ok(())
         );
         let why = check(&printer("b", &["material:PETG"]), &pla, &req).expect_err("PETG");
-        assert!(why.contains("sliced for PLA") && why.contains("material:PETG"), "{why}");
+        assert!(
+            why.contains("sliced for PLA") && why.contains("material:PETG"),
+            "{why}"
+        );
         let why = check(&printer("c", &["nozzle:0.6"]), &pla, &req).expect_err("0.6");
-        assert!(why.contains("0.4 mm nozzle") && why.contains("nozzle:0.6"), "{why}");
+        assert!(
+            why.contains("0.4 mm nozzle") && why.contains("nozzle:0.6"),
+            "{why}"
+        );
         // A machine that declares neither has said nothing against it.
         assert_eq!(check(&printer("d", &[]), &pla, &req), Ok(()));
         // The operator's override.
