@@ -1291,3 +1291,74 @@ async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch
     ui.close().await;
     Ok(())
 }
+
+/// README's pictures: the factory at work (three machines busy, a
+/// temperature chart with history), taken here so they stay true.
+/// `UPDATE_DOCS=1` copies them into `docs/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_pictures_show_the_factory_at_work() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let slow = |id: &'static str, profile: &'static str| {
+        let mut m = MachineSpec::printer(id, profile);
+        // Long enough to still be running when the pictures are taken.
+        m.time_scale = 20.0;
+        m
+    };
+    let f = Factory::start(&[
+        slow("mk3-a", "prusa-mk3s"),
+        slow("ender-b", "creality-ender3"),
+        slow("mill-1", "grbl-3018"),
+    ])
+    .await?;
+    for (file, machine) in [
+        ("bracket_petg.gcode", "mk3-a"),
+        ("coupling_pla.gcode", "ender-b"),
+        ("pcb_isolation_and_drill_inch.nc", "mill-1"),
+    ] {
+        let id = f.upload(&data(file)).await?;
+        let mut body = json!({"file_id": id, "machine_id": machine});
+        if machine == "mill-1" {
+            body["expand_canned_cycles"] = json!(true);
+        }
+        f.submit(body).await?;
+    }
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    for m in ["mk3-a", "ender-b", "mill-1"] {
+        ui.wait(
+            &format!("{}?.dataset.state === 'running'", card(m)),
+            &format!("{m} at work"),
+        )
+        .await?;
+    }
+    ui.go("#/machine/mk3-a").await?;
+    // The sampler records once a second: wait for 15 s of history.
+    ui.wait(
+        "[...document.querySelectorAll('#temp-chart polyline.actual')].some(p => p.getAttribute('points').trim().split(/\\s+/).length >= 15)",
+        "a chart with history",
+    )
+    .await?;
+    ui.screenshots("readme-machine").await?;
+    ui.go("#/machines").await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'running'", card("mill-1")),
+        "the cards",
+    )
+    .await?;
+    ui.screenshots("readme-machines").await?;
+    ui.assert_no_js_errors();
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let dir = screenshot_dir();
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::copy(
+            dir.join("readme-machine-desktop.png"),
+            docs.join("dashboard.png"),
+        )?;
+        std::fs::copy(
+            dir.join("readme-machines-phone.png"),
+            docs.join("dashboard-phone.png"),
+        )?;
+    }
+    ui.close().await;
+    Ok(())
+}
