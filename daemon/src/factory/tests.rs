@@ -64,6 +64,7 @@ fn machine(id: &str) -> Machine {
             require_bed_clear: false,
             flow: None,
             class: None,
+            read_only: false,
         },
         profile: Profile::builtin("prusa-mk3s").expect("profile"),
     }

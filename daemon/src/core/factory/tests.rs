@@ -22,6 +22,7 @@ fn printer(id: &str, bed_clear: bool) -> Machine {
             require_bed_clear: bed_clear,
             flow: None,
             class: None,
+            read_only: false,
         },
         profile: Profile::builtin("prusa-mk3s").expect("profile"),
     }
