@@ -155,6 +155,11 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// The MQTT client, when `[mqtt]` is configured.
+    pub fn mqtt(&self) -> Option<&Arc<Mqtt>> {
+        self.mqtt.as_ref()
+    }
+
     /// Stops taking requests, stops every machine at a safe point and
     /// stores the state of interrupted jobs.
     pub async fn stop(self) {
