@@ -357,3 +357,174 @@ async fn a_late_subscriber_sees_the_site_online_and_every_machines_retained_stat
     assert!(!status.online);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every machine state seq in the log after `after`.
+fn state_seqs(d: &Running, after: u64) -> Vec<u64> {
+    d.factory
+        .store()
+        .log_after(after, 10_000)
+        .expect("log")
+        .iter()
+        .filter(|r| matches!(r.event, DomainEvent::MachineState { .. }))
+        .map(|r| r.seq)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_no_transition_made_while_it_was_down() {
+    let mut broker = Broker::start("restart", true);
+    let (d, dir) = daemon("restart", &broker).await;
+    let mut consumer = Peer::connect(&broker, "consumer", true, &["microfactory/t/#"]).await;
+    let machine = Peer::connect(&broker, "machine", false, &[]).await;
+    health_until(&d, |h| h.connected).await;
+    machine
+        .publish(
+            "microfactory/t/machines/esp-mill/report",
+            r#"{"state":"running"}"#,
+        )
+        .await;
+    let producing = logged(&d, "esp-mill", MachineState::Producing, 0).await;
+    health_until(&d, |h| h.published_seq >= producing).await;
+
+    broker.stop(true);
+    health_until(&d, |h| !h.connected).await;
+    // While the broker is down: the machine is unseen (offline), and an
+    // operator takes the other one out of service.
+    let offline = logged(&d, "esp-mill", MachineState::Offline, producing).await;
+    d.factory
+        .set_machine("octo", None, Some(true))
+        .await
+        .expect("disabled");
+    let down = logged(&d, "octo", MachineState::PlannedDown, producing).await;
+    let during = state_seqs(&d, producing);
+    assert!(during.contains(&offline) && during.contains(&down));
+
+    broker.spawn();
+    let last = *during.iter().max().expect("some");
+    health_until(&d, |h| h.connected && h.published_seq >= last).await;
+    // The consumer's session survived the restart: it gets every
+    // transition, in any order and perhaps twice, never fewer.
+    let mut seen = std::collections::BTreeSet::new();
+    let want: std::collections::BTreeSet<u64> = during.iter().copied().collect();
+    while !want.is_subset(&seen) {
+        let p = consumer
+            .until(|t, p| {
+                t.ends_with("/state")
+                    .then(|| serde_json::from_slice::<MachineStatePayload>(p).ok())
+                    .flatten()
+            })
+            .await;
+        seen.insert(p.seq);
+    }
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_forgot_everything_gets_every_machines_state_again() {
+    let mut broker = Broker::start("forgetful", false);
+    let (d, dir) = daemon("forgetful", &broker).await;
+    health_until(&d, |h| h.connected).await;
+    health_until(&d, |h| h.published_seq > 0).await;
+    broker.stop(false);
+    health_until(&d, |h| !h.connected).await;
+    broker.spawn();
+    health_until(&d, |h| h.connected && h.since_ms.is_some()).await;
+    let mut late = Peer::connect(&broker, "late", false, &["microfactory/t/#"]).await;
+    let mut machines = std::collections::BTreeMap::new();
+    while machines.len() < 2 {
+        let p = late
+            .until(|t, p| {
+                t.ends_with("/state")
+                    .then(|| serde_json::from_slice::<MachineStatePayload>(p).ok())
+                    .flatten()
+            })
+            .await;
+        machines.insert(p.machine_id.clone(), p.seq);
+    }
+    for (id, seq) in &machines {
+        let last = d
+            .factory
+            .machine_states(id, 0, u64::MAX)
+            .expect("states")
+            .last()
+            .map(|c| c.seq);
+        assert_eq!(Some(*seq), last, "{id}: the retained state is its latest");
+    }
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_payloads_is_counted_creates_nothing_and_the_daemon_stays_healthy() {
+    let broker = Broker::start("flood", false);
+    let (d, dir) = daemon("flood", &broker).await;
+    let peer = Peer::connect(&broker, "flooder", false, &[]).await;
+    health_until(&d, |h| h.connected).await;
+    let before = *d.factory.store().log_tip().borrow();
+    let report = "microfactory/t/machines/esp-mill/report";
+    for i in 0..300 {
+        let bad = match i % 5 {
+            0 => "{".to_string(),
+            1 => r#"{"state":"dancing"}"#.into(),
+            2 => r#"{"state":"running","progress":1e308}"#.into(),
+            3 => format!(r#"{{"state":"idle","heaters":[{{"name":"{}","actual":1}}]}}"#, "x".repeat(200)),
+            _ => "\u{0}\u{1}".into(),
+        };
+        peer.publish(report, bad).await;
+    }
+    for _ in 0..100 {
+        peer.publish(report, vec![b' '; 2048]).await;
+        peer.publish("microfactory/t/machines/ghost/report", r#"{"state":"idle"}"#)
+            .await;
+    }
+    for _ in 0..50 {
+        peer.publish("octoPrint/progress/printing", r#"{"progress":"most"}"#)
+            .await;
+    }
+    let h = health_until(&d, |h| {
+        h.malformed + h.oversized + h.unknown_machine >= 550
+    })
+    .await;
+    assert_eq!((h.malformed, h.oversized, h.unknown_machine), (350, 100, 100));
+    assert_eq!(h.accepted, 0);
+    assert!(h.connected && h.failures == 0, "{h:?}");
+    assert!(
+        state_seqs(&d, before).is_empty(),
+        "refused payloads created records"
+    );
+    // Still listening.
+    peer.publish(report, r#"{"state":"idle"}"#).await;
+    logged(&d, "esp-mill", MachineState::Idle, before).await;
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_back_off_exponentially_instead_of_storming_a_broker_that_is_down() {
+    let mut broker = Broker::start("backoff", false);
+    let (d, dir) = daemon("backoff", &broker).await;
+    health_until(&d, |h| h.connected).await;
+    broker.stop(false);
+    let mut w = d.mqtt().expect("mqtt").watch_health();
+    let mut waits = Vec::new();
+    tokio::time::timeout(BOUND, async {
+        while waits.len() < 4 {
+            w.changed().await.expect("client alive");
+            let h = w.borrow_and_update().clone();
+            if let Some(r) = h.retry_in_ms
+                && h.failures as usize > waits.len()
+            {
+                waits.push(r);
+            }
+        }
+    })
+    .await
+    .expect("four failed attempts in time");
+    // Equal jitter over doubling ceilings (500 ms first): each wait is at
+    // least the one before, and the fourth at least 2 s.
+    assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+    assert!(waits[0] >= 250 && waits[3] >= 2000, "{waits:?}");
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
