@@ -699,7 +699,11 @@ pub fn parse_broker(url: &str) -> Result<(String, u16), String> {
         None => 1883,
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p > 0 => p,
-            _ => return Err(format!("'{url}': port '{p}' is not a number from 1 to 65535")),
+            _ => {
+                return Err(format!(
+                    "'{url}': port '{p}' is not a number from 1 to 65535"
+                ));
+            }
         },
     };
     if host.is_empty() || host.contains(['/', '@', '?', '#', ' ', ':']) && !rest.starts_with('[') {
@@ -950,5 +954,94 @@ mttr_hours_max = -1
     fn unknown_keys_are_named() {
         let e = parse("data_dir = \"d\"\nlisten_addr = \"x\"\n").expect_err("unknown key");
         assert!(e[0].contains("listen_addr"), "{e:?}");
+    }
+
+    #[test]
+    fn an_mqtt_broker_and_its_machines_are_checked_with_everything_else() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[mqtt]
+broker = "mqtt://broker.lan:1884"
+site = "shop"
+[[mqtt.machine]]
+id = "esp-mill"
+profile = "grbl-3018"
+adapter = "report"
+[[mqtt.machine]]
+id = "octo"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.machines.len(), 2);
+        assert!(c.machines.iter().all(|m| m.config.read_only));
+        assert_eq!(
+            c.machines[0].config.port,
+            PathBuf::from("mqtt:microfactory/shop/machines/esp-mill/report")
+        );
+        assert_eq!(c.machines[1].config.port, PathBuf::from("mqtt:octoPrint"));
+        let mqtt = c.config.mqtt.as_ref().expect("mqtt");
+        assert_eq!(mqtt.keep_alive_secs, 30);
+        let e = parse(
+            r#"
+data_dir = "d"
+[[machine]]
+id = "m"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/m"
+[mqtt]
+broker = "mqtts://broker:8883"
+site = "Big Shop"
+password = "x"
+keep_alive_secs = 1
+[[mqtt.machine]]
+id = "m"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+base = "octo/#"
+[[mqtt.machine]]
+id = "n"
+profile = "nope"
+adapter = "report"
+base = "x"
+"#,
+        )
+        .expect_err("invalid");
+        let all = e.join("\n");
+        for needle in [
+            "must start with mqtt://",
+            "TLS is not built in",
+            "mqtt.site must be",
+            "password is set without mqtt.username",
+            "keep_alive_secs = 1",
+            "id 'm' is used twice",
+            "without wildcards",
+            "base is for the octoprint adapter",
+            "unknown machine profile 'nope'",
+        ] {
+            assert!(all.contains(needle), "missing {needle}: {all}");
+        }
+    }
+
+    #[test]
+    fn broker_urls_name_a_host_and_a_port() {
+        assert_eq!(parse_broker("mqtt://h"), Ok(("h".into(), 1883)));
+        assert_eq!(
+            parse_broker("mqtt://10.0.0.2:1884/"),
+            Ok(("10.0.0.2".into(), 1884))
+        );
+        assert_eq!(parse_broker("mqtt://[::1]:1885"), Ok(("::1".into(), 1885)));
+        for bad in [
+            "tcp://h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://u@h",
+            "mqtt://h:1:2",
+        ] {
+            assert!(parse_broker(bad).is_err(), "{bad}");
+        }
     }
 }
