@@ -82,7 +82,10 @@ impl Broker {
         let deadline = std::time::Instant::now() + BOUND;
         // A process gives no event when its socket listens: try to connect.
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "mosquitto did not listen");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -225,12 +228,11 @@ base = "octoPrint"
 
 async fn health_until(r: &Running, pred: impl Fn(&MqttHealth) -> bool) -> MqttHealth {
     let mut w = r.mqtt().expect("mqtt configured").watch_health();
-    let h = tokio::time::timeout(BOUND, w.wait_for(|h| pred(h)))
+    tokio::time::timeout(BOUND, w.wait_for(|h| pred(h)))
         .await
         .expect("health reached the condition in time")
         .expect("client alive")
-        .clone();
-    h
+        .clone()
 }
 
 /// Waits for the log to record `machine` entering `state` after `after`;
@@ -272,9 +274,7 @@ async fn a_report_of_our_schema_makes_a_machine_produce_and_its_state_is_publish
     )
     .await;
     let p = peer
-        .until(|t, p| {
-            state_of(t, p, "esp-mill").filter(|s| s.state == MachineState::Producing)
-        })
+        .until(|t, p| state_of(t, p, "esp-mill").filter(|s| s.state == MachineState::Producing))
         .await;
     let log = d.factory.store().log_after(0, 1000).expect("log");
     let rec = log
@@ -295,8 +295,11 @@ async fn a_report_of_our_schema_makes_a_machine_produce_and_its_state_is_publish
         .await
         .expect_err("read-only");
     assert!(err.to_string().contains("read-only"), "{err}");
-    peer.publish("microfactory/t/machines/esp-mill/report", r#"{"state":"idle"}"#)
-        .await;
+    peer.publish(
+        "microfactory/t/machines/esp-mill/report",
+        r#"{"state":"idle"}"#,
+    )
+    .await;
     peer.until(|t, p| state_of(t, p, "esp-mill").filter(|s| s.state == MachineState::Idle))
         .await;
     d.stop().await;
@@ -307,7 +310,13 @@ async fn a_report_of_our_schema_makes_a_machine_produce_and_its_state_is_publish
 async fn octoprint_plugin_messages_drive_a_machine_through_a_print() {
     let broker = Broker::start("octo", false);
     let (d, dir) = daemon("octo", &broker).await;
-    let mut peer = Peer::connect(&broker, "octoprint", false, &["microfactory/t/machines/+/state"]).await;
+    let mut peer = Peer::connect(
+        &broker,
+        "octoprint",
+        false,
+        &["microfactory/t/machines/+/state"],
+    )
+    .await;
     health_until(&d, |h| h.connected).await;
     peer.publish("octoPrint/mqtt", "connected").await;
     peer.publish(
@@ -331,8 +340,11 @@ async fn a_late_subscriber_sees_the_site_online_and_every_machines_retained_stat
     let (d, dir) = daemon("late", &broker).await;
     let peer = Peer::connect(&broker, "machine", false, &[]).await;
     health_until(&d, |h| h.connected).await;
-    peer.publish("microfactory/t/machines/esp-mill/report", r#"{"state":"paused"}"#)
-        .await;
+    peer.publish(
+        "microfactory/t/machines/esp-mill/report",
+        r#"{"state":"paused"}"#,
+    )
+    .await;
     let paused_seq = logged(&d, "esp-mill", MachineState::Paused, 0).await;
     health_until(&d, |h| h.published_seq >= paused_seq).await;
     let mut late = Peer::connect(&broker, "late", false, &["microfactory/t/#"]).await;
@@ -344,9 +356,7 @@ async fn a_late_subscriber_sees_the_site_online_and_every_machines_retained_stat
         })
         .await;
     assert!(status.online);
-    let s = late
-        .until(|t, p| state_of(t, p, "esp-mill"))
-        .await;
+    let s = late.until(|t, p| state_of(t, p, "esp-mill")).await;
     assert_eq!((s.state, s.seq), (MachineState::Paused, paused_seq));
     d.stop().await;
     // The goodbye replaces the retained status.
@@ -468,25 +478,31 @@ async fn a_flood_of_bad_payloads_is_counted_creates_nothing_and_the_daemon_stays
             0 => "{".to_string(),
             1 => r#"{"state":"dancing"}"#.into(),
             2 => r#"{"state":"running","progress":1e308}"#.into(),
-            3 => format!(r#"{{"state":"idle","heaters":[{{"name":"{}","actual":1}}]}}"#, "x".repeat(200)),
+            3 => format!(
+                r#"{{"state":"idle","heaters":[{{"name":"{}","actual":1}}]}}"#,
+                "x".repeat(200)
+            ),
             _ => "\u{0}\u{1}".into(),
         };
         peer.publish(report, bad).await;
     }
     for _ in 0..100 {
         peer.publish(report, vec![b' '; 2048]).await;
-        peer.publish("microfactory/t/machines/ghost/report", r#"{"state":"idle"}"#)
-            .await;
+        peer.publish(
+            "microfactory/t/machines/ghost/report",
+            r#"{"state":"idle"}"#,
+        )
+        .await;
     }
     for _ in 0..50 {
         peer.publish("octoPrint/progress/printing", r#"{"progress":"most"}"#)
             .await;
     }
-    let h = health_until(&d, |h| {
-        h.malformed + h.oversized + h.unknown_machine >= 550
-    })
-    .await;
-    assert_eq!((h.malformed, h.oversized, h.unknown_machine), (350, 100, 100));
+    let h = health_until(&d, |h| h.malformed + h.oversized + h.unknown_machine >= 550).await;
+    assert_eq!(
+        (h.malformed, h.oversized, h.unknown_machine),
+        (350, 100, 100)
+    );
     assert_eq!(h.accepted, 0);
     assert!(h.connected && h.failures == 0, "{h:?}");
     assert!(

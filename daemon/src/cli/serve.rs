@@ -13,10 +13,10 @@ use tracing::info;
 use crate::config::{Adapter, Checked};
 use crate::factory::Factory;
 use crate::factory::link::MachineLink;
-use crate::mqtt::Mqtt;
-use crate::mqtt::link::MqttLink;
 use crate::http::api::{self, AppState};
 use crate::metering::Metering;
+use crate::mqtt::Mqtt;
+use crate::mqtt::link::MqttLink;
 use crate::store::Store;
 
 /// Driver settings for each configured serial machine (MQTT machines
@@ -57,14 +57,12 @@ impl std::fmt::Debug for Running {
     }
 }
 
+/// Machines with their links, as the factory holds them.
+type Linked = Vec<(crate::config::Machine, Arc<dyn MachineLink>)>;
+
 /// Every machine's link in configuration order: a serial driver, or the
-/// MQTT link its reports feed.
-fn links(
-    checked: &Checked,
-) -> (
-    Vec<(crate::config::Machine, Arc<dyn MachineLink>)>,
-    Vec<(Arc<MqttLink>, Adapter)>,
-) {
+/// MQTT link its reports feed (also returned apart, for the MQTT client).
+fn links(checked: &Checked) -> (Linked, Vec<(Arc<MqttLink>, Adapter)>) {
     let mut drivers = driver_configs(checked).into_iter();
     let mut mqtt = checked
         .config
@@ -111,7 +109,11 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
             Mqtt::start(
                 cfg,
                 factory.store().clone(),
-                checked.machines.iter().map(|m| m.config.id.clone()).collect(),
+                checked
+                    .machines
+                    .iter()
+                    .map(|m| m.config.id.clone())
+                    .collect(),
                 mqtt_links,
             )
             .context("cannot start the MQTT client")?,

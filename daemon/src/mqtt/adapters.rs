@@ -295,7 +295,9 @@ pub fn apply_octoprint(
         let p: OctoProgress = serde_json::from_slice(payload).map_err(malformed)?;
         let p = finite("progress", p.progress)?;
         if !(0.0..=100.0).contains(&p) {
-            return Err(malformed(format_args!("progress {p} is not within 0..=100")));
+            return Err(malformed(format_args!(
+                "progress {p} is not within 0..=100"
+            )));
         }
         // Retained: it arrives at every subscription, so it updates a
         // print we know of and never starts one.
@@ -343,7 +345,10 @@ mod tests {
         .expect("valid");
         assert_eq!(s.connection, Connection::Online);
         let j = s.job.as_ref().expect("a job");
-        assert_eq!((j.job_id.as_str(), j.percent, j.paused), ("bracket.gcode", 37.5, false));
+        assert_eq!(
+            (j.job_id.as_str(), j.percent, j.paused),
+            ("bracket.gcode", 37.5, false)
+        );
         assert_eq!(s.heaters[0].target, 215.0);
         assert_eq!(s.position, Some([1.0, 2.0, 3.0]));
         apply_report(&mut s, br#"{"state":"error","error":"alarm 2"}"#).expect("valid");

@@ -242,9 +242,9 @@ impl Mqtt {
                 machines: None,
             })
             .unwrap_or_default();
-            let _ = self
-                .client
-                .try_publish(self.inner.topics.status(), QoS::AtLeastOnce, true, bye);
+            let _ =
+                self.client
+                    .try_publish(self.inner.topics.status(), QoS::AtLeastOnce, true, bye);
             let _ = self.client.try_disconnect();
             if tokio::time::timeout(GOODBYE, self.tasks.wait())
                 .await
@@ -380,7 +380,7 @@ impl Inner {
             // A flood must not flood the log: the first few, then one in
             // a thousand (the counts are in the health answer).
             let n = self.refused.fetch_add(1, Ordering::Relaxed);
-            if n < 20 || n % 1000 == 0 {
+            if n < 20 || n.is_multiple_of(1000) {
                 warn!(%topic, error = %e, refused = n + 1, "MQTT message refused");
             } else {
                 debug!(%topic, error = %e, "MQTT message refused");
@@ -408,7 +408,10 @@ impl Inner {
                     () = self.stop_publishing.cancelled() => return,
                 }
             };
-            match self.connection_session(&client, generation, &mut session, &mut tip).await {
+            match self
+                .connection_session(&client, generation, &mut session, &mut tip)
+                .await
+            {
                 Ok(Ended::Stopped) => return,
                 Ok(Ended::Reconnect) => {}
                 Err(e) => {

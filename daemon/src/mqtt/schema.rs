@@ -210,7 +210,10 @@ mod tests {
         assert_eq!(m[0].topic, "microfactory/shop/machines/mk3/state");
         assert!(m[0].retain);
         let p: MachineStatePayload = serde_json::from_slice(&m[0].payload).expect("decodes");
-        assert_eq!((p.seq, p.state, p.job_id), (42, MachineState::Producing, Some(7)));
+        assert_eq!(
+            (p.seq, p.state, p.job_id),
+            (42, MachineState::Producing, Some(7))
+        );
     }
 
     #[test]
