@@ -5,9 +5,11 @@
 //! Delivery is at least once. The publisher sends a chunk of log records
 //! with QoS 1 and moves its cursor only when the broker has acknowledged
 //! every message of the chunk in the same connection; a connection lost
-//! on the way (or a restart) sends the chunk again from the cursor. The
-//! session is clean, so rumqttc drops what it had not sent at the next
-//! ConnAck and nothing is sent twice by the library on top of that.
+//! on the way (or a restart) sends the chunk again from the cursor. Each
+//! connection attempt has a client of its own (a fresh rumqttc request
+//! channel), so nothing queued for a lost connection is sent on the next
+//! one, where its acknowledgements would be counted for messages they do
+//! not acknowledge.
 //! Every connection starts with the retained site status and every
 //! machine's last state, since a broker restarted without persistence has
 //! forgotten them.
@@ -83,13 +85,20 @@ pub struct MqttHealth {
 }
 
 /// Connection generations and acknowledgements, for the publisher.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 struct Session {
     /// Bumped at every ConnAck.
     generation: u64,
-    connected: bool,
+    /// The client of this connection, while it is up.
+    client: Option<AsyncClient>,
     /// PubAcks received in this generation.
     acked: u64,
+}
+
+impl Session {
+    fn connected(&self) -> bool {
+        self.client.is_some()
+    }
 }
 
 /// Why the client could not start.
@@ -104,6 +113,7 @@ pub enum MqttError {
 }
 
 struct Inner {
+    options: MqttOptions,
     topics: Topics,
     store: Store,
     machines: Vec<String>,
@@ -122,7 +132,6 @@ struct Inner {
 /// The running MQTT client.
 pub struct Mqtt {
     inner: Arc<Inner>,
-    client: AsyncClient,
     tasks: TaskTracker,
 }
 
@@ -178,7 +187,6 @@ impl Mqtt {
         if let Some(u) = &config.username {
             opts.set_credentials(u, config.password.clone().unwrap_or_default());
         }
-        let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
         let octoprint = config
             .machines
             .iter()
@@ -187,6 +195,7 @@ impl Mqtt {
             .map(|(m, (l, _))| (format!("{}/", m.octoprint_base()), Arc::clone(l)))
             .collect();
         let inner = Arc::new(Inner {
+            options: opts,
             topics,
             store,
             machines,
@@ -207,17 +216,11 @@ impl Mqtt {
         });
         let tasks = TaskTracker::new();
         let i = Arc::clone(&inner);
-        let c = client.clone();
-        tasks.spawn(async move { i.connection(eventloop, c).await });
+        tasks.spawn(async move { i.connection().await });
         let i = Arc::clone(&inner);
-        let c = client.clone();
-        tasks.spawn(async move { i.publisher(c).await });
+        tasks.spawn(async move { i.publisher().await });
         tasks.close();
-        Ok(Self {
-            inner,
-            client,
-            tasks,
-        })
+        Ok(Self { inner, tasks })
     }
 
     /// The link as it is now.
@@ -234,7 +237,8 @@ impl Mqtt {
     /// `{"online": false}`, as the will would), and disconnects.
     pub async fn shutdown(&self) {
         self.inner.stop_publishing.cancel();
-        if self.inner.session.borrow().connected {
+        let client = self.inner.session.borrow().client.clone();
+        if let Some(client) = client {
             let bye = serde_json::to_vec(&SiteStatus {
                 online: false,
                 version: None,
@@ -242,10 +246,8 @@ impl Mqtt {
                 machines: None,
             })
             .unwrap_or_default();
-            let _ =
-                self.client
-                    .try_publish(self.inner.topics.status(), QoS::AtLeastOnce, true, bye);
-            let _ = self.client.try_disconnect();
+            let _ = client.try_publish(self.inner.topics.status(), QoS::AtLeastOnce, true, bye);
+            let _ = client.try_disconnect();
             if tokio::time::timeout(GOODBYE, self.tasks.wait())
                 .await
                 .is_err()
@@ -261,50 +263,24 @@ impl Mqtt {
 impl Inner {
     // --------------------------------------------------------- connection
 
-    /// Polls rumqttc, which reconnects on the next poll after an error;
-    /// the wait in between is ours (see `backoff`).
-    async fn connection(self: Arc<Self>, mut eventloop: EventLoop, client: AsyncClient) {
+    /// Connects, and after every failure waits (see `backoff`) and
+    /// connects again with a fresh client: rumqttc alone would reconnect on
+    /// the next poll, at once.
+    async fn connection(self: Arc<Self>) {
         let backoff = Backoff::default();
         let mut attempt = 0u32;
         loop {
-            let ev = tokio::select! {
-                ev = eventloop.poll() => ev,
-                () = self.stop.cancelled() => return,
-            };
-            match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    attempt = 0;
-                    info!(broker = %self.health.borrow().broker, "connected to the MQTT broker");
-                    // Subscriptions do not survive a clean session: every
-                    // ConnAck subscribes again.
-                    for f in self.filters() {
-                        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                            warn!(topic = %f, error = %e, "could not subscribe");
-                        }
-                    }
-                    self.session.send_modify(|s| {
-                        s.generation += 1;
-                        s.connected = true;
-                        s.acked = 0;
-                    });
-                    self.health.send_modify(|h| {
-                        h.connected = true;
-                        h.since_ms = Some(now_ms());
-                        h.retry_in_ms = None;
-                    });
-                }
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    self.session.send_modify(|s| s.acked += 1);
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => self.ingest(&p.topic, &p.payload),
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    // Our goodbye is on the wire.
-                    self.disconnected();
-                    return;
-                }
-                Ok(_) => {}
+            let (client, eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+            let mut acked = false;
+            match self.connected(&client, eventloop, &mut acked).await {
+                Ok(()) => return,
                 Err(e) => {
                     self.disconnected();
+                    // A connection that got as far as a ConnAck starts
+                    // the schedule again.
+                    if acked {
+                        attempt = 0;
+                    }
                     let wait = backoff.delay(attempt, jitter());
                     attempt = attempt.saturating_add(1);
                     warn!(error = %e, retry_in = ?wait, "MQTT broker connection failed");
@@ -322,8 +298,57 @@ impl Inner {
         }
     }
 
+    /// Polls one connection until it fails (`Err`) or ends by our goodbye
+    /// or shutdown (`Ok`); `acked` tells whether the broker accepted it.
+    async fn connected(
+        &self,
+        client: &AsyncClient,
+        mut eventloop: EventLoop,
+        acked: &mut bool,
+    ) -> Result<(), rumqttc::ConnectionError> {
+        loop {
+            let ev = tokio::select! {
+                ev = eventloop.poll() => ev,
+                () = self.stop.cancelled() => return Ok(()),
+            };
+            match ev? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    *acked = true;
+                    info!(broker = %self.health.borrow().broker, "connected to the MQTT broker");
+                    // Subscriptions do not survive a clean session: every
+                    // ConnAck subscribes again.
+                    for f in self.filters() {
+                        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                            warn!(topic = %f, error = %e, "could not subscribe");
+                        }
+                    }
+                    self.session.send_modify(|s| {
+                        s.generation += 1;
+                        s.client = Some(client.clone());
+                        s.acked = 0;
+                    });
+                    self.health.send_modify(|h| {
+                        h.connected = true;
+                        h.since_ms = Some(now_ms());
+                        h.retry_in_ms = None;
+                    });
+                }
+                Event::Incoming(Packet::PubAck(_)) => {
+                    self.session.send_modify(|s| s.acked += 1);
+                }
+                Event::Incoming(Packet::Publish(p)) => self.ingest(&p.topic, &p.payload),
+                Event::Outgoing(Outgoing::Disconnect) => {
+                    // Our goodbye is on the wire.
+                    self.disconnected();
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn disconnected(&self) {
-        self.session.send_modify(|s| s.connected = false);
+        self.session.send_modify(|s| s.client = None);
         self.health.send_modify(|h| {
             h.connected = false;
             h.since_ms = None;
@@ -391,16 +416,21 @@ impl Inner {
     // ---------------------------------------------------------- publisher
 
     /// Follows the log by cursor, one connection at a time.
-    async fn publisher(self: Arc<Self>, client: AsyncClient) {
+    async fn publisher(self: Arc<Self>) {
         let mut session = self.session.subscribe();
         let mut tip = self.store.log_tip();
+        // The generation whose connection ended under us: wait for a newer
+        // one, not for the connection task to notice.
+        let mut ended = 0;
         loop {
             // Wait for a connection.
-            let generation = loop {
+            let (generation, client) = loop {
                 {
                     let s = session.borrow_and_update();
-                    if s.connected {
-                        break s.generation;
+                    if let Some(c) = &s.client
+                        && s.generation > ended
+                    {
+                        break (s.generation, c.clone());
                     }
                 }
                 tokio::select! {
@@ -413,7 +443,7 @@ impl Inner {
                 .await
             {
                 Ok(Ended::Stopped) => return,
-                Ok(Ended::Reconnect) => {}
+                Ok(Ended::Reconnect) => ended = generation,
                 Err(e) => {
                     warn!(error = %e, "MQTT publisher could not read the log; retrying");
                     tokio::select! {
@@ -496,8 +526,11 @@ impl Inner {
                 r = tip.changed() => if r.is_err() { return Ok(Ended::Stopped) },
                 r = session.changed() => {
                     if r.is_err() { return Ok(Ended::Stopped) }
-                    let s = *session.borrow_and_update();
-                    if s.generation != generation || !s.connected { return Ok(Ended::Reconnect) }
+                    let ended = {
+                        let s = session.borrow_and_update();
+                        s.generation != generation || !s.connected()
+                    };
+                    if ended { return Ok(Ended::Reconnect) }
                 }
                 () = self.stop_publishing.cancelled() => return Ok(Ended::Stopped),
             }
@@ -513,7 +546,8 @@ impl Inner {
         for m in messages {
             tokio::select! {
                 r = client.publish(m.topic.clone(), QoS::AtLeastOnce, m.retain, m.payload.clone()) => {
-                    if r.is_err() { return Some(Ended::Stopped) }
+                    // This connection's client is gone with it.
+                    if r.is_err() { return Some(Ended::Reconnect) }
                 }
                 () = self.stop_publishing.cancelled() => return Some(Ended::Stopped),
             }
@@ -533,7 +567,7 @@ impl Inner {
         loop {
             {
                 let s = session.borrow_and_update();
-                if s.generation != generation || !s.connected {
+                if s.generation != generation || !s.connected() {
                     return Some(Ended::Reconnect);
                 }
                 if s.acked >= issued {
