@@ -255,6 +255,21 @@ async fn logged(d: &Running, machine: &str, state: MachineState, after: u64) -> 
     .expect("the state was logged in time")
 }
 
+/// `GET /api/v1/health` over a plain socket: its JSON body.
+async fn http_health(d: &Running) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    c.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.expect("answer");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).expect("JSON")
+}
+
 fn state_of(topic: &str, p: &[u8], machine: &str) -> Option<MachineStatePayload> {
     (topic == format!("microfactory/t/machines/{machine}/state"))
         .then(|| serde_json::from_slice(p).ok())
@@ -268,6 +283,9 @@ async fn a_report_of_our_schema_makes_a_machine_produce_and_its_state_is_publish
     let (d, dir) = daemon("roundtrip", &broker).await;
     let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/t/#"]).await;
     health_until(&d, |h| h.connected).await;
+    let h = http_health(&d).await;
+    assert_eq!(h["mqtt"]["connected"], true, "{h}");
+    assert_eq!(h["mqtt"]["broker"], broker.url(), "{h}");
     peer.publish(
         "microfactory/t/machines/esp-mill/report",
         r#"{"state":"running","job":"plate.nc","progress":12.5}"#,

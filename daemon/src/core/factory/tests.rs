@@ -152,7 +152,11 @@ fn a_read_only_machine_takes_no_job_and_produces_while_its_own_host_runs_one() {
     let b = c.reported(0, LinkState::Online, Some(true), 5);
     assert_eq!(
         machine_states(&b),
-        vec![("octo".into(), MachineState::Paused, StateReason::ProgramPause)]
+        vec![(
+            "octo".into(),
+            MachineState::Paused,
+            StateReason::ProgramPause
+        )]
     );
     let b = c.reported(0, LinkState::Online, None, 6);
     assert_eq!(
@@ -160,8 +164,12 @@ fn a_read_only_machine_takes_no_job_and_produces_while_its_own_host_runs_one() {
         vec![("octo".into(), MachineState::Idle, StateReason::None)]
     );
     assert!(
-        routing::check(&c.machines()[0].machine, &f, &routing::Requirements::default())
-            .is_err_and(|e| e.contains("read-only"))
+        routing::check(
+            &c.machines()[0].machine,
+            &f,
+            &routing::Requirements::default()
+        )
+        .is_err_and(|e| e.contains("read-only"))
     );
 }
 
