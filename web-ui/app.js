@@ -38,7 +38,8 @@ const main = document.getElementById('main');
 
 function recordTemps(m) {
   const heaters = m.status?.heaters ?? [];
-  if (heaters.length === 0) return;
+  // Stale readings are the last heard, not a new sample.
+  if (heaters.length === 0 || m.status?.stale || m.status?.connection !== 'online') return;
   const now = Date.now();
   const list = app.state.temps.get(m.id) ?? [];
   list.push({ t: now, heaters: heaters.map((x) => ({ ...x })) });

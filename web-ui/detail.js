@@ -5,7 +5,7 @@ import { api } from './api.js';
 import { drawChart, HISTORY_MS } from './chart.js';
 import { machineCard } from './machines.js';
 import {
-  h, fill, setText, reconcile, fmtDuration, fmtPercent, fmtTime, jobStateLabel,
+  h, fill, setText, reconcile, fmtDuration, fmtPercent, fmtTime, jobStateLabel, readingsStale,
 } from './dom.js';
 
 /** Console lines kept on the page. */
@@ -61,8 +61,10 @@ export function machineDetailView(app, id) {
   });
 
   const chartBox = h('div', { class: 'chart', id: 'temp-chart' });
+  const chartStale = h('p', { class: 'stale-note small', id: 'chart-stale', role: 'status' },
+    'Not reporting: no new readings; the chart ends at the last one heard.');
   const chartPanel = h('section', { class: 'panel', 'aria-labelledby': 'chart-h' },
-    h('h2', { id: 'chart-h' }, 'Temperatures'), chartBox,
+    h('h2', { id: 'chart-h' }, 'Temperatures'), chartStale, chartBox,
     h('p', { class: 'muted small' }, 'The last 20 minutes, a reading a second, kept by the daemon.'));
 
   // ---- console
@@ -166,6 +168,7 @@ export function machineDetailView(app, id) {
       this.title = m.name;
       card.update(m);
       chartPanel.hidden = m.kind !== 'printer';
+      chartStale.hidden = !readingsStale(m);
       redraw();
       const jobs = app.state.jobs.filter((j) => j.assigned_machine === id && j.state !== 'queued')
         .sort((a, b) => (b.started_ms ?? b.created_ms) - (a.started_ms ?? a.created_ms));

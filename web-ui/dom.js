@@ -107,10 +107,35 @@ export function machineStateLabel(m) {
     case 'running': return m.kind === 'mill' ? 'Milling' : 'Printing';
     case 'paused': return pauseLabel(m.pause);
     case 'awaiting_clear': return awaitingLabel(m);
-    case 'error': return 'Error';
+    case 'error': return m.kind === 'mill' && (m.status?.state ?? '').startsWith('Alarm')
+      ? 'Alarm: check the mill, then unlock'
+      : 'Halted: recover it';
     case 'offline': return 'Offline';
     case 'disabled': return 'Disabled';
     default: return m.state;
+  }
+}
+
+/** Readings are not live: the firmware stopped reporting, or the machine
+ *  is not connected (the card keeps the last values, marked). */
+export function readingsStale(m) {
+  const c = m.status?.connection ?? 'offline';
+  return !!m.status?.stale || c === 'offline' || c === 'connecting';
+}
+
+/** What to do before pressing Resume, in full, for the card's note. */
+export function pauseInstructions(p) {
+  if (!p) return '';
+  switch (p.kind) {
+    case 'tool_change': {
+      const tool = p.tool != null ? `tool T${String(p.tool).padStart(2, '0')}` : 'the next tool';
+      return `Tool change at line ${p.line}: load ${tool}, zero Z on the work (touch off), `
+        + 'keep hands clear of the spindle, then press Resume.';
+    }
+    case 'program':
+      return `The program paused at line ${p.line}: ${p.text}. Do what it asks, then press Resume.`;
+    case 'operator': return 'Paused by an operator. Press Resume to go on.';
+    default: return '';
   }
 }
 

@@ -4,6 +4,7 @@
 import { api } from './api.js';
 import {
   h, setText, reconcile, fmtDuration, fmtPercent, fmtTemp, machineStateLabel, jobStateLabel, heaterLabel,
+  pauseInstructions, readingsStale,
 } from './dom.js';
 
 /** The job a card shows: the running one, else the machine's last one. */
@@ -24,8 +25,14 @@ export function machineCard(app, id, { link = true } = {}) {
   if (nameLink) name.append(nameLink);
   const sub = h('div', { class: 'sub' });
   const badge = h('span', { class: 'badge state' });
+  // What it is loaded with (material:, nozzle: ...), which routing reads.
+  const tagList = h('ul', { class: 'tags', 'aria-label': 'Tags' });
   const readings = h('dl', { class: 'readings' });
+  const staleNote = h('p', { class: 'stale-note small', role: 'status' },
+    'Not reporting: the readings above are the last ones heard, not live.');
   const lastError = h('p', { class: 'card-error', role: 'status' });
+  // What to do before Resume (tool change, program pause), in full.
+  const pauseNote = h('p', { class: 'pause-note', role: 'status' });
 
   const jobBox = h('div', { class: 'job' });
   const jobName = h('span', { class: 'job-name' });
@@ -53,6 +60,25 @@ export function machineCard(app, id, { link = true } = {}) {
   };
   const btn = (cls, text, onclick, extra = {}) =>
     h('button', { type: 'button', class: `small ${cls}`, onclick, ...extra }, text);
+  const recover = (action, label) => async () => {
+    setText(error, '');
+    try {
+      const r = await api('POST', `/machines/${encodeURIComponent(id)}/recover`, { action });
+      if (r?.machine?.id) app.state.machines.set(r.machine.id, r.machine);
+      app.changed();
+    } catch (e) {
+      setText(error, `${label} failed: ${e.message}`);
+    }
+  };
+  // Recovery: every way back that does not need a daemon restart.
+  const recoverButtons = {
+    unlock: btn('act-unlock primary', 'Unlock ($X)', recover('unlock', 'Unlock')),
+    soft_reset: btn('act-soft-reset', 'Soft reset', recover('soft_reset', 'Soft reset')),
+    firmware_restart: btn('act-firmware-restart primary', 'Restart firmware', recover('firmware_restart', 'Firmware restart')),
+    reconnect: btn('act-reconnect', 'Reconnect', recover('reconnect', 'Reconnect')),
+  };
+  const recoverRow = h('div', { class: 'actions recover', role: 'group', 'aria-label': 'Recovery' },
+    Object.values(recoverButtons));
   const buttons = {
     pause: btn('act-pause', 'Pause', act('pause', 'Pause')),
     resume: btn('act-resume primary', 'Resume', act('resume', 'Resume')),
@@ -67,15 +93,19 @@ export function machineCard(app, id, { link = true } = {}) {
     estop: btn('act-estop estop', 'Emergency stop', act('estop', 'Emergency stop'), {
       'aria-label': `Emergency stop ${id}`,
     }),
-    clear: btn('act-clear primary', 'Bed cleared', act('clear', 'Bed cleared')),
+    clear: btn('act-clear primary', 'Bed cleared', act('clear', 'Confirm')),
     disable: btn('act-disable', 'Disable', act('disable', 'Disable')),
     enable: btn('act-enable', 'Enable', act('enable', 'Enable')),
   };
-  const actions = h('div', { class: 'actions' }, Object.values(buttons));
+  // Emergency stop sits alone at the card's end, away from Resume/Pause,
+  // always in the same place: a thumb aimed at Resume never lands on it.
+  const { estop, ...rest } = buttons;
+  const actions = h('div', { class: 'actions' }, Object.values(rest));
+  const estopRow = h('div', { class: 'actions estop-row' }, estop);
 
   el.append(
     h('div', { class: 'card-head' }, h('div', {}, name, sub), badge),
-    readings, lastError, jobBox, actions, error,
+    tagList, pauseNote, readings, staleNote, lastError, jobBox, actions, recoverRow, error, estopRow,
   );
 
   function readingsFor(m) {
@@ -101,11 +131,20 @@ export function machineCard(app, id, { link = true } = {}) {
     if (nameLink) setText(nameLink, m.name); else setText(name, m.name);
     setText(sub, `${m.kind === 'mill' ? 'Mill' : 'Printer'} · ${m.profile} · ${m.status?.connection ?? 'offline'}`);
     setText(badge, machineStateLabel(m));
+    reconcile(tagList, m.tags ?? [], (t) => t, (t) => h('li', { class: 'tag' }, t), () => {});
+    tagList.hidden = !(m.tags ?? []).length;
     reconcile(readings, readingsFor(m), (r) => r[2],
       () => h('div', {}, h('dt'), h('dd')),
       (d, r) => { setText(d.firstChild, r[0]); setText(d.lastChild, r[1]); });
+    const stale = readingsStale(m);
+    readings.classList.toggle('stale', stale);
+    el.dataset.stale = String(stale);
+    staleNote.hidden = !stale;
     setText(lastError, m.state === 'error' || m.state === 'offline' ? (m.status?.last_error ?? '') : '');
     lastError.hidden = !lastError.textContent;
+    setText(pauseNote, m.state === 'paused' ? pauseInstructions(m.pause) : '');
+    pauseNote.hidden = !pauseNote.textContent;
+    if (m.pause?.kind) pauseNote.dataset.kind = m.pause.kind; else delete pauseNote.dataset.kind;
 
     const job = cardJob(app, m);
     const live = m.job_id != null ? m.status?.job : null;
@@ -131,7 +170,18 @@ export function machineCard(app, id, { link = true } = {}) {
     buttons.resume.hidden = m.state !== 'paused';
     buttons.cancel.hidden = !active;
     buttons.estop.hidden = !active;
+    estopRow.hidden = !active;
     buttons.clear.hidden = m.state !== 'awaiting_clear';
+    setText(buttons.clear, m.reason === 'bed_clear' ? 'Bed cleared' : 'Checked: ready for the next job');
+    const mill = m.kind === 'mill';
+    const conn = m.status?.connection ?? 'offline';
+    const free = m.job_id == null;
+    const alarm = (m.status?.state ?? '').startsWith('Alarm');
+    recoverButtons.unlock.hidden = !(mill && free && alarm && conn !== 'offline');
+    recoverButtons.soft_reset.hidden = !(mill && free && m.state === 'error');
+    recoverButtons.firmware_restart.hidden = !(!mill && free && m.state === 'error');
+    recoverButtons.reconnect.hidden = !(free && (m.state === 'error' || m.state === 'offline'));
+    recoverRow.hidden = Object.values(recoverButtons).every((b) => b.hidden);
     buttons.disable.hidden = m.disabled;
     buttons.enable.hidden = !m.disabled;
   }

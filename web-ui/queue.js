@@ -65,6 +65,8 @@ function analysisPanel(app, file, onQueued) {
     a.tool_changes ? [h('dt', {}, 'Tool changes'), h('dd', {}, a.tool_changes)] : null,
     a.inch_units ? [h('dt', {}, 'Units'), h('dd', {}, 'inches (G20), converted')] : null,
     a.slicer ? [h('dt', {}, 'Made by'), h('dd', {}, a.slicer.name)] : null,
+    a.slicer?.material ? [h('dt', {}, 'Material'), h('dd', { 'data-fact': 'material' }, a.slicer.material)] : null,
+    a.slicer?.nozzle_diameter_mm ? [h('dt', {}, 'Nozzle'), h('dd', { 'data-fact': 'nozzle' }, `${a.slicer.nozzle_diameter_mm} mm`)] : null,
     h('dt', {}, 'Size'), h('dd', {}, fmtBytes(file.size)));
 
   const fitList = h('ul', { class: 'fits', id: 'analysis-fits' }, fits.map((f) => {
@@ -102,6 +104,27 @@ function analysisPanel(app, file, onQueued) {
   // Preselect the only machine that fits, which is what people want then.
   const fitting = fits.filter((f) => f.ok || f.ok_with_expansion);
   if (fitting.length === 1) target.value = `machine:${fitting[0].machine_id}`;
+  // Machines whose material or nozzle tags differ from what the file
+  // states: said before queueing, with the override next to it.
+  const mismatched = fits.filter((f) => !f.ok && /sliced for/.test(f.reason ?? ''));
+  const anyMaterial = h('input', { type: 'checkbox', id: 'q-any-material' });
+  const materialWarn = h('p', { class: 'warn', id: 'material-warning', role: 'alert' });
+  const updateMaterialWarn = () => {
+    const [tk, tv] = target.value.split(/:(.*)/s);
+    const chosen = tk === 'machine' ? mismatched.find((f) => f.machine_id === tv) : null;
+    let text = '';
+    if (chosen && !anyMaterial.checked) {
+      text = `Mismatch: ${chosen.reason}. The job will not run there unless you tick the override.`;
+    } else if (mismatched.length && !anyMaterial.checked) {
+      text = `Skipped for material or nozzle: ${mismatched.map((f) => nameOf(f.machine_id)).join(', ')}.`;
+    }
+    setText(materialWarn, text);
+    materialWarn.hidden = !text;
+    materialWarn.dataset.mismatch = String(!!chosen);
+  };
+  target.addEventListener('change', updateMaterialWarn);
+  anyMaterial.addEventListener('change', updateMaterialWarn);
+  updateMaterialWarn();
   const copies = h('input', { type: 'number', id: 'q-copies', min: 1, max: 1000, value: '1', inputmode: 'numeric' });
   const priority = h('input', { type: 'number', id: 'q-priority', min: -1000, max: 1000, value: '0', inputmode: 'numeric' });
   const tags = h('input', { type: 'text', id: 'q-tags', placeholder: 'e.g. material:PLA', autocomplete: 'off', 'aria-describedby': 'q-tags-hint' });
@@ -120,6 +143,11 @@ function analysisPanel(app, file, onQueued) {
       ? h('label', { class: 'check', for: 'q-expand' }, expand,
         h('span', {}, 'Expand canned cycles (G81–G83 become plain moves) and pause for the operator at tool changes (M6). ',
           h('span', { class: 'muted' }, 'GRBL has neither; without this a mill refuses the file.')))
+      : null,
+    materialWarn,
+    mismatched.length
+      ? h('label', { class: 'check', for: 'q-any-material' }, anyMaterial,
+        h('span', {}, 'Run on any material and nozzle: ignore the machines\' material: and nozzle: tags for this job.'))
       : null,
     h('div', { class: 'actions' }, submit),
     err, ok);
@@ -150,6 +178,7 @@ function analysisPanel(app, file, onQueued) {
     if (tagList.length) body.tags = tagList;
     if (name.value.trim()) body.name = name.value.trim();
     if (form.contains(expand)) body.expand_canned_cycles = expand.checked;
+    if (anyMaterial.checked) body.any_material = true;
     submit.disabled = true;
     try {
       const res = await api('POST', '/jobs', body);

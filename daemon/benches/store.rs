@@ -33,6 +33,7 @@ fn job(id: u64) -> Job {
         kind: None,
         tags: vec!["material:PETG".into()],
         expand_canned_cycles: false,
+        any_material: false,
         start_line: 1,
         state: JobState::Queued,
         assigned_machine: None,

@@ -354,6 +354,28 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A machine of a built-in profile on no real port, for tests of the
+    /// core and the shell.
+    #[cfg(test)]
+    pub fn for_tests(id: &str, profile: &str, require_bed_clear: bool) -> Self {
+        Self {
+            config: MachineConfig {
+                id: id.into(),
+                name: None,
+                profile: profile.into(),
+                port: "/dev/null".into(),
+                baud: None,
+                tags: vec![],
+                require_bed_clear,
+                flow: None,
+                class: None,
+                read_only: false,
+            },
+            #[allow(clippy::expect_used)]
+            profile: Profile::builtin(profile).expect("a built-in profile"),
+        }
+    }
+
     /// Display name.
     pub fn name(&self) -> &str {
         self.config.name.as_deref().unwrap_or(&self.config.id)

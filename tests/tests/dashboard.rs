@@ -824,15 +824,19 @@ async fn a_running_print_pauses_resumes_and_cancels_from_its_card() -> Result<()
     )
     .await?;
     ui.click("#confirm-yes").await?;
-    // The half-made part is still on the bed: the printer waits for the
-    // operator and says why.
+    // A cancelled part is half made: the printer waits for the operator.
     ui.wait(
-        &format!(
-            "{c}.dataset.state === 'awaiting_clear' && {c}.querySelector('.job').dataset.jobState === 'cancelled' && {c}.textContent.includes('Job cancelled: clear the bed')"
-        ),
-        "the print cancelled and the printer waiting for the bed to be cleared",
+        &format!("{c}.dataset.state === 'awaiting_clear' && {c}.querySelector('.job').dataset.jobState === 'cancelled'"),
+        "the print cancelled and the printer waiting for the operator",
     )
     .await?;
+    assert_eq!(
+        ui.text(&sel(".state")).await?,
+        "Job cancelled: clear the bed"
+    );
+    ui.click(&sel(".act-clear")).await?;
+    ui.wait(&format!("{c}.dataset.state === 'idle'"), "the printer idle")
+        .await?;
     ui.wait(
         "document.querySelector('#machine-history tr[data-state=cancelled]')",
         "the cancelled job in the machine's history",
@@ -875,6 +879,415 @@ async fn the_page_says_so_when_the_daemon_goes_away() -> Result<()> {
         "the page back to live after the daemon restarted",
     )
     .await?;
+    ui.close().await;
+    Ok(())
+}
+
+/// A card's element under `.card[data-machine=ID]`.
+fn on_card(id: &str, sel: &str) -> String {
+    format!(".card[data-machine=\"{id}\"] {sel}")
+}
+
+/// Whether `sel` is shown (exists and laid out).
+fn shown(sel: &str) -> String {
+    format!(
+        "(document.querySelector({}) ?.offsetParent ?? null) !== null",
+        js_str(sel)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_run_the_next_job()
+-> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut mill = MachineSpec::mill("mill-1");
+    // Slow enough to cancel and stop mid-way.
+    mill.time_scale = 2.0;
+    let f = Factory::start(&[mill]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    let c = card("mill-1");
+    ui.wait(&format!("{c}?.dataset.state === 'idle'"), "the mill idle")
+        .await?;
+    // Nothing to unlock on an idle mill, and no M999 on GRBL: 409s that say why.
+    let (s, v) = f
+        .post("/machines/mill-1/recover", json!({"action": "unlock"}))
+        .await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("not in alarm"), "{v}");
+    let (s, v) = f
+        .post(
+            "/machines/mill-1/recover",
+            json!({"action": "firmware_restart"}),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("unlock"), "{v}");
+    let (s, _) = f
+        .post("/machines/mill-1/recover", json!({"action": "melt"}))
+        .await?;
+    assert!(s.is_client_error() && s != StatusCode::CONFLICT, "{s}");
+
+    let file = f.upload(&data("pcb_outline_inch.nc")).await?;
+    let ids = f
+        .submit(json!({"file_id": file, "machine_id": "mill-1", "copies": 3}))
+        .await?;
+    ui.wait(
+        &format!("{c}.dataset.state === 'running'"),
+        "the first job running",
+    )
+    .await?;
+    ui.wait(
+        &format!("{c}.querySelector('.job-progress').value > 0"),
+        "progress",
+    )
+    .await?;
+
+    // Cancel: the mill waits for the operator and the next job does not
+    // start on its own (it used to start a millisecond later and fail).
+    ui.click(&on_card("mill-1", ".act-cancel")).await?;
+    ui.wait(
+        "document.querySelector('#confirm').open",
+        "the confirmation",
+    )
+    .await?;
+    ui.click("#confirm-yes").await?;
+    // After the reset that ends a cancel, GRBL is either idle or (reset
+    // while moving) in alarm; wait for its first report after the reset.
+    let grbl_state = format!("{c}.querySelector('.readings [data-key=grbl-state] dd').textContent");
+    ui.wait(
+        &format!(
+            "({c}.dataset.state === 'error' && {grbl_state} === 'Alarm') \
+             || ({c}.dataset.state === 'awaiting_clear' && {grbl_state} === 'Idle')"
+        ),
+        "the mill waiting for the operator after the cancel",
+    )
+    .await?;
+    if ui
+        .eval::<bool>(&shown(&on_card("mill-1", ".act-unlock")))
+        .await?
+    {
+        // The reset after the hold left GRBL in alarm: unlock it here.
+        ui.click(&on_card("mill-1", ".act-unlock")).await?;
+    }
+    ui.wait(
+        &format!("{c}.dataset.state === 'awaiting_clear'"),
+        "the mill waiting for the operator",
+    )
+    .await?;
+    let (_, job2) = f.get(&format!("/jobs/{}", ids[1])).await?;
+    assert_eq!(job2["state"], "queued", "the next job waits: {job2}");
+    assert_eq!(
+        ui.text(&on_card("mill-1", ".act-clear")).await?,
+        "Checked: ready for the next job"
+    );
+    ui.screenshots("mill-cancelled-waiting").await?;
+    ui.click(&on_card("mill-1", ".act-clear")).await?;
+    ui.wait(
+        &format!("{c}.dataset.state === 'running' && {c}.querySelector('.job-name').textContent.startsWith('#{}')", ids[1]),
+        "the next job running after the operator confirmed",
+    )
+    .await?;
+    ui.wait(
+        &format!("{c}.querySelector('.job-progress').value > 0"),
+        "progress of the next job",
+    )
+    .await?;
+
+    // Emergency stop: its own row, never next to Pause.
+    let estop_alone: bool = ui
+        .eval(&format!(
+            "(() => {{ const b = {c}.querySelector('.act-estop'); \
+             return b.parentElement.classList.contains('estop-row') \
+               && !b.parentElement.querySelector('.act-pause, .act-resume'); }})()"
+        ))
+        .await?;
+    assert!(estop_alone, "emergency stop is alone on its row");
+    ui.click(&on_card("mill-1", ".act-estop")).await?;
+    ui.wait(
+        &format!("{c}.dataset.state === 'error'"),
+        "the mill in alarm after the emergency stop",
+    )
+    .await?;
+    ui.wait(
+        &format!(
+            "{c}.querySelector('.state').textContent === 'Alarm: check the mill, then unlock'"
+        ),
+        "the card to say the mill is in alarm",
+    )
+    .await?;
+    ui.wait(
+        &shown(&on_card("mill-1", ".act-unlock")),
+        "the Unlock button",
+    )
+    .await?;
+    ui.screenshots("mill-alarm").await?;
+    let (_, job2) = f.get(&format!("/jobs/{}", ids[1])).await?;
+    assert_eq!(job2["state"], "failed", "{job2}");
+    ui.click(&on_card("mill-1", ".act-unlock")).await?;
+    ui.wait(
+        &format!(
+            "{c}.dataset.state === 'awaiting_clear' \
+             && {c}.querySelector('.readings [data-key=grbl-state] dd').textContent === 'Idle'"
+        ),
+        "GRBL idle after $X, the mill waiting for the operator",
+    )
+    .await?;
+    let (_, job3) = f.get(&format!("/jobs/{}", ids[2])).await?;
+    assert_eq!(job3["state"], "queued", "{job3}");
+    ui.click(&on_card("mill-1", ".act-clear")).await?;
+    ui.wait(
+        &format!("{c}.dataset.state === 'running'"),
+        "the third job running",
+    )
+    .await?;
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halted_printer_shows_stale_readings_and_recovers_from_its_card() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let f = Factory::start(&[MachineSpec::printer("mk3-a", "prusa-mk3s")]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    let c = card("mk3-a");
+    ui.wait(
+        &format!("{c}?.dataset.state === 'idle' && {c}.dataset.stale === 'false'"),
+        "the printer idle with live readings",
+    )
+    .await?;
+    let (s, v) = f
+        .post("/machines/mk3-a/recover", json!({"action": "unlock"}))
+        .await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _) = f.post("/machines/mk3-a/estop", json!({})).await?;
+    assert_eq!(s, StatusCode::OK);
+    ui.wait(&format!("{c}.dataset.state === 'error'"), "halted")
+        .await?;
+    assert_eq!(
+        ui.text(&on_card("mk3-a", ".state")).await?,
+        "Halted: recover it"
+    );
+    // The halted firmware reads nothing: a command is refused at once.
+    let t = std::time::Instant::now();
+    let (s, v) = f
+        .post("/machines/mk3-a/console", json!({"command": "M105"}))
+        .await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("halted"), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    ui.wait(
+        &format!("{c}.dataset.stale === 'true'"),
+        "the readings marked stale",
+    )
+    .await?;
+    ui.wait(
+        &shown(&on_card("mk3-a", ".act-firmware-restart")),
+        "Restart firmware",
+    )
+    .await?;
+    assert!(
+        ui.eval::<bool>(&shown(&on_card("mk3-a", ".act-reconnect")))
+            .await?
+    );
+    assert!(
+        !ui.eval::<bool>(&shown(&on_card("mk3-a", ".act-unlock")))
+            .await?
+    );
+    ui.screenshots("printer-halted").await?;
+    ui.go("#/machine/mk3-a").await?;
+    ui.wait(&shown("#chart-stale"), "the chart says it is not live")
+        .await?;
+
+    // Restart the firmware: M999, and the port is opened again. The
+    // simulator models no DTR reset, so a person power-cycles the board
+    // (the simulator hangs up and comes back); the page follows.
+    ui.click(&on_card("mk3-a", ".act-firmware-restart")).await?;
+    ui.wait(
+        &format!("{c}.dataset.state !== 'error'"),
+        "the session reopened",
+    )
+    .await?;
+    f.sims[0].handle.disconnect();
+    ui.wait(
+        &format!("{c}.dataset.state === 'awaiting_clear' && {c}.dataset.stale === 'false'"),
+        "the printer back, live, waiting for the operator",
+    )
+    .await?;
+    assert_eq!(
+        ui.text(&on_card("mk3-a", ".state")).await?,
+        "Halted: check the machine, then confirm"
+    );
+    ui.click(&on_card("mk3-a", ".act-clear")).await?;
+    ui.wait(&format!("{c}.dataset.state === 'idle'"), "idle")
+        .await?;
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_change_pause_says_which_tool_and_what_to_do_before_resume() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut mill = MachineSpec::mill("mill-1");
+    mill.time_scale = 20.0;
+    let f = Factory::start(&[mill]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    let c = card("mill-1");
+    ui.wait(&format!("{c}?.dataset.state === 'idle'"), "the mill idle")
+        .await?;
+    let dir = TempDir::new("toolchange");
+    let prog = dir.path().join("two_tools.nc");
+    std::fs::write(
+        &prog,
+        "G20\nG90\nM3 S10000\nG0 Z0.1\nG1 Z-0.01 F5\nG1 X0.2 F20\nG0 Z0.1\nM5\nM6 T1\nM3 S10000\nG1 Z-0.01 F5\nG1 X0 F20\nG0 Z0.1\nM5\n",
+    )?;
+    let file = f.upload(&prog).await?;
+    f.submit(json!({"file_id": file, "machine_id": "mill-1", "expand_canned_cycles": true}))
+        .await?;
+    ui.wait(
+        &format!("{c}.dataset.state === 'paused'"),
+        "the tool-change pause",
+    )
+    .await?;
+    ui.wait(
+        &format!("{c}.querySelector('.pause-note').textContent.includes('T01')"),
+        "the tool-change note",
+    )
+    .await?;
+    let badge = ui.text(&on_card("mill-1", ".state")).await?;
+    assert!(badge.contains("T01"), "badge: {badge}");
+    let note = ui.text(&on_card("mill-1", ".pause-note")).await?;
+    assert!(
+        note.contains("line 9")
+            && note.contains("T01")
+            && note.contains("zero Z")
+            && note.contains("Resume"),
+        "note: {note}"
+    );
+    ui.screenshots("mill-tool-change").await?;
+    // The machine's page says the same above its Resume button.
+    ui.go("#/machine/mill-1").await?;
+    ui.wait(
+        &format!(
+            "{}?.textContent.includes('T01')",
+            "document.querySelector('.pause-note')"
+        ),
+        "the note on the machine's page",
+    )
+    .await?;
+    ui.screenshots("machine-detail-tool-change").await?;
+    ui.click(&on_card("mill-1", ".act-resume")).await?;
+    ui.wait(
+        &format!("{c}.querySelector('.job').dataset.jobState === 'completed'"),
+        "the job completed after the tool change",
+    )
+    .await?;
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut petg = MachineSpec::printer("mk3-petg", "prusa-mk3s");
+    petg.tags = vec!["material:PETG"];
+    let mut pla = MachineSpec::printer("mk3-pla", "prusa-mk3s");
+    pla.tags = vec!["material:PLA"];
+    // The PETG printer comes first: without the material rule it would
+    // take the job.
+    let f = Factory::start(&[petg, pla]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!(
+            "{}?.dataset.state === 'idle' && {}?.dataset.state === 'idle'",
+            card("mk3-petg"),
+            card("mk3-pla")
+        ),
+        "both printers idle",
+    )
+    .await?;
+    assert_eq!(
+        ui.text(&on_card("mk3-petg", ".tags")).await?,
+        "material:PETG",
+        "the card shows the machine's tags"
+    );
+    ui.go("#/queue").await?;
+    ui.choose_file("#file-input", &data("coupling_pla.gcode"))
+        .await?;
+    ui.wait(
+        "document.querySelector('#analysis-facts [data-fact=material]')?.textContent === 'PLA'",
+        "the file's material in the analysis",
+    )
+    .await?;
+    assert!(
+        ui.eval::<bool>(
+            "document.querySelector('#analysis-fits li.fit-no[data-machine=\"mk3-petg\"]')?.textContent.includes('sliced for PLA')"
+        )
+        .await?
+    );
+    assert!(
+        ui.eval::<bool>(
+            "!!document.querySelector('#analysis-fits li.fit-ok[data-machine=\"mk3-pla\"]')"
+        )
+        .await?
+    );
+    // Choosing the PETG printer says so before queueing.
+    ui.eval::<bool>(
+        "(() => { const s = document.querySelector('#q-target'); s.value = 'machine:mk3-petg'; \
+         s.dispatchEvent(new Event('change')); return true; })()",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#material-warning').dataset.mismatch === 'true' \
+         && document.querySelector('#material-warning').textContent.includes('material:PETG')",
+        "the mismatch warning",
+    )
+    .await?;
+    ui.screenshots("queue-material-mismatch").await?;
+    // Any printer: it goes to the PLA one.
+    ui.eval::<bool>(
+        "(() => { const s = document.querySelector('#q-target'); s.value = 'kind:printer'; \
+         s.dispatchEvent(new Event('change')); return true; })()",
+    )
+    .await?;
+    ui.click("#queue-submit").await?;
+    ui.wait(
+        "document.querySelector('#queue-ok').textContent.startsWith('Queued job #')",
+        "queued",
+    )
+    .await?;
+    ui.go("#/machines").await?;
+    ui.wait(
+        &format!("{}.dataset.state === 'running'", card("mk3-pla")),
+        "the PLA printer running it",
+    )
+    .await?;
+    assert_eq!(
+        ui.eval::<String>(&format!("{}.dataset.state", card("mk3-petg")))
+            .await?,
+        "idle"
+    );
+    // The API says the same, and the override queues it anyway.
+    let file = f.upload(&data("coupling_pla.gcode")).await?;
+    let (s, v) = f
+        .post("/jobs", json!({"file_id": file, "machine_id": "mk3-petg"}))
+        .await?;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v.to_string().contains("sliced for PLA"), "{v}");
+    let (s, v) = f
+        .post(
+            "/jobs",
+            json!({"file_id": file, "machine_id": "mk3-petg", "any_material": true}),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    ui.assert_no_js_errors();
     ui.close().await;
     Ok(())
 }

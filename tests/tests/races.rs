@@ -78,7 +78,12 @@ async fn the_console_refuses_moves_during_a_job_and_answers_queries() {
     let f = Factory::start(&[spec]).await.unwrap();
     let mut program = String::from("G28\n");
     for i in 0..300 {
-        program.push_str(&format!("G1 X{} Y{} E{} F600\n", 10 + i % 50, 10 + i % 40, i));
+        program.push_str(&format!(
+            "G1 X{} Y{} E{} F600\n",
+            10 + i % 50,
+            10 + i % 40,
+            i
+        ));
     }
     let (_, file) = f
         .upload_bytes("long.gcode", program.into_bytes())
@@ -98,7 +103,10 @@ async fn the_console_refuses_moves_during_a_job_and_answers_queries() {
         .unwrap();
     assert_eq!(s, StatusCode::CONFLICT, "{body}");
     let msg = body["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("only queries") && msg.contains("M105"), "{msg}");
+    assert!(
+        msg.contains("only queries") && msg.contains("M105"),
+        "{msg}"
+    );
     let (s, body) = f
         .post("/machines/p1/console", json!({"command": "M105"}))
         .await

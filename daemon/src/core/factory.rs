@@ -67,6 +67,8 @@ pub struct Submission {
     pub name: Option<String>,
     /// GRBL canned-cycle expansion.
     pub expand_canned_cycles: bool,
+    /// Ignore the file's material and nozzle when routing.
+    pub any_material: bool,
 }
 
 /// Looks a file record up (the shell's store cache).
@@ -340,6 +342,7 @@ impl Core {
             kind: s.kind,
             tags: &s.tags,
             expand_canned_cycles: s.expand_canned_cycles,
+            any_material: s.any_material,
         };
         let reasons: Vec<String> = self
             .machines
@@ -373,6 +376,7 @@ impl Core {
                 kind: s.kind,
                 tags: s.tags.clone(),
                 expand_canned_cycles: s.expand_canned_cycles,
+                any_material: s.any_material,
                 start_line: 1,
                 state: JobState::Queued,
                 assigned_machine: None,
@@ -683,6 +687,7 @@ impl Core {
                     kind: job.kind,
                     tags: &job.tags,
                     expand_canned_cycles: job.expand_canned_cycles,
+                    any_material: job.any_material,
                 };
                 if routing::check(&self.machines[i].machine, &file, &req).is_ok() {
                     pick = Some(qi);

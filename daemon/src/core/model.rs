@@ -172,6 +172,10 @@ pub struct Job {
     pub tags: Vec<String>,
     /// GRBL: expand canned cycles and pause at tool changes.
     pub expand_canned_cycles: bool,
+    /// Run on a machine whatever `material:` and `nozzle:` tags it has,
+    /// even where the file states another (the operator's override).
+    #[serde(default)]
+    pub any_material: bool,
     /// First source line to stream (1 = from the start).
     pub start_line: u64,
     /// Where it is.

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use microfactory_machines::driver::{
-    DriverError, DriverEvent, DriverHandle, JobSpec, MachineStatus, SerialLine,
+    DriverError, DriverEvent, DriverHandle, JobSpec, MachineStatus, Recovery, SerialLine,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -30,6 +30,8 @@ pub enum Command {
     EmergencyStop,
     /// One console command; the answer is its lines.
     Console(String),
+    /// A recovery action (reconnect, firmware restart, unlock, reset).
+    Recover(Recovery),
 }
 
 /// One machine, however it is driven.
@@ -70,6 +72,7 @@ impl MachineLink for DriverHandle {
                 Command::Cancel => self.cancel().await.map(|()| Vec::new()),
                 Command::EmergencyStop => self.emergency_stop().await.map(|()| Vec::new()),
                 Command::Console(cmd) => self.console(&cmd).await,
+                Command::Recover(a) => self.recover(a).await,
             }
         })
     }

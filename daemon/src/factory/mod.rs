@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use microfactory_machines::driver::{
     Connection, DriverConfig, DriverError, DriverEvent, DriverHandle, Firmware, JobOutcome,
-    JobSpec, MachineStatus, Progress, SerialLine,
+    JobSpec, MachineStatus, Progress, Recovery, SerialLine,
 };
 use thiserror::Error;
 use tokio::sync::{Notify, broadcast, watch};
@@ -412,7 +412,9 @@ impl Factory {
             for s in &self.slots {
                 let heaters = {
                     let st = s.status.borrow();
-                    if st.connection != Connection::Online {
+                    // Stale readings are the last ones heard, not a new
+                    // sample: the chart shows the gap.
+                    if st.connection != Connection::Online || st.stale {
                         continue;
                     }
                     st.heaters.clone()
@@ -817,6 +819,51 @@ impl Factory {
             )));
         }
         self.command(i, Command::Console(command.into())).await
+    }
+
+    /// A recovery action, so that no state of a machine needs a daemon
+    /// restart. Refused (409) when it does not fit the firmware, while a
+    /// job holds the machine (cancel it, or use the emergency stop), and
+    /// `unlock` when GRBL does not report an alarm (there is nothing to
+    /// unlock, and `$X` would clear a lock a person may have wanted).
+    /// Returns the firmware's answer (for `unlock`) once under way; the
+    /// machine's status follows as the firmware comes back.
+    pub async fn recover(&self, id: &str, action: Recovery) -> Result<Vec<String>> {
+        let (i, s) = self.slot(id)?;
+        let firmware = s.machine.profile.firmware;
+        if !action.fits(firmware) {
+            let fits: Vec<&str> = [
+                Recovery::Reconnect,
+                Recovery::FirmwareRestart,
+                Recovery::Unlock,
+                Recovery::SoftReset,
+            ]
+            .into_iter()
+            .filter(|a| a.fits(firmware))
+            .map(Recovery::as_str)
+            .collect();
+            return Err(FactoryError::Conflict(format!(
+                "{} does not apply to machine {id} ({firmware:?} firmware); it takes {}",
+                action.as_str(),
+                fits.join(", ")
+            )));
+        }
+        if let Some(job) = self.lock().core.machines()[i].job {
+            return Err(FactoryError::Conflict(format!(
+                "machine {id} is running job {job}; cancel it first (or use the emergency stop)"
+            )));
+        }
+        if action == Recovery::Unlock {
+            let state = s.status.borrow().state.clone();
+            if !state.as_deref().is_some_and(|st| st.starts_with("Alarm")) {
+                return Err(FactoryError::Conflict(format!(
+                    "machine {id} is not in alarm ({}); there is nothing to unlock",
+                    state.as_deref().unwrap_or("no state reported")
+                )));
+            }
+        }
+        warn!(machine = id, action = action.as_str(), "recovery requested");
+        self.command(i, Command::Recover(action)).await
     }
 
     /// Confirms the machine is ready (bed cleared, looked at), or takes it

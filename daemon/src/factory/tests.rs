@@ -7,12 +7,10 @@ use microfactory_machines::driver::{
     Connection, DriverError, DriverEvent, JobOutcome, JobSpec, MachineStatus, SerialLine,
     StreamStats,
 };
-use microfactory_machines::profile::Profile;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::link::{BoxFuture, Command, MachineLink};
 use super::*;
-use crate::config::MachineConfig;
 use crate::core::events::DomainEvent;
 use crate::core::machine::MachineState;
 use crate::core::model::AttemptOutcome;
@@ -53,21 +51,7 @@ impl MachineLink for ScriptedLink {
 }
 
 fn machine(id: &str) -> Machine {
-    Machine {
-        config: MachineConfig {
-            id: id.into(),
-            name: None,
-            profile: "prusa-mk3s".into(),
-            port: "/dev/null".into(),
-            baud: None,
-            tags: vec![],
-            require_bed_clear: false,
-            flow: None,
-            class: None,
-            read_only: false,
-        },
-        profile: Profile::builtin("prusa-mk3s").expect("profile"),
-    }
+    Machine::for_tests(id, "prusa-mk3s", false)
 }
 
 #[tokio::test]

@@ -159,6 +159,8 @@ impl From<FactoryError> for ApiError {
                 D::Firmware(_) => (StatusCode::UNPROCESSABLE_ENTITY, "firmware_error"),
                 D::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "machine_timeout"),
                 D::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "driver_stopped"),
+                D::Halted(_) => (StatusCode::CONFLICT, "machine_halted"),
+                D::Superseded => (StatusCode::CONFLICT, "superseded"),
             },
             FactoryError::Ingest(i) => match i {
                 IngestError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
@@ -982,6 +984,9 @@ pub struct SubmitJob {
     pub name: Option<String>,
     /// GRBL: expand canned cycles, pause at tool changes.
     pub expand_canned_cycles: Option<bool>,
+    /// Run on machines whose `material:` or `nozzle:` tags differ from
+    /// what the file states (default false: such machines are skipped).
+    pub any_material: Option<bool>,
 }
 
 /// `POST /jobs` answer: one job per copy.
@@ -1018,6 +1023,7 @@ async fn submit_job(
             tags: b.tags.unwrap_or_default(),
             name: b.name,
             expand_canned_cycles: b.expand_canned_cycles.unwrap_or(false),
+            any_material: b.any_material.unwrap_or(false),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(Submitted { jobs })))
@@ -1332,6 +1338,76 @@ async fn machine_serial(
     ))
 }
 
+/// A recovery action.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoverAction {
+    /// Close the serial port and open it again (boards that reset on DTR
+    /// reboot): any firmware.
+    Reconnect,
+    /// Marlin: `M999`, then a reconnect.
+    FirmwareRestart,
+    /// GRBL: `$X`, out of an alarm.
+    Unlock,
+    /// GRBL: soft reset (0x18).
+    SoftReset,
+}
+
+impl From<RecoverAction> for microfactory_machines::driver::Recovery {
+    fn from(a: RecoverAction) -> Self {
+        match a {
+            RecoverAction::Reconnect => Self::Reconnect,
+            RecoverAction::FirmwareRestart => Self::FirmwareRestart,
+            RecoverAction::Unlock => Self::Unlock,
+            RecoverAction::SoftReset => Self::SoftReset,
+        }
+    }
+}
+
+/// `POST /machines/{id}/recover` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverBody {
+    /// What to do.
+    pub action: RecoverAction,
+}
+
+/// What a recovery action did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RecoverReply {
+    /// The action.
+    pub action: RecoverAction,
+    /// The firmware's answer (`unlock`); empty for the others, whose
+    /// effect shows in the machine's status as the firmware comes back.
+    pub response: Vec<String>,
+    /// The machine right after.
+    pub machine: MachineView,
+}
+
+/// Brings a machine back without restarting the daemon: reconnect (any
+/// firmware), firmware restart (Marlin), unlock and soft reset (GRBL).
+/// 409 when the action does not fit the firmware, a job holds the
+/// machine, or (unlock) GRBL reports no alarm.
+#[utoipa::path(post, path = "/api/v1/machines/{id}/recover", tag = "machines",
+    params(("id" = String, Path, description = "Machine id")), request_body = RecoverBody,
+    responses((status = 200, body = RecoverReply), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn machine_recover(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<RecoverReply>> {
+    let b: RecoverBody = json_body(&headers, &body)?;
+    let response = s.factory.recover(&id, b.action.into()).await?;
+    Ok(Json(RecoverReply {
+        action: b.action,
+        response,
+        machine: s.factory.machine(&id)?,
+    }))
+}
+
 /// `POST /machines/{id}/console` body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1550,6 +1626,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(machine_resume))
         .routes(routes!(machine_cancel))
         .routes(routes!(machine_estop))
+        .routes(routes!(machine_recover))
         .routes(routes!(machine_home))
         .routes(routes!(machine_clear))
         .routes(routes!(machine_enable))

@@ -486,6 +486,7 @@ async fn upload(
                 tags: Vec::new(),
                 name: Some(path.clone()),
                 expand_canned_cycles: false,
+                any_material: false,
             })
             .await?
     } else {

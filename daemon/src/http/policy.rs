@@ -162,6 +162,12 @@ pub const TABLE: &[Rule] = &[
     ),
     row(
         Method::POST,
+        "/api/v1/machines/{id}/recover",
+        Roles(OPERATOR),
+        Json,
+    ),
+    row(
+        Method::POST,
         "/api/v1/machines/{id}/home",
         Roles(OPERATOR),
         Empty,

@@ -439,6 +439,8 @@ impl Metering {
                 tags: Vec::new(),
                 name: Some(order.job_name()),
                 expand_canned_cycles: false,
+                // A product's file names its material: route by it.
+                any_material: false,
             })
             .await;
         let jobs = match submitted {

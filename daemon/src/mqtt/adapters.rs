@@ -184,9 +184,8 @@ pub fn apply_report(status: &mut MachineStatus, payload: &[u8]) -> Result<(), In
             ..Progress::default()
         }),
         last_error: r.error,
-        capabilities: Vec::new(),
-        state: None,
-        last_ended: None,
+        // Fresh: a report is the whole picture, heard just now.
+        ..MachineStatus::default()
     };
     Ok(())
 }

@@ -1022,6 +1022,7 @@ mod tests {
             kind: None,
             tags: vec![],
             expand_canned_cycles: false,
+            any_material: false,
             start_line: 1,
             state: JobState::Queued,
             assigned_machine: None,

@@ -211,6 +211,54 @@ pub enum DriverError {
     /// No answer in time.
     #[error("no answer from the machine within {0:?}")]
     Timeout(Duration),
+    /// The firmware halted and reads nothing until it is recovered: a
+    /// command sent now would only wait for its timeout.
+    #[error("the firmware halted ({0}); recover it first (reconnect or firmware restart)")]
+    Halted(String),
+    /// A newer console command or recovery action took the console: this
+    /// command's answer is no longer awaited (it may still run).
+    #[error("superseded by a newer command; its answer is no longer awaited")]
+    Superseded,
+}
+
+/// Ways to bring a machine back without restarting the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recovery {
+    /// Close the port and open it again at once: a fresh handshake, and on
+    /// boards that reset when DTR rises (most Marlin and Arduino GRBL
+    /// boards) a reboot of the firmware.
+    Reconnect,
+    /// Marlin: `M999` written straight to the port (it clears a *stopped*
+    /// firmware, which otherwise reads on but runs nothing), then a
+    /// reconnect (a *killed* firmware reads nothing; only the reset that
+    /// reopening the port brings revives it).
+    FirmwareRestart,
+    /// GRBL: `$X`, which leaves the alarm state (the position may be lost).
+    Unlock,
+    /// GRBL: soft reset (0x18): empties its buffers, stops the spindle.
+    SoftReset,
+}
+
+impl Recovery {
+    /// Whether the action exists for `firmware`.
+    pub fn fits(self, firmware: Firmware) -> bool {
+        match self {
+            Self::Reconnect => true,
+            Self::FirmwareRestart => firmware == Firmware::Marlin,
+            Self::Unlock | Self::SoftReset => firmware == Firmware::Grbl,
+        }
+    }
+
+    /// Its name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reconnect => "reconnect",
+            Self::FirmwareRestart => "firmware_restart",
+            Self::Unlock => "unlock",
+            Self::SoftReset => "soft_reset",
+        }
+    }
 }
 
 /// Connection state as operators see it.
@@ -283,6 +331,10 @@ pub struct MachineStatus {
     pub job: Option<Progress>,
     /// Last error or alarm text.
     pub last_error: Option<String>,
+    /// No heater or status report for a while (`STALE_AFTER` in the
+    /// session): the readings above are the last ones heard, not live.
+    #[serde(default)]
+    pub stale: bool,
     /// The last job that ended: a subscriber that lagged behind the event
     /// broadcast can still learn how its job ended.
     #[serde(default)]
@@ -417,6 +469,7 @@ pub(crate) enum Request {
     Cancel(oneshot::Sender<Result<(), DriverError>>),
     EmergencyStop(oneshot::Sender<Result<(), DriverError>>),
     Console(String, oneshot::Sender<Result<Vec<String>, DriverError>>),
+    Recover(Recovery, oneshot::Sender<Result<Vec<String>, DriverError>>),
     Shutdown,
 }
 
@@ -513,6 +566,14 @@ impl DriverHandle {
     pub async fn console(&self, command: &str) -> Result<Vec<String>, DriverError> {
         self.call(|tx| Request::Console(command.to_string(), tx))
             .await
+    }
+
+    /// A recovery action (see [`Recovery`]); refused while a job runs and
+    /// where it does not fit the firmware. `Unlock` answers with the
+    /// firmware's lines; the others answer once the action is under way
+    /// (watch the status for the machine coming back).
+    pub async fn recover(&self, action: Recovery) -> Result<Vec<String>, DriverError> {
+        self.call(|tx| Request::Recover(action, tx)).await
     }
 
     /// Stops the task at a safe point (a running job ends as interrupted,

@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info, info_span, trace, warn};
 use super::job::JobSource;
 use super::{
     Connection, DriverConfig, DriverError, DriverEvent, EndedJob, Firmware, Heater, JobOutcome,
-    JobSpec, MachineStatus, Progress, Request, StreamStats,
+    JobSpec, MachineStatus, Progress, Recovery, Request, StreamStats,
 };
 
 /// Console ids at and above this are the driver's own.
@@ -25,6 +25,11 @@ const LOOKAHEAD: usize = 16;
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long a console command may wait for its answer.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Silence after which the last heater or status readings are marked
+/// stale. Marlin autoreports every 2 s (`M155 S2`) and GRBL is polled at
+/// least every second, so three missed reports mean the machine is not
+/// reporting (halted, or the link is gone) rather than merely late.
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(6);
 
 /// What the session needs to hear from a host state machine, in one
 /// vocabulary for both firmwares.
@@ -132,6 +137,14 @@ struct Console {
 enum SessionEnd {
     Shutdown,
     Lost(String),
+    /// The operator asked for a fresh connection: reopen at once.
+    Reconnect,
+}
+
+/// What a request asks of the session loop beyond an answer.
+enum Exit {
+    /// Close the port and open it again; write `M999` first when asked.
+    Reconnect { m999: bool },
 }
 
 /// The driver task: reconnects until shut down.
@@ -156,11 +169,28 @@ pub(crate) async fn run(
                         s.connection = Connection::Connecting;
                         s.last_error = None;
                     });
+                    backoff = config.reconnect_min;
                     let mut session = Session::new(&config, &status, &events, &serial);
                     match session.run(port, &mut requests).await {
                         SessionEnd::Shutdown => {
-                            status.send_modify(|s| s.connection = Connection::Offline);
+                            status.send_modify(|s| {
+                                s.connection = Connection::Offline;
+                                s.stale = true;
+                            });
                             return;
+                        }
+                        SessionEnd::Reconnect => {
+                            info!("reconnecting at the operator's request");
+                            let _ = events.send(DriverEvent::Disconnected {
+                                reason: "reconnect requested by the operator".into(),
+                            });
+                            status.send_modify(|s| {
+                                s.connection = Connection::Offline;
+                                s.job = None;
+                                s.stale = true;
+                                s.last_error = None;
+                            });
+                            continue;
                         }
                         SessionEnd::Lost(reason) => {
                             warn!(%reason, "connection lost");
@@ -170,6 +200,7 @@ pub(crate) async fn run(
                             status.send_modify(|s| {
                                 s.connection = Connection::Offline;
                                 s.job = None;
+                                s.stale = true;
                                 s.last_error = Some(reason);
                             });
                             backoff = config.reconnect_min;
@@ -184,7 +215,8 @@ pub(crate) async fn run(
                     });
                 }
             }
-            // Wait out the backoff, answering requests as offline.
+            // Wait out the backoff, answering requests as offline; a
+            // reconnect request cuts the wait short.
             let until = Instant::now() + backoff;
             backoff = (backoff * 2).min(config.reconnect_max);
             loop {
@@ -192,6 +224,11 @@ pub(crate) async fn run(
                     _ = sleep_until(until) => break,
                     req = requests.recv() => match req {
                         None | Some(Request::Shutdown) => return,
+                        Some(Request::Recover(Recovery::Reconnect, tx)) => {
+                            let _ = tx.send(Ok(Vec::new()));
+                            backoff = config.reconnect_min;
+                            break;
+                        }
                         Some(r) => refuse(r, DriverError::Offline),
                     }
                 }
@@ -211,7 +248,7 @@ fn refuse(r: Request, e: DriverError) {
         | Request::EmergencyStop(tx) => {
             let _ = tx.send(Err(e));
         }
-        Request::Console(_, tx) => {
+        Request::Console(_, tx) | Request::Recover(_, tx) => {
             let _ = tx.send(Err(e));
         }
         Request::Shutdown => {}
@@ -229,6 +266,11 @@ struct Session<'a> {
     next_console_id: u64,
     identified: bool,
     handshake_deadline: Instant,
+    /// Marlin: the firmware halted (kill, stopped) and the host sends
+    /// nothing more; console commands are refused at once with this.
+    halted: Option<String>,
+    /// When the firmware last reported heaters or its state.
+    last_report: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -249,6 +291,8 @@ impl<'a> Session<'a> {
             next_console_id: 1,
             identified: false,
             handshake_deadline: Instant::now() + config.handshake_timeout,
+            halted: None,
+            last_report: Instant::now(),
         }
     }
 
@@ -339,11 +383,25 @@ impl<'a> Session<'a> {
                     {
                         let _ = c.reply.send(Err(DriverError::Timeout(CONSOLE_TIMEOUT)));
                     }
+                    if now >= self.last_report + STALE_AFTER {
+                        self.status.send_if_modified(|s| !std::mem::replace(&mut s.stale, true));
+                    }
                     self.host.handle_timeout(now.into_std());
                 }
                 req = requests.recv() => match req {
                     None | Some(Request::Shutdown) => return self.shutdown(),
-                    Some(r) => self.request(r).await,
+                    Some(r) => {
+                        if let Some(Exit::Reconnect { m999 }) = self.request(r).await {
+                            if m999 {
+                                // Past the host state machine, which sends
+                                // nothing once the firmware has halted.
+                                self.serial.push(true, "M999");
+                                let _ = wr.write_all(b"M999\n").await;
+                                let _ = wr.flush().await;
+                            }
+                            return self.reconnect();
+                        }
+                    }
                 }
             }
         }
@@ -365,6 +423,9 @@ impl<'a> Session<'a> {
         }
         if let Some(c) = &self.console {
             d = d.min(c.deadline);
+        }
+        if !self.status.borrow().stale {
+            d = d.min(self.last_report + STALE_AFTER);
         }
         if let Some(j) = &self.job
             && let Some(last) = j.last_progress
@@ -470,6 +531,12 @@ impl<'a> Session<'a> {
                     Origin::Internal => self.message(message),
                 },
                 Signal::Fatal(reason) => {
+                    if self.config.firmware == Firmware::Marlin {
+                        self.halted = Some(reason.clone());
+                        if let Some(c) = self.console.take() {
+                            let _ = c.reply.send(Err(DriverError::Halted(reason.clone())));
+                        }
+                    }
                     self.status.send_modify(|s| {
                         s.connection = Connection::Faulted;
                         s.last_error = Some(reason.clone());
@@ -492,9 +559,17 @@ impl<'a> Session<'a> {
                     capabilities,
                 } => {
                     self.identified = true;
+                    // A firmware that identifies itself again has rebooted.
+                    self.halted = None;
                     info!(%firmware, "machine identified");
+                    let grbl = self.config.firmware == Firmware::Grbl;
                     self.status.send_modify(|s| {
-                        s.connection = Connection::Online;
+                        // GRBL keeps an alarm through a soft reset: after
+                        // one, its status reports (not the banner) say
+                        // when it is unlocked.
+                        if !(grbl && s.connection == Connection::Faulted) {
+                            s.connection = Connection::Online;
+                        }
                         s.firmware = Some(firmware.clone());
                         s.capabilities = capabilities;
                     });
@@ -503,19 +578,47 @@ impl<'a> Session<'a> {
                 // Reports repeat every second or so while nothing changes;
                 // watchers (and the daemon's event stream) hear only changes.
                 Signal::Heaters(h) => {
+                    self.last_report = Instant::now();
                     self.status.send_if_modified(|s| {
-                        let changed = s.heaters != h;
+                        let changed = s.heaters != h || s.stale;
                         s.heaters = h;
+                        s.stale = false;
                         changed
                     });
                 }
                 Signal::MachineState { state, position } => {
+                    self.last_report = Instant::now();
+                    let identified = self.identified;
                     self.status.send_if_modified(|s| {
                         let position = position.or(s.position);
-                        let changed =
-                            s.state.as_deref() != Some(state.as_str()) || s.position != position;
+                        let mut changed = s.state.as_deref() != Some(state.as_str())
+                            || s.position != position
+                            || s.stale;
+                        // The connection follows what GRBL reports: an
+                        // alarm (even one raised before we connected, or
+                        // missed) is a fault, and a machine that reports
+                        // anything else (`Idle` after `$X` or homing) is
+                        // no longer faulted.
+                        let alarm = state.starts_with("Alarm");
+                        if identified {
+                            let want = match s.connection {
+                                Connection::Online if alarm => Some(Connection::Faulted),
+                                Connection::Faulted if !alarm => Some(Connection::Online),
+                                _ => None,
+                            };
+                            if let Some(c) = want {
+                                s.connection = c;
+                                if c == Connection::Online {
+                                    s.last_error = None;
+                                } else if s.last_error.is_none() {
+                                    s.last_error = Some("GRBL is in alarm".into());
+                                }
+                                changed = true;
+                            }
+                        }
                         s.state = Some(state);
                         s.position = position;
+                        s.stale = false;
                         changed
                     });
                 }
@@ -665,6 +768,92 @@ impl<'a> Session<'a> {
         SessionEnd::Lost(reason)
     }
 
+    /// Ends the session for a fresh connection. Requests that touch a
+    /// running job are refused before this, so only a console command can
+    /// be waiting.
+    fn reconnect(&mut self) -> SessionEnd {
+        if let Some(c) = self.console.take() {
+            let _ = c.reply.send(Err(DriverError::Superseded));
+        }
+        SessionEnd::Reconnect
+    }
+
+    /// Takes the console slot for `cmd`. A command still waiting there is
+    /// answered `Superseded` rather than making this one wait behind it:
+    /// one hung command must not block the next action for its timeout.
+    fn console_command(
+        &mut self,
+        cmd: &str,
+        tx: oneshot::Sender<Result<Vec<String>, DriverError>>,
+    ) {
+        if !self.identified {
+            let _ = tx.send(Err(DriverError::Offline));
+            return;
+        }
+        if let Some(reason) = &self.halted {
+            let _ = tx.send(Err(DriverError::Halted(reason.clone())));
+            return;
+        }
+        if let Some(old) = self.console.take() {
+            let _ = old.reply.send(Err(DriverError::Superseded));
+        }
+        let id = self.next_console_id;
+        self.next_console_id += 1;
+        match self.host.push(Origin::Console { id }, cmd.trim()) {
+            Ok(()) => {
+                self.console = Some(Console {
+                    id,
+                    reply: tx,
+                    deadline: Instant::now() + CONSOLE_TIMEOUT,
+                });
+            }
+            Err(e) => {
+                let _ = tx.send(Err(DriverError::Invalid(e)));
+            }
+        }
+    }
+
+    /// A recovery action; `Some` when the session must end for it.
+    fn recover(
+        &mut self,
+        action: Recovery,
+        tx: oneshot::Sender<Result<Vec<String>, DriverError>>,
+    ) -> Option<Exit> {
+        if !action.fits(self.config.firmware) {
+            let _ = tx.send(Err(DriverError::Invalid(format!(
+                "{} does not apply to {:?} firmware",
+                action.as_str(),
+                self.config.firmware
+            ))));
+            return None;
+        }
+        if let Some(j) = &self.job {
+            let _ = tx.send(Err(DriverError::Busy(j.spec.id.clone())));
+            return None;
+        }
+        info!(action = action.as_str(), "recovery requested");
+        match action {
+            Recovery::Reconnect | Recovery::FirmwareRestart => {
+                let _ = tx.send(Ok(Vec::new()));
+                Some(Exit::Reconnect {
+                    m999: action == Recovery::FirmwareRestart,
+                })
+            }
+            Recovery::Unlock => {
+                self.console_command("$X", tx);
+                None
+            }
+            Recovery::SoftReset => {
+                if let Some(old) = self.console.take() {
+                    let _ = old.reply.send(Err(DriverError::Superseded));
+                }
+                self.host.soft_reset();
+                let _ = tx.send(Ok(Vec::new()));
+                None
+            }
+        }
+    }
+
     fn shutdown(&mut self) -> SessionEnd {
         if let Some(j) = &self.job {
             let last = j.last_acked;
@@ -676,7 +865,7 @@ impl<'a> Session<'a> {
         SessionEnd::Shutdown
     }
 
-    async fn request(&mut self, r: Request) {
+    async fn request(&mut self, r: Request) -> Option<Exit> {
         match r {
             Request::Start(spec, tx) => {
                 let res = self.start(spec).await;
@@ -750,32 +939,11 @@ impl<'a> Session<'a> {
                 }
                 let _ = tx.send(Ok(()));
             }
-            Request::Console(cmd, tx) => {
-                if !self.identified {
-                    let _ = tx.send(Err(DriverError::Offline));
-                } else if self.console.is_some() {
-                    let _ = tx.send(Err(DriverError::Invalid(
-                        "another console command is still waiting for its answer".into(),
-                    )));
-                } else {
-                    let id = self.next_console_id;
-                    self.next_console_id += 1;
-                    match self.host.push(Origin::Console { id }, cmd.trim()) {
-                        Ok(()) => {
-                            self.console = Some(Console {
-                                id,
-                                reply: tx,
-                                deadline: Instant::now() + CONSOLE_TIMEOUT,
-                            });
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(DriverError::Invalid(e)));
-                        }
-                    }
-                }
-            }
+            Request::Console(cmd, tx) => self.console_command(&cmd, tx),
+            Request::Recover(action, tx) => return self.recover(action, tx),
             Request::Shutdown => {}
         }
+        None
     }
 
     async fn start(&mut self, spec: JobSpec) -> Result<(), DriverError> {
@@ -784,6 +952,9 @@ impl<'a> Session<'a> {
         }
         if !self.identified {
             return Err(DriverError::Offline);
+        }
+        if let Some(reason) = &self.halted {
+            return Err(DriverError::Halted(reason.clone()));
         }
         let total = match spec.total_lines {
             Some(t) => t,

@@ -1,31 +1,15 @@
 use std::collections::HashMap;
 use std::io::Write as _;
 
-use microfactory_machines::profile::Profile;
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::MachineConfig;
 use crate::core::machine::derive;
 
 const PRINT: &str = "G28\nG1 Z0.2 F3000\nG1 X10 Y10 E1 F1500\nG1 X20 Y10 E2\nG1 X20 Y20 E3\n";
 
 fn printer(id: &str, bed_clear: bool) -> Machine {
-    Machine {
-        config: MachineConfig {
-            id: id.into(),
-            name: None,
-            profile: "prusa-mk3s".into(),
-            port: "/dev/null".into(),
-            baud: None,
-            tags: vec![],
-            require_bed_clear: bed_clear,
-            flow: None,
-            class: None,
-            read_only: false,
-        },
-        profile: Profile::builtin("prusa-mk3s").expect("profile"),
-    }
+    Machine::for_tests(id, "prusa-mk3s", bed_clear)
 }
 
 fn file() -> Arc<FileRecord> {
