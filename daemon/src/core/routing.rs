@@ -97,15 +97,15 @@ pub fn kind_of(m: &Machine) -> Kind {
 /// operator can act on. Ignores whether the machine is busy or online.
 pub fn check(m: &Machine, file: &FileRecord, req: &Requirements<'_>) -> Result<(), String> {
     let id = &m.config.id;
-    if m.config.read_only {
-        return Err(format!(
-            "{id}: reports over MQTT and is read-only; it runs only what its own host sends it"
-        ));
-    }
     if let Some(want) = req.machine_id
         && want != id
     {
         return Err(format!("{id}: the job is for machine {want}"));
+    }
+    if m.config.read_only {
+        return Err(format!(
+            "{id}: reports over MQTT and is read-only; it runs only what its own host sends it"
+        ));
     }
     let kind = kind_of(m);
     if let Some(k) = req.kind
