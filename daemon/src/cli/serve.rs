@@ -173,8 +173,8 @@ impl Running {
         // What the factory records while stopping is read at the next start.
         self.metering.shutdown().await;
         self.factory.shutdown().await;
-        // Last, so the machines' final states (interrupted jobs) are
-        // published before the goodbye.
+        // Last, so the machines' final states (interrupted jobs) are in
+        // the log it publishes before its goodbye.
         if let Some(m) = &self.mqtt {
             m.shutdown().await;
         }

@@ -110,6 +110,9 @@ pub enum MqttError {
     /// The payload of the last will.
     #[error("cannot encode the last will: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The publisher's cursor could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 struct Inner {
@@ -164,6 +167,7 @@ impl Mqtt {
         links: Vec<(Arc<MqttLink>, Adapter)>,
     ) -> Result<Self, MqttError> {
         let (host, port) = parse_broker(&config.broker).map_err(MqttError::Broker)?;
+        let published_seq = store.cursor(CURSOR)?;
         let topics = Topics::new(&config.site);
         let client_id = config
             .client_id
@@ -207,6 +211,7 @@ impl Mqtt {
             max_payload: config.max_payload_bytes,
             health: watch::Sender::new(MqttHealth {
                 broker: config.broker.clone(),
+                published_seq,
                 ..MqttHealth::default()
             }),
             session: watch::Sender::new(Session::default()),
@@ -233,9 +238,18 @@ impl Mqtt {
         self.inner.health.subscribe()
     }
 
-    /// Stops publishing, says goodbye (the retained status becomes
-    /// `{"online": false}`, as the will would), and disconnects.
+    /// Publishes what the log holds by now (briefly: the rest goes at the
+    /// next start), says goodbye (the retained status becomes
+    /// `{"online": false}`, as the will would), and disconnects. Call it
+    /// after the factory stopped, so its last states are in the log.
     pub async fn shutdown(&self) {
+        let tip = *self.inner.store.log_tip().borrow();
+        let mut health = self.inner.health.subscribe();
+        let _ = tokio::time::timeout(
+            GOODBYE,
+            health.wait_for(|h| h.published_seq >= tip || !h.connected),
+        )
+        .await;
         self.inner.stop_publishing.cancel();
         let client = self.inner.session.borrow().client.clone();
         if let Some(client) = client {
