@@ -46,6 +46,85 @@ pub struct Config {
     /// Admissible Performance Criteria: `[apc."<sku>".<machine class>]`.
     #[serde(default)]
     pub apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+    /// The MQTT broker and the machines that report through it (`[mqtt]`).
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// `[mqtt]`: one broker, over plain TCP (TLS is not built in: see
+/// docs/mqtt.md), that the factory publishes to and MQTT machines report
+/// through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` (port 1883 when absent).
+    pub broker: String,
+    /// Site name: the `<site>` of every topic (`[a-z0-9_-]`, at most 32).
+    pub site: String,
+    /// Client id; `microfactoryd-<site>` when absent. Two daemons with one
+    /// id take turns disconnecting each other.
+    pub client_id: Option<String>,
+    /// Broker credentials (sent in clear: plain TCP).
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// Seconds between keep-alive pings (5..=3600).
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u64,
+    /// Largest payload read from a machine topic; larger ones are counted
+    /// and dropped.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Machines that report over MQTT, as `[[mqtt.machine]]` tables.
+    #[serde(default, rename = "machine")]
+    pub machines: Vec<MqttMachineConfig>,
+}
+
+/// Which payload shapes an MQTT machine speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Adapter {
+    /// Our own schema on `microfactory/<site>/machines/<id>/report`.
+    Report,
+    /// OctoPrint's MQTT plugin under `base` (`octoPrint` by default).
+    Octoprint,
+}
+
+/// One machine that reports over MQTT. Read-only: it takes no jobs and
+/// no commands from the daemon, it is watched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttMachineConfig {
+    /// Stable id, as for `[[machine]]`.
+    pub id: String,
+    /// Name shown on the dashboard; the id when absent.
+    pub name: Option<String>,
+    /// Built-in profile id: the machine's kind and build volume.
+    pub profile: String,
+    /// What it speaks.
+    pub adapter: Adapter,
+    /// The adapter's base topic (OctoPrint: `octoPrint` by default; our
+    /// schema needs none).
+    pub base: Option<String>,
+    /// Capabilities, as for `[[machine]]`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Machine class for metering and APC.
+    pub class: Option<String>,
+}
+
+impl MqttMachineConfig {
+    /// The topic base an OctoPrint adapter listens under.
+    pub fn octoprint_base(&self) -> &str {
+        self.base.as_deref().unwrap_or("octoPrint")
+    }
+}
+
+fn default_keep_alive() -> u64 {
+    30
+}
+
+fn default_max_payload() -> usize {
+    64 * 1024
 }
 
 /// The thresholds a product made on a class of machine must meet to be
@@ -227,6 +306,10 @@ pub struct MachineConfig {
     /// Machine class for metering and APC (`[a-z0-9_-]`); default
     /// `fdm_printer` for printers, `cnc_mill` for mills.
     pub class: Option<String>,
+    /// Set for `[[mqtt.machine]]` entries (never from the file): the
+    /// machine is watched, not driven, so the scheduler never picks it.
+    #[serde(skip)]
+    pub read_only: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -286,6 +369,7 @@ impl Machine {
                 require_bed_clear,
                 flow: None,
                 class: None,
+                read_only: false,
             },
             #[allow(clippy::expect_used)]
             profile: Profile::builtin(profile).expect("a built-in profile"),
@@ -356,7 +440,7 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 7] = [
+        const TOP: [&str; 8] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
@@ -364,6 +448,7 @@ impl Config {
             "http",
             "machine",
             "apc",
+            "mqtt",
         ];
         const MACHINE: [&str; 9] = [
             "id",
@@ -480,6 +565,9 @@ impl Config {
                 Err(e) => problems.push(format!("{at}: {e}")),
             }
         }
+        if let Some(mqtt) = &self.mqtt {
+            check_mqtt(mqtt, &mut ids, &mut machines, &mut problems, &mut warnings);
+        }
         let classes: HashSet<&str> = machines.iter().map(Machine::class).collect();
         check_apc(&self.apc, &classes, &mut problems, &mut warnings);
         if problems.is_empty() {
@@ -492,6 +580,158 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+/// `[mqtt]`: the broker URL, the site and the MQTT machines, which join
+/// `machines` as read-only entries whose `port` names their topic.
+fn check_mqtt<'a>(
+    mqtt: &'a MqttConfig,
+    ids: &mut HashSet<&'a str>,
+    machines: &mut Vec<Machine>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    if let Err(e) = parse_broker(&mqtt.broker) {
+        problems.push(format!("mqtt.broker: {e}"));
+    }
+    if !valid_id(&mqtt.site) {
+        problems.push("mqtt.site must be 1 to 32 characters of a-z, 0-9, '-' or '_'".into());
+    }
+    if let Some(c) = &mqtt.client_id
+        && (c.is_empty() || c.len() > 64 || !c.chars().all(|c| c.is_ascii_graphic()))
+    {
+        problems.push("mqtt.client_id must be 1 to 64 printable characters".into());
+    }
+    if mqtt.password.is_some() && mqtt.username.is_none() {
+        problems.push("mqtt.password is set without mqtt.username".into());
+    }
+    if mqtt.username.is_some() {
+        warnings.push(
+            "mqtt: credentials travel in clear over plain TCP; keep the broker on a trusted network"
+                .into(),
+        );
+    }
+    if !(5..=3600).contains(&mqtt.keep_alive_secs) {
+        problems.push(format!(
+            "mqtt.keep_alive_secs = {} must be between 5 and 3600",
+            mqtt.keep_alive_secs
+        ));
+    }
+    if !(256..=1024 * 1024).contains(&mqtt.max_payload_bytes) {
+        problems.push(format!(
+            "mqtt.max_payload_bytes = {} must be between 256 and 1048576",
+            mqtt.max_payload_bytes
+        ));
+    }
+    let mut topics = HashSet::new();
+    for (i, m) in mqtt.machines.iter().enumerate() {
+        let at = format!("mqtt machine #{} ({})", i + 1, m.id);
+        if !valid_id(&m.id) {
+            problems.push(format!(
+                "{at}: id must be 1 to 32 characters of a-z, 0-9, '-' or '_'"
+            ));
+        }
+        if !ids.insert(m.id.as_str()) {
+            problems.push(format!("{at}: id '{}' is used twice", m.id));
+        }
+        let source = match m.adapter {
+            Adapter::Report => {
+                if m.base.is_some() {
+                    problems.push(format!(
+                        "{at}: base is for the octoprint adapter; the report adapter listens on microfactory/<site>/machines/<id>/report"
+                    ));
+                }
+                format!("mqtt:microfactory/{}/machines/{}/report", mqtt.site, m.id)
+            }
+            Adapter::Octoprint => {
+                let base = m.octoprint_base();
+                if base.is_empty()
+                    || base.len() > 128
+                    || base.contains(['+', '#', '\0'])
+                    || base.starts_with('/')
+                    || base.ends_with('/')
+                {
+                    problems.push(format!(
+                        "{at}: base '{base}' must be a plain topic without wildcards or outer slashes"
+                    ));
+                }
+                format!("mqtt:{base}")
+            }
+        };
+        if !topics.insert(source.clone()) {
+            problems.push(format!("{at}: {source} is already used by another machine"));
+        }
+        for t in &m.tags {
+            if !valid_tag(t) {
+                problems.push(format!(
+                    "{at}: tag '{t}' must look like key:value (e.g. material:PLA), without spaces"
+                ));
+            }
+        }
+        if let Some(c) = &m.class
+            && !valid_id(c)
+        {
+            problems.push(format!(
+                "{at}: class must be 1 to 32 characters of a-z, 0-9, '-' or '_'"
+            ));
+        }
+        match Profile::builtin(&m.profile) {
+            Ok(profile) => machines.push(Machine {
+                config: MachineConfig {
+                    id: m.id.clone(),
+                    name: m.name.clone(),
+                    profile: m.profile.clone(),
+                    port: PathBuf::from(source),
+                    baud: None,
+                    tags: m.tags.clone(),
+                    require_bed_clear: false,
+                    flow: None,
+                    class: m.class.clone(),
+                    read_only: true,
+                },
+                profile,
+            }),
+            Err(e) => problems.push(format!("{at}: {e}")),
+        }
+    }
+}
+
+/// `mqtt://host[:port]` → host and port; the only scheme, since TLS is
+/// not built in.
+pub fn parse_broker(url: &str) -> Result<(String, u16), String> {
+    let Some(rest) = url.strip_prefix("mqtt://") else {
+        return Err(format!(
+            "'{url}' must start with mqtt:// (plain TCP; TLS is not built in, see docs/mqtt.md)"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let bad = || format!("'{url}': expected mqtt://host:port");
+    let (host, port) = match rest.strip_prefix('[') {
+        // [v6 address]:port
+        Some(v6) => {
+            let (h, tail) = v6.split_once(']').ok_or_else(bad)?;
+            (h, tail.strip_prefix(':'))
+        }
+        None => match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let port = match port {
+        None => 1883,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(format!(
+                    "'{url}': port '{p}' is not a number from 1 to 65535"
+                ));
+            }
+        },
+    };
+    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ', ':']) && !rest.starts_with('[') {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
 }
 
 /// The `[apc]` tables: SKUs and classes well-formed, every table with at
@@ -736,5 +976,94 @@ mttr_hours_max = -1
     fn unknown_keys_are_named() {
         let e = parse("data_dir = \"d\"\nlisten_addr = \"x\"\n").expect_err("unknown key");
         assert!(e[0].contains("listen_addr"), "{e:?}");
+    }
+
+    #[test]
+    fn an_mqtt_broker_and_its_machines_are_checked_with_everything_else() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[mqtt]
+broker = "mqtt://broker.lan:1884"
+site = "shop"
+[[mqtt.machine]]
+id = "esp-mill"
+profile = "grbl-3018"
+adapter = "report"
+[[mqtt.machine]]
+id = "octo"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.machines.len(), 2);
+        assert!(c.machines.iter().all(|m| m.config.read_only));
+        assert_eq!(
+            c.machines[0].config.port,
+            PathBuf::from("mqtt:microfactory/shop/machines/esp-mill/report")
+        );
+        assert_eq!(c.machines[1].config.port, PathBuf::from("mqtt:octoPrint"));
+        let mqtt = c.config.mqtt.as_ref().expect("mqtt");
+        assert_eq!(mqtt.keep_alive_secs, 30);
+        let e = parse(
+            r#"
+data_dir = "d"
+[[machine]]
+id = "m"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/m"
+[mqtt]
+broker = "mqtts://broker:8883"
+site = "Big Shop"
+password = "x"
+keep_alive_secs = 1
+[[mqtt.machine]]
+id = "m"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+base = "octo/#"
+[[mqtt.machine]]
+id = "n"
+profile = "nope"
+adapter = "report"
+base = "x"
+"#,
+        )
+        .expect_err("invalid");
+        let all = e.join("\n");
+        for needle in [
+            "must start with mqtt://",
+            "TLS is not built in",
+            "mqtt.site must be",
+            "password is set without mqtt.username",
+            "keep_alive_secs = 1",
+            "id 'm' is used twice",
+            "without wildcards",
+            "base is for the octoprint adapter",
+            "unknown machine profile 'nope'",
+        ] {
+            assert!(all.contains(needle), "missing {needle}: {all}");
+        }
+    }
+
+    #[test]
+    fn broker_urls_name_a_host_and_a_port() {
+        assert_eq!(parse_broker("mqtt://h"), Ok(("h".into(), 1883)));
+        assert_eq!(
+            parse_broker("mqtt://10.0.0.2:1884/"),
+            Ok(("10.0.0.2".into(), 1884))
+        );
+        assert_eq!(parse_broker("mqtt://[::1]:1885"), Ok(("::1".into(), 1885)));
+        for bad in [
+            "tcp://h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:x",
+            "mqtt://u@h",
+            "mqtt://h:1:2",
+        ] {
+            assert!(parse_broker(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -10,4 +10,5 @@ pub mod core;
 pub mod factory;
 pub mod http;
 pub mod metering;
+pub mod mqtt;
 pub mod store;

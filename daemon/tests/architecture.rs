@@ -127,3 +127,30 @@ fn unsafe_code_lives_only_in_the_simulators_timer() {
         .collect();
     assert_eq!(unsafe_files, vec!["machines/src/sim/clock.rs"]);
 }
+
+#[test]
+fn only_the_mqtt_client_knows_rumqttc_and_the_mqtt_schema_and_adapters_are_pure() {
+    let files = sources(&root(), "daemon/src");
+    assert_eq!(
+        offenders(&files, "rumqttc", &["daemon/src/mqtt/client.rs"]),
+        Vec::<String>::new()
+    );
+    let pure: Vec<(String, String)> = files
+        .into_iter()
+        .filter(|(p, _)| {
+            ["schema.rs", "adapters.rs", "backoff.rs"]
+                .iter()
+                .any(|f| p.ends_with(&format!("daemon/src/mqtt/{f}")))
+        })
+        .collect();
+    assert_eq!(pure.len(), 3);
+    for word in ["tokio", "sled", "axum", "rumqttc"] {
+        assert_eq!(offenders(&pure, word, &[]), Vec::<String>::new(), "{word}");
+    }
+    for (p, t) in &pure {
+        let code = t.split("#[cfg(test)]").next().unwrap_or(t);
+        for clock in ["SystemTime::now", "Instant::now", "std::fs::"] {
+            assert!(!code.contains(clock), "{p} uses {clock}");
+        }
+    }
+}

@@ -123,6 +123,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             require_bed_clear: fw == FirmwareKind::Marlin,
             flow: None,
             class: None,
+            read_only: false,
         });
     }
     let checked = Config {
@@ -133,6 +134,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         http: crate::config::HttpConfig::default(),
         machines: configs,
         apc: std::collections::BTreeMap::new(),
+        mqtt: None,
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;

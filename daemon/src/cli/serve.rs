@@ -6,21 +6,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use microfactory_machines::driver::DriverConfig;
+use microfactory_machines::driver::{DriverConfig, DriverHandle};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::config::Checked;
+use crate::config::{Adapter, Checked};
 use crate::factory::Factory;
+use crate::factory::link::MachineLink;
 use crate::http::api::{self, AppState};
 use crate::metering::Metering;
+use crate::mqtt::Mqtt;
+use crate::mqtt::link::MqttLink;
 use crate::store::Store;
 
-/// Driver settings for each configured machine.
+/// Driver settings for each configured serial machine (MQTT machines
+/// have no driver: see `links`).
 pub fn driver_configs(checked: &Checked) -> Vec<DriverConfig> {
     checked
         .machines
         .iter()
+        .filter(|m| !m.config.read_only)
         .map(|m| {
             let mut d = m.profile.driver_config(&m.config.id, &m.config.port);
             if let Some(b) = m.config.baud {
@@ -41,6 +46,7 @@ pub struct Running {
     /// The factory.
     pub factory: Arc<Factory>,
     metering: Arc<Metering>,
+    mqtt: Option<Arc<Mqtt>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -51,19 +57,69 @@ impl std::fmt::Debug for Running {
     }
 }
 
-/// Opens the store, recovers, starts drivers, scheduler and HTTP server.
+/// Machines with their links, as the factory holds them.
+type Linked = Vec<(crate::config::Machine, Arc<dyn MachineLink>)>;
+
+/// Every machine's link in configuration order: a serial driver, or the
+/// MQTT link its reports feed (also returned apart, for the MQTT client).
+fn links(checked: &Checked) -> (Linked, Vec<(Arc<MqttLink>, Adapter)>) {
+    let mut drivers = driver_configs(checked).into_iter();
+    let mut mqtt = checked
+        .config
+        .mqtt
+        .as_ref()
+        .map(crate::mqtt::client::links)
+        .unwrap_or_default()
+        .into_iter();
+    let mut mqtt_links = Vec::new();
+    let mut all = Vec::new();
+    for m in &checked.machines {
+        let link: Option<Arc<dyn MachineLink>> = if m.config.read_only {
+            mqtt.next().map(|(l, a)| {
+                mqtt_links.push((Arc::clone(&l), a));
+                l as Arc<dyn MachineLink>
+            })
+        } else {
+            drivers
+                .next()
+                .map(|d| Arc::new(DriverHandle::spawn(d)) as Arc<dyn MachineLink>)
+        };
+        if let Some(l) = link {
+            all.push((m.clone(), l));
+        }
+    }
+    (all, mqtt_links)
+}
+
+/// Opens the store, recovers, starts drivers, the MQTT client, the
+/// scheduler and the HTTP server.
 pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
-    let drivers = driver_configs(&checked);
-    let factory = Factory::open(
+    let (machines, mqtt_links) = links(&checked);
+    let factory = Factory::with_links(
         store,
-        checked.machines.clone(),
-        drivers,
+        machines,
         checked.config.max_upload_bytes,
         checked.config.keep_ended_jobs,
     )
     .await
     .context("cannot open the factory")?;
     factory.run();
+    let mqtt = match &checked.config.mqtt {
+        Some(cfg) => Some(Arc::new(
+            Mqtt::start(
+                cfg,
+                factory.store().clone(),
+                checked
+                    .machines
+                    .iter()
+                    .map(|m| m.config.id.clone())
+                    .collect(),
+                mqtt_links,
+            )
+            .context("cannot start the MQTT client")?,
+        )),
+        None => None,
+    };
     let metering = Metering::new(
         Arc::clone(&factory),
         &checked.machines,
@@ -75,11 +131,10 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
     let addr = listener.local_addr()?;
     let http = &checked.config.http;
-    let app = api::router(AppState::new(
-        Arc::clone(&factory),
-        Arc::clone(&metering),
-        http.into(),
-    ));
+    let app = api::router(
+        AppState::new(Arc::clone(&factory), Arc::clone(&metering), http.into())
+            .with_mqtt(mqtt.clone()),
+    );
     let limits = crate::http::server::Limits::from(http);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::http::server::serve(
@@ -95,12 +150,18 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         addr,
         factory,
         metering,
+        mqtt,
         server,
         stop,
     })
 }
 
 impl Running {
+    /// The MQTT client, when `[mqtt]` is configured.
+    pub fn mqtt(&self) -> Option<&Arc<Mqtt>> {
+        self.mqtt.as_ref()
+    }
+
     /// Stops taking requests, stops every machine at a safe point and
     /// stores the state of interrupted jobs.
     pub async fn stop(self) {
@@ -112,6 +173,11 @@ impl Running {
         // What the factory records while stopping is read at the next start.
         self.metering.shutdown().await;
         self.factory.shutdown().await;
+        // Last, so the machines' final states (interrupted jobs) are in
+        // the log it publishes before its goodbye.
+        if let Some(m) = &self.mqtt {
+            m.shutdown().await;
+        }
     }
 }
 

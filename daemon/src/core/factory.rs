@@ -85,8 +85,11 @@ pub struct MachineCore {
     pub job: Option<u64>,
     /// What its link reports.
     pub link: LinkState,
-    /// The driver still has a job of its own (finishing a cancel).
+    /// The driver still has a job of its own (finishing a cancel); for a
+    /// read-only machine, its own host runs a job we did not send.
     pub link_busy: bool,
+    /// A read-only machine's host paused its job.
+    pub link_paused: bool,
     /// The state in force, its reason, the job involved, and since when.
     pub state: (MachineState, StateReason, Option<u64>, u64),
 }
@@ -103,6 +106,7 @@ impl MachineCore {
             && self.job.is_none()
             && self.link == LinkState::Online
             && !self.link_busy
+            && !self.machine.config.read_only
     }
 }
 
@@ -161,6 +165,7 @@ impl Core {
                     job: None,
                     link: LinkState::Offline,
                     link_busy: false,
+                    link_paused: false,
                     // Forces a first state change unless the log already
                     // ended offline.
                     state: s
@@ -917,6 +922,21 @@ impl Core {
         b
     }
 
+    /// What a read-only machine (one that reports over MQTT) says it is
+    /// doing: `activity` is `Some(paused)` while its own host runs a job.
+    /// Such a job is not ours, yet the machine is producing, and the state
+    /// log (hence metering) must say so.
+    pub fn reported(
+        &mut self,
+        i: usize,
+        link: LinkState,
+        activity: Option<bool>,
+        now: u64,
+    ) -> Batch {
+        self.machines[i].link_paused = activity == Some(true);
+        self.link(i, link, activity.is_some(), now)
+    }
+
     /// The operator confirms the machine is ready (bed cleared, looked
     /// at), or takes it out of or back into service.
     pub fn set_machine(
@@ -1026,11 +1046,18 @@ impl Core {
             let facts = Facts {
                 disabled: m.record.disabled,
                 link: m.link,
-                job: job.map(|j| match (&j.state, &j.pause) {
-                    (JobState::Paused, Some(p)) => Some(pause_state_reason(p)),
-                    (JobState::Paused, None) => Some(StateReason::OperatorPause),
-                    _ => None,
-                }),
+                job: match job {
+                    Some(j) => Some(match (&j.state, &j.pause) {
+                        (JobState::Paused, Some(p)) => Some(pause_state_reason(p)),
+                        (JobState::Paused, None) => Some(StateReason::OperatorPause),
+                        _ => None,
+                    }),
+                    // A job its own host runs (read-only machines only).
+                    None if m.machine.config.read_only && m.link_busy => {
+                        Some(m.link_paused.then_some(StateReason::ProgramPause))
+                    }
+                    None => None,
+                },
                 hold: m.record.hold.as_ref().map(|h| h.reason),
             };
             let (state, reason) = machine::derive(facts);

@@ -102,6 +102,11 @@ pub fn check(m: &Machine, file: &FileRecord, req: &Requirements<'_>) -> Result<(
     {
         return Err(format!("{id}: the job is for machine {want}"));
     }
+    if m.config.read_only {
+        return Err(format!(
+            "{id}: reports over MQTT and is read-only; it runs only what its own host sends it"
+        ));
+    }
     let kind = kind_of(m);
     if let Some(k) = req.kind
         && k != kind

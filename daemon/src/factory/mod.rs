@@ -883,16 +883,27 @@ impl Factory {
     // ------------------------------------------------------------ internals
 
     async fn watch_status(self: Arc<Self>, i: usize, mut rx: watch::Receiver<MachineStatus>) {
-        let mut last = (LinkState::Offline, false);
+        let mut last = (LinkState::Offline, false, false);
         let mut published: Option<Instant> = None;
+        let read_only = self.slots[i].machine.config.read_only;
         loop {
             let facts = {
                 let s = rx.borrow_and_update();
-                (link_state(s.connection), s.job.is_some())
+                let paused = s.job.as_ref().is_some_and(|j| j.paused);
+                (link_state(s.connection), s.job.is_some(), paused)
             };
             if facts != last {
                 last = facts;
-                let res = self.decide(|core, now| Ok(((), core.link(i, facts.0, facts.1, now))));
+                let res = self.decide(|core, now| {
+                    Ok((
+                        (),
+                        if read_only {
+                            core.reported(i, facts.0, facts.1.then_some(facts.2), now)
+                        } else {
+                            core.link(i, facts.0, facts.1, now)
+                        },
+                    ))
+                });
                 match res {
                     Ok(((), live)) => {
                         if let Err(e) = self.durable(live).await {

@@ -46,6 +46,8 @@ pub struct AppState {
     pub streams: Arc<Streams>,
     /// Recent failed sign-ins per client address.
     pub failures: Arc<Failures>,
+    /// The MQTT client, when `[mqtt]` is configured.
+    pub mqtt: Option<Arc<crate::mqtt::Mqtt>>,
 }
 
 impl AppState {
@@ -61,7 +63,15 @@ impl AppState {
             settings: Arc::new(settings),
             streams: Arc::default(),
             failures: Arc::default(),
+            mqtt: None,
         }
+    }
+
+    /// With the MQTT client, whose link `GET /health` shows.
+    #[must_use]
+    pub fn with_mqtt(mut self, mqtt: Option<Arc<crate::mqtt::Mqtt>>) -> Self {
+        self.mqtt = mqtt;
+        self
     }
 }
 
@@ -634,6 +644,9 @@ pub struct Health {
     pub version: String,
     /// Configured machines.
     pub machines: usize,
+    /// The MQTT broker link, when `[mqtt]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<crate::mqtt::MqttHealth>,
 }
 
 /// Liveness for monitoring; needs no token.
@@ -644,6 +657,7 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         machines: s.factory.machines().len(),
+        mqtt: s.mqtt.as_ref().map(|m| m.health()),
     })
 }
 

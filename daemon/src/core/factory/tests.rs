@@ -104,6 +104,60 @@ fn a_submitted_job_runs_on_a_free_machine_as_its_first_attempt() {
 }
 
 #[test]
+fn a_read_only_machine_takes_no_job_and_produces_while_its_own_host_runs_one() {
+    let f = file();
+    let mut watched = printer("octo", false);
+    watched.config.read_only = true;
+    let seeds = vec![MachineSeed {
+        machine: watched,
+        record: MachineRecord::default(),
+        last: None,
+    }];
+    let (mut c, _) = Core::open(seeds, vec![], vec![], 0, 100, 0);
+    let b = c.reported(0, LinkState::Online, None, 1);
+    assert_eq!(
+        machine_states(&b),
+        vec![("octo".into(), MachineState::Idle, StateReason::None)]
+    );
+    let s = Submission {
+        file_id: f.id.clone(),
+        ..Submission::default()
+    };
+    if c.submit(&s, Some(&f), 2).is_ok() {
+        let files = |_: &str| Some(Arc::clone(&f));
+        let (started, _) = c.schedule(&files, 3);
+        assert!(started.is_empty(), "a read-only machine was given a job");
+    }
+    let b = c.reported(0, LinkState::Online, Some(false), 4);
+    assert_eq!(
+        machine_states(&b),
+        vec![("octo".into(), MachineState::Producing, StateReason::None)]
+    );
+    let b = c.reported(0, LinkState::Online, Some(true), 5);
+    assert_eq!(
+        machine_states(&b),
+        vec![(
+            "octo".into(),
+            MachineState::Paused,
+            StateReason::ProgramPause
+        )]
+    );
+    let b = c.reported(0, LinkState::Online, None, 6);
+    assert_eq!(
+        machine_states(&b),
+        vec![("octo".into(), MachineState::Idle, StateReason::None)]
+    );
+    assert!(
+        routing::check(
+            &c.machines()[0].machine,
+            &f,
+            &routing::Requirements::default()
+        )
+        .is_err_and(|e| e.contains("read-only"))
+    );
+}
+
+#[test]
 fn a_cancelled_job_leaves_its_machine_waiting_for_the_operator_before_the_next_job() {
     let f = file();
     let files = |_: &str| Some(Arc::clone(&f));

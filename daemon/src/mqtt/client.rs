@@ -1,0 +1,602 @@
+//! The MQTT client task: one connection to the broker (rumqttc, plain
+//! TCP), kept up with our own backoff; a publisher that follows the domain
+//! log by cursor; and the ingest of machine reports into [`MqttLink`]s.
+//!
+//! Delivery is at least once. The publisher sends a chunk of log records
+//! with QoS 1 and moves its cursor only when the broker has acknowledged
+//! every message of the chunk in the same connection; a connection lost
+//! on the way (or a restart) sends the chunk again from the cursor. Each
+//! connection attempt has a client of its own (a fresh rumqttc request
+//! channel), so nothing queued for a lost connection is sent on the next
+//! one, where its acknowledgements would be counted for messages they do
+//! not acknowledge.
+//! Every connection starts with the retained site status and every
+//! machine's last state, since a broker restarted without persistence has
+//! forgotten them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use utoipa::ToSchema;
+
+use super::adapters::{self, IngestError};
+use super::backoff::{Backoff, jitter};
+use super::link::MqttLink;
+use super::schema::{self, MachineStatePayload, Message, SiteStatus, Topics};
+use crate::clock::now_ms;
+use crate::config::{Adapter, MqttConfig, parse_broker};
+use crate::core::events::LogRecord;
+use crate::store::{Store, StoreError};
+
+/// The publisher's cursor name.
+pub const CURSOR: &str = "mqtt";
+
+/// Most log records in one acknowledged chunk.
+const CHUNK: usize = 256;
+
+/// Requests rumqttc buffers between us and the socket: a chunk's messages
+/// plus the connection's own, so publishing a chunk never waits on it.
+const REQUEST_CAPACITY: usize = 2 * CHUNK + 64;
+
+/// Largest packet rumqttc reads; a larger one drops the connection (then
+/// the backoff applies). Payloads over `max_payload_bytes` but under this
+/// are counted and dropped without losing the connection.
+const MAX_PACKET: usize = 4 * 1024 * 1024;
+
+/// How long a storage error waits before the publisher tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the goodbye to reach the broker.
+const GOODBYE: Duration = Duration::from_secs(2);
+
+/// The broker link as `GET /api/v1/health` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MqttHealth {
+    /// `mqtt://host:port`.
+    pub broker: String,
+    /// Connected now (a ConnAck was received and nothing failed since).
+    pub connected: bool,
+    /// When the current connection began, ms since the Unix epoch.
+    pub since_ms: Option<u64>,
+    /// Connection attempts that failed or connections lost, in total.
+    pub failures: u64,
+    /// The last connection error.
+    pub last_error: Option<String>,
+    /// The wait before the next attempt, while disconnected, ms.
+    pub retry_in_ms: Option<u64>,
+    /// The last log record the broker acknowledged.
+    pub published_seq: u64,
+    /// Machine messages applied.
+    pub accepted: u64,
+    /// Messages refused: not the documented shape.
+    pub malformed: u64,
+    /// Messages refused: over `max_payload_bytes`.
+    pub oversized: u64,
+    /// Messages on a machine topic of no configured machine.
+    pub unknown_machine: u64,
+}
+
+/// Connection generations and acknowledgements, for the publisher.
+#[derive(Debug, Clone, Default)]
+struct Session {
+    /// Bumped at every ConnAck.
+    generation: u64,
+    /// The client of this connection, while it is up.
+    client: Option<AsyncClient>,
+    /// PubAcks received in this generation.
+    acked: u64,
+}
+
+impl Session {
+    fn connected(&self) -> bool {
+        self.client.is_some()
+    }
+}
+
+/// Why the client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The broker URL (already checked by the configuration).
+    #[error("mqtt.broker: {0}")]
+    Broker(String),
+    /// The payload of the last will.
+    #[error("cannot encode the last will: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The publisher's cursor could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Inner {
+    options: MqttOptions,
+    topics: Topics,
+    store: Store,
+    machines: Vec<String>,
+    links: HashMap<String, (Arc<MqttLink>, Adapter)>,
+    octoprint: Vec<(String, Arc<MqttLink>)>,
+    max_payload: usize,
+    health: watch::Sender<MqttHealth>,
+    session: watch::Sender<Session>,
+    refused: AtomicU64,
+    /// Stops the publisher (first, at shutdown).
+    stop_publishing: CancellationToken,
+    /// Stops the connection.
+    stop: CancellationToken,
+}
+
+/// The running MQTT client.
+pub struct Mqtt {
+    inner: Arc<Inner>,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Mqtt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mqtt")
+            .field("site", &self.inner.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One link per `[[mqtt.machine]]`, made before the factory opens so that
+/// it can hold them like any other machine link.
+pub fn links(config: &MqttConfig) -> Vec<(Arc<MqttLink>, Adapter)> {
+    config
+        .machines
+        .iter()
+        .map(|m| (Arc::new(MqttLink::new(&m.id)), m.adapter))
+        .collect()
+}
+
+impl Mqtt {
+    /// Connects to the broker (retrying with backoff until shutdown) and
+    /// starts publishing the log of `store` for `machines` and feeding
+    /// `links` from their topics.
+    pub fn start(
+        config: &MqttConfig,
+        store: Store,
+        machines: Vec<String>,
+        links: Vec<(Arc<MqttLink>, Adapter)>,
+    ) -> Result<Self, MqttError> {
+        let (host, port) = parse_broker(&config.broker).map_err(MqttError::Broker)?;
+        let published_seq = store.cursor(CURSOR)?;
+        let topics = Topics::new(&config.site);
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("microfactoryd-{}", config.site));
+        let mut opts = MqttOptions::new(client_id, host, port);
+        opts.set_keep_alive(Duration::from_secs(config.keep_alive_secs))
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_last_will(LastWill::new(
+                topics.status(),
+                serde_json::to_vec(&SiteStatus {
+                    online: false,
+                    version: None,
+                    since_ms: None,
+                    machines: None,
+                })?,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some(u) = &config.username {
+            opts.set_credentials(u, config.password.clone().unwrap_or_default());
+        }
+        let octoprint = config
+            .machines
+            .iter()
+            .zip(&links)
+            .filter(|(m, _)| m.adapter == Adapter::Octoprint)
+            .map(|(m, (l, _))| (format!("{}/", m.octoprint_base()), Arc::clone(l)))
+            .collect();
+        let inner = Arc::new(Inner {
+            options: opts,
+            topics,
+            store,
+            machines,
+            links: links
+                .into_iter()
+                .map(|(l, a)| (l.id().to_string(), (l, a)))
+                .collect(),
+            octoprint,
+            max_payload: config.max_payload_bytes,
+            health: watch::Sender::new(MqttHealth {
+                broker: config.broker.clone(),
+                published_seq,
+                ..MqttHealth::default()
+            }),
+            session: watch::Sender::new(Session::default()),
+            refused: AtomicU64::new(0),
+            stop_publishing: CancellationToken::new(),
+            stop: CancellationToken::new(),
+        });
+        let tasks = TaskTracker::new();
+        let i = Arc::clone(&inner);
+        tasks.spawn(async move { i.connection().await });
+        let i = Arc::clone(&inner);
+        tasks.spawn(async move { i.publisher().await });
+        tasks.close();
+        Ok(Self { inner, tasks })
+    }
+
+    /// The link as it is now.
+    pub fn health(&self) -> MqttHealth {
+        self.inner.health.borrow().clone()
+    }
+
+    /// A watch of the link, for tests and the health route.
+    pub fn watch_health(&self) -> watch::Receiver<MqttHealth> {
+        self.inner.health.subscribe()
+    }
+
+    /// Publishes what the log holds by now (briefly: the rest goes at the
+    /// next start), says goodbye (the retained status becomes
+    /// `{"online": false}`, as the will would), and disconnects. Call it
+    /// after the factory stopped, so its last states are in the log.
+    pub async fn shutdown(&self) {
+        let tip = *self.inner.store.log_tip().borrow();
+        let mut health = self.inner.health.subscribe();
+        let _ = tokio::time::timeout(
+            GOODBYE,
+            health.wait_for(|h| h.published_seq >= tip || !h.connected),
+        )
+        .await;
+        self.inner.stop_publishing.cancel();
+        let client = self.inner.session.borrow().client.clone();
+        if let Some(client) = client {
+            let bye = serde_json::to_vec(&SiteStatus {
+                online: false,
+                version: None,
+                since_ms: None,
+                machines: None,
+            })
+            .unwrap_or_default();
+            let _ = client.try_publish(self.inner.topics.status(), QoS::AtLeastOnce, true, bye);
+            let _ = client.try_disconnect();
+            if tokio::time::timeout(GOODBYE, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                warn!("the MQTT broker did not take the goodbye in time");
+            }
+        }
+        self.inner.stop.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+impl Inner {
+    // --------------------------------------------------------- connection
+
+    /// Connects, and after every failure waits (see `backoff`) and
+    /// connects again with a fresh client: rumqttc alone would reconnect on
+    /// the next poll, at once.
+    async fn connection(self: Arc<Self>) {
+        let backoff = Backoff::default();
+        let mut attempt = 0u32;
+        loop {
+            let (client, eventloop) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
+            let mut acked = false;
+            match self.connected(&client, eventloop, &mut acked).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.disconnected();
+                    // A connection that got as far as a ConnAck starts
+                    // the schedule again.
+                    if acked {
+                        attempt = 0;
+                    }
+                    let wait = backoff.delay(attempt, jitter());
+                    attempt = attempt.saturating_add(1);
+                    warn!(error = %e, retry_in = ?wait, "MQTT broker connection failed");
+                    self.health.send_modify(|h| {
+                        h.failures += 1;
+                        h.last_error = Some(e.to_string());
+                        h.retry_in_ms = Some(wait.as_millis() as u64);
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls one connection until it fails (`Err`) or ends by our goodbye
+    /// or shutdown (`Ok`); `acked` tells whether the broker accepted it.
+    async fn connected(
+        &self,
+        client: &AsyncClient,
+        mut eventloop: EventLoop,
+        acked: &mut bool,
+    ) -> Result<(), rumqttc::ConnectionError> {
+        loop {
+            let ev = tokio::select! {
+                ev = eventloop.poll() => ev,
+                () = self.stop.cancelled() => return Ok(()),
+            };
+            match ev? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    *acked = true;
+                    info!(broker = %self.health.borrow().broker, "connected to the MQTT broker");
+                    // Subscriptions do not survive a clean session: every
+                    // ConnAck subscribes again.
+                    for f in self.filters() {
+                        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                            warn!(topic = %f, error = %e, "could not subscribe");
+                        }
+                    }
+                    self.session.send_modify(|s| {
+                        s.generation += 1;
+                        s.client = Some(client.clone());
+                        s.acked = 0;
+                    });
+                    self.health.send_modify(|h| {
+                        h.connected = true;
+                        h.since_ms = Some(now_ms());
+                        h.retry_in_ms = None;
+                    });
+                }
+                Event::Incoming(Packet::PubAck(_)) => {
+                    self.session.send_modify(|s| s.acked += 1);
+                }
+                Event::Incoming(Packet::Publish(p)) => self.ingest(&p.topic, &p.payload),
+                Event::Outgoing(Outgoing::Disconnect) => {
+                    // Our goodbye is on the wire.
+                    self.disconnected();
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn disconnected(&self) {
+        self.session.send_modify(|s| s.client = None);
+        self.health.send_modify(|h| {
+            h.connected = false;
+            h.since_ms = None;
+        });
+        for (l, _) in self.links.values() {
+            l.lost();
+        }
+    }
+
+    /// Every subscription: all reports of the site (configured machines or
+    /// not, so that strangers are counted) and each OctoPrint base.
+    fn filters(&self) -> Vec<String> {
+        let mut v = vec![self.topics.report_filter()];
+        for (base, _) in &self.octoprint {
+            v.extend(adapters::octoprint_filters(base.trim_end_matches('/')));
+        }
+        v
+    }
+
+    // ------------------------------------------------------------- ingest
+
+    /// One incoming message: checked, routed to its machine's adapter,
+    /// counted. Never panics, never writes a record itself: a machine's
+    /// state changes only through its link's status, as a serial one's.
+    fn ingest(&self, topic: &str, payload: &[u8]) {
+        let result = if payload.len() > self.max_payload {
+            Err(IngestError::Oversized {
+                size: payload.len(),
+                limit: self.max_payload,
+            })
+        } else if let Some(id) = self.topics.report_machine(topic) {
+            match self.links.get(id) {
+                Some((link, Adapter::Report)) => {
+                    link.update(|s| adapters::apply_report(s, payload))
+                }
+                _ => Err(IngestError::UnknownMachine(topic.to_string())),
+            }
+        } else if let Some((rel, link)) = self
+            .octoprint
+            .iter()
+            .find_map(|(base, l)| topic.strip_prefix(base.as_str()).map(|rel| (rel, l)))
+        {
+            link.update(|s| adapters::apply_octoprint(s, rel, payload))
+        } else {
+            Err(IngestError::UnknownMachine(topic.to_string()))
+        };
+        self.health.send_modify(|h| match &result {
+            Ok(()) => h.accepted += 1,
+            Err(IngestError::Malformed(_)) => h.malformed += 1,
+            Err(IngestError::Oversized { .. }) => h.oversized += 1,
+            Err(IngestError::UnknownMachine(_)) => h.unknown_machine += 1,
+        });
+        if let Err(e) = result {
+            // A flood must not flood the log: the first few, then one in
+            // a thousand (the counts are in the health answer).
+            let n = self.refused.fetch_add(1, Ordering::Relaxed);
+            if n < 20 || n.is_multiple_of(1000) {
+                warn!(%topic, error = %e, refused = n + 1, "MQTT message refused");
+            } else {
+                debug!(%topic, error = %e, "MQTT message refused");
+            }
+        }
+    }
+
+    // ---------------------------------------------------------- publisher
+
+    /// Follows the log by cursor, one connection at a time.
+    async fn publisher(self: Arc<Self>) {
+        let mut session = self.session.subscribe();
+        let mut tip = self.store.log_tip();
+        // The generation whose connection ended under us: wait for a newer
+        // one, not for the connection task to notice.
+        let mut ended = 0;
+        loop {
+            // Wait for a connection.
+            let (generation, client) = loop {
+                {
+                    let s = session.borrow_and_update();
+                    if let Some(c) = &s.client
+                        && s.generation > ended
+                    {
+                        break (s.generation, c.clone());
+                    }
+                }
+                tokio::select! {
+                    r = session.changed() => if r.is_err() { return },
+                    () = self.stop_publishing.cancelled() => return,
+                }
+            };
+            match self
+                .connection_session(&client, generation, &mut session, &mut tip)
+                .await
+            {
+                Ok(Ended::Stopped) => return,
+                Ok(Ended::Reconnect) => ended = generation,
+                Err(e) => {
+                    warn!(error = %e, "MQTT publisher could not read the log; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                        () = self.stop_publishing.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes within one connection generation until it ends.
+    async fn connection_session(
+        &self,
+        client: &AsyncClient,
+        generation: u64,
+        session: &mut watch::Receiver<Session>,
+        tip: &mut watch::Receiver<u64>,
+    ) -> Result<Ended, StoreError> {
+        let mut issued = 0u64;
+        let mut first = vec![Message {
+            topic: self.topics.status(),
+            payload: serde_json::to_vec(&SiteStatus {
+                online: true,
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+                since_ms: self.health.borrow().since_ms,
+                machines: Some(self.machines.len()),
+            })
+            .unwrap_or_default(),
+            retain: true,
+        }];
+        for id in &self.machines {
+            if let Some(c) = self.store.last_machine_state(id)? {
+                first.push(Message {
+                    topic: self.topics.machine_state(id),
+                    payload: serde_json::to_vec(&MachineStatePayload::from_change(id, &c))
+                        .unwrap_or_default(),
+                    retain: true,
+                });
+            }
+        }
+        if let Some(end) = self.send(client, &first, &mut issued).await {
+            return Ok(end);
+        }
+        if let Some(end) = self.acknowledged(generation, issued, session).await {
+            return Ok(end);
+        }
+        loop {
+            let durable = *tip.borrow_and_update();
+            let cursor = self.store.cursor(CURSOR)?;
+            if cursor < durable {
+                let records: Vec<LogRecord> = self
+                    .store
+                    .log_after(cursor, CHUNK)?
+                    .into_iter()
+                    .take_while(|r| r.seq <= durable)
+                    .collect();
+                let Some(last) = records.last().map(|r| r.seq) else {
+                    continue;
+                };
+                let mut out = Vec::new();
+                for r in &records {
+                    match schema::messages(&self.topics, r) {
+                        Ok(m) => out.extend(m),
+                        Err(e) => warn!(seq = r.seq, error = %e, "cannot encode a log record"),
+                    }
+                }
+                if let Some(end) = self.send(client, &out, &mut issued).await {
+                    return Ok(end);
+                }
+                if let Some(end) = self.acknowledged(generation, issued, session).await {
+                    return Ok(end);
+                }
+                // A lost cursor write only sends the chunk again.
+                self.store.set_cursor(CURSOR, last)?;
+                self.health.send_modify(|h| h.published_seq = last);
+                continue;
+            }
+            tokio::select! {
+                r = tip.changed() => if r.is_err() { return Ok(Ended::Stopped) },
+                r = session.changed() => {
+                    if r.is_err() { return Ok(Ended::Stopped) }
+                    let ended = {
+                        let s = session.borrow_and_update();
+                        s.generation != generation || !s.connected()
+                    };
+                    if ended { return Ok(Ended::Reconnect) }
+                }
+                () = self.stop_publishing.cancelled() => return Ok(Ended::Stopped),
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        client: &AsyncClient,
+        messages: &[Message],
+        issued: &mut u64,
+    ) -> Option<Ended> {
+        for m in messages {
+            tokio::select! {
+                r = client.publish(m.topic.clone(), QoS::AtLeastOnce, m.retain, m.payload.clone()) => {
+                    // This connection's client is gone with it.
+                    if r.is_err() { return Some(Ended::Reconnect) }
+                }
+                () = self.stop_publishing.cancelled() => return Some(Ended::Stopped),
+            }
+            *issued += 1;
+        }
+        None
+    }
+
+    /// Waits until the broker acknowledged `issued` messages of generation
+    /// `generation`; `Some` if the connection ended first.
+    async fn acknowledged(
+        &self,
+        generation: u64,
+        issued: u64,
+        session: &mut watch::Receiver<Session>,
+    ) -> Option<Ended> {
+        loop {
+            {
+                let s = session.borrow_and_update();
+                if s.generation != generation || !s.connected() {
+                    return Some(Ended::Reconnect);
+                }
+                if s.acked >= issued {
+                    return None;
+                }
+            }
+            tokio::select! {
+                r = session.changed() => if r.is_err() { return Some(Ended::Stopped) },
+                () = self.stop_publishing.cancelled() => return Some(Ended::Stopped),
+            }
+        }
+    }
+}
+
+enum Ended {
+    Stopped,
+    Reconnect,
+}

@@ -1,0 +1,564 @@
+//! The MQTT link against a real broker: Debian's `mosquitto`, started by
+//! each test on a free port in a temporary folder and killed on drop. The
+//! daemon runs in-process (`cli::serve::start`) with machines that report
+//! over MQTT; a second client plays the machines and the consumers.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use microfactoryd::cli::serve::{Running, start};
+use microfactoryd::config::Config;
+use microfactoryd::core::events::DomainEvent;
+use microfactoryd::core::machine::MachineState;
+use microfactoryd::mqtt::MqttHealth;
+use microfactoryd::mqtt::schema::{MachineStatePayload, SiteStatus};
+use microfactoryd::store::Store;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// An upper bound for things that take milliseconds, generous for a
+/// loaded two-core machine; never a synchronisation.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn mosquitto() -> PathBuf {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("mosquitto is installed (.ci/run installs it)")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mfd-mqtt-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// One mosquitto process; restartable on the same port.
+struct Broker {
+    port: u16,
+    dir: PathBuf,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(name: &str, persistent: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut b = Self {
+            port,
+            dir: temp_dir(name),
+            persistent,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        let mut text = format!("listener {} 127.0.0.1\nallow_anonymous true\n", self.port);
+        if self.persistent {
+            text.push_str(&format!(
+                "persistence true\npersistence_location {}/\n",
+                self.dir.display()
+            ));
+        }
+        std::fs::write(&conf, text).expect("config");
+        let child = Command::new(mosquitto())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + BOUND;
+        // A process gives no event when its socket listens: try to connect.
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (a persistent broker saves its sessions) or SIGKILL.
+    fn stop(&mut self, graceful: bool) {
+        if let Some(mut c) = self.child.take() {
+            if graceful {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(c.id().to_string())
+                    .status();
+            } else {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop(false);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test client: what it receives arrives on a channel.
+struct Peer {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Peer {
+    /// Connects; `persistent` keeps its session (and queued QoS 1
+    /// messages) across its own and the broker's restarts.
+    async fn connect(broker: &Broker, id: &str, persistent: bool, subscribe: &[&str]) -> Self {
+        let mut o = MqttOptions::new(id, "127.0.0.1", broker.port);
+        o.set_clean_session(!persistent)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1 << 22, 1 << 22);
+        let (client, mut el) = AsyncClient::new(o, 1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, mut ready) = mpsc::unbounded_channel();
+        let topics: Vec<String> = subscribe.iter().map(|s| s.to_string()).collect();
+        let c = client.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for t in &topics {
+                            let _ = c.try_subscribe(t.clone(), QoS::AtLeastOnce);
+                        }
+                        if topics.is_empty() {
+                            let _ = ready_tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    // The broker restarts in some tests: try again soon.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(BOUND, ready.recv())
+            .await
+            .expect("connected and subscribed in time");
+        Self { client, rx, task }
+    }
+
+    async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queued");
+    }
+
+    /// The next message on a topic for which `pick` says yes.
+    async fn until<T>(&mut self, mut pick: impl FnMut(&str, &[u8]) -> Option<T>) -> T {
+        tokio::time::timeout(BOUND, async {
+            loop {
+                let (t, p) = self.rx.recv().await.expect("peer alive");
+                if let Some(v) = pick(&t, &p) {
+                    return v;
+                }
+            }
+        })
+        .await
+        .expect("the awaited message came in time")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn daemon(name: &str, broker: &Broker) -> (Running, PathBuf) {
+    let dir = temp_dir(&format!("{name}-daemon"));
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"listen = "127.0.0.1:0"
+data_dir = "data"
+[mqtt]
+broker = "{}"
+site = "t"
+keep_alive_secs = 5
+max_payload_bytes = 1024
+[[mqtt.machine]]
+id = "esp-mill"
+profile = "grbl-3018"
+adapter = "report"
+[[mqtt.machine]]
+id = "octo"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+base = "octoPrint"
+"#,
+            broker.url()
+        ),
+    )
+    .expect("config");
+    let checked = Config::load(&path).expect("valid config");
+    let store = Store::open(&checked.config.data_dir).expect("store");
+    (start(checked, store).await.expect("daemon starts"), dir)
+}
+
+async fn health_until(r: &Running, pred: impl Fn(&MqttHealth) -> bool) -> MqttHealth {
+    let mut w = r.mqtt().expect("mqtt configured").watch_health();
+    tokio::time::timeout(BOUND, w.wait_for(|h| pred(h)))
+        .await
+        .expect("health reached the condition in time")
+        .expect("client alive")
+        .clone()
+}
+
+/// Waits for the log to record `machine` entering `state` after `after`;
+/// its seq.
+async fn logged(d: &Running, machine: &str, state: MachineState, after: u64) -> u64 {
+    let mut tip = d.factory.store().log_tip();
+    tokio::time::timeout(BOUND, async {
+        loop {
+            let log = d.factory.store().log_after(after, 10_000).expect("log");
+            if let Some(r) = log.iter().find(|r| {
+                matches!(&r.event, DomainEvent::MachineState { machine_id, state: s, .. }
+                    if machine_id == machine && *s == state)
+            }) {
+                return r.seq;
+            }
+            tip.changed().await.expect("store alive");
+        }
+    })
+    .await
+    .expect("the state was logged in time")
+}
+
+/// `GET /api/v1/health` over a plain socket: its JSON body.
+async fn http_health(d: &Running) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(d.addr)
+        .await
+        .expect("connect");
+    c.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.expect("answer");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    serde_json::from_str(body).expect("JSON")
+}
+
+fn state_of(topic: &str, p: &[u8], machine: &str) -> Option<MachineStatePayload> {
+    (topic == format!("microfactory/t/machines/{machine}/state"))
+        .then(|| serde_json::from_slice(p).ok())
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_of_our_schema_makes_a_machine_produce_and_its_state_is_published_with_the_logs_seq()
+ {
+    let broker = Broker::start("roundtrip", false);
+    let (d, dir) = daemon("roundtrip", &broker).await;
+    let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/t/#"]).await;
+    health_until(&d, |h| h.connected).await;
+    let h = http_health(&d).await;
+    assert_eq!(h["mqtt"]["connected"], true, "{h}");
+    assert_eq!(h["mqtt"]["broker"], broker.url(), "{h}");
+    peer.publish(
+        "microfactory/t/machines/esp-mill/report",
+        r#"{"state":"running","job":"plate.nc","progress":12.5}"#,
+    )
+    .await;
+    let p = peer
+        .until(|t, p| state_of(t, p, "esp-mill").filter(|s| s.state == MachineState::Producing))
+        .await;
+    let log = d.factory.store().log_after(0, 1000).expect("log");
+    let rec = log
+        .iter()
+        .find(|r| r.seq == p.seq)
+        .expect("the payload's seq is a log record");
+    assert!(matches!(
+        &rec.event,
+        DomainEvent::MachineState { machine_id, state: MachineState::Producing, .. }
+            if machine_id == "esp-mill"
+    ));
+    let view = d.factory.machine("esp-mill").expect("view");
+    assert_eq!(view.machine_state, MachineState::Producing);
+    // Read-only: a command answers with an error that says so.
+    let err = d
+        .factory
+        .console("esp-mill", "?")
+        .await
+        .expect_err("read-only");
+    assert!(err.to_string().contains("read-only"), "{err}");
+    peer.publish(
+        "microfactory/t/machines/esp-mill/report",
+        r#"{"state":"idle"}"#,
+    )
+    .await;
+    peer.until(|t, p| state_of(t, p, "esp-mill").filter(|s| s.state == MachineState::Idle))
+        .await;
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octoprint_plugin_messages_drive_a_machine_through_a_print() {
+    let broker = Broker::start("octo", false);
+    let (d, dir) = daemon("octo", &broker).await;
+    let mut peer = Peer::connect(
+        &broker,
+        "octoprint",
+        false,
+        &["microfactory/t/machines/+/state"],
+    )
+    .await;
+    health_until(&d, |h| h.connected).await;
+    peer.publish("octoPrint/mqtt", "connected").await;
+    peer.publish(
+        "octoPrint/event/PrintStarted",
+        r#"{"_timestamp": 1517190629, "_event": "PrintStarted", "origin": "local", "file": "/home/pi/.octoprint/uploads/case.gco", "filename": "case.gco"}"#,
+    )
+    .await;
+    peer.until(|t, p| state_of(t, p, "octo").filter(|s| s.state == MachineState::Producing))
+        .await;
+    peer.publish("octoPrint/event/PrintDone", r#"{"filename": "case.gco"}"#)
+        .await;
+    peer.until(|t, p| state_of(t, p, "octo").filter(|s| s.state == MachineState::Idle))
+        .await;
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_subscriber_sees_the_site_online_and_every_machines_retained_state() {
+    let broker = Broker::start("late", false);
+    let (d, dir) = daemon("late", &broker).await;
+    let peer = Peer::connect(&broker, "machine", false, &[]).await;
+    health_until(&d, |h| h.connected).await;
+    peer.publish(
+        "microfactory/t/machines/esp-mill/report",
+        r#"{"state":"paused"}"#,
+    )
+    .await;
+    let paused_seq = logged(&d, "esp-mill", MachineState::Paused, 0).await;
+    health_until(&d, |h| h.published_seq >= paused_seq).await;
+    let mut late = Peer::connect(&broker, "late", false, &["microfactory/t/#"]).await;
+    let status = late
+        .until(|t, p| {
+            (t == "microfactory/t/status")
+                .then(|| serde_json::from_slice::<SiteStatus>(p).ok())
+                .flatten()
+        })
+        .await;
+    assert!(status.online);
+    let s = late.until(|t, p| state_of(t, p, "esp-mill")).await;
+    assert_eq!((s.state, s.seq), (MachineState::Paused, paused_seq));
+    d.stop().await;
+    // The goodbye replaces the retained status.
+    let mut after = Peer::connect(&broker, "after", false, &["microfactory/t/status"]).await;
+    let status = after
+        .until(|_, p| serde_json::from_slice::<SiteStatus>(p).ok())
+        .await;
+    assert!(!status.online);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every machine state seq in the log after `after`.
+fn state_seqs(d: &Running, after: u64) -> Vec<u64> {
+    d.factory
+        .store()
+        .log_after(after, 10_000)
+        .expect("log")
+        .iter()
+        .filter(|r| matches!(r.event, DomainEvent::MachineState { .. }))
+        .map(|r| r.seq)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_no_transition_made_while_it_was_down() {
+    let mut broker = Broker::start("restart", true);
+    let (d, dir) = daemon("restart", &broker).await;
+    let mut consumer = Peer::connect(&broker, "consumer", true, &["microfactory/t/#"]).await;
+    let machine = Peer::connect(&broker, "machine", false, &[]).await;
+    health_until(&d, |h| h.connected).await;
+    machine
+        .publish(
+            "microfactory/t/machines/esp-mill/report",
+            r#"{"state":"running"}"#,
+        )
+        .await;
+    let producing = logged(&d, "esp-mill", MachineState::Producing, 0).await;
+    health_until(&d, |h| h.published_seq >= producing).await;
+
+    broker.stop(true);
+    health_until(&d, |h| !h.connected).await;
+    // While the broker is down: the machine is unseen (offline), and an
+    // operator takes the other one out of service.
+    let offline = logged(&d, "esp-mill", MachineState::Offline, producing).await;
+    d.factory
+        .set_machine("octo", None, Some(true))
+        .await
+        .expect("disabled");
+    let down = logged(&d, "octo", MachineState::PlannedDown, producing).await;
+    let during = state_seqs(&d, producing);
+    assert!(during.contains(&offline) && during.contains(&down));
+
+    broker.spawn();
+    let last = *during.iter().max().expect("some");
+    health_until(&d, |h| h.connected && h.published_seq >= last).await;
+    // The consumer's session survived the restart: it gets every
+    // transition, in any order and perhaps twice, never fewer.
+    let mut seen = std::collections::BTreeSet::new();
+    let want: std::collections::BTreeSet<u64> = during.iter().copied().collect();
+    while !want.is_subset(&seen) {
+        let p = consumer
+            .until(|t, p| {
+                t.ends_with("/state")
+                    .then(|| serde_json::from_slice::<MachineStatePayload>(p).ok())
+                    .flatten()
+            })
+            .await;
+        seen.insert(p.seq);
+    }
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_forgot_everything_gets_every_machines_state_again() {
+    let mut broker = Broker::start("forgetful", false);
+    let (d, dir) = daemon("forgetful", &broker).await;
+    health_until(&d, |h| h.connected).await;
+    health_until(&d, |h| h.published_seq > 0).await;
+    broker.stop(false);
+    health_until(&d, |h| !h.connected).await;
+    broker.spawn();
+    health_until(&d, |h| h.connected && h.since_ms.is_some()).await;
+    let mut late = Peer::connect(&broker, "late", false, &["microfactory/t/#"]).await;
+    let mut machines = std::collections::BTreeMap::new();
+    while machines.len() < 2 {
+        let p = late
+            .until(|t, p| {
+                t.ends_with("/state")
+                    .then(|| serde_json::from_slice::<MachineStatePayload>(p).ok())
+                    .flatten()
+            })
+            .await;
+        machines.insert(p.machine_id.clone(), p.seq);
+    }
+    for (id, seq) in &machines {
+        let last = d
+            .factory
+            .machine_states(id, 0, u64::MAX)
+            .expect("states")
+            .last()
+            .map(|c| c.seq);
+        assert_eq!(Some(*seq), last, "{id}: the retained state is its latest");
+    }
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_payloads_is_counted_creates_nothing_and_the_daemon_stays_healthy() {
+    let broker = Broker::start("flood", false);
+    let (d, dir) = daemon("flood", &broker).await;
+    let peer = Peer::connect(&broker, "flooder", false, &[]).await;
+    health_until(&d, |h| h.connected).await;
+    let before = *d.factory.store().log_tip().borrow();
+    let report = "microfactory/t/machines/esp-mill/report";
+    for i in 0..300 {
+        let bad = match i % 5 {
+            0 => "{".to_string(),
+            1 => r#"{"state":"dancing"}"#.into(),
+            2 => r#"{"state":"running","progress":1e308}"#.into(),
+            3 => format!(
+                r#"{{"state":"idle","heaters":[{{"name":"{}","actual":1}}]}}"#,
+                "x".repeat(200)
+            ),
+            _ => "\u{0}\u{1}".into(),
+        };
+        peer.publish(report, bad).await;
+    }
+    for _ in 0..100 {
+        peer.publish(report, vec![b' '; 2048]).await;
+        peer.publish(
+            "microfactory/t/machines/ghost/report",
+            r#"{"state":"idle"}"#,
+        )
+        .await;
+    }
+    for _ in 0..50 {
+        peer.publish("octoPrint/progress/printing", r#"{"progress":"most"}"#)
+            .await;
+    }
+    let h = health_until(&d, |h| h.malformed + h.oversized + h.unknown_machine >= 550).await;
+    assert_eq!(
+        (h.malformed, h.oversized, h.unknown_machine),
+        (350, 100, 100)
+    );
+    assert_eq!(h.accepted, 0);
+    assert!(h.connected && h.failures == 0, "{h:?}");
+    assert!(
+        state_seqs(&d, before).is_empty(),
+        "refused payloads created records"
+    );
+    // Still listening.
+    peer.publish(report, r#"{"state":"idle"}"#).await;
+    logged(&d, "esp-mill", MachineState::Idle, before).await;
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_back_off_exponentially_instead_of_storming_a_broker_that_is_down() {
+    let mut broker = Broker::start("backoff", false);
+    let (d, dir) = daemon("backoff", &broker).await;
+    health_until(&d, |h| h.connected).await;
+    broker.stop(false);
+    let mut w = d.mqtt().expect("mqtt").watch_health();
+    let mut waits = Vec::new();
+    tokio::time::timeout(BOUND, async {
+        while waits.len() < 4 {
+            w.changed().await.expect("client alive");
+            let h = w.borrow_and_update().clone();
+            if let Some(r) = h.retry_in_ms
+                && h.failures as usize > waits.len()
+            {
+                waits.push(r);
+            }
+        }
+    })
+    .await
+    .expect("four failed attempts in time");
+    // Equal jitter over doubling ceilings (500 ms first): each wait is at
+    // least the one before, and the fourth at least 2 s.
+    assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+    assert!(waits[0] >= 250 && waits[3] >= 2000, "{waits:?}");
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
