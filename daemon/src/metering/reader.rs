@@ -27,6 +27,9 @@ pub const CURSOR: &str = "metering";
 /// Most log records handled in one commit.
 const CHUNK: usize = 256;
 
+/// How long the reader lets new log records gather before it reads them.
+const GATHER: Duration = Duration::from_millis(100);
+
 /// How long to wait before trying again after a storage error.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -52,6 +55,13 @@ impl Metering {
             }
             tokio::select! {
                 r = tip.changed() => if r.is_err() { return },
+                () = self.cancel.cancelled() => return,
+            }
+            // Let a burst of commits gather: every submission moves the
+            // tip, and waking for each one cost the daemon a quarter of
+            // its submission rate. Units appear at most this much later.
+            tokio::select! {
+                () = tokio::time::sleep(GATHER) => {}
                 () = self.cancel.cancelled() => return,
             }
         }
@@ -93,8 +103,23 @@ impl Metering {
         if !batch.units.is_empty() {
             batch.unit_counter = Some(serials);
         }
-        self.store.commit(&batch, now_ms())?;
-        self.store.flush().await?;
+        let records_made = !batch.units.is_empty() || !batch.orders.is_empty();
+        if records_made {
+            self.store.commit(&batch, now_ms())?;
+        } else {
+            // Nothing made: moving the cursor is one plain write, not a
+            // transaction (every submission's event passes here).
+            self.store.set_cursor(CURSOR, last)?;
+        }
+        // Units and orders are acknowledged to nobody but must survive
+        // before an order tops up; a cursor that only moved past records
+        // that made nothing need not be durable now (the next flush of
+        // anyone's takes it along; a crash before means reading those
+        // records again, which makes nothing again). Flushing here for
+        // every log advance doubled the fsyncs of every submission.
+        if records_made {
+            self.store.flush().await?;
+        }
         for id in touched {
             if let Err(e) = self.top_up_locked(id).await {
                 warn!(order = id, error = %e, "could not queue an order's jobs");

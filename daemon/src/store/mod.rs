@@ -374,110 +374,162 @@ impl Store {
             return Ok(Vec::new());
         }
         let t = &self.t;
-        let trees = [
-            &t.files,
-            &t.jobs,
-            &t.attempts,
-            &t.machines,
-            &t.states,
-            &t.log,
-            &t.meta,
-            &t.products,
-            &t.orders,
-            &t.order_jobs,
-            &t.units,
-            &t.unit_places,
-            &t.cursors,
+        // Only the tables the batch touches take part: each tree in a sled
+        // transaction costs (a submission touches three of thirteen).
+        let mut trees: Vec<&sled::Tree> = Vec::with_capacity(6);
+        fn pick<'a>(
+            trees: &mut Vec<&'a sled::Tree>,
+            tree: &'a sled::Tree,
+            needed: bool,
+        ) -> Option<usize> {
+            needed.then(|| {
+                trees.push(tree);
+                trees.len() - 1
+            })
+        }
+        let mut take = |tree, needed| pick(&mut trees, tree, needed);
+        let has_states = batch
+            .events
+            .iter()
+            .any(|e| matches!(e, DomainEvent::MachineState { .. }));
+        let ix = [
+            take(
+                &t.files,
+                !batch.files.is_empty() || !batch.removed_files.is_empty(),
+            ),
+            take(&t.jobs, !batch.jobs.is_empty()),
+            take(&t.attempts, !batch.attempts.is_empty()),
+            take(&t.machines, !batch.machines.is_empty()),
+            take(&t.states, has_states),
+            take(&t.log, !batch.events.is_empty()),
+            take(
+                &t.meta,
+                !batch.events.is_empty()
+                    || batch.job_id_counter.is_some()
+                    || batch.order_id_counter.is_some()
+                    || batch.unit_counter.is_some(),
+            ),
+            take(
+                &t.products,
+                !batch.products.is_empty() || !batch.removed_products.is_empty(),
+            ),
+            take(&t.orders, !batch.orders.is_empty()),
+            take(&t.order_jobs, !batch.order_jobs.is_empty()),
+            take(&t.units, !batch.units.is_empty()),
+            take(&t.unit_places, !batch.units.is_empty()),
+            take(&t.cursors, !batch.cursors.is_empty()),
         ];
         let records = sled::Transactional::<StoreError>::transaction(&trees[..], |tx| {
+            let at = |i: usize| ix[i].map(|k| &tx[k]);
             let (files, jobs, attempts, machines, states, log, meta) =
-                (&tx[0], &tx[1], &tx[2], &tx[3], &tx[4], &tx[5], &tx[6]);
+                (at(0), at(1), at(2), at(3), at(4), at(5), at(6));
             let (products, orders, order_jobs, units, unit_places, cursors) =
-                (&tx[7], &tx[8], &tx[9], &tx[10], &tx[11], &tx[12]);
-            for f in &batch.files {
-                tx_put(files, "files", f.id.as_bytes(), f)?;
+                (at(7), at(8), at(9), at(10), at(11), at(12));
+            if let Some(files) = files {
+                for f in &batch.files {
+                    tx_put(files, "files", f.id.as_bytes(), f)?;
+                }
+                for id in &batch.removed_files {
+                    files.remove(id.as_bytes())?;
+                }
             }
-            for id in &batch.removed_files {
-                files.remove(id.as_bytes())?;
+            if let Some(jobs) = jobs {
+                for j in &batch.jobs {
+                    tx_put(jobs, "jobs", job_key(j.id), j)?;
+                }
             }
-            for j in &batch.jobs {
-                tx_put(jobs, "jobs", job_key(j.id), j)?;
+            if let Some(attempts) = attempts {
+                for a in &batch.attempts {
+                    tx_put(attempts, "attempts", attempt_key(a.job_id, a.n), a)?;
+                }
             }
-            for a in &batch.attempts {
-                tx_put(attempts, "attempts", attempt_key(a.job_id, a.n), a)?;
+            if let Some(machines) = machines {
+                for (id, m) in &batch.machines {
+                    tx_put(machines, "machines", id.as_bytes(), m)?;
+                }
             }
-            for (id, m) in &batch.machines {
-                tx_put(machines, "machines", id.as_bytes(), m)?;
+            if let Some(meta) = meta {
+                if let Some(n) = batch.job_id_counter {
+                    meta.insert(JOB_ID, &n.to_be_bytes())?;
+                }
+                if let Some(n) = batch.order_id_counter {
+                    meta.insert(ORDER_ID, &n.to_be_bytes())?;
+                }
+                if let Some(n) = batch.unit_counter {
+                    meta.insert(UNIT_SERIAL, &n.to_be_bytes())?;
+                }
             }
-            if let Some(n) = batch.job_id_counter {
-                meta.insert(JOB_ID, &n.to_be_bytes())?;
+            if let Some(products) = products {
+                for p in &batch.products {
+                    tx_put(products, "products", p.sku.as_bytes(), p)?;
+                }
+                for sku in &batch.removed_products {
+                    products.remove(sku.as_bytes())?;
+                }
             }
-            for p in &batch.products {
-                tx_put(products, "products", p.sku.as_bytes(), p)?;
+            if let Some(orders) = orders {
+                for o in &batch.orders {
+                    tx_put(orders, "orders", o.id.to_be_bytes(), o)?;
+                }
             }
-            for sku in &batch.removed_products {
-                products.remove(sku.as_bytes())?;
+            if let Some(order_jobs) = order_jobs {
+                for (job, order) in &batch.order_jobs {
+                    order_jobs.insert(&job_key(*job), &order.to_be_bytes())?;
+                }
             }
-            for o in &batch.orders {
-                tx_put(orders, "orders", o.id.to_be_bytes(), o)?;
-            }
-            for (job, order) in &batch.order_jobs {
-                order_jobs.insert(&job_key(*job), &order.to_be_bytes())?;
-            }
-            if let Some(n) = batch.order_id_counter {
-                meta.insert(ORDER_ID, &n.to_be_bytes())?;
-            }
-            for u in &batch.units {
-                let place = unit_place_key(u.job_id, u.attempt, u.index);
-                match unit_places.get(place)? {
-                    Some(held) if held.as_ref() != u.serial.as_bytes() => continue,
-                    Some(_) => {}
-                    None => {
-                        unit_places.insert(&place, u.serial.as_bytes())?;
+            if let (Some(units), Some(unit_places)) = (units, unit_places) {
+                for u in &batch.units {
+                    let place = unit_place_key(u.job_id, u.attempt, u.index);
+                    match unit_places.get(place)? {
+                        Some(held) if held.as_ref() != u.serial.as_bytes() => continue,
+                        Some(_) => {}
+                        None => {
+                            unit_places.insert(&place, u.serial.as_bytes())?;
+                        }
                     }
+                    tx_put(units, "units", u.serial.as_bytes(), u)?;
                 }
-                tx_put(units, "units", u.serial.as_bytes(), u)?;
             }
-            if let Some(n) = batch.unit_counter {
-                meta.insert(UNIT_SERIAL, &n.to_be_bytes())?;
+            if let Some(cursors) = cursors {
+                for (name, seq) in &batch.cursors {
+                    cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
+                }
             }
-            for (name, seq) in &batch.cursors {
-                cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
-            }
-            let mut seq = read_u64(meta.get(LOG_SEQ)?);
             let mut out = Vec::with_capacity(batch.events.len());
-            for event in &batch.events {
-                seq += 1;
-                let rec = LogRecord {
-                    seq,
-                    at_ms: now_ms,
-                    event: event.clone(),
-                };
-                tx_put(log, "log", seq.to_be_bytes(), &rec)?;
-                if let DomainEvent::MachineState {
-                    machine_id,
-                    state,
-                    reason,
-                    job_id,
-                } = event
-                {
-                    let change = StateChange {
-                        at_ms: now_ms,
-                        state: *state,
-                        reason: *reason,
-                        job_id: *job_id,
+            if let (Some(log), Some(meta)) = (log, meta) {
+                let mut seq = read_u64(meta.get(LOG_SEQ)?);
+                for event in &batch.events {
+                    seq += 1;
+                    let rec = LogRecord {
                         seq,
+                        at_ms: now_ms,
+                        event: event.clone(),
                     };
-                    tx_put(
-                        states,
-                        "machine_states",
-                        state_key(machine_id, seq),
-                        &change,
-                    )?;
+                    tx_put(log, "log", seq.to_be_bytes(), &rec)?;
+                    if let DomainEvent::MachineState {
+                        machine_id,
+                        state,
+                        reason,
+                        job_id,
+                    } = event
+                        && let Some(states) = states
+                    {
+                        let change = StateChange {
+                            at_ms: now_ms,
+                            state: *state,
+                            reason: *reason,
+                            job_id: *job_id,
+                            seq,
+                        };
+                        tx_put(
+                            states,
+                            "machine_states",
+                            state_key(machine_id, seq),
+                            &change,
+                        )?;
+                    }
+                    out.push(rec);
                 }
-                out.push(rec);
-            }
-            if !batch.events.is_empty() {
                 meta.insert(LOG_SEQ, &seq.to_be_bytes())?;
             }
             Ok(out)
@@ -760,7 +812,6 @@ impl Store {
     /// Records that the reader called `name` has handled everything up to
     /// `seq`; durable at the next flush (a reader that crashes before
     /// then handles some records again: readers are at-least-once).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), StoreError> {
         self.t.cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
         Ok(())
