@@ -435,16 +435,10 @@ mod tests {
         for len in [300, 100_000] {
             let comment = "x".repeat(len);
             let raw = format!("G1 X1 Y2 ; {comment}");
-            assert_eq!(
-                clean_line(&raw, 256, &mut out),
-                Ok(Some(comment.as_str()))
-            );
+            assert_eq!(clean_line(&raw, 256, &mut out), Ok(Some(comment.as_str())));
             assert_eq!(out, "G1 X1 Y2");
             let raw = format!("G1 X1 ({comment}) Y2");
-            assert_eq!(
-                clean_line(&raw, 256, &mut out),
-                Ok(Some(comment.as_str()))
-            );
+            assert_eq!(clean_line(&raw, 256, &mut out), Ok(Some(comment.as_str())));
             assert_eq!(out, "G1 X1 Y2");
         }
     }

@@ -999,9 +999,7 @@ impl MarlinHost {
         if self.in_flight.is_empty() {
             return settle;
         }
-        let silence = self
-            .last_progress
-            .map(|t| t + self.config.response_timeout);
+        let silence = self.last_progress.map(|t| t + self.config.response_timeout);
         // Only when something can follow: otherwise the deadline would
         // pass and pass again with nothing to do.
         let early = self.early_line_at().filter(|_| self.sendable());
@@ -1101,7 +1099,7 @@ impl MarlinHost {
             return;
         };
         let newest = self.in_flight.iter().map(|f| f.sent_at).max();
-        if !previous.is_some_and(|p| newest.is_some_and(|n| n < p)) {
+        if previous.is_none_or(|p| newest.is_none_or(|n| n >= p)) {
             // A line sent since the previous `wait` may have been on the
             // wire when this one was printed: the firmware may not be done.
             return;

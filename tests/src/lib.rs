@@ -81,10 +81,11 @@ fn build_daemon() -> Result<PathBuf> {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
             continue;
         };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "microfactoryd" {
-            if let Some(exe) = msg["executable"].as_str() {
-                return Ok(exe.into());
-            }
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "microfactoryd"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            return Ok(exe.into());
         }
     }
     bail!("cargo build reported no microfactoryd executable")

@@ -841,9 +841,14 @@ async fn bad_input_gets_its_status_code_and_a_message_naming_the_problem() {
     // Not refused (issue 11): a comment of any length, and a 300-byte
     // command, which is a pre-flight finding with its line number.
     let text = format!("G28\n; {}\nM117 {}\n", "c".repeat(300), "a".repeat(295));
-    let (s, v) = f.upload_bytes("long.gcode", text.into_bytes()).await.unwrap();
+    let (s, v) = f
+        .upload_bytes("long.gcode", text.into_bytes())
+        .await
+        .unwrap();
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let findings = v["preflight_marlin"]["findings"].as_array().expect("findings");
+    let findings = v["preflight_marlin"]["findings"]
+        .as_array()
+        .expect("findings");
     assert!(
         findings
             .iter()

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use microfactory_protocol::canned::{CannedExpander, Output};
-use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, MAX_RAW_LINE, SplitItem, clean_line};
+use microfactory_protocol::framing::{
+    DEFAULT_MAX_LINE, LineSplitter, MAX_RAW_LINE, SplitItem, clean_line,
+};
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
 

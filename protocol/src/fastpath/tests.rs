@@ -123,7 +123,10 @@ fn anything_unusual_is_left_to_the_general_path() {
 fn long_comments_are_read_and_long_commands_left_to_the_general_path() {
     for len in [300, 100_000] {
         let line = format!("G1 X1 Y2 ;{}", "c".repeat(len));
-        assert!(agrees(&line).expect("agrees"), "{len}-byte comment declined");
+        assert!(
+            agrees(&line).expect("agrees"),
+            "{len}-byte comment declined"
+        );
     }
     let line = format!("G1 X0.{}1", "0".repeat(300));
     assert!(parse_move(&line, 256).is_none());

@@ -634,7 +634,9 @@ impl Firmware {
         let is_m110 = trimmed.contains("M110");
         if !is_m110 && n != Some(self.expected) {
             if self.drop_copies
-                && n.is_some_and(|n| n.wrapping_add(1) == self.expected || n.wrapping_add(2) == self.expected)
+                && n.is_some_and(|n| {
+                    n.wrapping_add(1) == self.expected || n.wrapping_add(2) == self.expected
+                })
             {
                 return Ok(Check::Dropped);
             }
@@ -1277,7 +1279,8 @@ fn waits_alone_recover_a_retransmission_the_firmware_dropped() {
         }
     }
     assert!(
-        t.text.ends_with("< wait\n< wait\n> N1 G1 X2*99\n> N2 M105*37\n"),
+        t.text
+            .ends_with("< wait\n< wait\n> N1 G1 X2*99\n> N2 M105*37\n"),
         "{}",
         t.text
     );
@@ -1307,7 +1310,8 @@ fn chatter_never_holds_off_the_no_ok_timeout() {
         }
     }
     assert!(
-        t.text.contains("  (timeout)\n> N0 G1 X1*97\n> N1 M105*38\n"),
+        t.text
+            .contains("  (timeout)\n> N0 G1 X1*97\n> N1 M105*38\n"),
         "{}",
         t.text
     );
@@ -1378,7 +1382,8 @@ fn a_line_dropped_without_a_word_is_revealed_by_the_next_within_two_round_trips(
     assert!(t.text.ends_with("> N1 G1 X1*96\n"), "{}", t.text);
     t.advance(ms(1));
     assert!(
-        t.text.ends_with("> N1 G1 X1*96\n  (timeout)\n> N2 G1 X2*96\n"),
+        t.text
+            .ends_with("> N1 G1 X1*96\n  (timeout)\n> N2 G1 X2*96\n"),
         "{}",
         t.text
     );
@@ -1420,7 +1425,8 @@ fn the_settle_after_a_resend_request_lasts_two_round_trips_not_a_tenth_of_a_seco
     assert!(t.text.ends_with("< Resend: 1\n"), "{}", t.text);
     t.advance(ms(1));
     assert!(
-        t.text.ends_with("< Resend: 1\n  (timeout)\n> N1 G1 X1*96\n"),
+        t.text
+            .ends_with("< Resend: 1\n  (timeout)\n> N1 G1 X1*96\n"),
         "{}",
         t.text
     );
