@@ -85,7 +85,17 @@ struct Run {
     resends: u64,
 }
 
-async fn run(firmware: Firmware, file: &Path, baud: u32, latency_ms: f64, flow: FlowMode) -> Run {
+/// Streams `file` once over a new connection and measures it; with `warm`,
+/// streams it once before, unmeasured, on the same connection (auto mode
+/// then starts the measured job with the link already proven clean).
+async fn run(
+    firmware: Firmware,
+    file: &Path,
+    baud: u32,
+    latency_ms: f64,
+    flow: FlowMode,
+    warm: bool,
+) -> Run {
     let mut sim = Command::new(env!("CARGO_BIN_EXE_microfactory-sim"))
         .args([
             "--firmware",
@@ -119,26 +129,29 @@ async fn run(firmware: Firmware, file: &Path, baud: u32, latency_ms: f64, flow: 
     st.wait_for(|s| s.connection == Connection::Online)
         .await
         .expect("online");
+    let spec = |id: &str| JobSpec {
+        id: id.into(),
+        path: file.to_path_buf(),
+        start_line: 1,
+        preamble: vec![],
+        total_lines: None,
+        estimated_seconds: None,
+        expand_canned_cycles: false,
+    };
     let mut ev = driver.events();
-    let cpu0 = cpu_seconds();
-    driver
-        .start(JobSpec {
-            id: "bench".into(),
-            path: file.to_path_buf(),
-            start_line: 1,
-            preamble: vec![],
-            total_lines: None,
-            estimated_seconds: None,
-            expand_canned_cycles: false,
-        })
-        .await
-        .expect("start");
-    let stats = loop {
+    let mut job_end = async || loop {
         if let Ok(DriverEvent::JobEnded { outcome, stats, .. }) = ev.recv().await {
             assert_eq!(outcome, JobOutcome::Completed);
             break stats;
         }
     };
+    if warm {
+        driver.start(spec("warm-up")).await.expect("start");
+        job_end().await;
+    }
+    let cpu0 = cpu_seconds();
+    driver.start(spec("bench")).await.expect("start");
+    let stats = job_end().await;
     let cpu = cpu_seconds() - cpu0;
     driver.shutdown().await;
     let _ = sim.start_kill();
@@ -187,10 +200,13 @@ async fn main() {
                 ("ping-pong", FlowMode::PingPong),
                 ("buffered", FlowMode::Buffered),
             ],
+            // "auto, proven": a second job on the same connection, after
+            // the first proved the link clean.
             Firmware::Marlin => &[
                 ("ping-pong", FlowMode::PingPong),
                 ("buffered", FlowMode::Buffered),
                 ("auto", FlowMode::Auto),
+                ("auto, proven", FlowMode::Auto),
             ],
         };
         let want = |var: &str, v: f64| {
@@ -208,7 +224,14 @@ async fn main() {
                 for &(mode, flow) in modes {
                     let r = tokio::time::timeout(
                         Duration::from_secs(900),
-                        run(firmware, &file, baud, latency, flow),
+                        run(
+                            firmware,
+                            &file,
+                            baud,
+                            latency,
+                            flow,
+                            mode.ends_with("proven"),
+                        ),
                     )
                     .await
                     .expect("run ends");

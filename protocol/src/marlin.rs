@@ -73,11 +73,9 @@
 //! `rx_bytes`.
 //!
 //! # Recovery speed
-//! Two waits exist only to let the wire drain, and both are sized by the
-//! shortest round trip measured so far (a line written to its `ok`), not
-//! by a constant. The resend settle above ends after twice that (plus
-//! 2 ms) of quiet, at most `resend_settle`. And while buffered mode sends
-//! one line at a time after noise, a line whose `ok` has not come within
+//! The host measures the shortest round trip (a line written to its
+//! `ok`). While buffered mode sends one line at a time after noise, a line
+//! whose `ok` has not come within
 //! twice the round trip (plus 1 ms) is followed by the next line (when
 //! one is queued; the driver ends every job with `M400`, so the last job
 //! line has one too): Marlin drops a line whose damaged number
@@ -771,15 +769,15 @@ impl MarlinHost {
     }
 
     /// How long the link must be quiet before lines sent ahead of a resend
-    /// request are taken to be in: long enough for the first of them still
-    /// on the wire to arrive and its echo to come back (one round trip and
-    /// a line), and for the gap between two echoes (a line). Twice the
-    /// shortest measured round trip and 2 ms cover both; until one is
-    /// measured, and at most, `resend_settle`.
+    /// request are taken to be in. Not sized by the round trip: those lines
+    /// may sit in the firmware's receive buffer, unread and silent, for as
+    /// long as a command blocks (a move waiting for the planner), and a
+    /// retransmission behind them would be cut by the flush their refusal
+    /// causes. A shorter settle measured 1.5 ms rather than ~100 ms per
+    /// resend in buffered mode at 0.1 % noise, but is not safe at real
+    /// time scale; kept at `resend_settle`.
     fn settle_quiet(&self) -> Duration {
-        self.min_rtt.map_or(self.config.resend_settle, |r| {
-            (r * 2 + Duration::from_millis(2)).min(self.config.resend_settle)
-        })
+        self.config.resend_settle
     }
 
     /// When the next line may follow the one line in flight although its
