@@ -105,7 +105,7 @@ export function machineDetailView(app, id) {
   });
   const consolePanel = h('section', { class: 'panel', 'aria-labelledby': 'console-h' },
     h('h2', { id: 'console-h' }, 'Console'),
-    h('p', { class: 'muted small' }, 'Sends one command to the firmware and shows its answer; during a job it goes between the job\'s lines.'),
+    h('p', { class: 'muted small' }, 'Sends one command to the firmware and shows its answer; during a job only queries (M105, M114, ?, $G …) are sent.'),
     logBox, form, consoleErr);
 
   // ---- serial log: the port's recent traffic, as the daemon keeps it

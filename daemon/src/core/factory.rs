@@ -252,6 +252,12 @@ impl Core {
         self.jobs.values()
     }
 
+    /// Whether any machine could take a job now: the scheduler need not
+    /// wake otherwise (a farm at work is the usual case).
+    pub fn any_free(&self) -> bool {
+        self.machines.iter().any(MachineCore::free)
+    }
+
     /// Whether ended jobs exist that only the store holds.
     pub fn has_archived(&self) -> bool {
         self.archived > 0

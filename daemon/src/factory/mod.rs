@@ -329,6 +329,9 @@ impl Factory {
                 live.wake = true;
             }
         }
+        // Only a free machine can take a job; a change that freed one is
+        // itself such a batch, so nothing is missed.
+        live.wake &= g.core.any_free();
         live
     }
 

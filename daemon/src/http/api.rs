@@ -478,6 +478,11 @@ fn too_large(limit: u64) -> ApiError {
 /// `Content-Length` over it is refused before reading anything) and to
 /// the idle timeout between its pieces. Small bodies are read here, so
 /// their errors get the one shape; uploads stream on to the handler.
+/// A declared body over a route's limit but at most this large is read and
+/// dropped before the 413, so the client sees the answer; a larger one is
+/// refused at once (the client may see its connection reset instead).
+const LINGER_BYTES: u64 = 4 << 20;
+
 async fn limit_body(s: &AppState, rule: &policy::Rule, req: Request) -> Result<Request, ApiError> {
     let limit = rule.body_bytes(s.factory.max_upload());
     let declared = req
@@ -485,10 +490,18 @@ async fn limit_body(s: &AppState, rule: &policy::Rule, req: Request) -> Result<R
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    let idle = s.settings.idle_timeout;
+    if let Some(n) = declared.filter(|n| *n > limit) {
+        if n <= LINGER_BYTES {
+            // Read and drop what the client is still sending (never kept),
+            // so that it reads the 413 instead of a reset connection.
+            let mut rest = req.into_body().into_data_stream();
+            let _ =
+                tokio::time::timeout(idle, async { while let Some(Ok(_)) = rest.next().await {} })
+                    .await;
+        }
         return Err(too_large(limit));
     }
-    let idle = s.settings.idle_timeout;
     let stalled = move || {
         tracing::info!(
             secs = idle.as_secs(),
