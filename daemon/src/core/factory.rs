@@ -579,14 +579,7 @@ impl Core {
             now,
         );
         let job = job.clone();
-        Ok((
-            job.clone(),
-            Batch {
-                events: vec![job_state_event(&job)],
-                jobs: vec![job],
-                ..Batch::default()
-            },
-        ))
+        Ok((job.clone(), transition_batch(job)))
     }
 
     /// The machine a running or paused job holds, for an operator action.
@@ -624,11 +617,7 @@ impl Core {
         job.transition(JobState::Paused, Some(note), now);
         job.pause = Some(reason);
         let job = job.clone();
-        let mut b = Batch {
-            events: vec![job_state_event(&job)],
-            jobs: vec![job.clone()],
-            ..Batch::default()
-        };
+        let mut b = transition_batch(job.clone());
         self.refresh(now, &mut b);
         Ok((job, b))
     }
@@ -644,11 +633,7 @@ impl Core {
         }
         job.transition(JobState::Running, Some(note.to_string()), now);
         let job = job.clone();
-        let mut b = Batch {
-            events: vec![job_state_event(&job)],
-            jobs: vec![job.clone()],
-            ..Batch::default()
-        };
+        let mut b = transition_batch(job.clone());
         self.refresh(now, &mut b);
         Ok((job, b))
     }
@@ -1091,6 +1076,15 @@ fn pause_state_reason(p: &PauseReason) -> StateReason {
         PauseReason::Operator => StateReason::OperatorPause,
         PauseReason::ToolChange { .. } => StateReason::ToolChange,
         PauseReason::Program { .. } => StateReason::ProgramPause,
+    }
+}
+
+/// A job's latest transition as a batch: its record and its event.
+fn transition_batch(job: Job) -> Batch {
+    Batch {
+        events: vec![job_state_event(&job)],
+        jobs: vec![job],
+        ..Batch::default()
     }
 }
 

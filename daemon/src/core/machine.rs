@@ -29,14 +29,13 @@ pub enum MachineState {
 
 impl MachineState {
     /// The one-word state the dashboard has always shown.
-    pub fn legacy_word(self, reason: StateReason) -> &'static str {
+    pub fn legacy_word(self) -> &'static str {
         match self {
             Self::Offline => "offline",
             Self::Idle => "idle",
             Self::Producing => "running",
             Self::Paused => "paused",
             Self::AwaitingOperator => "awaiting_clear",
-            Self::PlannedDown if reason == StateReason::Disabled => "disabled",
             Self::PlannedDown => "disabled",
             Self::UnplannedDown => "error",
         }

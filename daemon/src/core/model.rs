@@ -247,24 +247,6 @@ pub enum PauseReason {
     },
 }
 
-impl PauseReason {
-    /// Reads the driver's pause text: tool changes say "tool change" and
-    /// name the tool as `T<n>`.
-    pub fn from_driver(text: &str, line: u64) -> Self {
-        if text.starts_with("tool change") {
-            let tool = text
-                .rsplit_once('T')
-                .and_then(|(_, n)| n.trim().parse().ok());
-            Self::ToolChange { tool, line }
-        } else {
-            Self::Program {
-                text: text.to_string(),
-                line,
-            }
-        }
-    }
-}
-
 /// How one attempt of a job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

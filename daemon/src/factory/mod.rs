@@ -996,13 +996,13 @@ impl Factory {
                 self.on_progress(i, &p);
                 Ok(())
             }
+            // The driver stops only where the program changes tools (the
+            // canned-cycle transform's pause points), naming the tool.
             DriverEvent::PausedForOperator {
-                job_id,
-                line,
-                reason,
+                job_id, line, tool, ..
             } => {
                 if let Ok(id) = job_id.parse() {
-                    let reason = PauseReason::from_driver(&reason, line);
+                    let reason = PauseReason::ToolChange { tool, line };
                     self.apply(|core, now| Ok(core.paused(id, reason, now)?))
                         .await?;
                 }
@@ -1177,7 +1177,7 @@ impl Factory {
             disabled: m.record.disabled,
             awaiting_clear: m.record.hold.is_some(),
             require_bed_clear: c.require_bed_clear,
-            state: state.legacy_word(reason).to_string(),
+            state: state.legacy_word().to_string(),
             machine_state: state,
             reason,
             reason_text: reason.words().to_string(),

@@ -36,6 +36,8 @@ pub struct JobLine {
     /// Stop here for the operator (a tool change), with the reason; `text`
     /// is empty then.
     pub pause: Option<String>,
+    /// The tool to load at that stop, when the program names it.
+    pub tool: Option<u32>,
 }
 
 /// Lines of a file, read in chunks on demand.
@@ -141,15 +143,17 @@ impl JobSource {
                                         line: source_line,
                                         text,
                                         pause: None,
+                                        tool: None,
                                     },
                                     Output::Pause {
                                         source_line,
                                         reason,
-                                        ..
+                                        tool,
                                     } => JobLine {
                                         line: source_line,
                                         text: String::new(),
                                         pause: Some(reason),
+                                        tool,
                                     },
                                 });
                             }
@@ -170,6 +174,7 @@ impl JobSource {
                             line: number,
                             text: clean.clone(),
                             pause: None,
+                            tool: None,
                         });
                     }
                     Ok(())

@@ -382,6 +382,8 @@ pub enum DriverEvent {
         job_id: String,
         line: u64,
         reason: String,
+        /// The tool to load, when the program names it.
+        tool: Option<u32>,
     },
     /// A job ended.
     JobEnded {

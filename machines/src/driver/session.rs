@@ -451,6 +451,7 @@ impl<'a> Session<'a> {
                         job_id: job.spec.id.clone(),
                         line: line.line,
                         reason,
+                        tool: line.tool,
                     });
                 }
                 Ok(Some(line)) => {
