@@ -1112,17 +1112,20 @@ fn check_priority(p: i32) -> Result<i32> {
 
 fn check_name(n: &str) -> Result<String> {
     let n = n.trim();
-    if n.chars().any(char::is_control) {
-        return Err(CoreError::Invalid(
-            "name must not contain control characters (line breaks, tabs, escapes)".into(),
-        ));
+    let chars = n.chars().count();
+    let problem = if chars > MAX_NAME_CHARS {
+        Some(format!("is {chars} characters long"))
+    } else {
+        n.chars()
+            .find(|c| c.is_control())
+            .map(|c| format!("contains the control character {c:?}"))
+    };
+    match problem {
+        Some(p) => Err(CoreError::Invalid(format!(
+            "name {p}; a job name must be at most {MAX_NAME_CHARS} characters without control characters"
+        ))),
+        None => Ok(n.to_string()),
     }
-    if n.chars().count() > MAX_NAME_CHARS {
-        return Err(CoreError::Invalid(format!(
-            "name is longer than {MAX_NAME_CHARS} characters"
-        )));
-    }
-    Ok(n.to_string())
 }
 
 #[cfg(test)]

@@ -230,45 +230,6 @@ fn job_id(raw: &str) -> ApiResult<u64> {
     })
 }
 
-/// Priorities beyond this either way are refused: room for any real
-/// ordering, and far from where arithmetic on them could overflow.
-pub const MAX_PRIORITY: i32 = 1_000_000;
-
-fn check_priority(p: Option<i32>) -> ApiResult<()> {
-    match p {
-        Some(p) if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&p) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!("priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}, got {p}"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Job names are shown on every card, like file names: same cap.
-pub const MAX_JOB_NAME_CHARS: usize = 120;
-
-fn check_job_name(name: &str) -> ApiResult<()> {
-    let chars = name.chars().count();
-    let problem = if chars > MAX_JOB_NAME_CHARS {
-        Some(format!("is {chars} characters long"))
-    } else {
-        name.chars()
-            .find(|c| c.is_control())
-            .map(|c| format!("contains the control character {c:?}"))
-    };
-    match problem {
-        Some(p) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!(
-                "name {p}; a job name must be at most {MAX_JOB_NAME_CHARS} characters without control characters"
-            ),
-        )),
-        None => Ok(()),
-    }
-}
-
 // ------------------------------------------------------------------- auth
 
 /// Who is calling; handlers may take it as an `Extension`.
@@ -1020,11 +981,9 @@ async fn submit_job(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Submitted>)> {
+    // Priority, name and copies are checked by the core, once for every
+    // way a job is submitted.
     let b: SubmitJob = json_body(&headers, &body)?;
-    check_priority(b.priority)?;
-    if let Some(name) = &b.name {
-        check_job_name(name)?;
-    }
     let jobs = s
         .factory
         .submit(Submission {
@@ -1191,7 +1150,6 @@ async fn reorder_job(
 ) -> ApiResult<Json<Job>> {
     let id = job_id(&id)?;
     let b: ReorderBody = opt_json_body(&headers, &body)?;
-    check_priority(b.priority)?;
     Ok(Json(s.factory.reorder(id, b.before, b.priority).await?))
 }
 
@@ -1532,12 +1490,7 @@ async fn event_log(
 ) -> ApiResult<Json<Vec<LogRecord>>> {
     let q =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    // Nothing comes after the last sequence number (the store computes
-    // `after + 1`, which would wrap around to the start).
-    let after = q.after.unwrap_or(0);
-    if after == u64::MAX {
-        return Ok(Json(Vec::new()));
-    }
+    // `after = u64::MAX` is the end: `Store::log_after` never wraps.
     let entries = s
         .factory
         .store()
