@@ -250,7 +250,7 @@ pub struct Peer(pub std::net::IpAddr);
 
 /// The token of an `Authorization: Bearer` header; the scheme is
 /// case-insensitive (RFC 7235).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.trim().split_once(' ')?;
     scheme
@@ -382,12 +382,25 @@ async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Respo
     req.extensions_mut().insert(peer);
     let mut span = None;
     if let Who::ApiKey(_) = rule.who {
+        // The same failed sign-in limit as bearer tokens, in OctoPrint's
+        // error shape: a key guesser gains nothing by using these routes.
+        if let Err(e) = check_failures(&s, peer) {
+            return crate::http::octoprint::OctoError::from(e).into_response();
+        }
         match crate::http::octoprint::authorize(&s, &req, rule) {
             Ok(caller) => {
                 span = Some(tracing::info_span!("octoprint", caller = %caller.name));
                 req.extensions_mut().insert(caller);
             }
-            Err(refused) => return refused.into_response(),
+            Err(refused) => {
+                let res = refused.into_response();
+                if res.status() == StatusCode::UNAUTHORIZED
+                    && crate::http::octoprint::api_key(&req).is_some()
+                {
+                    record_failure(&s, peer, "api key");
+                }
+                return res;
+            }
         }
     }
     if let Who::Roles(_) = rule.who {

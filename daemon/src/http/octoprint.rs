@@ -116,19 +116,13 @@ type OctoResult<T> = Result<T, OctoError>;
 /// The API key as OctoPrint clients send it: `X-Api-Key` (PrusaSlicer,
 /// Cura), `Authorization: Bearer`, or `?apikey=`. Blank counts as absent:
 /// PrusaSlicer sends an empty header when the field is left empty.
-fn api_key(req: &Request) -> Option<String> {
+pub(crate) fn api_key(req: &Request) -> Option<String> {
     let headers = req.headers();
     let from_header = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let from_bearer = || {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string)
-    };
+    let from_bearer = || crate::http::api::bearer(headers).map(str::to_string);
     let from_query = || {
         Query::<HashMap<String, String>>::try_from_uri(req.uri())
             .ok()
@@ -336,6 +330,21 @@ fn yes_no(name: &str, value: &str) -> OctoResult<bool> {
     }
 }
 
+/// `folder/name`, shortened in the folder so that it stays a valid job
+/// name (at most `MAX_NAME_CHARS`): the file name is what people look for.
+fn labelled(folder: Option<&str>, name: &str) -> String {
+    let room = crate::core::factory::MAX_NAME_CHARS
+        .saturating_sub(name.chars().count())
+        .saturating_sub(1);
+    match folder {
+        Some(f) if room > 0 => {
+            let f: String = f.chars().take(room).collect();
+            format!("{}/{name}", f.trim_end_matches('/'))
+        }
+        _ => name.to_string(),
+    }
+}
+
 /// The folder a slicer sent as a label: `/` or `\` separated, empty and
 /// `.` parts dropped, control characters removed. `None` for no folder.
 /// It only ever becomes part of a name, but `..` is refused rather than
@@ -446,10 +455,7 @@ async fn upload(
             "the form has no field named 'file' with the G-code in it",
         ));
     };
-    let path = match &folder {
-        Some(f) => format!("{f}/{name}"),
-        None => name.clone(),
-    };
+    let path = labelled(folder.as_deref(), &name);
     let (rec, created) = s.factory.add_file(up, path.clone()).await?;
 
     let fits = s.factory.file_fit(&rec, false);
@@ -882,6 +888,16 @@ mod tests {
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         assert!(e.message.contains("'..'"), "{}", e.message);
         assert!(folder_label(&"x".repeat(MAX_FOLDER + 1)).is_err());
+    }
+
+    #[test]
+    fn a_long_folder_is_shortened_so_the_job_name_stays_valid() {
+        let name = "n".repeat(110);
+        let label = labelled(Some(&"f".repeat(MAX_FOLDER)), &name);
+        assert_eq!(label.chars().count(), crate::core::factory::MAX_NAME_CHARS);
+        assert!(label.ends_with(&format!("/{name}")), "{label}");
+        assert_eq!(labelled(Some("a"), &"n".repeat(120)), "n".repeat(120));
+        assert_eq!(labelled(Some("jobs/x"), "p.gcode"), "jobs/x/p.gcode");
     }
 
     #[test]
