@@ -61,7 +61,6 @@ pub enum ReportState {
 
 /// A heater in a report.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReportHeater {
     /// `T0`, `B`, `chamber`...
     pub name: String,
@@ -119,9 +118,24 @@ fn name(what: &str, s: &str) -> Result<String, IngestError> {
     Ok(s.to_string())
 }
 
+/// Free text from a machine (a job name, an error, a firmware banner):
+/// kept, not refused, since the long multi-line error is the one report
+/// that must get through; control characters become spaces and the text
+/// is cut at `MAX_NAME` bytes on a character boundary.
+fn text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_NAME));
+    for c in s.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > MAX_NAME {
+            break;
+        }
+        out.push(c);
+    }
+    out.trim().to_string()
+}
+
 /// Parses and checks a report of our schema.
 pub fn parse_report(payload: &[u8]) -> Result<Report, IngestError> {
-    let r: Report = serde_json::from_slice(payload).map_err(malformed)?;
+    let mut r: Report = serde_json::from_slice(payload).map_err(malformed)?;
     if let Some(p) = r.progress
         && !(0.0..=100.0).contains(&finite("progress", p)?)
     {
@@ -147,8 +161,11 @@ pub fn parse_report(payload: &[u8]) -> Result<Report, IngestError> {
     for v in r.position.iter().flatten() {
         finite("position", *v)?;
     }
-    for s in [&r.job, &r.error, &r.firmware].into_iter().flatten() {
-        name("job, error or firmware", s)?;
+    for s in [&mut r.job, &mut r.error, &mut r.firmware]
+        .into_iter()
+        .flatten()
+    {
+        *s = text(s);
     }
     Ok(r)
 }
@@ -261,7 +278,7 @@ pub fn apply_octoprint(
                 online(status);
                 status.last_error = None;
                 status.job = Some(Progress {
-                    job_id: name("file name", file.as_deref().unwrap_or(EXTERNAL_JOB))?,
+                    job_id: text(file.as_deref().unwrap_or(EXTERNAL_JOB)),
                     ..Progress::default()
                 });
             }
@@ -330,6 +347,20 @@ pub fn apply_octoprint(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_long_multi_line_error_is_kept_cut_and_a_newer_heater_field_is_ignored() {
+        let err = format!("Shutdown due to thermal runaway\\n{}", "x".repeat(500));
+        let payload = format!(
+            r#"{{"state":"error","error":"{err}","heaters":[{{"name":"T0","actual":250,"sensor":"pt1000"}}]}}"#
+        );
+        let r = parse_report(payload.as_bytes()).expect("a report that says it failed");
+        let e = r.error.expect("error kept");
+        assert!(e.starts_with("Shutdown due to thermal runaway x"), "{e}");
+        assert!(e.len() <= MAX_NAME);
+        assert_eq!(r.heaters.len(), 1);
+    }
+
     use super::*;
 
     #[test]
