@@ -694,6 +694,23 @@ fn check_mqtt<'a>(
             Err(e) => problems.push(format!("{at}: {e}")),
         }
     }
+    // Messages go to the machine whose base prefixes their topic: one base
+    // inside another would hand the inner machine's messages to the outer.
+    let bases: Vec<(&str, &str)> = mqtt
+        .machines
+        .iter()
+        .filter(|m| m.adapter == Adapter::Octoprint)
+        .map(|m| (m.id.as_str(), m.octoprint_base()))
+        .collect();
+    for (id, outer) in &bases {
+        for (inner_id, inner) in &bases {
+            if inner.starts_with(&format!("{outer}/")) {
+                problems.push(format!(
+                    "mqtt machine {inner_id}: base '{inner}' lies inside machine {id}'s base '{outer}'; give them separate bases"
+                ));
+            }
+        }
+    }
 }
 
 /// `mqtt://host[:port]` → host and port; the only scheme, since TLS is
@@ -1045,6 +1062,33 @@ base = "x"
         ] {
             assert!(all.contains(needle), "missing {needle}: {all}");
         }
+    }
+
+    #[test]
+    fn an_octoprint_base_inside_another_is_refused() {
+        let e = parse(
+            r#"
+data_dir = "d"
+[mqtt]
+broker = "mqtt://b"
+site = "shop"
+[[mqtt.machine]]
+id = "a"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+[[mqtt.machine]]
+id = "b"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+base = "octoPrint/shelf2"
+"#,
+        )
+        .expect_err("nested bases");
+        assert!(
+            e.iter()
+                .any(|p| p.contains("'octoPrint/shelf2' lies inside machine a's base")),
+            "{e:?}"
+        );
     }
 
     #[test]
