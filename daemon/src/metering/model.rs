@@ -123,6 +123,9 @@ pub struct Product {
     pub updated_ms: u64,
 }
 
+/// Longest planned runtime per unit, s.
+pub const PLANNED_RUNTIME_MAX_S: f64 = 7.0 * 24.0 * 3600.0;
+
 fn positive(name: &str, v: Option<f64>) -> Result<Option<f64>, Invalid> {
     match v {
         Some(x) if !(x.is_finite() && x > 0.0) => {
@@ -200,6 +203,13 @@ impl ProductInput {
                 );
             }
         };
+        // A week per unit is beyond any plate a small machine runs; the
+        // bound also keeps every sum of planned time far from overflowing.
+        if planned > PLANNED_RUNTIME_MAX_S {
+            return invalid(format!(
+                "planned runtime per unit is {planned} s; at most {PLANNED_RUNTIME_MAX_S} s (a week) is accepted"
+            ));
+        }
         if let Some(d) = self.dimensions_mm
             && d.iter().any(|x| !(x.is_finite() && *x > 0.0))
         {
