@@ -324,7 +324,9 @@ fn authenticate(s: &AppState, req: &Request, peer: Peer) -> Result<Identity, Api
                 ),
             ));
         }
-        check_failures(s, peer)?;
+        // Not counted against the sign-in limit: a session id is 256
+        // random bits (nothing to guess), and an expired one is re-sent by
+        // every open tab, which would lock its operator out of signing in.
         let lifetime = s.settings.session_lifetime_ms;
         (
             auth::lookup_session(store, session, lifetime, now_ms()),
@@ -340,7 +342,9 @@ fn authenticate(s: &AppState, req: &Request, peer: Peer) -> Result<Identity, Api
     match found {
         Ok(Some(id)) => Ok(id),
         Ok(None) => {
-            record_failure(s, peer, how);
+            if how != "session cookie" {
+                record_failure(s, peer, how);
+            }
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
