@@ -168,7 +168,15 @@ impl Running {
         self.factory.begin_shutdown();
         let _ = self.stop.send(());
         // Open event streams never end on their own; do not wait forever.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), self.server).await;
+        let mut server = self.server;
+        if tokio::time::timeout(std::time::Duration::from_secs(3), &mut server)
+            .await
+            .is_err()
+        {
+            // Still serving someone after its grace: no request may reach
+            // a factory that is stopping.
+            server.abort();
+        }
         // Before the factory: the reader may be queuing an order's jobs.
         // What the factory records while stopping is read at the next start.
         self.metering.shutdown().await;
