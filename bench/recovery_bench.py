@@ -6,6 +6,7 @@ executed log equals the source and prints one JSON object per run.
 
     cargo build --release -p microfactoryd -p microfactory-machines
     python3 bench/recovery_bench.py [--lines 6000] [--latency 1,16] [--seeds 1]
+        [--mode auto|buffered] [--noise clean,light,heavy] [--timeout 1800]
 
 Standard library only. The file is the first N `G1` moves of
 tests/data/gcode/coupling_pla.gcode (a fine-segment print) behind
@@ -25,8 +26,8 @@ DATA = ROOT / "tests" / "data" / "gcode" / "coupling_pla.gcode"
 REL = ROOT / "target" / "release"
 NOISE = {
     "clean": [],
-    "corrupt 0.001, drop 0.0001": ["--corrupt-rate", "0.001", "--drop-rate", "0.0001"],
-    "corrupt 0.01": ["--corrupt-rate", "0.01"],
+    "light": ["--corrupt-rate", "0.001", "--drop-rate", "0.0001"],
+    "heavy": ["--corrupt-rate", "0.01"],
 }
 HOST = ("M110", "M115", "M155", "M105", "M400", "M114")
 
@@ -40,7 +41,18 @@ def commands(text: str) -> list[str]:
     return out
 
 
-def run(src: Path, lines: list[str], latency: float, noise: list[str], seed: int, mode: str) -> dict:
+def compare(ran: list[str], lines: list[str]) -> dict:
+    """Exactness, and when not exact how far off (commands missing from or
+    added to the executed log, as multisets)."""
+    from collections import Counter
+    want, got = Counter(lines), Counter(ran)
+    return {"exact": ran == lines,
+            "missing": sum((want - got).values()),
+            "extra": sum((got - want).values())}
+
+
+def run(src: Path, lines: list[str], latency: float, noise: list[str], seed: int, mode: str,
+        timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as d:
         log = Path(d) / "executed.log"
         sim = subprocess.Popen(
@@ -52,10 +64,14 @@ def run(src: Path, lines: list[str], latency: float, noise: list[str], seed: int
             assert sim.stdout is not None
             pty = sim.stdout.readline().strip()
             t0 = time.monotonic()
-            out = subprocess.run(
-                [str(REL / "microfactoryd"), "stream", "--port", pty, "--baud", "1000000",
-                 "--firmware", "marlin", "--mode", mode, "--json", str(src)],
-                capture_output=True, text=True, timeout=1800)
+            try:
+                out = subprocess.run(
+                    [str(REL / "microfactoryd"), "stream", "--port", pty, "--baud", "1000000",
+                     "--firmware", "marlin", "--mode", mode, "--json", str(src)],
+                    capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                ran = [c for c in log.read_text().splitlines() if not c.startswith(HOST)]
+                return {"error": f"did not end within {timeout:.0f} s", **compare(ran, lines)}
             wall = time.monotonic() - t0
         finally:
             sim.terminate()
@@ -64,7 +80,7 @@ def run(src: Path, lines: list[str], latency: float, noise: list[str], seed: int
             return {"error": out.stderr.strip()[-500:], "code": out.returncode}
         summary = json.loads(out.stdout)
         ran = [c for c in log.read_text().splitlines() if not c.startswith(HOST)]
-        summary["exact"] = ran == lines
+        summary.update(compare(ran, lines))
         summary["wall_seconds"] = round(wall, 2)
         return summary
 
@@ -75,7 +91,10 @@ def main() -> None:
     ap.add_argument("--latency", default="1,16")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--mode", default="auto")
-    ap.add_argument("--noise", default=",".join(NOISE), help="comma-separated keys; default all")
+    ap.add_argument("--noise", default=",".join(NOISE),
+                    help="comma-separated of clean, light (corrupt 0.001, drop 0.0001), "
+                         "heavy (corrupt 0.01); default all")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     args = ap.parse_args()
     if not DATA.is_file():
         sys.exit(f"bench data missing: {DATA}")
@@ -89,11 +108,15 @@ def main() -> None:
         src = Path(d) / f"coupling-{args.lines}.gcode"
         src.write_text(text)
         clean_seconds: dict[float, float] = {}
-        keys = [k for k in NOISE if k in args.noise.split(",") or args.noise == ",".join(NOISE)]
+        asked = args.noise.split(",")
+        unknown = [k for k in asked if k not in NOISE]
+        if unknown:
+            sys.exit(f"unknown noise level(s) {unknown}; known: {list(NOISE)}")
+        keys = [k for k in NOISE if k in asked]
         for latency in [float(x) for x in args.latency.split(",")]:
             for key in keys:
                 for seed in range(1, args.seeds + 1):
-                    r = run(src, lines, latency, NOISE[key], seed, args.mode)
+                    r = run(src, lines, latency, NOISE[key], seed, args.mode, args.timeout)
                     r.update({"latency_ms": latency, "noise": key, "seed": seed, "mode": args.mode})
                     if key == "clean" and "seconds" in r:
                         clean_seconds[latency] = r["seconds"]
