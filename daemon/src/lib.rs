@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cli;
 pub mod clock;
+pub mod commerce;
 pub mod config;
 pub mod core;
 pub mod factory;

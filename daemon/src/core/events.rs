@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::core::machine::{MachineState, StateReason};
-use crate::core::model::{AttemptOutcome, JobState, PauseReason};
+use crate::core::model::{AttemptOutcome, JobState, PauseReason, QcState};
 
 /// One thing that happened in the factory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -94,6 +94,40 @@ pub enum DomainEvent {
         reason: StateReason,
         /// The job involved.
         job_id: Option<u64>,
+    },
+    /// A serialised unit was made by an ended attempt of a production
+    /// order's job (a failed or cancelled attempt makes scrap units).
+    UnitMade {
+        /// Serial.
+        serial: String,
+        /// Product.
+        sku: String,
+        /// Production order.
+        order_id: u64,
+        /// Job.
+        job_id: u64,
+        /// Attempt.
+        attempt: u32,
+        /// Machine.
+        machine_id: String,
+        /// Quality state at birth (`pending`, `pass` when the product
+        /// passes automatically, `scrap` for a failed attempt).
+        qc: QcState,
+    },
+    /// A unit was inspected: finished goods follow `pass`.
+    UnitInspected {
+        /// Serial.
+        serial: String,
+        /// Product.
+        sku: String,
+        /// Quality state before.
+        from: QcState,
+        /// Quality state now.
+        result: QcState,
+        /// Reason code.
+        reason: Option<String>,
+        /// Who.
+        by: String,
     },
 }
 

@@ -29,6 +29,7 @@ use utoipa::ToSchema;
 
 use crate::clock::now_ms;
 use crate::config::{ApcCriteria, Machine};
+use crate::core::events::DomainEvent;
 use crate::core::model::Job;
 use crate::factory::{Factory, FactoryError, Submission};
 use crate::store::{Batch, Store, StoreError};
@@ -539,8 +540,18 @@ impl Metering {
     pub async fn inspect(&self, serial: &str, input: QcInput, by: &str) -> Result<Unit> {
         let _g = self.lock.lock().await;
         let mut unit = self.unit(serial)?;
+        let from = unit.qc;
         unit.inspect(input, by, now_ms())?;
+        let last = unit.qc_history.last();
         self.commit(&Batch {
+            events: vec![DomainEvent::UnitInspected {
+                serial: unit.serial.clone(),
+                sku: unit.sku.clone(),
+                from,
+                result: unit.qc,
+                reason: last.and_then(|q| q.reason.clone()),
+                by: by.to_owned(),
+            }],
             units: vec![unit.clone()],
             ..Batch::default()
         })

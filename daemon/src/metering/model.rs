@@ -333,52 +333,7 @@ impl Order {
     }
 }
 
-/// A unit's quality state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum QcState {
-    /// Made, not yet inspected.
-    Pending,
-    /// Good.
-    Pass,
-    /// Failed inspection: not good, not to be reworked.
-    Fail,
-    /// To be reworked, then inspected again.
-    Rework,
-    /// Thrown away (also a unit of a failed or cancelled attempt).
-    Scrap,
-}
-
-impl QcState {
-    /// The name used in the API and `?state=`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Pass => "pass",
-            Self::Fail => "fail",
-            Self::Rework => "rework",
-            Self::Scrap => "scrap",
-        }
-    }
-
-    /// Parses `?state=`.
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Pass,
-            Self::Fail,
-            Self::Rework,
-            Self::Scrap,
-        ]
-        .into_iter()
-        .find(|q| q.as_str() == s)
-    }
-
-    /// No further inspection changes it.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Pass | Self::Fail | Self::Scrap)
-    }
-}
+pub use crate::core::model::QcState;
 
 /// One inspection of a unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -178,6 +178,17 @@ impl Metering {
         });
         if fresh {
             *serials += made.units.len() as u64;
+            batch
+                .events
+                .extend(made.units.iter().map(|u| DomainEvent::UnitMade {
+                    serial: u.serial.clone(),
+                    sku: u.sku.clone(),
+                    order_id: u.order_id,
+                    job_id: u.job_id,
+                    attempt: u.attempt,
+                    machine_id: u.machine_id.clone(),
+                    qc: u.qc,
+                }));
             batch.units.extend(made.units);
         }
         if made.settled

@@ -168,6 +168,8 @@ pub fn messages(topics: &Topics, r: &LogRecord) -> Result<Vec<Message>, serde_js
         DomainEvent::JobQueued { .. } => "job_queued",
         DomainEvent::JobState { .. } => "job_state",
         DomainEvent::AttemptEnded { .. } => "attempt_ended",
+        DomainEvent::UnitMade { .. } => "unit_made",
+        DomainEvent::UnitInspected { .. } => "unit_inspected",
         DomainEvent::JobReordered { .. }
         | DomainEvent::FileAdded { .. }
         | DomainEvent::FileDeleted { .. } => return Ok(Vec::new()),

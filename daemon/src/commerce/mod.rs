@@ -1,0 +1,5 @@
+//! Commerce: finished goods, storefront orders, fulfillment, labels and
+//! webhooks. Reads the domain log by cursor like metering; it never edits
+//! the factory's records. ARCHITECTURE.md says what each module may know.
+
+pub mod address;
