@@ -4,8 +4,10 @@
 //!
 //! - `two_inserts`: the first daemon's way: the job and the event as two
 //!   separate inserts (the event keyed by sled's id generator), not atomic.
-//! - `transaction`: `Store::commit`, today's way: one sled transaction
-//!   across the tables, the log's own sequence in the same transaction.
+//! - `transaction`: session 4's `Store::commit`: one sled transaction
+//!   across the job, log and meta trees, the log's own sequence in it.
+//! - `journal`: `Store::commit` today: the batch journalled by one plain
+//!   insert, then its plain inserts and a commit marker.
 //! - `one_tree_batch`: the alternative the foundation issue names: every
 //!   record in one tree under prefixed keys, written by one atomic batch.
 //!
@@ -106,7 +108,7 @@ fn store(c: &mut Criterion) {
         let d = dir(&format!("tx{flush}"));
         let s = Store::open(&d).expect("store");
         let mut id = 0u64;
-        g.bench_function(format!("transaction{tail}"), |b| {
+        g.bench_function(format!("journal{tail}"), |b| {
             b.iter_batched(
                 || {
                     id += 1;
@@ -127,6 +129,38 @@ fn store(c: &mut Criterion) {
             )
         });
         drop(s);
+        let _ = std::fs::remove_dir_all(&d);
+
+        let d = dir(&format!("sledtx{flush}"));
+        let db = sled::open(&d).expect("sled");
+        let trees = [
+            db.open_tree("jobs").expect("tree"),
+            db.open_tree("log").expect("tree"),
+            db.open_tree("meta").expect("tree"),
+        ];
+        let mut id = 0u64;
+        g.bench_function(format!("transaction{tail}"), |b| {
+            b.iter(|| {
+                id += 1;
+                let j = serde_json::to_vec(&job(id)).expect("json");
+                let e = serde_json::to_vec(&event(id)).expect("json");
+                sled::Transactional::<()>::transaction(&trees[..], |tx| {
+                    tx[0].insert(&id.to_be_bytes(), j.clone())?;
+                    let seq = tx[2]
+                        .get(b"log_seq")?
+                        .map_or(0, |v| u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])))
+                        + 1;
+                    tx[1].insert(&seq.to_be_bytes(), e.clone())?;
+                    tx[2].insert(b"log_seq", &seq.to_be_bytes())?;
+                    Ok(())
+                })
+                .expect("transaction");
+                if flush {
+                    db.flush().expect("flush");
+                }
+            })
+        });
+        drop((trees, db));
         let _ = std::fs::remove_dir_all(&d);
 
         let d = dir(&format!("batch{flush}"));

@@ -21,6 +21,7 @@
 //! was flushing at that moment.
 
 pub mod codec;
+mod journal;
 mod migrate;
 
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::TransactionError;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -91,19 +92,6 @@ impl From<TransactionError<StoreError>> for StoreError {
             TransactionError::Storage(e) => Self::Db(e),
         }
     }
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn tx_put<T: Serialize>(
-    tree: &TransactionalTree,
-    table: &'static str,
-    key: impl AsRef<[u8]>,
-    v: &T,
-) -> TxResult<()> {
-    let bytes = encode(table, v).map_err(ConflictableTransactionError::Abort)?;
-    tree.insert(key.as_ref(), bytes)?;
-    Ok(())
 }
 
 /// Key of a job.
@@ -244,6 +232,10 @@ pub struct Store {
     t: Trees,
     blobs: PathBuf,
     commit: Arc<GroupCommit>,
+    /// Serialises commits: log order is commit order.
+    commit_lock: Arc<Mutex<()>>,
+    /// The last commit's number (the journal's).
+    commits: Arc<AtomicU64>,
     /// Decoded file records (content-addressed, so never changed once
     /// written): submissions and the scheduler look them up for every job,
     /// and decoding one with its pre-flight findings costs ~0.3 ms.
@@ -315,6 +307,7 @@ impl Store {
             units: db.open_tree("units")?,
             unit_places: db.open_tree("unit_places")?,
         };
+        let commits = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
         let tip = read_u64(t.meta.get(LOG_SEQ)?);
         Ok(Self {
@@ -322,6 +315,8 @@ impl Store {
             t,
             blobs,
             commit: Arc::default(),
+            commit_lock: Arc::default(),
+            commits: Arc::new(AtomicU64::new(commits)),
             file_cache: Arc::default(),
             durable_tip: Arc::new(watch::Sender::new(tip)),
             written_tip: Arc::new(AtomicU64::new(tip)),
@@ -366,182 +361,119 @@ impl Store {
 
     /// Writes a batch atomically across tables and appends its events to
     /// the log; returns the log records as written. Durable after the next
-    /// [`Store::flush`]. Callers serialise commits (the factory commits
-    /// under its lock), which is what makes log order the order in which
-    /// the changes were decided.
+    /// [`Store::flush`]. Commits are serialised here, which is what makes
+    /// log order the order in which the changes were decided.
+    ///
+    /// Atomic by a journal rather than a sled transaction: the whole batch
+    /// goes first into one plain insert (the journal), then into its
+    /// tables, then a commit marker. sled recovers a prefix of its writes
+    /// (it stops at the first gap in the log's unstable tail), so after a
+    /// crash either the marker is there (and all of the batch with it), or
+    /// the journal is ahead of the marker and [`Store::open`] applies it
+    /// again, or neither is there and none of the batch is. A sled
+    /// transaction gave the same guarantee at twice the cost of a durable
+    /// submission (it seals an I/O buffer per commit; BENCHMARKS.md).
     pub fn commit(&self, batch: &Batch, now_ms: u64) -> Result<Vec<LogRecord>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let t = &self.t;
-        // Only the tables the batch touches take part: each tree in a sled
-        // transaction costs (a submission touches three of thirteen).
-        let mut trees: Vec<&sled::Tree> = Vec::with_capacity(6);
-        fn pick<'a>(
-            trees: &mut Vec<&'a sled::Tree>,
-            tree: &'a sled::Tree,
-            needed: bool,
-        ) -> Option<usize> {
-            needed.then(|| {
-                trees.push(tree);
-                trees.len() - 1
-            })
+        let mut w = journal::Writes::default();
+        for f in &batch.files {
+            w.put(&t.files, "files", f.id.as_bytes(), f)?;
         }
-        let mut take = |tree, needed| pick(&mut trees, tree, needed);
-        let has_states = batch
-            .events
-            .iter()
-            .any(|e| matches!(e, DomainEvent::MachineState { .. }));
-        let ix = [
-            take(
-                &t.files,
-                !batch.files.is_empty() || !batch.removed_files.is_empty(),
-            ),
-            take(&t.jobs, !batch.jobs.is_empty()),
-            take(&t.attempts, !batch.attempts.is_empty()),
-            take(&t.machines, !batch.machines.is_empty()),
-            take(&t.states, has_states),
-            take(&t.log, !batch.events.is_empty()),
-            take(
-                &t.meta,
-                !batch.events.is_empty()
-                    || batch.job_id_counter.is_some()
-                    || batch.order_id_counter.is_some()
-                    || batch.unit_counter.is_some(),
-            ),
-            take(
-                &t.products,
-                !batch.products.is_empty() || !batch.removed_products.is_empty(),
-            ),
-            take(&t.orders, !batch.orders.is_empty()),
-            take(&t.order_jobs, !batch.order_jobs.is_empty()),
-            take(&t.units, !batch.units.is_empty()),
-            take(&t.unit_places, !batch.units.is_empty()),
-            take(&t.cursors, !batch.cursors.is_empty()),
-        ];
-        let records = sled::Transactional::<StoreError>::transaction(&trees[..], |tx| {
-            let at = |i: usize| ix[i].map(|k| &tx[k]);
-            let (files, jobs, attempts, machines, states, log, meta) =
-                (at(0), at(1), at(2), at(3), at(4), at(5), at(6));
-            let (products, orders, order_jobs, units, unit_places, cursors) =
-                (at(7), at(8), at(9), at(10), at(11), at(12));
-            if let Some(files) = files {
-                for f in &batch.files {
-                    tx_put(files, "files", f.id.as_bytes(), f)?;
-                }
-                for id in &batch.removed_files {
-                    files.remove(id.as_bytes())?;
-                }
+        for id in &batch.removed_files {
+            w.remove(&t.files, id.as_bytes());
+        }
+        for j in &batch.jobs {
+            w.put(&t.jobs, "jobs", job_key(j.id), j)?;
+        }
+        for a in &batch.attempts {
+            w.put(&t.attempts, "attempts", attempt_key(a.job_id, a.n), a)?;
+        }
+        for (id, m) in &batch.machines {
+            w.put(&t.machines, "machines", id.as_bytes(), m)?;
+        }
+        if let Some(n) = batch.job_id_counter {
+            w.raw(&t.meta, JOB_ID, n.to_be_bytes());
+        }
+        if let Some(n) = batch.order_id_counter {
+            w.raw(&t.meta, ORDER_ID, n.to_be_bytes());
+        }
+        if let Some(n) = batch.unit_counter {
+            w.raw(&t.meta, UNIT_SERIAL, n.to_be_bytes());
+        }
+        for p in &batch.products {
+            w.put(&t.products, "products", p.sku.as_bytes(), p)?;
+        }
+        for sku in &batch.removed_products {
+            w.remove(&t.products, sku.as_bytes());
+        }
+        for o in &batch.orders {
+            w.put(&t.orders, "orders", o.id.to_be_bytes(), o)?;
+        }
+        for (job, order) in &batch.order_jobs {
+            w.raw(&t.order_jobs, job_key(*job), order.to_be_bytes());
+        }
+        for u in &batch.units {
+            let place = unit_place_key(u.job_id, u.attempt, u.index);
+            match t.unit_places.get(place)? {
+                Some(held) if held.as_ref() != u.serial.as_bytes() => continue,
+                Some(_) => {}
+                None => w.raw(&t.unit_places, place, u.serial.as_bytes()),
             }
-            if let Some(jobs) = jobs {
-                for j in &batch.jobs {
-                    tx_put(jobs, "jobs", job_key(j.id), j)?;
-                }
+            w.put(&t.units, "units", u.serial.as_bytes(), u)?;
+        }
+        for (name, seq) in &batch.cursors {
+            w.raw(&t.cursors, name.as_bytes(), seq.to_be_bytes());
+        }
+        let mut seq = self.written_tip.load(Ordering::SeqCst);
+        let mut records = Vec::with_capacity(batch.events.len());
+        for event in &batch.events {
+            seq += 1;
+            let rec = LogRecord {
+                seq,
+                at_ms: now_ms,
+                event: event.clone(),
+            };
+            w.put(&t.log, "log", seq.to_be_bytes(), &rec)?;
+            if let DomainEvent::MachineState {
+                machine_id,
+                state,
+                reason,
+                job_id,
+            } = event
+            {
+                let change = StateChange {
+                    at_ms: now_ms,
+                    state: *state,
+                    reason: *reason,
+                    job_id: *job_id,
+                    seq,
+                };
+                w.put(
+                    &t.states,
+                    "machine_states",
+                    state_key(machine_id, seq),
+                    &change,
+                )?;
             }
-            if let Some(attempts) = attempts {
-                for a in &batch.attempts {
-                    tx_put(attempts, "attempts", attempt_key(a.job_id, a.n), a)?;
-                }
-            }
-            if let Some(machines) = machines {
-                for (id, m) in &batch.machines {
-                    tx_put(machines, "machines", id.as_bytes(), m)?;
-                }
-            }
-            if let Some(meta) = meta {
-                if let Some(n) = batch.job_id_counter {
-                    meta.insert(JOB_ID, &n.to_be_bytes())?;
-                }
-                if let Some(n) = batch.order_id_counter {
-                    meta.insert(ORDER_ID, &n.to_be_bytes())?;
-                }
-                if let Some(n) = batch.unit_counter {
-                    meta.insert(UNIT_SERIAL, &n.to_be_bytes())?;
-                }
-            }
-            if let Some(products) = products {
-                for p in &batch.products {
-                    tx_put(products, "products", p.sku.as_bytes(), p)?;
-                }
-                for sku in &batch.removed_products {
-                    products.remove(sku.as_bytes())?;
-                }
-            }
-            if let Some(orders) = orders {
-                for o in &batch.orders {
-                    tx_put(orders, "orders", o.id.to_be_bytes(), o)?;
-                }
-            }
-            if let Some(order_jobs) = order_jobs {
-                for (job, order) in &batch.order_jobs {
-                    order_jobs.insert(&job_key(*job), &order.to_be_bytes())?;
-                }
-            }
-            if let (Some(units), Some(unit_places)) = (units, unit_places) {
-                for u in &batch.units {
-                    let place = unit_place_key(u.job_id, u.attempt, u.index);
-                    match unit_places.get(place)? {
-                        Some(held) if held.as_ref() != u.serial.as_bytes() => continue,
-                        Some(_) => {}
-                        None => {
-                            unit_places.insert(&place, u.serial.as_bytes())?;
-                        }
-                    }
-                    tx_put(units, "units", u.serial.as_bytes(), u)?;
-                }
-            }
-            if let Some(cursors) = cursors {
-                for (name, seq) in &batch.cursors {
-                    cursors.insert(name.as_bytes(), &seq.to_be_bytes())?;
-                }
-            }
-            let mut out = Vec::with_capacity(batch.events.len());
-            if let (Some(log), Some(meta)) = (log, meta) {
-                let mut seq = read_u64(meta.get(LOG_SEQ)?);
-                for event in &batch.events {
-                    seq += 1;
-                    let rec = LogRecord {
-                        seq,
-                        at_ms: now_ms,
-                        event: event.clone(),
-                    };
-                    tx_put(log, "log", seq.to_be_bytes(), &rec)?;
-                    if let DomainEvent::MachineState {
-                        machine_id,
-                        state,
-                        reason,
-                        job_id,
-                    } = event
-                        && let Some(states) = states
-                    {
-                        let change = StateChange {
-                            at_ms: now_ms,
-                            state: *state,
-                            reason: *reason,
-                            job_id: *job_id,
-                            seq,
-                        };
-                        tx_put(
-                            states,
-                            "machine_states",
-                            state_key(machine_id, seq),
-                            &change,
-                        )?;
-                    }
-                    out.push(rec);
-                }
-                meta.insert(LOG_SEQ, &seq.to_be_bytes())?;
-            }
-            Ok(out)
-        })?;
+            records.push(rec);
+        }
+        if !records.is_empty() {
+            w.raw(&t.meta, LOG_SEQ, seq.to_be_bytes());
+        }
+        let n = self.commits.load(Ordering::SeqCst) + 1;
+        journal::write(t, n, &w.ops)?;
+        self.commits.store(n, Ordering::SeqCst);
+        self.written_tip.store(seq, Ordering::SeqCst);
+        drop(_serial);
         let mut cache = self.file_cache();
         for id in &batch.removed_files {
             cache.remove(id);
         }
         drop(cache);
-        if let Some(last) = records.last() {
-            self.written_tip.fetch_max(last.seq, Ordering::SeqCst);
-        }
         Ok(records)
     }
 
