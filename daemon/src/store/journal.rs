@@ -71,8 +71,10 @@ fn push(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-/// Journals commit `n`, applies its writes, marks it done.
-pub(super) fn write(t: &Trees, n: u64, ops: &[Op<'_>]) -> Result<(), StoreError> {
+/// The journal entry of commit `n`: the commit number, then per write
+/// the tree's name, the key, and the value (or a removal), each length-
+/// prefixed.
+pub(super) fn encode(n: u64, ops: &[Op<'_>]) -> Vec<u8> {
     let size: usize = ops
         .iter()
         .map(|o| 32 + o.key.len() + o.value.as_ref().map_or(0, Vec::len))
@@ -90,15 +92,39 @@ pub(super) fn write(t: &Trees, n: u64, ops: &[Op<'_>]) -> Result<(), StoreError>
             None => buf.push(0),
         }
     }
-    t.meta.insert(JOURNAL, buf)?;
+    buf
+}
+
+/// Journals commit `n`, applies its writes, marks it done.
+pub(super) fn write(t: &Trees, n: u64, ops: &[Op<'_>]) -> Result<(), StoreError> {
+    t.meta.insert(JOURNAL, encode(n, ops))?;
+    apply(ops)?;
+    t.meta.insert(COMMITTED, &n.to_be_bytes())?;
+    Ok(())
+}
+
+/// The writes themselves.
+pub(super) fn apply(ops: &[Op<'_>]) -> Result<(), StoreError> {
     for op in ops {
         match &op.value {
             Some(v) => op.tree.insert(&op.key[..], &v[..])?,
             None => op.tree.remove(&op.key[..])?,
         };
     }
-    t.meta.insert(COMMITTED, &n.to_be_bytes())?;
     Ok(())
+}
+
+/// What a crash leaves of commit `n` when it strikes after the journal
+/// and the first `applied` writes (tests only).
+#[cfg(test)]
+pub(super) fn cut_short(
+    t: &Trees,
+    n: u64,
+    ops: &[Op<'_>],
+    applied: usize,
+) -> Result<(), StoreError> {
+    t.meta.insert(JOURNAL, encode(n, ops))?;
+    apply(&ops[..applied.min(ops.len())])
 }
 
 /// A journal that cannot be read: never guessed at.

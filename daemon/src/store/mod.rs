@@ -377,7 +377,31 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (w, records, seq) = self.plan(batch, now_ms)?;
+        let n = self.commits.load(Ordering::SeqCst) + 1;
+        journal::write(&self.t, n, &w.ops)?;
+        self.commits.store(n, Ordering::SeqCst);
+        self.written_tip.store(seq, Ordering::SeqCst);
+        drop(_serial);
+        let mut cache = self.file_cache();
+        for id in &batch.removed_files {
+            cache.remove(id);
+        }
+        drop(cache);
+        Ok(records)
+    }
+
+    /// The writes a batch makes, the log records it appends and the log's
+    /// new tip. Called under the commit lock.
+    fn plan(
+        &self,
+        batch: &Batch,
+        now_ms: u64,
+    ) -> Result<(journal::Writes<'_>, Vec<LogRecord>, u64), StoreError> {
         let t = &self.t;
         let mut w = journal::Writes::default();
         for f in &batch.files {
@@ -464,17 +488,7 @@ impl Store {
         if !records.is_empty() {
             w.raw(&t.meta, LOG_SEQ, seq.to_be_bytes());
         }
-        let n = self.commits.load(Ordering::SeqCst) + 1;
-        journal::write(t, n, &w.ops)?;
-        self.commits.store(n, Ordering::SeqCst);
-        self.written_tip.store(seq, Ordering::SeqCst);
-        drop(_serial);
-        let mut cache = self.file_cache();
-        for id in &batch.removed_files {
-            cache.remove(id);
-        }
-        drop(cache);
-        Ok(records)
+        Ok((w, records, seq))
     }
 
     // ---- files ----
@@ -988,6 +1002,123 @@ mod tests {
         let rest = s.log_after(from, 10).expect("log");
         assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
         assert!(s.log_after(u64::MAX, 10).expect("log").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The batch of `a_commit_cut_short_…`: a job, its counter, two
+    /// events (one a machine state) and a cursor.
+    fn second_batch() -> Batch {
+        Batch {
+            jobs: vec![job(2)],
+            job_id_counter: Some(2),
+            events: vec![
+                DomainEvent::JobQueued {
+                    job_id: 2,
+                    file_id: "f".into(),
+                    start_line: 1,
+                    priority: 0,
+                    note: None,
+                },
+                DomainEvent::MachineState {
+                    machine_id: "m".into(),
+                    state: MachineState::Producing,
+                    reason: StateReason::None,
+                    job_id: Some(2),
+                },
+            ],
+            cursors: vec![("metering", 1)],
+            ..Batch::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_cut_short_by_a_crash_is_finished_when_the_store_opens() {
+        // Every point a crash can cut a commit at: after its journal and
+        // 0, 1, … of its writes (sled recovers a prefix of its writes).
+        let writes = {
+            let dir = temp_dir("cut-count");
+            let s = Store::open(&dir).expect("open");
+            let n = s.plan(&second_batch(), 2000).expect("plan").0.ops.len();
+            drop(s);
+            let _ = std::fs::remove_dir_all(&dir);
+            n
+        };
+        assert!(writes >= 6, "the batch touches several tables: {writes}");
+        for applied in 0..=writes {
+            let dir = temp_dir(&format!("cut-{applied}"));
+            {
+                let s = Store::open(&dir).expect("open");
+                let first = Batch {
+                    jobs: vec![job(1)],
+                    job_id_counter: Some(1),
+                    events: vec![DomainEvent::FileDeleted {
+                        file_id: "x".into(),
+                    }],
+                    ..Batch::default()
+                };
+                s.commit(&first, 1000).expect("commit");
+                // A plain write after the first commit, which a replay of
+                // that commit must not undo.
+                let mut progressed = job(1);
+                progressed.progress.lines_done = 77;
+                s.put_job(&progressed).expect("put");
+                let (w, _, _) = s.plan(&second_batch(), 2000).expect("plan");
+                journal::cut_short(&s.t, 2, &w.ops, applied).expect("cut");
+                drop(w);
+                s.flush().await.expect("flush");
+            }
+            let s = Store::open(&dir).expect("reopen");
+            let seqs: Vec<u64> = s
+                .log_after(0, 10)
+                .expect("log")
+                .iter()
+                .map(|r| r.seq)
+                .collect();
+            assert_eq!(seqs, vec![1, 2, 3], "after {applied} of {writes} writes");
+            assert_eq!(s.job_id_counter().expect("counter"), 2);
+            assert!(s.job(2).expect("job").is_some());
+            assert_eq!(s.machine_states("m", 0, u64::MAX).expect("states").len(), 1);
+            assert_eq!(s.cursor("metering").expect("cursor"), 1);
+            assert_eq!(
+                s.job(1).expect("job").map(|j| j.progress.lines_done),
+                Some(77),
+                "the replay undid a later write"
+            );
+            // The next commit follows the replayed one.
+            let next = s
+                .commit(
+                    &Batch {
+                        events: vec![DomainEvent::FileDeleted {
+                            file_id: "y".into(),
+                        }],
+                        ..Batch::default()
+                    },
+                    3000,
+                )
+                .expect("commit");
+            assert_eq!(next[0].seq, 4);
+            drop(s);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_the_crash_left_complete_is_not_applied_again() {
+        let dir = temp_dir("complete");
+        {
+            let s = Store::open(&dir).expect("open");
+            s.commit(&second_batch(), 2000).expect("commit");
+            let mut progressed = job(2);
+            progressed.progress.lines_done = 5;
+            s.put_job(&progressed).expect("put");
+            s.flush().await.expect("flush");
+        }
+        let s = Store::open(&dir).expect("reopen");
+        assert_eq!(
+            s.job(2).expect("job").map(|j| j.progress.lines_done),
+            Some(5)
+        );
+        assert_eq!(s.log_after(0, 10).expect("log").len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
