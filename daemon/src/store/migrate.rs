@@ -12,8 +12,11 @@
 use serde::Deserialize;
 use sled::transaction::ConflictableTransactionError;
 
-use super::codec::{Layout, decode_legacy, encode, layout, show_key};
-use super::{LOG_SEQ, SCHEMA, SCHEMA_VERSION, StoreError, Trees, read_u64};
+use super::codec::{Layout, decode_legacy, encode, layout};
+use super::{LOG_SEQ, SCHEMA, SCHEMA_VERSION, StoreError, Trees, codec, read_u64};
+
+/// Meta key of the highest record layout any daemon wrote to this store.
+const LAYOUT: &str = "layout";
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateReason;
 use crate::core::model::{FileRecord, Hold, Job, JobState, MachineRecord, TokenRecord};
@@ -64,39 +67,23 @@ pub(super) fn run(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
     refuse_newer(t)
 }
 
-/// Every record must be in a layout this daemon reads: one written by a
-/// newer daemon is refused now, not misread later.
+/// A store holding records in a layout this daemon cannot read is refused
+/// now, not misread later. Every daemon raises `meta/layout` to the highest
+/// record layout it writes before it writes one (this one writes
+/// [`codec::VERSION`]), so the check costs one read however long the
+/// history; a record that slipped past it is still refused when read
+/// ([`codec::decode`] names its table and key).
 fn refuse_newer(t: &Trees) -> Result<(), StoreError> {
-    let tables = [
-        (&t.files, "files"),
-        (&t.jobs, "jobs"),
-        (&t.attempts, "attempts"),
-        (&t.machines, "machines"),
-        (&t.states, "machine_states"),
-        (&t.tokens, "tokens"),
-        (&t.sessions, "sessions"),
-        (&t.log, "log"),
-    ];
-    for (tree, table) in tables {
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            match layout(&v) {
-                Layout::Current => {}
-                Layout::Newer(version) => {
-                    return Err(StoreError::Newer {
-                        table,
-                        key: show_key(&k),
-                        version,
-                    });
-                }
-                Layout::Legacy | Layout::Unknown => {
-                    return Err(StoreError::Unreadable {
-                        table,
-                        key: show_key(&k),
-                    });
-                }
-            }
-        }
+    let written = read_u64(t.meta.get(LAYOUT)?);
+    if written > u64::from(codec::VERSION) {
+        return Err(StoreError::Newer {
+            table: "meta",
+            key: format!("layout (records up to layout {written})"),
+            version: u8::try_from(written).unwrap_or(u8::MAX),
+        });
+    }
+    if written < u64::from(codec::VERSION) {
+        t.meta.insert(LAYOUT, &u64::from(codec::VERSION).to_be_bytes())?;
     }
     Ok(())
 }

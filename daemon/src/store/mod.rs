@@ -948,12 +948,21 @@ mod tests {
             s.t.jobs.insert(job_key(5), bytes).expect("insert");
             s.flush().await.expect("flush");
         }
-        let err = Store::open(&dir).expect_err("newer record");
-        let msg = err.to_string();
+        // A record past the layout marker is refused when read.
+        let s = Store::open(&dir).expect("open");
+        let msg = s.job(5).expect_err("newer record").to_string();
         assert!(
             msg.contains("jobs") && msg.contains("newer microfactoryd"),
             "{msg}"
         );
+        // A newer daemon raises the marker first: refused at open.
+        s.t.meta
+            .insert("layout", &u64::from(codec::VERSION + 1).to_be_bytes())
+            .expect("meta");
+        s.flush().await.expect("flush");
+        drop(s);
+        let msg = Store::open(&dir).expect_err("newer layout").to_string();
+        assert!(msg.contains("newer microfactoryd"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
