@@ -63,7 +63,7 @@ fn batch(id: u64) -> Batch {
             },
             DomainEvent::MachineState {
                 machine_id: "m".into(),
-                state: if id % 2 == 0 {
+                state: if id.is_multiple_of(2) {
                     MachineState::Idle
                 } else {
                     MachineState::Producing
