@@ -87,6 +87,10 @@ pub enum Adapter {
     Report,
     /// OctoPrint's MQTT plugin under `base` (`octoPrint` by default).
     Octoprint,
+    /// Moonraker (Klipper) under `base`, its `instance_name`.
+    Moonraker,
+    /// A Bambu Lab printer in LAN mode, by its `serial`, read-only.
+    Bambu,
 }
 
 /// One machine that reports over MQTT. Read-only: it takes no jobs and
@@ -102,9 +106,13 @@ pub struct MqttMachineConfig {
     pub profile: String,
     /// What it speaks.
     pub adapter: Adapter,
-    /// The adapter's base topic (OctoPrint: `octoPrint` by default; our
-    /// schema needs none).
+    /// The adapter's base topic (OctoPrint: `octoPrint` by default;
+    /// Moonraker: its `instance_name`, required; our schema and Bambu
+    /// need none).
     pub base: Option<String>,
+    /// A Bambu printer's serial number (its topics are
+    /// `device/<serial>/report`).
+    pub serial: Option<String>,
     /// Capabilities, as for `[[machine]]`.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -116,6 +124,17 @@ impl MqttMachineConfig {
     /// The topic base an OctoPrint adapter listens under.
     pub fn octoprint_base(&self) -> &str {
         self.base.as_deref().unwrap_or("octoPrint")
+    }
+
+    /// The topic prefix (without its final `/`) under which this machine's
+    /// messages arrive, for the adapters that listen under one.
+    pub fn topic_base(&self) -> Option<String> {
+        match self.adapter {
+            Adapter::Report => None,
+            Adapter::Octoprint => Some(self.octoprint_base().to_string()),
+            Adapter::Moonraker => self.base.clone(),
+            Adapter::Bambu => self.serial.as_ref().map(|s| format!("device/{s}")),
+        }
     }
 }
 
@@ -634,18 +653,25 @@ fn check_mqtt<'a>(
         if !ids.insert(m.id.as_str()) {
             problems.push(format!("{at}: id '{}' is used twice", m.id));
         }
+        if m.serial.is_some() && m.adapter != Adapter::Bambu {
+            problems.push(format!("{at}: serial is for the bambu adapter"));
+        }
         let source = match m.adapter {
             Adapter::Report => {
                 if m.base.is_some() {
                     problems.push(format!(
-                        "{at}: base is for the octoprint adapter; the report adapter listens on microfactory/<site>/machines/<id>/report"
+                        "{at}: base is for the octoprint and moonraker adapters; the report adapter listens on microfactory/<site>/machines/<id>/report"
                     ));
                 }
                 format!("mqtt:microfactory/{}/machines/{}/report", mqtt.site, m.id)
             }
-            Adapter::Octoprint => {
-                let base = m.octoprint_base();
-                if base.is_empty()
+            Adapter::Octoprint | Adapter::Moonraker => {
+                let base = m.topic_base().unwrap_or_default();
+                if base.is_empty() && m.adapter == Adapter::Moonraker {
+                    problems.push(format!(
+                        "{at}: the moonraker adapter needs base = its instance_name (moonraker.conf [mqtt] instance_name, the host name by default)"
+                    ));
+                } else if base.is_empty()
                     || base.len() > 128
                     || base.contains(['+', '#', '\0'])
                     || base.starts_with('/')
@@ -657,8 +683,25 @@ fn check_mqtt<'a>(
                 }
                 format!("mqtt:{base}")
             }
+            Adapter::Bambu => {
+                if m.base.is_some() {
+                    problems.push(format!(
+                        "{at}: a bambu printer is found by its serial, not a base"
+                    ));
+                }
+                match &m.serial {
+                    Some(serial)
+                        if !serial.is_empty()
+                            && serial.len() <= 32
+                            && serial.chars().all(|c| c.is_ascii_alphanumeric()) => {}
+                    _ => problems.push(format!(
+                        "{at}: the bambu adapter needs serial = the printer's serial number (letters and digits)"
+                    )),
+                }
+                format!("mqtt:{}", m.topic_base().unwrap_or_default())
+            }
         };
-        if !topics.insert(source.clone()) {
+        if source != "mqtt:" && !topics.insert(source.clone()) {
             problems.push(format!("{at}: {source} is already used by another machine"));
         }
         for t in &m.tags {
@@ -696,11 +739,10 @@ fn check_mqtt<'a>(
     }
     // Messages go to the machine whose base prefixes their topic: one base
     // inside another would hand the inner machine's messages to the outer.
-    let bases: Vec<(&str, &str)> = mqtt
+    let bases: Vec<(&str, String)> = mqtt
         .machines
         .iter()
-        .filter(|m| m.adapter == Adapter::Octoprint)
-        .map(|m| (m.id.as_str(), m.octoprint_base()))
+        .filter_map(|m| Some((m.id.as_str(), m.topic_base()?)))
         .collect();
     for (id, outer) in &bases {
         for (inner_id, inner) in &bases {
@@ -1057,11 +1099,84 @@ base = "x"
             "keep_alive_secs = 1",
             "id 'm' is used twice",
             "without wildcards",
-            "base is for the octoprint adapter",
+            "base is for the octoprint and moonraker adapters",
             "unknown machine profile 'nope'",
         ] {
             assert!(all.contains(needle), "missing {needle}: {all}");
         }
+    }
+
+    #[test]
+    fn moonraker_needs_its_instance_name_and_bambu_its_serial() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[mqtt]
+broker = "mqtt://broker.lan"
+site = "shop"
+[[mqtt.machine]]
+id = "voron"
+profile = "prusa-mk3s"
+adapter = "moonraker"
+base = "voron-1"
+[[mqtt.machine]]
+id = "p1s"
+profile = "prusa-mk3s"
+adapter = "bambu"
+serial = "01S00A123456789"
+"#,
+        )
+        .expect("valid");
+        let ports: Vec<&Path> = c.machines.iter().map(|m| m.config.port.as_path()).collect();
+        assert_eq!(
+            ports,
+            vec![
+                Path::new("mqtt:voron-1"),
+                Path::new("mqtt:device/01S00A123456789")
+            ]
+        );
+        let e = parse(
+            r#"
+data_dir = "d"
+[mqtt]
+broker = "mqtt://broker.lan"
+site = "shop"
+[[mqtt.machine]]
+id = "voron"
+profile = "prusa-mk3s"
+adapter = "moonraker"
+[[mqtt.machine]]
+id = "p1s"
+profile = "prusa-mk3s"
+adapter = "bambu"
+serial = "01S/#"
+[[mqtt.machine]]
+id = "x1"
+profile = "prusa-mk3s"
+adapter = "bambu"
+base = "device/x"
+[[mqtt.machine]]
+id = "octo"
+profile = "prusa-mk3s"
+adapter = "octoprint"
+serial = "123"
+"#,
+        )
+        .expect_err("invalid");
+        let all = e.join("\n");
+        for needle in [
+            "(voron): the moonraker adapter needs base = its instance_name",
+            "(p1s): the bambu adapter needs serial",
+            "(x1): a bambu printer is found by its serial, not a base",
+            "(x1): the bambu adapter needs serial",
+            "(octo): serial is for the bambu adapter",
+        ] {
+            assert!(all.contains(needle), "missing {needle}: {all}");
+        }
+        assert!(
+            !all.contains("already used"),
+            "an unknown topic is not a clash: {all}"
+        );
     }
 
     #[test]

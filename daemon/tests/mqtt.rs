@@ -12,6 +12,7 @@ use microfactoryd::cli::serve::{Running, start};
 use microfactoryd::config::Config;
 use microfactoryd::core::events::DomainEvent;
 use microfactoryd::core::machine::MachineState;
+use microfactoryd::core::model::Event as FactoryEvent;
 use microfactoryd::mqtt::MqttHealth;
 use microfactoryd::mqtt::schema::{MachineStatePayload, SiteStatus};
 use microfactoryd::store::Store;
@@ -216,6 +217,16 @@ id = "octo"
 profile = "prusa-mk3s"
 adapter = "octoprint"
 base = "octoPrint"
+[[mqtt.machine]]
+id = "voron"
+profile = "prusa-mk3s"
+adapter = "moonraker"
+base = "voron-1"
+[[mqtt.machine]]
+id = "bambu"
+profile = "prusa-mk3s"
+adapter = "bambu"
+serial = "01S00A123456789"
 "#,
             broker.url()
         ),
@@ -348,6 +359,96 @@ async fn octoprint_plugin_messages_drive_a_machine_through_a_print() {
         .await;
     peer.until(|t, p| state_of(t, p, "octo").filter(|s| s.state == MachineState::Idle))
         .await;
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moonraker_and_bambu_printers_that_send_only_what_changed_run_through_a_print() {
+    let broker = Broker::start("merge", false);
+    let (d, dir) = daemon("merge", &broker).await;
+    let mut peer = Peer::connect(
+        &broker,
+        "hosts",
+        false,
+        &["microfactory/t/machines/+/state"],
+    )
+    .await;
+    health_until(&d, |h| h.connected).await;
+    // Moonraker: the server's retained online, a full status, then only
+    // the fields that change, on both the combined and the split topics.
+    peer.publish("voron-1/moonraker/status", r#"{"server": "online"}"#)
+        .await;
+    peer.publish(
+        "voron-1/klipper/status",
+        r#"{"eventtime": 10.0, "status": {"webhooks": {"state": "ready"}, "print_stats": {"state": "standby", "filename": ""}, "extruder": {"temperature": 24.0, "target": 0.0}}}"#,
+    )
+    .await;
+    peer.until(|t, p| state_of(t, p, "voron").filter(|s| s.state == MachineState::Idle))
+        .await;
+    peer.publish(
+        "voron-1/klipper/status",
+        r#"{"eventtime": 11.0, "status": {"print_stats": {"state": "printing", "filename": "hook.gcode"}}}"#,
+    )
+    .await;
+    peer.until(|t, p| state_of(t, p, "voron").filter(|s| s.state == MachineState::Producing))
+        .await;
+    let mut events = d.factory.subscribe();
+    peer.publish(
+        "voron-1/klipper/state/virtual_sdcard/progress",
+        r#"{"eventtime": 12.0, "value": 0.4}"#,
+    )
+    .await;
+    // Only a field changed: the merged picture keeps the file's name.
+    let status = tokio::time::timeout(BOUND, async {
+        loop {
+            if let Ok(FactoryEvent::Machine { machine }) = events.recv().await
+                && machine.id == "voron"
+                && machine
+                    .status
+                    .job
+                    .as_ref()
+                    .is_some_and(|j| j.percent == 40.0)
+            {
+                return machine.status;
+            }
+        }
+    })
+    .await
+    .expect("the progress reached the machine in time");
+    assert_eq!(status.job.map(|j| j.job_id), Some("hook.gcode".into()));
+    peer.publish(
+        "voron-1/klipper/status",
+        r#"{"eventtime": 13.0, "status": {"print_stats": {"state": "complete"}}}"#,
+    )
+    .await;
+    peer.until(|t, p| state_of(t, p, "voron").filter(|s| s.state == MachineState::Idle))
+        .await;
+    // Bambu: a full push_status, then a partial one that says it paused.
+    peer.publish(
+        "device/01S00A123456789/report",
+        r#"{"print": {"command": "push_status", "gcode_state": "RUNNING", "mc_percent": 5, "mc_remaining_time": 80, "subtask_name": "bracket", "nozzle_temper": 220.0, "nozzle_target_temper": 220, "bed_temper": 55.0, "bed_target_temper": 55}}"#,
+    )
+    .await;
+    peer.until(|t, p| state_of(t, p, "bambu").filter(|s| s.state == MachineState::Producing))
+        .await;
+    peer.publish(
+        "device/01S00A123456789/report",
+        r#"{"print": {"gcode_state": "PAUSE"}}"#,
+    )
+    .await;
+    peer.until(|t, p| state_of(t, p, "bambu").filter(|s| s.state == MachineState::Paused))
+        .await;
+    peer.publish(
+        "device/01S00A123456789/report",
+        r#"{"print": {"gcode_state": "FINISH", "mc_percent": 100}}"#,
+    )
+    .await;
+    peer.until(|t, p| {
+        state_of(t, p, "bambu")
+            .filter(|s| s.state != MachineState::Paused && s.state != MachineState::Producing)
+    })
+    .await;
     d.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

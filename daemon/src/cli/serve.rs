@@ -1,6 +1,7 @@
 //! Running the daemon: from a configuration file or as the self-contained
 //! demo factory, until SIGTERM or SIGINT.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,30 +63,38 @@ type Linked = Vec<(crate::config::Machine, Arc<dyn MachineLink>)>;
 
 /// Every machine's link in configuration order: a serial driver, or the
 /// MQTT link its reports feed (also returned apart, for the MQTT client).
+/// Links are matched to machines by id, never by position.
 fn links(checked: &Checked) -> (Linked, Vec<(Arc<MqttLink>, Adapter)>) {
-    let mut drivers = driver_configs(checked).into_iter();
-    let mut mqtt = checked
+    let mut drivers: HashMap<String, DriverConfig> = driver_configs(checked)
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    let mut mqtt: HashMap<String, (Arc<MqttLink>, Adapter)> = checked
         .config
         .mqtt
         .as_ref()
         .map(crate::mqtt::client::links)
         .unwrap_or_default()
-        .into_iter();
+        .into_iter()
+        .map(|(l, a)| (l.id().to_string(), (l, a)))
+        .collect();
     let mut mqtt_links = Vec::new();
     let mut all = Vec::new();
     for m in &checked.machines {
+        let id = &m.config.id;
         let link: Option<Arc<dyn MachineLink>> = if m.config.read_only {
-            mqtt.next().map(|(l, a)| {
+            mqtt.remove(id).map(|(l, a)| {
                 mqtt_links.push((Arc::clone(&l), a));
                 l as Arc<dyn MachineLink>
             })
         } else {
             drivers
-                .next()
+                .remove(id)
                 .map(|d| Arc::new(DriverHandle::spawn(d)) as Arc<dyn MachineLink>)
         };
-        if let Some(l) = link {
-            all.push((m.clone(), l));
+        match link {
+            Some(l) => all.push((m.clone(), l)),
+            None => tracing::error!(machine = %id, "no link for a configured machine"),
         }
     }
     (all, mqtt_links)

@@ -888,6 +888,7 @@ impl Factory {
     async fn watch_status(self: Arc<Self>, i: usize, mut rx: watch::Receiver<MachineStatus>) {
         let mut last = (LinkState::Offline, false, false);
         let mut published: Option<Instant> = None;
+        let mut behind = false;
         let read_only = self.slots[i].machine.config.read_only;
         loop {
             let facts = {
@@ -921,17 +922,40 @@ impl Factory {
                 // During a job the status changes with every progress
                 // tick; temperatures and positions are worth one event a
                 // second.
-                let v = self.view(i, &self.lock());
-                let _ = self.events.send(Event::Machine {
-                    machine: Box::new(v),
-                });
+                self.publish_machine(i);
                 published = Some(Instant::now());
+                behind = false;
+            } else {
+                // Held back: the last change of a burst still goes out
+                // when the second is up, or watchers keep a stale picture.
+                behind = true;
             }
+            let due = published.map_or_else(tokio::time::Instant::now, |t| {
+                tokio::time::Instant::from_std(t + MACHINE_EVENT_EVERY)
+            });
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },
+                () = tokio::time::sleep_until(due), if behind => {
+                    self.publish_machine(i);
+                    published = Some(Instant::now());
+                    behind = false;
+                    // Wait for the next change, not a second pass now.
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { return },
+                        () = self.cancel.cancelled() => return,
+                    }
+                }
                 () = self.cancel.cancelled() => return,
             }
         }
+    }
+
+    /// Sends machine `i`'s view to live watchers.
+    fn publish_machine(&self, i: usize) {
+        let v = self.view(i, &self.lock());
+        let _ = self.events.send(Event::Machine {
+            machine: Box::new(v),
+        });
     }
 
     async fn machine_events(self: Arc<Self>, i: usize, mut rx: broadcast::Receiver<DriverEvent>) {

@@ -2,7 +2,9 @@
 //! [`MachineStatus`] a serial driver would publish, so the factory cannot
 //! tell them apart. One adapter per source: our own schema (`report`) and
 //! OctoPrint's MQTT plugin (`octoprint`). Pure: a payload in, the status
-//! changed or a typed error out.
+//! changed or a typed error out. Moonraker (`moonraker`) and Bambu Lab
+//! printers in LAN mode (`bambu`) send only the fields that changed: their
+//! adapters merge them into what was said before ([`Seen`]).
 //!
 //! Payloads are outside input. Nothing here panics on them, and a refused
 //! one leaves the status as it was (the caller counts and logs it).
@@ -345,6 +347,327 @@ pub fn apply_octoprint(
     Err(IngestError::UnknownMachine(rel.to_string()))
 }
 
+// --------------------------------------------------- merged field sources
+
+/// Sources that send only the fields that changed (Moonraker, Bambu):
+/// what each said last, merged, so every message yields the whole status.
+/// Objects of objects, as the sources nest them.
+pub type Seen = serde_json::Map<String, serde_json::Value>;
+
+/// Merges `fields` into `seen[object]`.
+fn merge(seen: &mut Seen, object: &str, fields: serde_json::Map<String, serde_json::Value>) {
+    let slot = seen
+        .entry(object.to_string())
+        .or_insert_with(|| serde_json::Value::Object(Seen::new()));
+    if !slot.is_object() {
+        *slot = serde_json::Value::Object(Seen::new());
+    }
+    if let Some(o) = slot.as_object_mut() {
+        o.extend(fields);
+    }
+}
+
+/// `seen[object][field]`.
+fn field<'a>(seen: &'a Seen, object: &str, f: &str) -> Option<&'a serde_json::Value> {
+    seen.get(object).and_then(|o| o.get(f))
+}
+
+/// A number field: absent is `None`, present but not a finite number is
+/// refused (naming it).
+fn number(seen: &Seen, object: &str, f: &str) -> Result<Option<f64>, IngestError> {
+    match field(seen, object, f) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|n| n.is_finite())
+            .map(Some)
+            .ok_or_else(|| IngestError::Malformed(format!("{object}.{f} is not a number"))),
+    }
+}
+
+fn string<'a>(seen: &'a Seen, object: &str, f: &str) -> Result<Option<&'a str>, IngestError> {
+    match field(seen, object, f) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| IngestError::Malformed(format!("{object}.{f} is not text"))),
+    }
+}
+
+/// A heater from two number fields of one object, if it reported any.
+fn heater(
+    seen: &Seen,
+    name: &str,
+    object: &str,
+    actual: &str,
+    target: &str,
+) -> Result<Option<Heater>, IngestError> {
+    let Some(a) = number(seen, object, actual)? else {
+        return Ok(None);
+    };
+    Ok(Some(Heater {
+        name: name.to_string(),
+        actual: a,
+        target: number(seen, object, target)?.unwrap_or(0.0),
+    }))
+}
+
+// --------------------------------------------------------------- Moonraker
+
+/// The subscriptions of a Moonraker instance: the combined status (changed
+/// fields only), the split per-field topics when `publish_split_status` is
+/// on, and the server's retained online/offline.
+pub fn moonraker_filters(instance: &str) -> [String; 3] {
+    [
+        format!("{instance}/klipper/status"),
+        format!("{instance}/klipper/state/#"),
+        format!("{instance}/moonraker/status"),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+struct MoonrakerStatus {
+    status: Seen,
+}
+
+#[derive(Debug, Deserialize)]
+struct MoonrakerField {
+    value: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct MoonrakerServer {
+    server: String,
+}
+
+/// Object name under which the server's own online/offline is kept.
+const SERVER: &str = "_moonraker";
+
+/// Applies one Moonraker message; `rel` is the topic after `<instance>/`.
+/// Fields are merged into `seen` (Moonraker sends what changed), then the
+/// whole status is derived from what is known.
+pub fn apply_moonraker(
+    status: &mut MachineStatus,
+    seen: &mut Seen,
+    rel: &str,
+    payload: &[u8],
+) -> Result<(), IngestError> {
+    let mut next = seen.clone();
+    if rel == "moonraker/status" {
+        let s: MoonrakerServer = serde_json::from_slice(payload).map_err(malformed)?;
+        let online = match s.server.as_str() {
+            "online" => true,
+            "offline" => false,
+            other => {
+                return Err(IngestError::Malformed(format!(
+                    "server is '{}', expected online or offline",
+                    text(other)
+                )));
+            }
+        };
+        let mut f = Seen::new();
+        f.insert("online".into(), online.into());
+        merge(&mut next, SERVER, f);
+    } else if rel == "klipper/status" {
+        let s: MoonrakerStatus = serde_json::from_slice(payload).map_err(malformed)?;
+        for (object, fields) in s.status {
+            let serde_json::Value::Object(fields) = fields else {
+                return Err(IngestError::Malformed(format!(
+                    "status.{} is not an object",
+                    text(&object)
+                )));
+            };
+            merge(&mut next, &name("object", &object)?, fields);
+        }
+    } else if let Some(path) = rel.strip_prefix("klipper/state/") {
+        let (object, f) = path
+            .split_once('/')
+            .ok_or_else(|| IngestError::Malformed(format!("topic {rel} names no field")))?;
+        let v: MoonrakerField = serde_json::from_slice(payload).map_err(malformed)?;
+        let mut fields = Seen::new();
+        fields.insert(name("field", f)?, v.value);
+        merge(&mut next, &name("object", object)?, fields);
+    } else {
+        return Err(IngestError::UnknownMachine(rel.to_string()));
+    }
+    let derived = derive_moonraker(status, &next)?;
+    *status = derived;
+    *seen = next;
+    Ok(())
+}
+
+/// What a Moonraker's merged fields say, Klipper's objects mapped to ours:
+/// `webhooks.state` is the connection, `print_stats.state` the job,
+/// `virtual_sdcard.progress` its share done, `extruder`/`extruder1`/
+/// `heater_bed` the heaters, `toolhead.position` the position.
+fn derive_moonraker(prev: &MachineStatus, seen: &Seen) -> Result<MachineStatus, IngestError> {
+    let server_online = field(seen, SERVER, "online").and_then(serde_json::Value::as_bool);
+    let klippy = string(seen, "webhooks", "state")?;
+    let connection = match (server_online, klippy) {
+        (Some(false), _) => Connection::Offline,
+        (_, Some("shutdown" | "error")) => Connection::Faulted,
+        (_, Some("ready")) => Connection::Online,
+        (_, Some(_)) => Connection::Offline,
+        // No word from Klippy yet: a status message means it is there.
+        (_, None) if seen.keys().any(|k| k != SERVER) => Connection::Online,
+        (_, None) => Connection::Offline,
+    };
+    let mut heaters = Vec::new();
+    for (ours, object) in [("T0", "extruder"), ("T1", "extruder1"), ("B", "heater_bed")] {
+        if let Some(h) = heater(seen, ours, object, "temperature", "target")? {
+            heaters.push(h);
+        }
+    }
+    let position = match field(seen, "toolhead", "position") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => {
+            let p: Vec<f64> = serde_json::from_value(v.clone())
+                .map_err(|_| malformed("toolhead.position is not a list of numbers"))?;
+            match p.as_slice() {
+                [x, y, z, ..] if [x, y, z].iter().all(|n| n.is_finite()) => Some([*x, *y, *z]),
+                _ => return Err(malformed("toolhead.position has fewer than 3 numbers")),
+            }
+        }
+    };
+    let state = string(seen, "print_stats", "state")?;
+    let progress = match number(seen, "virtual_sdcard", "progress")? {
+        Some(p) => Some(p),
+        None => number(seen, "display_status", "progress")?,
+    };
+    if let Some(p) = progress
+        && !(0.0..=1.0).contains(&p)
+    {
+        return Err(IngestError::Malformed(format!(
+            "progress {p} is not within 0..=1"
+        )));
+    }
+    let running = connection != Connection::Offline && matches!(state, Some("printing" | "paused"));
+    let job = running.then(|| {
+        let percent = progress.unwrap_or(0.0) * 100.0;
+        let elapsed = number(seen, "print_stats", "print_duration").ok().flatten();
+        Progress {
+            job_id: text(
+                string(seen, "print_stats", "filename")
+                    .ok()
+                    .flatten()
+                    .filter(|f| !f.is_empty())
+                    .unwrap_or(EXTERNAL_JOB),
+            ),
+            percent,
+            // From the pace so far, as Klipper's own screens do.
+            eta_seconds: match (elapsed, progress) {
+                (Some(t), Some(p)) if p > 0.01 && t > 0.0 => Some(t * (1.0 - p) / p),
+                _ => None,
+            },
+            paused: state == Some("paused"),
+            ..Progress::default()
+        }
+    });
+    let last_error = match (klippy, state) {
+        (Some("shutdown" | "error"), _) => Some(text(
+            string(seen, "webhooks", "state_message")?.unwrap_or("Klipper is shut down"),
+        )),
+        (_, Some("error")) => Some(text(
+            string(seen, "print_stats", "message")?
+                .filter(|m| !m.is_empty())
+                .unwrap_or("print failed"),
+        )),
+        _ => None,
+    };
+    Ok(MachineStatus {
+        connection,
+        firmware: prev
+            .firmware
+            .clone()
+            .or_else(|| Some("Klipper (Moonraker)".into())),
+        heaters,
+        position,
+        job,
+        last_error,
+        ..MachineStatus::default()
+    })
+}
+
+// ------------------------------------------------------------------ Bambu
+
+#[derive(Debug, Deserialize)]
+struct BambuReport {
+    #[serde(default)]
+    print: Option<Seen>,
+}
+
+/// Applies one Bambu `report`: the fields of its `print` object are merged
+/// (some models send only what changed), other objects are ignored.
+/// Read-only: the printer runs its own jobs.
+pub fn apply_bambu(
+    status: &mut MachineStatus,
+    seen: &mut Seen,
+    payload: &[u8],
+) -> Result<(), IngestError> {
+    let r: BambuReport = serde_json::from_slice(payload).map_err(malformed)?;
+    let Some(print) = r.print else {
+        return Ok(());
+    };
+    let mut next = seen.clone();
+    merge(&mut next, "print", print);
+    *status = derive_bambu(&next)?;
+    *seen = next;
+    Ok(())
+}
+
+/// What a Bambu printer's merged `print` fields say.
+fn derive_bambu(seen: &Seen) -> Result<MachineStatus, IngestError> {
+    let state = string(seen, "print", "gcode_state")?;
+    let percent = number(seen, "print", "mc_percent")?;
+    if let Some(p) = percent
+        && !(0.0..=100.0).contains(&p)
+    {
+        return Err(IngestError::Malformed(format!(
+            "mc_percent {p} is not within 0..=100"
+        )));
+    }
+    let minutes_left = number(seen, "print", "mc_remaining_time")?;
+    let mut heaters = Vec::new();
+    for (ours, actual, target) in [
+        ("T0", "nozzle_temper", "nozzle_target_temper"),
+        ("B", "bed_temper", "bed_target_temper"),
+        ("chamber", "chamber_temper", "chamber_target_temper"),
+    ] {
+        if let Some(h) = heater(seen, ours, "print", actual, target)? {
+            heaters.push(h);
+        }
+    }
+    let running = matches!(state, Some("RUNNING" | "PREPARE" | "SLICING" | "PAUSE"));
+    let name = match string(seen, "print", "subtask_name")? {
+        Some(n) if !n.is_empty() => Some(n),
+        _ => string(seen, "print", "gcode_file")?.filter(|n| !n.is_empty()),
+    };
+    let job = running.then(|| Progress {
+        job_id: text(name.unwrap_or(EXTERNAL_JOB)),
+        percent: percent.unwrap_or(0.0),
+        eta_seconds: minutes_left.filter(|m| *m >= 0.0).map(|m| m * 60.0),
+        paused: state == Some("PAUSE"),
+        ..Progress::default()
+    });
+    let error_code = number(seen, "print", "print_error")?.unwrap_or(0.0);
+    let last_error = match state {
+        Some("FAILED") if error_code != 0.0 => {
+            Some(format!("print failed (error {error_code:.0})"))
+        }
+        Some("FAILED") => Some("print failed".into()),
+        _ => None,
+    };
+    Ok(MachineStatus {
+        connection: Connection::Online,
+        firmware: Some("Bambu Lab".into()),
+        heaters,
+        job,
+        last_error,
+        ..MachineStatus::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -468,5 +791,210 @@ mod tests {
             assert!(apply_octoprint(&mut s, rel, bad).is_err(), "{rel}");
         }
         assert_eq!(s, MachineStatus::default());
+    }
+
+    // ------------------------------------------------------ Moonraker
+
+    fn moon(s: &mut MachineStatus, seen: &mut Seen, rel: &str, p: &str) -> Result<(), IngestError> {
+        apply_moonraker(s, seen, rel, p.as_bytes())
+    }
+
+    #[test]
+    fn moonraker_fields_that_changed_merge_into_the_whole_picture() {
+        let (mut s, mut seen) = (MachineStatus::default(), Seen::new());
+        moon(
+            &mut s,
+            &mut seen,
+            "moonraker/status",
+            r#"{"server": "online"}"#,
+        )
+        .expect("online");
+        moon(
+            &mut s,
+            &mut seen,
+            "klipper/status",
+            r#"{"eventtime": 1.5, "status": {"webhooks": {"state": "ready", "state_message": "Printer is ready"},
+                "print_stats": {"state": "printing", "filename": "hook.gcode", "print_duration": 600.0},
+                "virtual_sdcard": {"progress": 0.25},
+                "extruder": {"temperature": 214.8, "target": 215.0},
+                "heater_bed": {"temperature": 60.1, "target": 60.0},
+                "toolhead": {"position": [10.0, 20.0, 0.3, 100.0]}}}"#,
+        )
+        .expect("full status");
+        assert_eq!(s.connection, Connection::Online);
+        let j = s.job.as_ref().expect("printing");
+        assert_eq!(
+            (j.job_id.as_str(), j.percent, j.paused),
+            ("hook.gcode", 25.0, false)
+        );
+        assert_eq!(
+            j.eta_seconds,
+            Some(1800.0),
+            "600 s for a quarter: 1800 s to go"
+        );
+        assert_eq!(s.position, Some([10.0, 20.0, 0.3]));
+        // Only what changed: the bed and the file are still known.
+        moon(
+            &mut s,
+            &mut seen,
+            "klipper/status",
+            r#"{"eventtime": 2.0, "status": {"extruder": {"temperature": 215.1}, "virtual_sdcard": {"progress": 0.5}}}"#,
+        )
+        .expect("changed fields");
+        let j = s.job.as_ref().expect("still printing");
+        assert_eq!((j.job_id.as_str(), j.percent), ("hook.gcode", 50.0));
+        let names: Vec<(&str, f64, f64)> = s
+            .heaters
+            .iter()
+            .map(|h| (h.name.as_str(), h.actual, h.target))
+            .collect();
+        assert_eq!(names, vec![("T0", 215.1, 215.0), ("B", 60.1, 60.0)]);
+        moon(
+            &mut s,
+            &mut seen,
+            "klipper/status",
+            r#"{"status": {"print_stats": {"state": "paused"}}}"#,
+        )
+        .expect("paused");
+        assert!(s.job.as_ref().is_some_and(|j| j.paused));
+        moon(
+            &mut s,
+            &mut seen,
+            "klipper/status",
+            r#"{"status": {"print_stats": {"state": "complete"}}}"#,
+        )
+        .expect("complete");
+        assert!(s.job.is_none());
+        moon(
+            &mut s,
+            &mut seen,
+            "moonraker/status",
+            r#"{"server": "offline"}"#,
+        )
+        .expect("offline");
+        assert_eq!(s.connection, Connection::Offline);
+    }
+
+    #[test]
+    fn moonraker_split_topics_and_a_klipper_shutdown() {
+        let (mut s, mut seen) = (MachineStatus::default(), Seen::new());
+        for (rel, p) in [
+            (
+                "klipper/state/webhooks/state",
+                r#"{"eventtime": 1.0, "value": "ready"}"#,
+            ),
+            (
+                "klipper/state/print_stats/state",
+                r#"{"eventtime": 1.0, "value": "printing"}"#,
+            ),
+            (
+                "klipper/state/virtual_sdcard/progress",
+                r#"{"eventtime": 1.0, "value": 0.1}"#,
+            ),
+        ] {
+            moon(&mut s, &mut seen, rel, p).expect(rel);
+        }
+        assert_eq!(s.job.as_ref().map(|j| j.percent), Some(10.0));
+        moon(
+            &mut s,
+            &mut seen,
+            "klipper/status",
+            r#"{"status": {"webhooks": {"state": "shutdown", "state_message": "MCU 'mcu' shutdown: Timer too close"}}}"#,
+        )
+        .expect("shutdown");
+        assert_eq!(s.connection, Connection::Faulted);
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("MCU 'mcu' shutdown: Timer too close")
+        );
+    }
+
+    #[test]
+    fn a_wrong_moonraker_field_is_refused_and_changes_nothing() {
+        let (mut s, mut seen) = (MachineStatus::default(), Seen::new());
+        moon(
+            &mut s,
+            &mut seen,
+            "klipper/status",
+            r#"{"status": {"webhooks": {"state": "ready"}, "extruder": {"temperature": 20.0, "target": 0}}}"#,
+        )
+        .expect("valid");
+        let (before, seen_before) = (s.clone(), seen.clone());
+        for (rel, p) in [
+            (
+                "klipper/status",
+                r#"{"status": {"extruder": {"temperature": "hot"}}}"#,
+            ),
+            (
+                "klipper/status",
+                r#"{"status": {"virtual_sdcard": {"progress": 7}}}"#,
+            ),
+            ("klipper/status", r#"{"status": {"extruder": 5}}"#),
+            ("klipper/status", "not json"),
+            ("klipper/state/extruder", r#"{"value": 1}"#),
+            ("moonraker/status", r#"{"server": "maybe"}"#),
+        ] {
+            assert!(moon(&mut s, &mut seen, rel, p).is_err(), "{rel} {p}");
+            assert_eq!(s, before, "{p}");
+            assert_eq!(seen, seen_before, "{p}");
+        }
+    }
+
+    // ----------------------------------------------------------- Bambu
+
+    #[test]
+    fn bambu_reports_merge_and_map_gcode_state_to_the_job() {
+        let (mut s, mut seen) = (MachineStatus::default(), Seen::new());
+        apply_bambu(
+            &mut s,
+            &mut seen,
+            br#"{"print": {"command": "push_status", "gcode_state": "RUNNING", "mc_percent": 12,
+                "mc_remaining_time": 45, "subtask_name": "bracket_x4", "nozzle_temper": 219.5,
+                "nozzle_target_temper": 220, "bed_temper": 55, "bed_target_temper": 55,
+                "print_error": 0}}"#,
+        )
+        .expect("full report");
+        let j = s.job.as_ref().expect("running");
+        assert_eq!(
+            (j.job_id.as_str(), j.percent, j.eta_seconds),
+            ("bracket_x4", 12.0, Some(2700.0))
+        );
+        // P1 and A1 send only what changed.
+        apply_bambu(
+            &mut s,
+            &mut seen,
+            br#"{"print": {"mc_percent": 13, "nozzle_temper": 220.1}}"#,
+        )
+        .expect("changed fields");
+        let j = s.job.as_ref().expect("still running");
+        assert_eq!((j.job_id.as_str(), j.percent), ("bracket_x4", 13.0));
+        assert_eq!(
+            s.heaters.iter().map(|h| h.actual).collect::<Vec<_>>(),
+            vec![220.1, 55.0]
+        );
+        apply_bambu(&mut s, &mut seen, br#"{"print": {"gcode_state": "PAUSE"}}"#).expect("pause");
+        assert!(s.job.as_ref().is_some_and(|j| j.paused));
+        apply_bambu(
+            &mut s,
+            &mut seen,
+            br#"{"print": {"gcode_state": "FAILED", "print_error": 50348044}}"#,
+        )
+        .expect("failed");
+        assert!(s.job.is_none());
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("print failed (error 50348044)")
+        );
+        // Other objects (info, system) say nothing about the print.
+        let before = s.clone();
+        apply_bambu(
+            &mut s,
+            &mut seen,
+            br#"{"info": {"command": "get_version"}}"#,
+        )
+        .expect("ignored");
+        assert_eq!(s, before);
+        assert!(apply_bambu(&mut s, &mut seen, br#"{"print": {"mc_percent": 140}}"#).is_err());
+        assert_eq!(s, before);
     }
 }

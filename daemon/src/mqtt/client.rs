@@ -15,8 +15,8 @@
 //! forgotten them.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -121,7 +121,11 @@ struct Inner {
     store: Store,
     machines: Vec<String>,
     links: HashMap<String, (Arc<MqttLink>, Adapter)>,
-    octoprint: Vec<(String, Arc<MqttLink>)>,
+    /// Machines whose messages arrive under a topic base: the base with
+    /// its final `/`, the adapter, the link.
+    bases: Vec<(String, Adapter, Arc<MqttLink>)>,
+    /// What each merging source (Moonraker, Bambu) said last, by machine.
+    seen: std::sync::Mutex<HashMap<String, adapters::Seen>>,
     max_payload: usize,
     health: watch::Sender<MqttHealth>,
     session: watch::Sender<Session>,
@@ -191,12 +195,15 @@ impl Mqtt {
         if let Some(u) = &config.username {
             opts.set_credentials(u, config.password.clone().unwrap_or_default());
         }
-        let octoprint = config
+        // Links are found by machine id, never by position.
+        let by_id: HashMap<&str, &Arc<MqttLink>> = links.iter().map(|(l, _)| (l.id(), l)).collect();
+        let bases = config
             .machines
             .iter()
-            .zip(&links)
-            .filter(|(m, _)| m.adapter == Adapter::Octoprint)
-            .map(|(m, (l, _))| (format!("{}/", m.octoprint_base()), Arc::clone(l)))
+            .filter_map(|m| {
+                let link = by_id.get(m.id.as_str())?;
+                Some((format!("{}/", m.topic_base()?), m.adapter, Arc::clone(link)))
+            })
             .collect();
         let inner = Arc::new(Inner {
             options: opts,
@@ -207,7 +214,8 @@ impl Mqtt {
                 .into_iter()
                 .map(|(l, a)| (l.id().to_string(), (l, a)))
                 .collect(),
-            octoprint,
+            bases,
+            seen: std::sync::Mutex::default(),
             max_payload: config.max_payload_bytes,
             health: watch::Sender::new(MqttHealth {
                 broker: config.broker.clone(),
@@ -376,8 +384,14 @@ impl Inner {
     /// not, so that strangers are counted) and each OctoPrint base.
     fn filters(&self) -> Vec<String> {
         let mut v = vec![self.topics.report_filter()];
-        for (base, _) in &self.octoprint {
-            v.extend(adapters::octoprint_filters(base.trim_end_matches('/')));
+        for (base, adapter, _) in &self.bases {
+            let base = base.trim_end_matches('/');
+            match adapter {
+                Adapter::Octoprint => v.extend(adapters::octoprint_filters(base)),
+                Adapter::Moonraker => v.extend(adapters::moonraker_filters(base)),
+                Adapter::Bambu => v.push(format!("{base}/report")),
+                Adapter::Report => {}
+            }
         }
         v
     }
@@ -400,12 +414,24 @@ impl Inner {
                 }
                 _ => Err(IngestError::UnknownMachine(topic.to_string())),
             }
-        } else if let Some((rel, link)) = self
-            .octoprint
+        } else if let Some((rel, adapter, link)) = self
+            .bases
             .iter()
-            .find_map(|(base, l)| topic.strip_prefix(base.as_str()).map(|rel| (rel, l)))
+            .find_map(|(base, a, l)| topic.strip_prefix(base.as_str()).map(|rel| (rel, *a, l)))
         {
-            link.update(|s| adapters::apply_octoprint(s, rel, payload))
+            match adapter {
+                Adapter::Octoprint => link.update(|s| adapters::apply_octoprint(s, rel, payload)),
+                Adapter::Moonraker | Adapter::Bambu => {
+                    let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    let seen = seen.entry(link.id().to_string()).or_default();
+                    link.update(|s| match adapter {
+                        Adapter::Moonraker => adapters::apply_moonraker(s, seen, rel, payload),
+                        _ if rel == "report" => adapters::apply_bambu(s, seen, payload),
+                        _ => Err(IngestError::UnknownMachine(topic.to_string())),
+                    })
+                }
+                Adapter::Report => Err(IngestError::UnknownMachine(topic.to_string())),
+            }
         } else {
             Err(IngestError::UnknownMachine(topic.to_string()))
         };

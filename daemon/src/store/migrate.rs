@@ -83,7 +83,8 @@ fn refuse_newer(t: &Trees) -> Result<(), StoreError> {
         });
     }
     if written < u64::from(codec::VERSION) {
-        t.meta.insert(LAYOUT, &u64::from(codec::VERSION).to_be_bytes())?;
+        t.meta
+            .insert(LAYOUT, &u64::from(codec::VERSION).to_be_bytes())?;
     }
     Ok(())
 }
