@@ -693,9 +693,11 @@ fn check_mqtt<'a>(
                     Some(serial)
                         if !serial.is_empty()
                             && serial.len() <= 32
-                            && serial.chars().all(|c| c.is_ascii_alphanumeric()) => {}
+                            && serial
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {}
                     _ => problems.push(format!(
-                        "{at}: the bambu adapter needs serial = the printer's serial number (letters and digits)"
+                        "{at}: the bambu adapter needs serial = the printer's serial number (letters, digits, '-' or '_')"
                     )),
                 }
                 format!("mqtt:{}", m.topic_base().unwrap_or_default())

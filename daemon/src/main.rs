@@ -33,6 +33,10 @@ struct Cli {
     /// removed when it ends).
     #[arg(long, requires = "demo")]
     data_dir: Option<PathBuf>,
+    /// Demo: publish the demo factory to this broker (mqtt://HOST:PORT) and
+    /// add one read-only machine per MQTT adapter (see docs/mqtt.md).
+    #[arg(long, requires = "demo", value_name = "URL")]
+    mqtt: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         rt.block_on(demo::run(demo::DemoArgs {
             listen: cli.listen,
             data_dir: cli.data_dir,
+            mqtt: cli.mqtt,
         }))
     } else if let Some(path) = cli.config {
         rt.block_on(serve::run_config(path))

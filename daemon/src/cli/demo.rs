@@ -13,7 +13,7 @@ use microfactory_machines::sim::{self, FirmwareKind, SimConfig, SimHandle};
 
 use crate::auth;
 use crate::cli::serve;
-use crate::config::{Config, MachineConfig};
+use crate::config::{Adapter, Config, MachineConfig, MqttConfig, MqttMachineConfig};
 use crate::core::model::Role;
 use crate::store::Store;
 
@@ -27,6 +27,65 @@ pub struct DemoArgs {
     pub listen: SocketAddr,
     /// Data directory; `None` for a fresh temporary one, removed on exit.
     pub data_dir: Option<PathBuf>,
+    /// A broker to publish the demo factory to (site `demo`), with one
+    /// read-only machine per MQTT adapter that `mosquitto_pub` brings to
+    /// life.
+    pub mqtt: Option<String>,
+}
+
+/// `--demo --mqtt URL`: site `demo` on that broker, and one machine per
+/// adapter under the topics README's examples publish to.
+fn demo_mqtt(broker: String) -> MqttConfig {
+    let machine = |id: &str, name: &str, adapter, base: Option<&str>, serial: Option<&str>| {
+        MqttMachineConfig {
+            id: id.into(),
+            name: Some(name.into()),
+            profile: if id == "esp-mill" {
+                "grbl-3018"
+            } else {
+                "prusa-mk3s"
+            }
+            .into(),
+            adapter,
+            base: base.map(String::from),
+            serial: serial.map(String::from),
+            tags: Vec::new(),
+            class: None,
+        }
+    };
+    MqttConfig {
+        broker,
+        site: "demo".into(),
+        client_id: None,
+        username: None,
+        password: None,
+        keep_alive_secs: 30,
+        max_payload_bytes: 64 * 1024,
+        machines: vec![
+            machine(
+                "octo",
+                "OctoPrint printer",
+                Adapter::Octoprint,
+                Some("octoPrint"),
+                None,
+            ),
+            machine(
+                "klipper",
+                "Klipper printer",
+                Adapter::Moonraker,
+                Some("moonraker-demo"),
+                None,
+            ),
+            machine(
+                "bambu",
+                "Bambu printer",
+                Adapter::Bambu,
+                None,
+                Some("BAMBU-DEMO"),
+            ),
+            machine("esp-mill", "Networked mill", Adapter::Report, None, None),
+        ],
+    }
 }
 
 /// A demo's own temporary data directory, removed when dropped. Each demo
@@ -134,7 +193,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         http: crate::config::HttpConfig::default(),
         machines: configs,
         apc: std::collections::BTreeMap::new(),
-        mqtt: None,
+        mqtt: args.mqtt.clone().map(demo_mqtt),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;
@@ -162,6 +221,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "machines: 2 simulated Marlin printers and 1 simulated GRBL mill, {DEMO_TIME_SCALE}x real time"
     );
+    if let Some(broker) = &args.mqtt {
+        println!(
+            "mqtt: publishing site 'demo' to {broker}; read-only machines octo (octoPrint/…), \
+             klipper (moonraker-demo/…), bambu (device/BAMBU-DEMO/report) and esp-mill \
+             (microfactory/demo/machines/esp-mill/report)"
+        );
+    }
     serve::signal().await;
     running.stop().await;
     for s in sims {

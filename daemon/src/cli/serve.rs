@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use microfactory_machines::driver::{DriverConfig, DriverHandle};
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -225,8 +226,38 @@ pub async fn run_config(path: PathBuf) -> anyhow::Result<()> {
     let running = start(checked, store).await?;
     // Tests and scripts read this line to find a port chosen by the OS.
     println!("listening on http://{}", running.addr);
+    // Type=notify: ready once the store is open, the machines started and
+    // the listener bound, so units ordered after this one find it serving.
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("listening on {}", running.addr)),
+    ]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| {
+        info!(?every, "systemd watchdog enabled");
+        tokio::spawn(async move {
+            // Twice per period, as sd_watchdog_enabled(3) advises; a stuck
+            // runtime stops the pings and systemd restarts the daemon.
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                notify(&[NotifyState::Watchdog]);
+            }
+        })
+    });
     signal().await;
     info!("shutting down");
+    notify(&[NotifyState::Stopping]);
     running.stop().await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
+}
+
+/// Tells systemd about the daemon's state; a no-op outside systemd (no
+/// `NOTIFY_SOCKET`).
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }
