@@ -377,7 +377,10 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let t = &self.t;
         let mut w = journal::Writes::default();
         for f in &batch.files {
