@@ -189,8 +189,16 @@ pub fn unit_label_pdf(label: &UnitLabel) -> Result<Vec<u8>, LabelError> {
             &format!("MFD {}", label.produced_on),
         );
         if c.gs1 {
-            let hr = human_readable(label)?;
-            cv.text_fit(x, 65.0, 4.5, 3.5, wmax, &hr);
+            // The element strings for a person, on two lines at most.
+            let hr = human_readable(label)?.replace('(', " (");
+            let f = super::font::font()?;
+            for (i, l) in pdf::wrap(f, hr.trim(), 4.0, wmax)
+                .iter()
+                .take(2)
+                .enumerate()
+            {
+                cv.text(x, 61.0 + 5.0 * i as f32, 4.0, &l.replace(" (", "("));
+            }
         }
     }
     pdf::finish(doc)
