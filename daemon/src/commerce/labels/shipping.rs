@@ -128,7 +128,7 @@ pub fn shipping_label_zpl(label: &ShippingLabel) -> Result<String, LabelError> {
     z.text(m, m, 22, 40, "FROM");
     let mut y = m + 30;
     for l in lines(&label.from, &label.to.country) {
-        z.text(m, y, 24, 36, &l);
+        z.text_fit(m, y, 24, 18, 520, &l);
         y += 28;
     }
     z.rect(560, m, 222, 150, 4);
@@ -140,7 +140,7 @@ pub fn shipping_label_zpl(label: &ShippingLabel) -> Result<String, LabelError> {
     z.text(m, y2, 26, 20, "SHIP TO");
     y2 += 40;
     for l in lines(&label.to, &label.from.country) {
-        z.text(m + 30, y2, 44, 30, &l);
+        z.text_fit(m + 30, y2, 44, 28, ZW - 2 * m - 30, &l);
         y2 += 50;
     }
     let y_rule = y2.max(640);
@@ -153,21 +153,11 @@ pub fn shipping_label_zpl(label: &ShippingLabel) -> Result<String, LabelError> {
     z.text_centred(0, y_rule + 225, ZW, 40, 40, &label.shipment_number);
     let y3 = y_rule + 285;
     z.rect(m, y3, ZW - 2 * m, 4, 4);
-    z.text(
-        m,
-        y3 + 25,
-        44,
-        30,
-        &format!("ORDER {}", label.order_reference),
-    );
-    z.text(
-        m,
-        y3 + 80,
-        30,
-        40,
-        &format!("WEIGHT {}", weight(label.weight_grams)),
-    );
-    z.text(m, ZH - 50, 20, 70, NO_POSTAGE);
+    let order = format!("ORDER {}", label.order_reference);
+    z.text_fit(m, y3 + 25, 44, 28, ZW - 2 * m, &order);
+    let wt = format!("WEIGHT {}", weight(label.weight_grams));
+    z.text_fit(m, y3 + 80, 30, 24, ZW - 2 * m, &wt);
+    z.text_fit(m, ZH - 50, 20, 16, ZW - 2 * m, NO_POSTAGE);
     Ok(z.finish())
 }
 

@@ -8,7 +8,7 @@ use krilla::Document;
 use tracing::debug_span;
 
 use super::pdf::{self, Canvas, INCH};
-use super::zpl::{Zpl, datamatrix_literal};
+use super::zpl::{DM_ESCAPE, Zpl};
 use super::{LabelError, UnitLabel};
 
 const W: f32 = 2.0 * INCH;
@@ -21,6 +21,11 @@ const GS: char = '\u{1d}';
 /// GS1's character set 82, the characters AI (10) and (21) may hold.
 fn gs1_82(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!\"%&'()*+,-./:;<=>?_".contains(c)
+}
+
+/// A character RFC 3986 allows in a URI (unreserved, reserved or `%`).
+fn uri_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c)
 }
 
 fn check_ai(field: &'static str, value: &str) -> Result<(), LabelError> {
@@ -85,20 +90,16 @@ fn content(label: &UnitLabel) -> Result<Content, LabelError> {
         return Err(LabelError::invalid("sku", "the label needs the SKU"));
     }
     if let Some(url) = &label.record_url {
-        if url.is_empty()
-            || url.len() > 500
-            || !url.is_ascii()
-            || url.chars().any(|c| c.is_ascii_control())
-        {
+        if url.is_empty() || url.len() > 500 || !url.chars().all(uri_char) {
             return Err(LabelError::invalid(
                 "record_url",
-                "the record URL must be printable ASCII, at most 500 characters",
+                "the record URL must be at most 500 characters allowed in a URL (RFC 3986; percent-encode others)",
             ));
         }
         return Ok(Content {
             bytes: url.as_bytes().to_vec(),
             gs1: false,
-            zpl: datamatrix_literal(url),
+            zpl: url.clone(),
         });
     }
     let gtin = label.gtin.as_deref().map(gtin14).transpose()?;
@@ -107,8 +108,11 @@ fn content(label: &UnitLabel) -> Result<Content, LabelError> {
         None => format!("11{}", label.produced_on.gs1()),
     };
     let text = format!("{fixed}10{}{GS}21{}", label.lot, label.serial);
-    // Neither lot nor serial can hold `#` (set 82), so only FNC1 needs the escape.
-    let zpl = format!("#1{fixed}10{}#121{}", label.lot, label.serial);
+    // Neither lot nor serial can hold the escape (set 82), so only FNC1 uses it.
+    let zpl = format!(
+        "{DM_ESCAPE}1{fixed}10{}{DM_ESCAPE}121{}",
+        label.lot, label.serial
+    );
     Ok(Content {
         bytes: text.into_bytes(),
         gs1: true,
@@ -146,6 +150,55 @@ fn symbol(c: &Content) -> Result<DataMatrix, LabelError> {
         DataMatrix::encode(&c.bytes, SymbolList::default().enforce_square())
     };
     r.map_err(|e| LabelError::Barcode(format!("DataMatrix: {e:?}")))
+}
+
+/// Data codewords in DataMatrix ASCII encodation, an upper bound of what
+/// an optimising encoder needs: two digits in one codeword, other ASCII
+/// one, anything else two.
+fn ascii_codewords(data: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    while i < data.len() {
+        let pair = i + 1 < data.len() && data[i].is_ascii_digit() && data[i + 1].is_ascii_digit();
+        n += if data[i] > 127 { 2 } else { 1 };
+        i += if pair { 2 } else { 1 };
+    }
+    n
+}
+
+/// The side, in modules, of the smallest square ECC 200 symbol holding
+/// `codewords` data codewords (ISO/IEC 16022 table 7).
+fn square_side(codewords: usize) -> u32 {
+    const SQUARES: [(u32, usize); 24] = [
+        (10, 3),
+        (12, 5),
+        (14, 8),
+        (16, 12),
+        (18, 18),
+        (20, 22),
+        (22, 30),
+        (24, 36),
+        (26, 44),
+        (32, 62),
+        (36, 86),
+        (40, 114),
+        (44, 144),
+        (48, 174),
+        (52, 204),
+        (64, 280),
+        (72, 368),
+        (80, 456),
+        (88, 576),
+        (96, 696),
+        (104, 816),
+        (120, 1050),
+        (132, 1304),
+        (144, 1558),
+    ];
+    SQUARES
+        .iter()
+        .find(|(_, cap)| *cap >= codewords)
+        .map_or(144, |(side, _)| *side)
 }
 
 /// The unit label as a one-page vector PDF, 2 × 1 in.
@@ -208,16 +261,23 @@ pub fn unit_label_pdf(label: &UnitLabel) -> Result<Vec<u8>, LabelError> {
 pub fn unit_label_zpl(label: &UnitLabel) -> Result<String, LabelError> {
     let _span = debug_span!("unit_label_zpl", serial = %label.serial).entered();
     let c = content(label)?;
-    let cols = symbol(&c)?.bitmap().width() as u32;
-    // The printer encodes the symbol itself; our encoder's size sets the
-    // module so it fills about 170 dots.
-    let module = (170 / (cols + 4)).clamp(2, 10);
+    // The printer encodes the symbol itself; its size from our estimate
+    // sets the module so it fills about 170 dots.
+    let side = square_side(ascii_codewords(&c.bytes) + usize::from(c.gs1));
+    let module = (170 / (side + 4)).clamp(2, 10);
     let mut z = Zpl::start(ZW, ZH);
     z.datamatrix(16, 16, module, &c.zpl);
-    z.text(200, 20, 30, 14, &label.sku);
-    z.text(200, 65, 24, 18, &format!("SN {}", label.serial));
-    z.text(200, 105, 24, 18, &format!("LOT {}", label.lot));
-    z.text(200, 145, 24, 18, &format!("MFD {}", label.produced_on));
+    z.text_fit(200, 20, 30, 18, ZW - 210, &label.sku);
+    z.text_fit(200, 65, 24, 16, ZW - 210, &format!("SN {}", label.serial));
+    z.text_fit(200, 105, 24, 16, ZW - 210, &format!("LOT {}", label.lot));
+    z.text_fit(
+        200,
+        145,
+        24,
+        16,
+        ZW - 210,
+        &format!("MFD {}", label.produced_on),
+    );
     Ok(z.finish())
 }
 
@@ -254,7 +314,7 @@ mod tests {
         );
         assert_eq!(
             c.zpl,
-            "#10104006381333931112611301".to_owned() + "0PLA-2611#121CPL-000042"
+            "`10104006381333931112611301".to_owned() + "0PLA-2611`121CPL-000042"
         );
         assert_eq!(
             human_readable(&sample()).expect("hr"),
@@ -274,12 +334,49 @@ mod tests {
     }
 
     #[test]
-    fn a_record_url_replaces_the_element_string_and_escapes_its_hash() {
+    fn the_size_estimate_is_never_smaller_than_the_encoders_symbol() {
+        let mut l = sample();
+        for (serial, url) in [
+            ("1", None),
+            ("CPL-000042", None),
+            ("ABCDEFGHIJ0123456789", None),
+            (
+                "X",
+                Some("https://factory.example/units/a-rather-long-path/CPL-000042?x=1"),
+            ),
+        ] {
+            l.serial = serial.into();
+            l.record_url = url.map(str::to_owned);
+            let c = content(&l).expect("content");
+            let encoded = symbol(&c).expect("symbol").bitmap().width() as u32;
+            let estimate = square_side(ascii_codewords(&c.bytes) + usize::from(c.gs1));
+            assert!(estimate >= encoded, "{serial}: {estimate} < {encoded}");
+            assert!(
+                estimate <= encoded + 8,
+                "{serial}: {estimate} far above {encoded}"
+            );
+        }
+        assert_eq!(ascii_codewords(b"0123"), 2);
+        assert_eq!(ascii_codewords(b"A1B2"), 4);
+        assert_eq!(square_side(3), 10);
+        assert_eq!(square_side(31), 24);
+    }
+
+    #[test]
+    fn a_record_url_replaces_the_element_string_and_may_not_hold_the_escape() {
         let mut l = sample();
         l.record_url = Some("https://shop.example/u/CPL-000042#top".into());
         let c = content(&l).expect("content");
         assert!(!c.gs1);
-        assert_eq!(c.zpl, "https://shop.example/u/CPL-000042#d035top");
+        assert_eq!(c.zpl, "https://shop.example/u/CPL-000042#top");
+        l.record_url = Some("https://shop.example/u/`x`".into());
+        assert!(matches!(
+            content(&l),
+            Err(LabelError::Invalid {
+                field: "record_url",
+                ..
+            })
+        ));
     }
 
     #[test]

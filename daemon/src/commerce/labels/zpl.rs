@@ -7,6 +7,13 @@ use std::fmt::Write as _;
 /// The `^FH` escape indicator we use.
 const HEX: char = '_';
 
+/// The `^BX` escape character: a backquote, which neither GS1's character
+/// set 82 nor a URL (RFC 3986) may contain.
+pub(crate) const DM_ESCAPE: char = '`';
+
+/// Font 0's average advance as a share of its height (see `text_fit`).
+const ADVANCE: f32 = 0.62;
+
 /// Escapes field data for `^FH_`: `^`, `~` and `_` itself become `_5E`,
 /// `_7E` and `_5F`, and control characters their hex bytes, so the data
 /// can hold no command prefix. Other characters stay as UTF-8 (`^CI28`).
@@ -49,6 +56,18 @@ impl Zpl {
         );
     }
 
+    /// Text in at most `width` dots: font 0 from `h` dots high down to
+    /// `min_h`, then cut. Font 0 is proportional; 0.62 of the height is a
+    /// generous average advance for capitals and digits, so the estimate
+    /// errs on the short side.
+    pub(crate) fn text_fit(&mut self, x: u32, y: u32, h: u32, min_h: u32, width: u32, data: &str) {
+        let n = data.chars().count().max(1) as f32;
+        let fits = (width as f32 / (n * ADVANCE)) as u32;
+        let h = fits.clamp(min_h, h);
+        let max_chars = (width as f32 / (h as f32 * ADVANCE)) as usize;
+        self.text(x, y, h, max_chars, data);
+    }
+
     /// Text centred in a block `width` dots wide starting at `x`.
     pub(crate) fn text_centred(
         &mut self,
@@ -73,10 +92,11 @@ impl Zpl {
     }
 
     /// Code 128 without the printer's interpretation line (we print the
-    /// text ourselves), starting in subset B. `>` is `^BC`'s invocation
-    /// character, so it is doubled as `><`.
+    /// text ourselves), starting in subset B. `>` starts `^BC`'s invocation
+    /// codes; `>0` is the literal `>` (`><` is code value 62, which in
+    /// subset B is `^`).
     pub(crate) fn code128(&mut self, x: u32, y: u32, module: u32, h: u32, data: &str) {
-        let data = data.replace('>', "><");
+        let data = data.replace('>', ">0");
         let _ = writeln!(
             self.out,
             "^FO{x},{y}^BY{module},3,{h}^BCN,{h},N,N,N^FH{HEX}^FD>:{}^FS",
@@ -84,12 +104,14 @@ impl Zpl {
         );
     }
 
-    /// DataMatrix ECC 200 with `#` as its escape character; `data` is
-    /// already in that form (`#1` for FNC1, `#d035` for a literal `#`).
+    /// DataMatrix ECC 200 with [`DM_ESCAPE`] as its escape character;
+    /// `data` is already in that form (escape + `1` is FNC1) and holds no
+    /// other escape character (printers differ on how to write a literal
+    /// one, so the callers' data excludes it).
     pub(crate) fn datamatrix(&mut self, x: u32, y: u32, module: u32, data: &str) {
         let _ = writeln!(
             self.out,
-            "^FO{x},{y}^BXN,{module},200,,,,#^FH{HEX}^FD{}^FS",
+            "^FO{x},{y}^BXN,{module},200,,,,{DM_ESCAPE}^FH{HEX}^FD{}^FS",
             escape_field(data)
         );
     }
@@ -109,11 +131,6 @@ fn cut(s: &str, max: usize) -> String {
     let mut out: String = s.chars().take(max.saturating_sub(3)).collect();
     out.push_str("...");
     out
-}
-
-/// The `^BX` escape for a literal `#` in DataMatrix data.
-pub(crate) fn datamatrix_literal(data: &str) -> String {
-    data.replace('#', "#d035")
 }
 
 #[cfg(test)]
@@ -145,6 +162,25 @@ pub(crate) mod tests {
         let e = escape_field("^XZ~JR_x\nÅsa ✓");
         assert_eq!(e, "_5EXZ_7EJR_5Fx_0AÅsa ✓");
         assert_eq!(unescape(&e), "^XZ~JR_x\nÅsa ✓");
+    }
+
+    #[test]
+    fn long_text_gets_a_smaller_font_then_is_cut() {
+        let mut z = Zpl::start(812, 1218);
+        z.text_fit(0, 0, 44, 28, 700, "SHORT");
+        z.text_fit(0, 0, 44, 28, 700, &"W".repeat(30));
+        z.text_fit(0, 0, 44, 28, 700, &"W".repeat(80));
+        let out = z.finish();
+        assert!(out.contains("^A0N,44,44^FH_^FDSHORT^FS"), "{out}");
+        // 700 / (30 × 0.62) = 37.6 dots high.
+        let w30 = "W".repeat(30);
+        assert!(out.contains(&format!("^A0N,37,37^FH_^FD{w30}^FS")), "{out}");
+        // At the 28-dot minimum 40 characters fit: 37 and the dots.
+        let w37 = "W".repeat(37);
+        assert!(
+            out.contains(&format!("^A0N,28,28^FH_^FD{w37}...^FS")),
+            "{out}"
+        );
     }
 
     #[test]
