@@ -15,7 +15,9 @@ use microfactoryd::commerce::labels::{
 };
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mf-labels-{}-{name}", std::process::id()));
+    // Cargo's scratch folder for integration tests, inside target/: the
+    // last run's files stay there to look at.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("labels-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir

@@ -148,7 +148,7 @@ pub fn shipping_label_zpl(label: &ShippingLabel) -> Result<String, LabelError> {
     // The widest whole-dot module that fits with quiet zones (2 to 4 dots).
     let needed = (modules.len() + 2 * QUIET) as u32;
     let module = ((ZW - 2 * m) / needed).clamp(1, 4);
-    let x = (ZW - modules.len() as u32 * module) / 2;
+    let x = ZW.saturating_sub(modules.len() as u32 * module) / 2;
     z.code128(x, y_rule + 30, module, 180, &label.shipment_number);
     z.text_centred(0, y_rule + 225, ZW, 40, 40, &label.shipment_number);
     let y3 = y_rule + 285;
