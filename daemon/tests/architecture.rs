@@ -154,3 +154,48 @@ fn only_the_mqtt_client_knows_rumqttc_and_the_mqtt_schema_and_adapters_are_pure(
         }
     }
 }
+
+#[test]
+fn labels_and_addresses_are_pure_and_only_labels_know_the_pdf_and_barcode_crates() {
+    let files = sources(&root(), "daemon/src");
+    for word in ["krilla", "barcoders", "datamatrix", "skrifa"] {
+        assert_eq!(
+            offenders(&files, word, &["daemon/src/commerce/labels/"]),
+            Vec::<String>::new(),
+            "{word}"
+        );
+    }
+    let pure: Vec<(String, String)> = files
+        .into_iter()
+        .filter(|(p, _)| {
+            p.starts_with("daemon/src/commerce/labels/") || p == "daemon/src/commerce/address.rs"
+        })
+        .collect();
+    assert!(
+        pure.len() >= 8,
+        "{:?}",
+        pure.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    for word in [
+        "tokio",
+        "sled",
+        "axum",
+        "crate::store",
+        "crate::http",
+        "crate::factory",
+    ] {
+        assert_eq!(offenders(&pure, word, &[]), Vec::<String>::new(), "{word}");
+    }
+    for (p, t) in &pure {
+        let code = t.split("#[cfg(test)]").next().unwrap_or(t);
+        for io in [
+            "SystemTime::now",
+            "Instant::now",
+            "std::fs::",
+            "std::process",
+            "std::net",
+        ] {
+            assert!(!code.contains(io), "{p} uses {io}");
+        }
+    }
+}

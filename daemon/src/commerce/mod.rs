@@ -3,3 +3,4 @@
 //! the factory's records. ARCHITECTURE.md says what each module may know.
 
 pub mod address;
+pub mod labels;
