@@ -135,6 +135,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         machines: configs,
         apc: std::collections::BTreeMap::new(),
         mqtt: None,
+        costs: None,
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;

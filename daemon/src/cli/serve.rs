@@ -124,6 +124,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         Arc::clone(&factory),
         &checked.machines,
         checked.config.apc.clone(),
+        checked.config.costs.clone(),
     );
     metering.start();
     let listener = TcpListener::bind(checked.config.listen)

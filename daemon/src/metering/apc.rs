@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::config::ApcCriteria;
+use crate::metering::cost::CostFigures;
 use crate::metering::oee::{Figures, Quantities, TimeElements};
 
 /// The overall verdict.
@@ -33,7 +34,8 @@ pub enum CriterionStatus {
     Fail,
     /// No value yet (e.g. no units, no production time).
     NoData,
-    /// This daemon does not meter it yet.
+    /// Not measured here: a cost criterion (or operator minutes) without
+    /// a `[costs]` table.
     NotMeasured,
 }
 
@@ -87,7 +89,15 @@ fn judge(key: &str, threshold: f64, measured: Option<f64>) -> Criterion {
 }
 
 /// Evaluates `c` against a window's time elements, quantities and figures.
-pub fn evaluate(c: &ApcCriteria, t: &TimeElements, q: &Quantities, f: &Figures) -> Evaluation {
+/// `cost` is the window's full-cost accounts (none without `[costs]`:
+/// the cost criteria and operator minutes are then not measured).
+pub fn evaluate(
+    c: &ApcCriteria,
+    t: &TimeElements,
+    q: &Quantities,
+    f: &Figures,
+    cost: Option<&CostFigures>,
+) -> Evaluation {
     #[allow(clippy::cast_precision_loss)]
     let planned_hours = t.pbt_ms as f64 / 3_600_000.0;
     #[allow(clippy::cast_precision_loss)]
@@ -105,6 +115,13 @@ pub fn evaluate(c: &ApcCriteria, t: &TimeElements, q: &Quantities, f: &Figures) 
             "mtbf_hours_min" => f.mtbf_hours,
             // No failure: nothing to restore.
             "mttr_hours_max" => f.mttr_hours.or(Some(0.0)),
+            "operator_minutes_per_unit_max" if cost.is_some() => {
+                cost.and_then(|c| c.operator_minutes_per_unit)
+            }
+            "earnings_per_operator_hour_min" if cost.is_some() => {
+                cost.and_then(|c| c.earnings_per_operator_hour)
+            }
+            "cost_per_good_unit_max" if cost.is_some() => cost.and_then(|c| c.cost_per_good_unit),
             _ => {
                 criteria.push(Criterion {
                     key: key.to_string(),
@@ -193,7 +210,7 @@ mod tests {
     #[test]
     fn enough_evidence_and_every_threshold_met_passes() {
         let (t, q) = measured(3, 4, 0);
-        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q));
+        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::Pass, "{e:?}");
         let mtbf = e.criteria.iter().find(|c| c.key == "mtbf_hours_min");
         assert_eq!(
@@ -205,7 +222,7 @@ mod tests {
     #[test]
     fn a_missed_threshold_fails_and_names_the_criterion() {
         let (t, q) = measured(3, 1, 3);
-        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q));
+        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::Fail);
         let failed: Vec<&str> = e
             .criteria
@@ -219,7 +236,7 @@ mod tests {
     #[test]
     fn too_few_units_is_insufficient_data_even_when_thresholds_are_missed() {
         let (t, q) = measured(1, 0, 2);
-        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q));
+        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::InsufficientData);
         assert_eq!(e.units_produced, 2);
     }
@@ -231,7 +248,7 @@ mod tests {
             operator_minutes_per_unit_max: Some(6.0),
             ..criteria()
         };
-        let e = evaluate(&c, &t, &q, &figures(&t, &q));
+        let e = evaluate(&c, &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::InsufficientData);
         assert!(
             e.criteria

@@ -76,7 +76,7 @@ async fn metering(store: &Store) -> Arc<Metering> {
     let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10)
         .await
         .expect("factory");
-    Metering::new(f, &[], BTreeMap::new())
+    Metering::new(f, &[], BTreeMap::new(), None)
 }
 
 async fn catch_up_all(m: &Metering) {

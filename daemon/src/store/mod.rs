@@ -23,6 +23,7 @@
 pub mod codec;
 mod journal;
 mod migrate;
+mod unit_index;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
 use crate::metering::model::{Order, Product, Unit};
+use crate::metering::summary::Summary;
 use codec::{decode, encode, u64_key};
 
 /// Storage failures. None of them is the caller's fault.
@@ -134,6 +136,8 @@ const JOB_ID: &str = "job_id";
 const ORDER_ID: &str = "order_id";
 /// Meta key of the unit serial counter.
 const UNIT_SERIAL: &str = "unit_serial";
+/// Meta key of metering's running totals.
+const METERING_SUMMARY: &str = "metering_summary";
 /// Meta key of the schema version.
 const SCHEMA: &str = "schema";
 /// The schema this daemon writes: 1 = versioned records, domain log,
@@ -164,6 +168,10 @@ struct Trees {
     units: sled::Tree,
     /// (job, attempt, index) → serial.
     unit_places: sled::Tree,
+    /// Units by order, by SKU and end time, and by end time
+    /// ([`unit_index`]): an order's progress and a window's units read
+    /// only their own units, not the whole table.
+    unit_index: sled::Tree,
 }
 
 /// Records that change together, written by [`Store::commit`] as one.
@@ -199,6 +207,9 @@ pub struct Batch {
     pub units: Vec<Unit>,
     /// The unit serial counter's new value.
     pub unit_counter: Option<u64>,
+    /// Metering's running totals (`/metrics`), written with the units and
+    /// the cursor they count.
+    pub metering_summary: Option<Summary>,
     /// Log readers' cursors to move, in the same transaction as what they
     /// wrote for the records up to there.
     pub cursors: Vec<(&'static str, u64)>,
@@ -221,6 +232,7 @@ impl Batch {
             && self.order_id_counter.is_none()
             && self.units.is_empty()
             && self.unit_counter.is_none()
+            && self.metering_summary.is_none()
             && self.cursors.is_empty()
     }
 }
@@ -306,9 +318,11 @@ impl Store {
             order_jobs: db.open_tree("order_jobs")?,
             units: db.open_tree("units")?,
             unit_places: db.open_tree("unit_places")?,
+            unit_index: db.open_tree("unit_index")?,
         };
         let commits = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
+        unit_index::build(&db, &t)?;
         let tip = read_u64(t.meta.get(LOG_SEQ)?);
         Ok(Self {
             db,
@@ -377,7 +391,10 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let t = &self.t;
         let mut w = journal::Writes::default();
         for f in &batch.files {
@@ -404,6 +421,9 @@ impl Store {
         if let Some(n) = batch.unit_counter {
             w.raw(&t.meta, UNIT_SERIAL, n.to_be_bytes());
         }
+        if let Some(summary) = &batch.metering_summary {
+            w.put(&t.meta, "meta", METERING_SUMMARY, summary)?;
+        }
         for p in &batch.products {
             w.put(&t.products, "products", p.sku.as_bytes(), p)?;
         }
@@ -424,6 +444,9 @@ impl Store {
                 None => w.raw(&t.unit_places, place, u.serial.as_bytes()),
             }
             w.put(&t.units, "units", u.serial.as_bytes(), u)?;
+            for key in unit_index::keys(u) {
+                w.raw(&t.unit_index, key, []);
+            }
         }
         for (name, seq) in &batch.cursors {
             w.raw(&t.cursors, name.as_bytes(), seq.to_be_bytes());
@@ -692,6 +715,66 @@ impl Store {
         all(&self.t.units, "units")
     }
 
+    /// The units of a production order, in the order they were made.
+    pub fn units_of_order(&self, order: u64) -> Result<Vec<Unit>, StoreError> {
+        self.indexed_units(unit_index::order_prefix(order), None)
+    }
+
+    /// The units of a product that ended in `from..to`, in end order.
+    pub fn units_of_sku(&self, sku: &str, from: u64, to: u64) -> Result<Vec<Unit>, StoreError> {
+        self.indexed_units(unit_index::sku_prefix(sku), Some((from, to)))
+    }
+
+    /// Whether any unit of a product exists, reading one index key.
+    pub fn sku_has_units(&self, sku: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .t
+            .unit_index
+            .scan_prefix(unit_index::sku_prefix(sku))
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// Every unit that ended in `from..to`, in end order.
+    pub fn units_between(&self, from: u64, to: u64) -> Result<Vec<Unit>, StoreError> {
+        self.indexed_units(unit_index::time_prefix(), Some((from, to)))
+    }
+
+    /// The units an index range names: under `prefix`, and when `ends` is
+    /// given, the end-time part of the key in `from..to`.
+    fn indexed_units(
+        &self,
+        prefix: Vec<u8>,
+        ends: Option<(u64, u64)>,
+    ) -> Result<Vec<Unit>, StoreError> {
+        let serials: Vec<Vec<u8>> = match ends {
+            None => self
+                .t
+                .unit_index
+                .scan_prefix(&prefix)
+                .keys()
+                .map(|k| Ok(k?[prefix.len()..].to_vec()))
+                .collect::<Result<_, StoreError>>()?,
+            Some((from, to)) => {
+                let (lo, hi) = unit_index::time_range(&prefix, from, to);
+                self.t
+                    .unit_index
+                    .range(lo..hi)
+                    .keys()
+                    .map(|k| Ok(k?[prefix.len() + 8..].to_vec()))
+                    .collect::<Result<_, StoreError>>()?
+            }
+        };
+        let mut out = Vec::with_capacity(serials.len());
+        for serial in serials {
+            if let Some(v) = self.t.units.get(&serial)? {
+                out.push(decode("units", &serial, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The serial of the unit made in this place (job, attempt, index on
     /// the plate), if one was.
     pub fn unit_at(
@@ -705,6 +788,15 @@ impl Store {
             .unit_places
             .get(unit_place_key(job, attempt, index))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Metering's running totals, if it has stored them yet.
+    pub fn metering_summary(&self) -> Result<Option<Summary>, StoreError> {
+        self.t
+            .meta
+            .get(METERING_SUMMARY)?
+            .map(|v| decode("meta", METERING_SUMMARY.as_bytes(), &v))
+            .transpose()
     }
 
     /// The unit serial counter: the last serial number handed out.
@@ -988,6 +1080,104 @@ mod tests {
         let rest = s.log_after(from, 10).expect("log");
         assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
         assert!(s.log_after(u64::MAX, 10).expect("log").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn unit(serial: u64, order_id: u64, sku: &str, ended_ms: u64) -> Unit {
+        Unit {
+            serial: crate::metering::model::serial(serial),
+            sku: sku.into(),
+            order_id,
+            job_id: serial,
+            attempt: 1,
+            index: 1,
+            machine_id: "m".into(),
+            gcode_sha256: "f".into(),
+            started_ms: None,
+            ended_ms,
+            planned_runtime_ms: 1,
+            credited_runtime_ms: 1,
+            qc: crate::metering::model::QcState::Pending,
+            first_pass: None,
+            reworked: false,
+            qc_history: vec![],
+        }
+    }
+
+    fn serials(units: &[Unit]) -> Vec<&str> {
+        units.iter().map(|u| u.serial.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn units_are_read_by_order_by_sku_window_and_by_time_window_through_the_index() {
+        let dir = temp_dir("unit-index");
+        let s = Store::open(&dir).expect("open");
+        let units = vec![
+            unit(1, 1, "a", 100),
+            unit(2, 2, "b", 150),
+            unit(3, 1, "a", 200),
+            unit(4, 1, "ab", 250),
+        ];
+        s.commit(
+            &Batch {
+                units: units.clone(),
+                ..Batch::default()
+            },
+            0,
+        )
+        .expect("commit");
+        // An inspection rewrites the unit; the index stays as it was.
+        let mut inspected = units[0].clone();
+        inspected.qc = crate::metering::model::QcState::Pass;
+        s.commit(
+            &Batch {
+                units: vec![inspected],
+                ..Batch::default()
+            },
+            0,
+        )
+        .expect("commit");
+        s.flush().await.expect("flush");
+        let of_order = s.units_of_order(1).expect("order");
+        assert_eq!(
+            serials(&of_order),
+            ["U000000001", "U000000003", "U000000004"]
+        );
+        assert_eq!(of_order[0].qc, crate::metering::model::QcState::Pass);
+        assert_eq!(
+            serials(&s.units_of_order(3).expect("none")),
+            Vec::<&str>::new()
+        );
+        // "a" is not a prefix match for "ab".
+        let a = s.units_of_sku("a", 0, u64::MAX).expect("sku");
+        assert_eq!(serials(&a), ["U000000001", "U000000003"]);
+        let a = s.units_of_sku("a", 101, 201).expect("sku window");
+        assert_eq!(serials(&a), ["U000000003"]);
+        let t = s.units_between(150, 250).expect("window");
+        assert_eq!(serials(&t), ["U000000002", "U000000003"]);
+        assert_eq!(s.units_between(300, 200).expect("empty").len(), 0);
+        assert!(s.sku_has_units("ab").expect("has"));
+        assert!(!s.sku_has_units("c").expect("has"));
+        drop(s);
+        // A store made before the index: its index is built at start.
+        {
+            let db = sled::open(dir.join("db")).expect("raw open");
+            db.open_tree("unit_index")
+                .expect("tree")
+                .clear()
+                .expect("clear");
+            db.open_tree("meta")
+                .expect("tree")
+                .remove(unit_index::marker())
+                .expect("remove");
+            db.flush().expect("flush");
+        }
+        let s = Store::open(&dir).expect("reopen");
+        let rebuilt = s.units_of_order(1).expect("order");
+        assert_eq!(
+            serials(&rebuilt),
+            ["U000000001", "U000000003", "U000000004"]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
