@@ -39,7 +39,7 @@ power_draw_w = 120.0
 fn slow_enough(mut m: MachineSpec) -> MachineSpec {
     // Fast, but a plate still takes a moment: the kill lands while the
     // order is running.
-    m.time_scale = 50.0;
+    m.time_scale = 1000.0;
     m.tweak = |c| {
         c.baud = 250_000;
         c.latency_ms = 0.0;
@@ -355,7 +355,7 @@ async fn metrics_agree_with_the_store_and_kill_9_during_production_loses_and_dup
         .unwrap();
 
     // /metrics against the API.
-    let (_, samples) = scrape(&f, &scraper).await;
+    let (exposition, samples) = scrape(&f, &scraper).await;
     let units_gauge = |qc: &str| {
         value(
             &samples,
@@ -387,7 +387,7 @@ async fn metrics_agree_with_the_store_and_kill_9_during_production_loses_and_dup
             "microfactory_attempt_duration_seconds_count",
             &[("outcome", outcome)],
         );
-        assert_eq!(count, Some(*n), "{outcome}");
+        assert_eq!(count, Some(*n), "{outcome}: {exposition}");
         let inf = value(
             &samples,
             "microfactory_attempt_duration_seconds_bucket",
@@ -447,17 +447,15 @@ async fn metrics_agree_with_the_store_and_kill_9_during_production_loses_and_dup
         )
         .unwrap()
     };
-    assert_eq!(
-        oee("quality_ratio"),
-        m["figures"]["quality_ratio"].as_f64().unwrap()
-    );
-    assert_eq!(
-        oee("effectiveness"),
-        m["figures"]["effectiveness"].as_f64().unwrap()
-    );
+    // The two encoders print the last digit of a double differently.
+    let same = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+    for c in ["quality_ratio", "effectiveness"] {
+        let api = m["figures"][c].as_f64().unwrap();
+        assert!(same(oee(c), api), "{c}: {} against {api}", oee(c));
+    }
     let a = m["figures"]["availability"].as_f64().unwrap();
     assert!(
-        oee("availability") >= a && oee("availability") - a < 0.05,
+        oee("availability") >= a - 1e-12 && oee("availability") - a < 0.05,
         "{a} {}",
         oee("availability")
     );

@@ -125,7 +125,7 @@ impl Collector for Scrape {
             #[allow(clippy::cast_precision_loss)]
             let sum = d.sum_ms as f64 / 1000.0;
             e.encode_family(&vec![("outcome", outcome.clone())])?
-                .encode_histogram::<Labels>(sum, d.count, &d.cumulative(), None)?;
+                .encode_histogram::<Labels>(sum, d.count, &d.per_bucket(), None)?;
         }
         family(
             &mut enc,
@@ -241,4 +241,62 @@ pub fn failure(e: &std::fmt::Error) -> String {
     let mut s = String::new();
     let _ = write!(s, "# encoding failed: {e}");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{Attempt, AttemptOutcome};
+
+    #[test]
+    fn a_scrape_is_written_in_the_text_format_with_every_family() {
+        let mut summary = Summary::default();
+        let attempt = Attempt {
+            job_id: 1,
+            n: 1,
+            machine_id: "m".into(),
+            start_line: 1,
+            assigned_ms: 0,
+            started_ms: Some(0),
+            ended_ms: Some(90_000),
+            outcome: Some(AttemptOutcome::Completed),
+            failure: None,
+            lines_done: 1,
+            last_acked_line: 1,
+            stats: None,
+        };
+        summary.attempt_ended(&attempt);
+        summary.attempt_ended(&Attempt {
+            ended_ms: Some(30_000),
+            ..attempt
+        });
+        summary.unit_inspected("tile", QcState::Pending, QcState::Pass);
+        let text = render(Scrape {
+            summary,
+            machines: vec![MachineRow {
+                id: "m".into(),
+                class: "fdm_printer".into(),
+                state: Some(MachineState::Idle),
+            }],
+            queue_depth: 3,
+            log_lag: vec![("metering".into(), 2)],
+            ..Scrape::default()
+        })
+        .expect("render");
+        for line in [
+            "microfactory_units{sku=\"tile\",qc=\"pass\"} 1",
+            "microfactory_attempt_duration_seconds_count{outcome=\"completed\"} 2",
+            "microfactory_attempt_duration_seconds_sum{outcome=\"completed\"} 120.0",
+            "microfactory_attempt_duration_seconds_bucket{le=\"60.0\",outcome=\"completed\"} 1",
+            "microfactory_attempt_duration_seconds_bucket{le=\"300.0\",outcome=\"completed\"} 2",
+            "microfactory_attempt_duration_seconds_bucket{le=\"86400.0\",outcome=\"completed\"} 2",
+            "microfactory_attempt_duration_seconds_bucket{le=\"+Inf\",outcome=\"completed\"} 2",
+            "microfactory_machine_state{machine=\"m\",class=\"fdm_printer\",state=\"idle\"} 1",
+            "microfactory_queue_depth 3",
+            "microfactory_log_lag_records{reader=\"metering\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 }

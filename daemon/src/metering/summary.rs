@@ -42,17 +42,21 @@ impl Durations {
         self.sum_ms += ms;
     }
 
-    /// The cumulative buckets as Prometheus wants them: (upper bound in
-    /// seconds, attempts at most that long), `+Inf` last.
-    pub fn cumulative(&self) -> Vec<(f64, u64)> {
-        let mut total = 0;
+    /// The buckets as prometheus-client's encoder takes them: (upper
+    /// bound in seconds, attempts in that bucket alone), `+Inf` last; the
+    /// encoder writes them cumulative.
+    pub fn per_bucket(&self) -> Vec<(f64, u64)> {
         let mut out = Vec::with_capacity(DURATION_BUCKETS_S.len() + 1);
         for (i, bound) in DURATION_BUCKETS_S.iter().enumerate() {
-            total += self.buckets.get(i).copied().unwrap_or(0);
             #[allow(clippy::cast_precision_loss)]
-            out.push((*bound as f64, total));
+            out.push((*bound as f64, self.buckets.get(i).copied().unwrap_or(0)));
         }
-        out.push((f64::INFINITY, self.count));
+        let longer = self
+            .buckets
+            .get(DURATION_BUCKETS_S.len())
+            .copied()
+            .unwrap_or(0);
+        out.push((f64::INFINITY, longer));
         out
     }
 }
@@ -155,11 +159,11 @@ mod tests {
         s.attempt_ended(&attempt(AttemptOutcome::Failed, 5));
         let done = &s.attempts["completed"];
         assert_eq!((done.count, done.sum_ms), (3, 100_120_001));
-        let c = done.cumulative();
+        let c = done.per_bucket();
         assert_eq!(c[0], (60.0, 1), "60 s is inside the 60 s bucket");
-        assert_eq!(c[1], (300.0, 2));
-        assert_eq!(c[8], (86_400.0, 2));
-        assert_eq!(c[9], (f64::INFINITY, 3), "a day and more: only in +Inf");
+        assert_eq!(c[1], (300.0, 1));
+        assert_eq!(c[8], (86_400.0, 0));
+        assert_eq!(c[9], (f64::INFINITY, 1), "a day and more: only in +Inf");
         assert_eq!(s.attempts["failed"].count, 1);
     }
 
@@ -173,16 +177,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn the_cumulative_buckets_never_fall_and_end_at_the_count(
+        fn the_buckets_add_up_to_the_count_and_the_sum_is_exact(
             durations in proptest::collection::vec(0u64..200_000_000, 0..50)
         ) {
             let mut d = Durations::default();
             for ms in &durations {
                 d.observe(*ms);
             }
-            let c = d.cumulative();
-            prop_assert!(c.windows(2).all(|w| w[0].1 <= w[1].1));
-            prop_assert_eq!(c.last().map(|x| x.1), Some(durations.len() as u64));
+            let c = d.per_bucket();
+            prop_assert_eq!(c.iter().map(|x| x.1).sum::<u64>(), durations.len() as u64);
+            prop_assert!(c.windows(2).all(|w| w[0].0 < w[1].0));
             prop_assert_eq!(d.sum_ms, durations.iter().sum::<u64>());
         }
     }
