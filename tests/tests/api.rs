@@ -40,7 +40,8 @@ fn at(f: &Factory, method: Method, path: &str) -> reqwest::RequestBuilder {
 /// The slicers' OctoPrint routes answer OctoPrint's error shape,
 /// `{"error": "<sentence>"}`, since slicers show that body as it is.
 fn is_octoprint(template: &str) -> bool {
-    !template.starts_with("/api/v1/")
+    // OctoPrint's paths are under /api but outside /api/v1; /metrics is ours.
+    template.starts_with("/api/") && !template.starts_with("/api/v1/")
 }
 
 /// Asserts OctoPrint's error shape and status and returns the message.

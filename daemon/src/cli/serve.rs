@@ -158,6 +158,11 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// Production metering (the demo defines products and orders).
+    pub fn metering(&self) -> &Arc<Metering> {
+        &self.metering
+    }
+
     /// The MQTT client, when `[mqtt]` is configured.
     pub fn mqtt(&self) -> Option<&Arc<Mqtt>> {
         self.mqtt.as_ref()
