@@ -1030,6 +1030,56 @@ require_bed_clear = true
     }
 
     #[test]
+    fn every_wrong_cost_rate_is_named_and_missing_rates_are_warned_about() {
+        let e = parse(
+            r#"
+data_dir = "data"
+[[machine]]
+id = "mill-1"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/mill"
+[costs]
+currency = ""
+labour_rate_per_hour = -5.0
+[costs.material.PLA]
+price_per_kg = 25.0
+density_g_per_cm3 = 0.0
+[costs.class.fdm_printer]
+purchase_price = 800.0
+service_life_hours = 0.0
+"#,
+        )
+        .expect_err("invalid");
+        for want in [
+            "costs.currency",
+            "costs.labour_rate_per_hour = -5 must be zero or more",
+            "costs.material.PLA.density_g_per_cm3 = 0 must be more than zero",
+            "costs.class.fdm_printer.service_life_hours = 0 must be more than zero",
+        ] {
+            assert!(e.iter().any(|p| p.contains(want)), "{want}: {e:?}");
+        }
+        let c = parse(
+            r#"
+data_dir = "data"
+[[machine]]
+id = "mill-1"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/mill"
+[apc.pcb.cnc_mill]
+cost_per_good_unit_max = 3.0
+"#,
+        )
+        .expect("valid");
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("cost criteria need a [costs] table")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let e = parse(
             r#"

@@ -242,6 +242,66 @@ mod tests {
     }
 
     #[test]
+    fn cost_criteria_are_measured_from_the_accounts_and_unmeasured_without_them() {
+        use crate::metering::cost::{CostInputs, MaterialPerUnit, account};
+        let (t, q) = measured(3, 4, 0);
+        let c = ApcCriteria {
+            cost_per_good_unit_max: Some(2.0),
+            earnings_per_operator_hour_min: Some(68.0),
+            ..criteria()
+        };
+        let costs = crate::config::CostsConfig {
+            currency: "USD".into(),
+            labour_rate_per_hour: 60.0,
+            energy_price_per_kwh: 0.0,
+            qc_minutes_per_unit: 3.0,
+            material: std::collections::BTreeMap::new(),
+            class: std::collections::BTreeMap::new(),
+        };
+        // 4 good units at 1.00 material, 4 inspections of 3 min = 0.2 h
+        // of labour (12.00): 16.00 in all, 4.00 per unit, over 2.00. At
+        // 30 each, (120 − 4) / 0.2 h = 580 per operator hour.
+        let cost = account(
+            &costs,
+            None,
+            MaterialPerUnit::of(Some(1.0), 0.0, 1, None),
+            CostInputs {
+                produced: 4,
+                good: 4,
+                inspections: 4,
+                price_per_unit: Some(30.0),
+                ..CostInputs::default()
+            },
+        );
+        let e = evaluate(&c, &t, &q, &figures(&t, &q), Some(&cost));
+        let status = |key: &str| {
+            e.criteria
+                .iter()
+                .find(|c| c.key == key)
+                .map(|c| (c.measured, c.status))
+        };
+        assert_eq!(
+            status("cost_per_good_unit_max"),
+            Some((Some(4.0), CriterionStatus::Fail))
+        );
+        assert_eq!(
+            status("earnings_per_operator_hour_min").map(|s| s.1),
+            Some(CriterionStatus::Pass)
+        );
+        assert_eq!(e.verdict, Verdict::Fail);
+        let without = evaluate(&c, &t, &q, &figures(&t, &q), None);
+        assert_eq!(
+            status_of(&without, "cost_per_good_unit_max"),
+            Some(CriterionStatus::NotMeasured)
+        );
+        assert_eq!(without.verdict, Verdict::InsufficientData);
+    }
+
+    fn status_of(e: &Evaluation, key: &str) -> Option<CriterionStatus> {
+        e.criteria.iter().find(|c| c.key == key).map(|c| c.status)
+    }
+
+    #[test]
     fn a_criterion_not_metered_yet_keeps_the_verdict_from_passing() {
         let (t, q) = measured(3, 4, 0);
         let c = ApcCriteria {
