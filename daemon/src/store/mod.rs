@@ -590,22 +590,23 @@ impl Store {
     ) -> Result<Vec<StateChange>, StoreError> {
         let mut prefix = machine.as_bytes().to_vec();
         prefix.push(0);
+        // Newest first, stopping at the change in force at `from`: a
+        // recent window reads only its own changes, not the machine's
+        // whole history (changes are in time order, as commits are).
         let mut out: Vec<StateChange> = Vec::new();
-        let mut before: Option<StateChange> = None;
-        for kv in self.t.states.scan_prefix(&prefix) {
+        for kv in self.t.states.scan_prefix(&prefix).rev() {
             let (k, v) = kv?;
             let c: StateChange = decode("machine_states", &k, &v)?;
-            if c.at_ms < from {
-                before = Some(c);
-            } else if c.at_ms <= to {
-                out.push(c);
-            } else {
+            if c.at_ms > to {
+                continue;
+            }
+            let in_force_at_from = c.at_ms < from;
+            out.push(c);
+            if in_force_at_from {
                 break;
             }
         }
-        if let Some(b) = before {
-            out.insert(0, b);
-        }
+        out.reverse();
         Ok(out)
     }
 
@@ -1178,6 +1179,46 @@ mod tests {
             serials(&rebuilt),
             ["U000000001", "U000000003", "U000000004"]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_window_of_machine_states_starts_with_the_state_in_force_and_ends_at_its_end() {
+        let dir = temp_dir("states-window");
+        let s = Store::open(&dir).expect("open");
+        let state = |state| Batch {
+            events: vec![DomainEvent::MachineState {
+                machine_id: "m".into(),
+                state,
+                reason: StateReason::None,
+                job_id: None,
+            }],
+            ..Batch::default()
+        };
+        for (at, st) in [
+            (100, MachineState::Idle),
+            (200, MachineState::Producing),
+            (300, MachineState::Idle),
+            (400, MachineState::Producing),
+        ] {
+            s.commit(&state(st), at).expect("commit");
+        }
+        let at = |from, to| -> Vec<u64> {
+            s.machine_states("m", from, to)
+                .expect("states")
+                .iter()
+                .map(|c| c.at_ms)
+                .collect()
+        };
+        assert_eq!(at(250, 350), vec![200, 300], "in force at 250, then 300");
+        assert_eq!(
+            at(300, 300),
+            vec![200, 300],
+            "as before: the one before `from` too"
+        );
+        assert_eq!(at(0, 150), vec![100], "nothing before the first");
+        assert_eq!(at(500, 600), vec![400], "the last one is still in force");
+        assert_eq!(at(0, u64::MAX), vec![100, 200, 300, 400]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
