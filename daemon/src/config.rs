@@ -48,6 +48,72 @@ pub struct Config {
     pub apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
     /// The MQTT broker and the machines that report through it (`[mqtt]`).
     pub mqtt: Option<MqttConfig>,
+    /// Rates for full-cost accounting (`[costs]`); without it no cost is
+    /// computed and cost criteria stay unmeasured.
+    pub costs: Option<CostsConfig>,
+}
+
+/// `[costs]`: what production costs, each rate with its unit in its name,
+/// amounts in one `currency`. Read by `metering::cost`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostsConfig {
+    /// The currency of every amount, e.g. `USD` (only shown, never
+    /// converted).
+    pub currency: String,
+    /// Operator labour, currency per hour.
+    pub labour_rate_per_hour: f64,
+    /// Electricity, currency per kWh.
+    #[serde(default)]
+    pub energy_price_per_kwh: f64,
+    /// Operator minutes one inspection takes (QC is manual work; units
+    /// the daemon judged itself take none).
+    #[serde(default)]
+    pub qc_minutes_per_unit: f64,
+    /// Materials by name, as products name them (`[costs.material.PLA]`).
+    #[serde(default)]
+    pub material: BTreeMap<String, MaterialCost>,
+    /// Machine classes (`[costs.class.fdm_printer]`).
+    #[serde(default)]
+    pub class: BTreeMap<String, MachineCost>,
+}
+
+/// One material's price and what turns filament length into mass.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaterialCost {
+    /// Currency per kilogram.
+    pub price_per_kg: f64,
+    /// g/cm³ (PLA 1.24, PETG 1.27, ABS 1.04).
+    #[serde(default = "default_density")]
+    pub density_g_per_cm3: f64,
+    /// Filament diameter, mm.
+    #[serde(default = "default_filament_diameter")]
+    pub filament_diameter_mm: f64,
+}
+
+fn default_density() -> f64 {
+    1.24
+}
+
+fn default_filament_diameter() -> f64 {
+    1.75
+}
+
+/// What one machine of a class costs to own and run.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineCost {
+    /// Purchase price of one machine, currency.
+    pub purchase_price: f64,
+    /// Hours of production it is expected to last.
+    pub service_life_hours: f64,
+    /// Mean power draw while it works, watts.
+    #[serde(default)]
+    pub power_draw_w: f64,
+    /// Tool wear per job (mills: end mills, drills), currency.
+    #[serde(default)]
+    pub tooling_wear_per_job: f64,
 }
 
 /// `[mqtt]`: one broker, over plain TCP (TLS is not built in: see
@@ -166,13 +232,20 @@ pub struct ApcCriteria {
     pub oee_min: Option<f64>,
     /// Least good units per planned busy hour.
     pub good_units_per_planned_hour_min: Option<f64>,
-    /// Most operator minutes per unit (not measured yet: a verdict with
-    /// it stays `insufficient_data`).
+    /// Most operator minutes per good unit (setup time and inspections;
+    /// measured only with `[costs]`, which says how long one inspection
+    /// takes).
     pub operator_minutes_per_unit_max: Option<f64>,
     /// Least mean time between failures, hours.
     pub mtbf_hours_min: Option<f64>,
     /// Most mean time to restore, hours.
     pub mttr_hours_max: Option<f64>,
+    /// Least earnings per operator hour, currency (`[costs]` needed):
+    /// what the product earns over its material, machine and tooling
+    /// costs, per hour of operator work.
+    pub earnings_per_operator_hour_min: Option<f64>,
+    /// Most full cost per good unit, currency (`[costs]` needed).
+    pub cost_per_good_unit_max: Option<f64>,
 }
 
 /// The least evidence for an APC verdict.
@@ -189,7 +262,7 @@ pub struct ApcWindow {
 
 impl ApcCriteria {
     /// Every threshold by its key, with whether it is a fraction.
-    pub fn thresholds(&self) -> [(&'static str, Option<f64>, bool); 9] {
+    pub fn thresholds(&self) -> [(&'static str, Option<f64>, bool); 11] {
         [
             ("availability_min", self.availability_min, true),
             ("effectiveness_min", self.effectiveness_min, false),
@@ -208,6 +281,12 @@ impl ApcCriteria {
             ),
             ("mtbf_hours_min", self.mtbf_hours_min, false),
             ("mttr_hours_max", self.mttr_hours_max, false),
+            (
+                "earnings_per_operator_hour_min",
+                self.earnings_per_operator_hour_min,
+                false,
+            ),
+            ("cost_per_good_unit_max", self.cost_per_good_unit_max, false),
         ]
     }
 }
@@ -589,6 +668,13 @@ impl Config {
         }
         let classes: HashSet<&str> = machines.iter().map(Machine::class).collect();
         check_apc(&self.apc, &classes, &mut problems, &mut warnings);
+        check_costs(
+            self.costs.as_ref(),
+            &self.apc,
+            &classes,
+            &mut problems,
+            &mut warnings,
+        );
         if problems.is_empty() {
             Ok(Checked {
                 config: self,
@@ -850,6 +936,98 @@ fn check_apc(
     }
 }
 
+/// The `[costs]` table: every rate a finite number of the right sign,
+/// and warnings where accounting will lack a rate it needs.
+fn check_costs(
+    costs: Option<&CostsConfig>,
+    apc: &BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+    classes: &HashSet<&str>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let Some(c) = costs else {
+        for (sku, by_class) in apc {
+            for (class, cr) in by_class {
+                if cr.earnings_per_operator_hour_min.is_some()
+                    || cr.cost_per_good_unit_max.is_some()
+                {
+                    warnings.push(format!(
+                        "apc.\"{sku}\".{class}: cost criteria need a [costs] table; without it \
+                         the verdict stays insufficient_data"
+                    ));
+                }
+            }
+        }
+        return;
+    };
+    if c.currency.trim().is_empty() || c.currency.len() > 8 {
+        problems.push("costs.currency must be a short code such as USD or EUR".into());
+    }
+    let mut at_least = |at: String, v: f64, positive: bool| {
+        if !(v.is_finite() && (v > 0.0 || (!positive && v == 0.0))) {
+            let want = if positive {
+                "more than zero"
+            } else {
+                "zero or more"
+            };
+            problems.push(format!("{at} = {v} must be {want}"));
+        }
+    };
+    at_least(
+        "costs.labour_rate_per_hour".into(),
+        c.labour_rate_per_hour,
+        false,
+    );
+    at_least(
+        "costs.energy_price_per_kwh".into(),
+        c.energy_price_per_kwh,
+        false,
+    );
+    at_least(
+        "costs.qc_minutes_per_unit".into(),
+        c.qc_minutes_per_unit,
+        false,
+    );
+    for (name, m) in &c.material {
+        let at = format!("costs.material.{name}");
+        at_least(format!("{at}.price_per_kg"), m.price_per_kg, false);
+        at_least(format!("{at}.density_g_per_cm3"), m.density_g_per_cm3, true);
+        at_least(
+            format!("{at}.filament_diameter_mm"),
+            m.filament_diameter_mm,
+            true,
+        );
+    }
+    for (class, m) in &c.class {
+        let at = format!("costs.class.{class}");
+        at_least(format!("{at}.purchase_price"), m.purchase_price, false);
+        at_least(
+            format!("{at}.service_life_hours"),
+            m.service_life_hours,
+            true,
+        );
+        at_least(format!("{at}.power_draw_w"), m.power_draw_w, false);
+        at_least(
+            format!("{at}.tooling_wear_per_job"),
+            m.tooling_wear_per_job,
+            false,
+        );
+        if !classes.contains(class.as_str()) {
+            warnings.push(format!("{at}: no configured machine is of class '{class}'"));
+        }
+    }
+    let mut classes: Vec<&str> = classes.iter().copied().collect();
+    classes.sort_unstable();
+    for class in classes {
+        if !c.class.contains_key(class) {
+            warnings.push(format!(
+                "costs: no [costs.class.{class}] table, so its machine time costs nothing in \
+                 the accounts"
+            ));
+        }
+    }
+}
+
 /// Machine ids appear in URLs and MQTT topics, so keep them plain.
 pub fn valid_id(id: &str) -> bool {
     (1..=32).contains(&id.len())
@@ -893,6 +1071,56 @@ require_bed_clear = true
         assert_eq!(c.machines.len(), 1);
         assert_eq!(c.machines[0].kind(), MachineKind::Printer);
         assert!(c.warnings[0].contains("by-id"), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn every_wrong_cost_rate_is_named_and_missing_rates_are_warned_about() {
+        let e = parse(
+            r#"
+data_dir = "data"
+[[machine]]
+id = "mill-1"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/mill"
+[costs]
+currency = ""
+labour_rate_per_hour = -5.0
+[costs.material.PLA]
+price_per_kg = 25.0
+density_g_per_cm3 = 0.0
+[costs.class.fdm_printer]
+purchase_price = 800.0
+service_life_hours = 0.0
+"#,
+        )
+        .expect_err("invalid");
+        for want in [
+            "costs.currency",
+            "costs.labour_rate_per_hour = -5 must be zero or more",
+            "costs.material.PLA.density_g_per_cm3 = 0 must be more than zero",
+            "costs.class.fdm_printer.service_life_hours = 0 must be more than zero",
+        ] {
+            assert!(e.iter().any(|p| p.contains(want)), "{want}: {e:?}");
+        }
+        let c = parse(
+            r#"
+data_dir = "data"
+[[machine]]
+id = "mill-1"
+profile = "grbl-3018"
+port = "/dev/serial/by-id/mill"
+[apc.pcb.cnc_mill]
+cost_per_good_unit_max = 3.0
+"#,
+        )
+        .expect("valid");
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("cost criteria need a [costs] table")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

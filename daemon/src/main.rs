@@ -89,6 +89,7 @@ struct TokenArgs {
     config: PathBuf,
     /// operator (everything), viewer (read-only), slicer (OctoPrint
     /// upload and status only: the key a slicer keeps in its settings),
+    /// metrics (`GET /metrics` only, for a Prometheus scraper),
     /// storefront or machine (see docs/security.md for what each may call).
     #[arg(long)]
     role: model::Role,

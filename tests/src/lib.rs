@@ -531,6 +531,38 @@ impl Factory {
                 .with_context(|| format!("jobs {ids:?} did not end in {limit:?}"))??;
         }
     }
+
+    /// Reads production order `id` until `pred` holds (or `limit`
+    /// passes). Units are made by the daemon's log reader, which publishes
+    /// no live event: there is nothing to await, so this polls.
+    pub async fn order_until(
+        &self,
+        id: u64,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (s, o) = self.get(&format!("/production-orders/{id}")).await?;
+            if s != StatusCode::OK {
+                bail!("GET /production-orders/{id}: {s} {o}");
+            }
+            if pred(&o) {
+                return Ok(o);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("order {id} never got there in {limit:?}: {o}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, as the daemon's clock reads them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A Server-Sent Events reader.

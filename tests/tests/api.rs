@@ -21,7 +21,8 @@ const LONG_PRINT: &str = "bracket_petg.gcode";
 
 /// The walk sends wrong credentials to every route; the failed sign-in
 /// limit is tested on its own.
-const MANY_FAILURES: &str = "[http]\nmax_failed_sign_ins_per_minute = 100000";
+const MANY_FAILURES: &str = "[http]\nmax_failed_sign_ins_per_minute = 100000\n\
+    [apc.tiny.fdm_printer]\noee_min = 0.5";
 
 fn two_machines() -> [MachineSpec; 2] {
     [
@@ -39,7 +40,8 @@ fn at(f: &Factory, method: Method, path: &str) -> reqwest::RequestBuilder {
 /// The slicers' OctoPrint routes answer OctoPrint's error shape,
 /// `{"error": "<sentence>"}`, since slicers show that body as it is.
 fn is_octoprint(template: &str) -> bool {
-    !template.starts_with("/api/v1/")
+    // OctoPrint's paths are under /api but outside /api/v1; /metrics is ours.
+    template.starts_with("/api/") && !template.starts_with("/api/v1/")
 }
 
 /// Asserts OctoPrint's error shape and status and returns the message.
@@ -68,10 +70,13 @@ async fn call(req: reqwest::RequestBuilder) -> (StatusCode, Option<Value>, heade
     let res = req.send().await.expect("request");
     let status = res.status();
     let headers = res.headers().clone();
+    // Event streams and the Prometheus exposition are not JSON.
     let sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            v.starts_with("text/event-stream") || v.starts_with("application/openmetrics-text")
+        });
     if sse {
         return (status, None, headers);
     }
@@ -209,6 +214,8 @@ impl Ids {
                     "products" => self.sku.to_string(),
                     "production-orders" => self.order.to_string(),
                     "units" => self.serial.clone(),
+                    "apc" => self.sku.to_string(),
+                    "{sku}" => "fdm_printer".to_string(),
                     _ => panic!("{template}: no test id for a parameter after '{owner}'; add one"),
                 });
             } else {
@@ -272,6 +279,7 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
     f.terminate().await.unwrap();
     let storefront = Factory::token_create(f.dir.path(), "storefront").unwrap();
     let machine = Factory::token_create(f.dir.path(), "machine").unwrap();
+    let metrics = Factory::token_create(f.dir.path(), "metrics").unwrap();
     assert!(storefront.starts_with("mfd_") && machine.starts_with("mfd_"));
     f.launch().await.unwrap();
 
@@ -352,6 +360,14 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
         for reserved in ["storefront", "machine"] {
             assert_eq!(r.admits(reserved), session, "{}: {:?}", r.name(), r.roles);
         }
+        // A Prometheus scraper's token reads /metrics and nothing else.
+        assert_eq!(
+            r.admits("metrics"),
+            session || r.template == "/metrics",
+            "{}: {:?}",
+            r.name(),
+            r.roles
+        );
     }
 
     for r in &routes {
@@ -408,6 +424,7 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
             ("viewer", &f.viewer),
             ("storefront", &storefront),
             ("machine", &machine),
+            ("metrics", &metrics),
         ] {
             let (s, body, _) = call(req().bearer_auth(token)).await;
             if r.admits(role) {

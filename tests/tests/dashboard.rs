@@ -1362,3 +1362,119 @@ async fn the_readme_pictures_show_the_factory_at_work() -> Result<()> {
     ui.close().await;
     Ok(())
 }
+
+/// A plate of two small tiles for the Production view.
+const TILE: &str =
+    "G28\nG90\nM83\nG1 Z0.2 F3000\nG1 X10 Y10 E1 F1500\nG1 X40 Y10 E2\nG1 Z5 F3000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_production_view_clears_the_qc_queue_with_a_tap_each_and_links_the_certification_report()
+-> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut printer = MachineSpec::printer("mk3-a", "prusa-mk3s");
+    printer.time_scale = 5000.0;
+    let f = Factory::start_with(
+        &[printer],
+        "[apc.tile.fdm_printer]\nwindow = { min_units = 2 }\nquality_ratio_min = 0.9\n",
+    )
+    .await?;
+    let (s, file) = f
+        .upload_bytes("tile.gcode", TILE.as_bytes().to_vec())
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{file}");
+    let (s, p) = f
+        .post(
+            "/products",
+            json!({"sku": "tile", "name": "Tile", "file_id": file["id"], "units_per_job": 2}),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let (s, o) = f
+        .post("/production-orders", json!({"sku": "tile", "quantity": 2}))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    let order = o["id"].as_u64().unwrap();
+    f.order_until(order, WAIT, |o| o["progress"]["produced"] == 2)
+        .await?;
+
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.click("#nav a[data-view='production']").await?;
+    ui.wait(
+        "document.querySelectorAll('#qc-queue .qc-item').length === 2",
+        "two units waiting for QC",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#verdicts .verdict .report-link')",
+        "the verdict with its report link",
+    )
+    .await?;
+    assert!(
+        ui.text("#orders").await?.contains("0 of 2 good"),
+        "{}",
+        ui.text("#orders").await?
+    );
+    ui.screenshots("production").await?;
+
+    // Phone width, as at the machine: one tap passes, a reason and a tap
+    // fails.
+    ui.phone().await?;
+    ui.click("#qc-queue li[data-key='U000000001'] .qc-pass")
+        .await?;
+    ui.wait(
+        "!document.querySelector(\"#qc-queue li[data-key='U000000001']\")",
+        "the passed unit to leave the queue",
+    )
+    .await?;
+    ui.eval::<bool>(
+        "(() => { const s = document.querySelector(\"#qc-queue li[data-key='U000000002'] select\"); \
+         s.value = 'layer_shift'; return true; })()",
+    )
+    .await?;
+    ui.click("#qc-queue li[data-key='U000000002'] .qc-fail")
+        .await?;
+    ui.wait(
+        "!document.querySelector(\"#qc-queue li[data-key='U000000002']\")",
+        "the failed unit to leave the queue",
+    )
+    .await?;
+    ui.desktop().await?;
+    let (_, u1) = f.get("/units/U000000001").await?;
+    let (_, u2) = f.get("/units/U000000002").await?;
+    assert_eq!(u1["qc"], "pass", "{u1}");
+    assert_eq!(
+        (&u2["qc"], &u2["qc_history"][0]["reason"]),
+        (&json!("fail"), &json!("layer_shift")),
+        "{u2}"
+    );
+    ui.wait(
+        "document.querySelector('#orders').textContent.includes('1 scrap')",
+        "the order's progress to count the scrap",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#pareto-scrap').textContent.includes('layer_shift')",
+        "the scrap Pareto",
+    )
+    .await?;
+    ui.screenshots("production-after-qc").await?;
+
+    // The report link opens a printable page with its charts inline.
+    let href: String = ui
+        .eval("document.querySelector('#verdicts .report-link').getAttribute('href')")
+        .await?;
+    let page: String = ui
+        .eval(&format!(
+            "fetch({}).then(r => r.ok && r.headers.get('content-type').startsWith('text/html') ? r.text() : '')",
+            js_str(&href)
+        ))
+        .await?;
+    assert!(
+        page.contains("<svg") && page.contains("U000000002") && page.contains("quality_ratio_min"),
+        "{page}"
+    );
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}

@@ -63,27 +63,33 @@ async fn the_demo_runs_a_sample_job_on_its_simulated_mill() {
     let res = http
         .post(format!("{base}/api/v1/jobs"))
         .bearer_auth("demo-secret")
-        .json(&json!({"file_id": pcb["id"]}))
+        // Ahead of the demo's own production orders.
+        .json(&json!({"file_id": pcb["id"], "priority": 10}))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let mut seen = String::new();
-    let done = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(chunk) = events.chunk().await.unwrap() {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-            if seen.contains("\"state\":\"completed\"") {
-                return true;
+    let queued: Value = res.json().await.unwrap();
+    let id = queued["jobs"][0]["id"].as_u64().unwrap();
+    // Every event may be the one: read the job again after each.
+    let job = tokio::time::timeout(Duration::from_secs(120), async {
+        while events.chunk().await.unwrap().is_some() {
+            let j: Value = get(&format!("/jobs/{id}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_ne!(j["state"], "failed", "{j}");
+            if j["state"] == "completed" {
+                return j;
             }
-            assert!(!seen.contains("\"state\":\"failed\""), "{seen}");
         }
-        false
+        panic!("the event stream ended");
     })
     .await
     .expect("the demo job completes");
-    assert!(done);
-    let jobs: Value = get("/jobs").await.unwrap().json().await.unwrap();
-    assert_eq!(jobs[0]["assigned_machine"], "mill-1", "{jobs}");
+    assert_eq!(job["assigned_machine"], "mill-1", "{job}");
     let _ = child.start_kill();
 }
 

@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use microfactory_e2e::{Factory, MachineSpec};
+use microfactory_e2e::{Factory, MachineSpec, now_ms};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -29,35 +29,6 @@ fn fast(mut m: MachineSpec) -> MachineSpec {
         c.latency_ms = 0.0;
     };
     m
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
-/// Polls an order until `pred` holds. Units are made by the daemon's log
-/// reader, which publishes no live event: there is nothing to await, so
-/// this reads the order until its deadline.
-async fn order_until(f: &Factory, id: u64, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, o) = f.get(&format!("/production-orders/{id}")).await.unwrap();
-        assert_eq!(s, StatusCode::OK, "{o}");
-        if pred(&o) {
-            return o;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "order never got there: {o}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn ids(v: &Value) -> Vec<u64> {
@@ -138,7 +109,12 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
     {
         assert_eq!(j["state"], "completed", "{j}");
     }
-    let o = order_until(&f, order, |o| o["progress"]["produced"] == 4).await;
+    let o = f
+        .order_until(order, Duration::from_secs(30), |o| {
+            o["progress"]["produced"] == 4
+        })
+        .await
+        .unwrap();
     assert_eq!(o["progress"]["awaiting_qc"], 4, "{o}");
     assert_eq!(o["progress"]["jobs_needed"], 0, "{o}");
 
@@ -199,7 +175,12 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
         .await
         .unwrap();
     assert_eq!(st, StatusCode::CONFLICT, "{again}");
-    let o = order_until(&f, order, |o| o["jobs"].as_array().unwrap().len() == 3).await;
+    let o = f
+        .order_until(order, Duration::from_secs(30), |o| {
+            o["jobs"].as_array().unwrap().len() == 3
+        })
+        .await
+        .unwrap();
     assert_eq!(
         (&o["progress"]["good"], &o["progress"]["scrap"]),
         (&json!(3), &json!(1)),
@@ -209,7 +190,12 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
     f.wait_ended(&mut events, &[third], Duration::from_secs(60))
         .await
         .unwrap();
-    let o = order_until(&f, order, |o| o["progress"]["produced"] == 6).await;
+    let o = f
+        .order_until(order, Duration::from_secs(30), |o| {
+            o["progress"]["produced"] == 6
+        })
+        .await
+        .unwrap();
     assert_eq!(o["state"], "open", "{o}");
     let (_, newest) = f.get("/units?sku=tile&state=pending").await.unwrap();
     let newest = newest[0]["serial"].as_str().unwrap().to_string();
@@ -218,7 +204,10 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
         .await
         .unwrap();
     assert_eq!(st, StatusCode::OK);
-    let o = order_until(&f, order, |o| o["state"] == "done").await;
+    let o = f
+        .order_until(order, Duration::from_secs(30), |o| o["state"] == "done")
+        .await
+        .unwrap();
     assert_eq!(o["progress"]["good"], 4, "{o}");
     assert_eq!(
         o["jobs"].as_array().unwrap().len(),

@@ -167,6 +167,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             firmware: fw,
             time_scale: DEMO_TIME_SCALE,
             link: Some(link.clone()),
+            // An occasional fault on one printer's link: corrupted
+            // bytes, which the host answers with resends (/metrics).
+            corrupt_rate: if id == "ender-b" { 0.000_5 } else { 0.0 },
+            max_faults_per_line: Some(1),
             ..SimConfig::new(fw)
         })
         .await
@@ -192,8 +196,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         keep_ended_jobs: crate::config::DEFAULT_KEEP_ENDED_JOBS,
         http: crate::config::HttpConfig::default(),
         machines: configs,
-        apc: std::collections::BTreeMap::new(),
+        apc: DemoProduction::parse()?.apc,
         mqtt: args.mqtt.clone().map(demo_mqtt),
+        costs: Some(DemoProduction::parse()?.costs),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;
@@ -207,14 +212,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     store.flush().await?;
     let running = serve::start(checked, store).await?;
+    let mut file_ids = Vec::new();
     for (name, text) in [
         ("demo-tile.gcode", tile_gcode()),
         ("demo-pcb-outline.nc", pcb_outline_gcode()),
     ] {
         let mut up = running.factory.upload()?;
         up.push(text.as_bytes())?;
-        running.factory.add_file(up, name.into()).await?;
+        file_ids.push(running.factory.add_file(up, name.into()).await?.0.id);
     }
+    production(&running, &file_ids).await?;
     println!("listening on http://{}", running.addr);
     println!("microfactoryd demo: dashboard at http://{}/", running.addr);
     println!("operator token: {token}");
@@ -228,12 +235,165 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
              (microfactory/demo/machines/esp-mill/report)"
         );
     }
+    let operator = tokio::spawn(demo_operator(
+        std::sync::Arc::clone(&running.factory),
+        std::sync::Arc::clone(running.metering()),
+    ));
     serve::signal().await;
+    operator.abort();
     running.stop().await;
     for s in sims {
         s.shutdown().await;
     }
     Ok(())
+}
+
+/// The demo's criteria and rates, as an operator would write them.
+const DEMO_PRODUCTION: &str = r#"
+[apc.demo-tile.fdm_printer]
+window = { min_units = 6, min_planned_hours = 0 }
+quality_ratio_min = 0.8
+first_pass_yield_min = 0.8
+cost_per_good_unit_max = 5.0
+
+[apc.demo-pcb.cnc_mill]
+window = { min_units = 3, min_planned_hours = 0 }
+quality_ratio_min = 0.8
+earnings_per_operator_hour_min = 68.0
+
+[costs]
+currency = "USD"
+labour_rate_per_hour = 75.0
+energy_price_per_kwh = 0.30
+qc_minutes_per_unit = 0.5
+
+[costs.material.PLA]
+price_per_kg = 25.0
+
+[costs.class.fdm_printer]
+purchase_price = 800.0
+service_life_hours = 10000.0
+power_draw_w = 120.0
+
+[costs.class.cnc_mill]
+purchase_price = 300.0
+service_life_hours = 5000.0
+power_draw_w = 300.0
+tooling_wear_per_job = 0.40
+"#;
+
+/// The demo's `[apc]` and `[costs]` tables.
+#[derive(serde::Deserialize)]
+struct DemoProduction {
+    apc: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, crate::config::ApcCriteria>,
+    >,
+    costs: crate::config::CostsConfig,
+}
+
+impl DemoProduction {
+    fn parse() -> anyhow::Result<Self> {
+        toml::from_str(DEMO_PRODUCTION).context("the demo's production tables")
+    }
+}
+
+/// Two products, one printed and one milled, and an order of each, so the
+/// Production view, /metrics and the APC verdicts have numbers at once.
+async fn production(running: &serve::Running, files: &[String]) -> anyhow::Result<()> {
+    use crate::metering::model::{OrderInput, ProductInput};
+    let m = running.metering();
+    for (sku, name, file, material, price, material_cost, quantity) in [
+        (
+            "demo-tile",
+            "Demo tile",
+            &files[0],
+            Some("PLA"),
+            6.0,
+            None,
+            12,
+        ),
+        (
+            "demo-pcb",
+            "Demo PCB outline",
+            &files[1],
+            None,
+            12.0,
+            Some(1.5),
+            4,
+        ),
+    ] {
+        m.create_product(ProductInput {
+            sku: Some(sku.into()),
+            name: name.into(),
+            file_id: file.clone(),
+            material: material.map(String::from),
+            price_per_unit: Some(price),
+            material_cost_per_unit: material_cost,
+            ..ProductInput::default()
+        })
+        .await
+        .with_context(|| format!("demo product {sku}"))?;
+        m.create_order(OrderInput {
+            sku: sku.into(),
+            quantity,
+            due_ms: None,
+            priority: None,
+        })
+        .await
+        .with_context(|| format!("demo order of {sku}"))?;
+    }
+    Ok(())
+}
+
+/// The demo's operator: clears beds once a second and inspects what was
+/// made, failing about one unit in seven (with a reason), so the QC
+/// figures and the loss Pareto have something to show. A real operator
+/// does this from the Production view.
+async fn demo_operator(
+    factory: std::sync::Arc<crate::factory::Factory>,
+    metering: std::sync::Arc<crate::metering::Metering>,
+) {
+    use crate::metering::model::{QcInput, QcState};
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for m in factory.machines() {
+            if m.awaiting_clear && m.job_id.is_none() {
+                let _ = factory.set_machine(&m.id, Some(true), None).await;
+            }
+        }
+        let pending = metering
+            .units(&crate::metering::UnitFilter {
+                state: Some(QcState::Pending),
+                ..crate::metering::UnitFilter::default()
+            })
+            .unwrap_or_default();
+        for u in pending {
+            let n: u64 = u.serial.trim_start_matches('U').parse().unwrap_or(0);
+            let input = if n % 7 == 3 {
+                QcInput {
+                    result: QcState::Fail,
+                    reason: Some(
+                        if u.sku == "demo-pcb" {
+                            "burr"
+                        } else {
+                            "warping"
+                        }
+                        .into(),
+                    ),
+                    note: None,
+                }
+            } else {
+                QcInput {
+                    result: QcState::Pass,
+                    reason: None,
+                    note: None,
+                }
+            };
+            let _ = metering.inspect(&u.serial, input, "demo inspector").await;
+        }
+    }
 }
 
 /// A 20 mm square, 2 mm thick tile: perimeters and zig-zag infill.

@@ -134,6 +134,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         Arc::clone(&factory),
         &checked.machines,
         checked.config.apc.clone(),
+        checked.config.costs.clone(),
     );
     metering.start();
     let listener = TcpListener::bind(checked.config.listen)
@@ -167,6 +168,11 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// Production metering (the demo defines products and orders).
+    pub fn metering(&self) -> &Arc<Metering> {
+        &self.metering
+    }
+
     /// The MQTT client, when `[mqtt]` is configured.
     pub fn mqtt(&self) -> Option<&Arc<Mqtt>> {
         self.mqtt.as_ref()

@@ -309,6 +309,9 @@ pub enum Role {
     /// Its key sits in plain text in the slicer's settings, so it can
     /// queue work but never stop, delete or command anything.
     Slicer,
+    /// A Prometheus scraper: `GET /metrics` only (and its own session).
+    /// Production figures, nothing about files, jobs or tokens.
+    Metrics,
 }
 
 impl std::str::FromStr for Role {
@@ -320,8 +323,10 @@ impl std::str::FromStr for Role {
             "storefront" => Ok(Self::Storefront),
             "machine" => Ok(Self::Machine),
             "slicer" => Ok(Self::Slicer),
+            "metrics" => Ok(Self::Metrics),
             _ => Err(format!(
-                "unknown role '{s}' (expected operator, viewer, slicer, storefront or machine)"
+                "unknown role '{s}' (expected operator, viewer, slicer, metrics, storefront or \
+                 machine)"
             )),
         }
     }

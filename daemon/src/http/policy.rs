@@ -64,7 +64,10 @@ const EVERYONE: &[Role] = &[
     Role::Storefront,
     Role::Machine,
     Role::Slicer,
+    Role::Metrics,
 ];
+/// A Prometheus scrape: the scraper's own role, and people who read.
+const SCRAPERS: &[Role] = &[Role::Operator, Role::Viewer, Role::Metrics];
 /// Slicers' status reads (Cura's monitor, the connection test).
 const SLICER_READERS: &[Role] = &[Role::Operator, Role::Viewer, Role::Slicer];
 /// Slicers' uploads.
@@ -267,6 +270,14 @@ pub const TABLE: &[Rule] = &[
     ),
     row(Method::GET, "/api/v1/metrics", Roles(READERS), Empty),
     row(Method::GET, "/api/v1/apc", Roles(READERS), Empty),
+    row(
+        Method::GET,
+        "/api/v1/apc/{sku}/{class}/report",
+        Roles(READERS),
+        Empty,
+    ),
+    // Prometheus: a scraper's bearer token of the `metrics` role.
+    row(Method::GET, "/metrics", Roles(SCRAPERS), Empty),
     // OctoPrint's paths, for slicers (`http::octoprint`).
     row(Method::GET, "/api/version", ApiKey(SLICER_READERS), Empty),
     row(
@@ -326,6 +337,7 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Storefront => "storefront",
         Role::Machine => "machine",
         Role::Slicer => "slicer",
+        Role::Metrics => "metrics",
     }
 }
 

@@ -328,6 +328,92 @@ async fn apc(
     Ok(Json(s.metering.apc(w)?))
 }
 
+/// `GET /apc/{sku}/{class}/report` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// From, ms since the Unix epoch (default: the product's creation).
+    pub from: Option<u64>,
+    /// To, excluded (default: now).
+    pub to: Option<u64>,
+    /// `json` (default) or `html`, the printable page.
+    pub format: Option<String>,
+}
+
+/// The certification report of one (SKU, machine class): the verdict with
+/// every input and the full-cost accounts, the two halves of the window
+/// as the consecutive windows the rule asks for, a series for the charts,
+/// and the evidence (unit serials, attempts, state-log spans). As JSON, or
+/// with `format=html` as a printable page with inline SVG charts.
+#[utoipa::path(get, path = "/api/v1/apc/{sku}/{class}/report", tag = "production",
+    params(("sku" = String, Path, description = "SKU"),
+        ("class" = String, Path, description = "Machine class"), ReportQuery),
+    responses((status = 200, body = crate::metering::report::Report),
+        (status = 200, description = "printable page", content_type = "text/html", body = String),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn apc_report(
+    State(s): State<AppState>,
+    Path((sku, class)): Path<(String, String)>,
+    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let q = query(q)?;
+    let w = window(q.from, q.to)?;
+    let html = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("html") => true,
+        Some(other) => {
+            return Err(bad_query(format!(
+                "format '{other}' is not one of json, html"
+            )));
+        }
+    };
+    let report = s.metering.report(&sku, &class, w)?;
+    if html {
+        let page = crate::metering::report::html(&report);
+        Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            page,
+        )
+            .into_response())
+    } else {
+        Ok(Json(report).into_response())
+    }
+}
+
+/// Prometheus metrics (OpenMetrics text): units by SKU and QC state,
+/// attempt durations, serial resends, machine states, OEE per machine
+/// class over the last day, APC verdicts, queue depth and how far each
+/// log reader lags. For a scraper holding a token of the `metrics` role
+/// (operators and viewers may read it too).
+#[utoipa::path(get, path = "/metrics", tag = "production",
+    responses((status = 200, description = "OpenMetrics text exposition",
+        content_type = "application/openmetrics-text", body = String)),
+    security(("bearer" = [])))]
+async fn prometheus_metrics(State(s): State<AppState>) -> ApiResult<axum::response::Response> {
+    use crate::metering::exposition;
+    use axum::response::IntoResponse;
+    let queued = s
+        .factory
+        .jobs(&[crate::core::model::JobState::Queued], None, None)?
+        .len() as u64;
+    let mut readers = vec![crate::metering::reader::CURSOR];
+    if s.mqtt.is_some() {
+        readers.push(crate::mqtt::client::CURSOR);
+    }
+    let scrape = s.metering.scrape(queued, &readers)?;
+    let body = tokio::task::spawn_blocking(move || exposition::render(scrape))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .unwrap_or_else(|e| exposition::failure(&e));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, exposition::CONTENT_TYPE)],
+        body,
+    )
+        .into_response())
+}
+
 /// The production routes, to merge into the authenticated `/api/v1`
 /// router.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -342,4 +428,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(inspect_unit))
         .routes(routes!(metrics))
         .routes(routes!(apc))
+        .routes(routes!(prometheus_metrics))
+        .routes(routes!(apc_report))
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::config::ApcCriteria;
+use crate::metering::cost::CostFigures;
 use crate::metering::oee::{Figures, Quantities, TimeElements};
 
 /// The overall verdict.
@@ -33,7 +34,8 @@ pub enum CriterionStatus {
     Fail,
     /// No value yet (e.g. no units, no production time).
     NoData,
-    /// This daemon does not meter it yet.
+    /// Not measured here: a cost criterion (or operator minutes) without
+    /// a `[costs]` table.
     NotMeasured,
 }
 
@@ -87,7 +89,15 @@ fn judge(key: &str, threshold: f64, measured: Option<f64>) -> Criterion {
 }
 
 /// Evaluates `c` against a window's time elements, quantities and figures.
-pub fn evaluate(c: &ApcCriteria, t: &TimeElements, q: &Quantities, f: &Figures) -> Evaluation {
+/// `cost` is the window's full-cost accounts (none without `[costs]`:
+/// the cost criteria and operator minutes are then not measured).
+pub fn evaluate(
+    c: &ApcCriteria,
+    t: &TimeElements,
+    q: &Quantities,
+    f: &Figures,
+    cost: Option<&CostFigures>,
+) -> Evaluation {
     #[allow(clippy::cast_precision_loss)]
     let planned_hours = t.pbt_ms as f64 / 3_600_000.0;
     #[allow(clippy::cast_precision_loss)]
@@ -105,6 +115,13 @@ pub fn evaluate(c: &ApcCriteria, t: &TimeElements, q: &Quantities, f: &Figures) 
             "mtbf_hours_min" => f.mtbf_hours,
             // No failure: nothing to restore.
             "mttr_hours_max" => f.mttr_hours.or(Some(0.0)),
+            "operator_minutes_per_unit_max" if cost.is_some() => {
+                cost.and_then(|c| c.operator_minutes_per_unit)
+            }
+            "earnings_per_operator_hour_min" if cost.is_some() => {
+                cost.and_then(|c| c.earnings_per_operator_hour)
+            }
+            "cost_per_good_unit_max" if cost.is_some() => cost.and_then(|c| c.cost_per_good_unit),
             _ => {
                 criteria.push(Criterion {
                     key: key.to_string(),
@@ -193,7 +210,7 @@ mod tests {
     #[test]
     fn enough_evidence_and_every_threshold_met_passes() {
         let (t, q) = measured(3, 4, 0);
-        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q));
+        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::Pass, "{e:?}");
         let mtbf = e.criteria.iter().find(|c| c.key == "mtbf_hours_min");
         assert_eq!(
@@ -205,7 +222,7 @@ mod tests {
     #[test]
     fn a_missed_threshold_fails_and_names_the_criterion() {
         let (t, q) = measured(3, 1, 3);
-        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q));
+        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::Fail);
         let failed: Vec<&str> = e
             .criteria
@@ -219,9 +236,69 @@ mod tests {
     #[test]
     fn too_few_units_is_insufficient_data_even_when_thresholds_are_missed() {
         let (t, q) = measured(1, 0, 2);
-        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q));
+        let e = evaluate(&criteria(), &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::InsufficientData);
         assert_eq!(e.units_produced, 2);
+    }
+
+    #[test]
+    fn cost_criteria_are_measured_from_the_accounts_and_unmeasured_without_them() {
+        use crate::metering::cost::{CostInputs, MaterialPerUnit, account};
+        let (t, q) = measured(3, 4, 0);
+        let c = ApcCriteria {
+            cost_per_good_unit_max: Some(2.0),
+            earnings_per_operator_hour_min: Some(68.0),
+            ..criteria()
+        };
+        let costs = crate::config::CostsConfig {
+            currency: "USD".into(),
+            labour_rate_per_hour: 60.0,
+            energy_price_per_kwh: 0.0,
+            qc_minutes_per_unit: 3.0,
+            material: std::collections::BTreeMap::new(),
+            class: std::collections::BTreeMap::new(),
+        };
+        // 4 good units at 1.00 material, 4 inspections of 3 min = 0.2 h
+        // of labour (12.00): 16.00 in all, 4.00 per unit, over 2.00. At
+        // 30 each, (120 − 4) / 0.2 h = 580 per operator hour.
+        let cost = account(
+            &costs,
+            None,
+            MaterialPerUnit::of(Some(1.0), 0.0, 1, None),
+            CostInputs {
+                produced: 4,
+                good: 4,
+                inspections: 4,
+                price_per_unit: Some(30.0),
+                ..CostInputs::default()
+            },
+        );
+        let e = evaluate(&c, &t, &q, &figures(&t, &q), Some(&cost));
+        let status = |key: &str| {
+            e.criteria
+                .iter()
+                .find(|c| c.key == key)
+                .map(|c| (c.measured, c.status))
+        };
+        assert_eq!(
+            status("cost_per_good_unit_max"),
+            Some((Some(4.0), CriterionStatus::Fail))
+        );
+        assert_eq!(
+            status("earnings_per_operator_hour_min").map(|s| s.1),
+            Some(CriterionStatus::Pass)
+        );
+        assert_eq!(e.verdict, Verdict::Fail);
+        let without = evaluate(&c, &t, &q, &figures(&t, &q), None);
+        assert_eq!(
+            status_of(&without, "cost_per_good_unit_max"),
+            Some(CriterionStatus::NotMeasured)
+        );
+        assert_eq!(without.verdict, Verdict::InsufficientData);
+    }
+
+    fn status_of(e: &Evaluation, key: &str) -> Option<CriterionStatus> {
+        e.criteria.iter().find(|c| c.key == key).map(|c| c.status)
     }
 
     #[test]
@@ -231,7 +308,7 @@ mod tests {
             operator_minutes_per_unit_max: Some(6.0),
             ..criteria()
         };
-        let e = evaluate(&c, &t, &q, &figures(&t, &q));
+        let e = evaluate(&c, &t, &q, &figures(&t, &q), None);
         assert_eq!(e.verdict, Verdict::InsufficientData);
         assert!(
             e.criteria

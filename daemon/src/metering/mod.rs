@@ -10,14 +10,18 @@
 //! order of decisions), then flushes before answering.
 
 pub mod apc;
+pub mod cost;
+pub mod exposition;
 pub mod model;
 pub mod oee;
 pub mod production;
 pub mod reader;
+pub mod report;
+pub mod summary;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -28,7 +32,7 @@ use tracing::{info, warn};
 use utoipa::ToSchema;
 
 use crate::clock::now_ms;
-use crate::config::{ApcCriteria, Machine};
+use crate::config::{ApcCriteria, CostsConfig, Machine};
 use crate::core::events::DomainEvent;
 use crate::core::model::Job;
 use crate::factory::{Factory, FactoryError, Submission};
@@ -40,6 +44,7 @@ use model::{
 };
 use oee::{Figures, Quantities, TimeElements, Window};
 use production::Progress;
+use summary::Summary;
 
 /// Why a metering request was refused; each maps to one HTTP status.
 #[derive(Debug, Error)]
@@ -151,6 +156,8 @@ pub struct ApcResult {
     pub quantities: Quantities,
     /// The indicators.
     pub figures: Figures,
+    /// Full-cost accounts (with a `[costs]` table).
+    pub cost: Option<cost::CostFigures>,
     /// Verdict and criteria.
     #[serde(flatten)]
     pub evaluation: Evaluation,
@@ -163,10 +170,13 @@ pub struct Metering {
     /// Machine id → class, in configuration order.
     classes: Vec<(String, String)>,
     apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+    costs: Option<CostsConfig>,
     /// Held by every metering write (and across an order's job
     /// submission), so that read-modify-write of orders and units and the
     /// reader's commits never interleave.
     lock: tokio::sync::Mutex<()>,
+    /// The running totals as last committed (`None`: not read yet).
+    summary: std::sync::Mutex<Option<Summary>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -186,6 +196,7 @@ impl Metering {
         factory: Arc<Factory>,
         machines: &[Machine],
         apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
+        costs: Option<CostsConfig>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store: factory.store().clone(),
@@ -195,7 +206,9 @@ impl Metering {
                 .map(|m| (m.config.id.clone(), m.class().to_string()))
                 .collect(),
             apc,
+            costs,
             lock: tokio::sync::Mutex::new(()),
+            summary: std::sync::Mutex::new(None),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -212,6 +225,68 @@ impl Metering {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// The running totals as last committed; read from the store once,
+    /// or for a store written before they were kept, counted from what the
+    /// log reader has handled.
+    pub fn summary(&self) -> Result<Summary> {
+        let mut cached = self
+            .summary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = cached.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = match self.store.metering_summary()? {
+            Some(s) => s,
+            None => self.count_summary()?,
+        };
+        *cached = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Replaces the cached totals after they were committed.
+    fn set_summary(&self, s: Summary) {
+        *self
+            .summary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(s);
+    }
+
+    /// The totals of a store written before they were kept: every unit,
+    /// and the attempts of the log records the reader has handled.
+    fn count_summary(&self) -> Result<Summary> {
+        let cursor = self.store.cursor(reader::CURSOR)?;
+        let mut s = Summary {
+            through_seq: cursor,
+            ..Summary::default()
+        };
+        for u in self.store.units()? {
+            s.unit_made(&u);
+        }
+        let mut after = 0;
+        while after < cursor {
+            let records = self.store.log_after(after, 1024)?;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                break;
+            };
+            for r in records.iter().take_while(|r| r.seq <= cursor) {
+                if let DomainEvent::AttemptEnded {
+                    job_id, attempt, ..
+                } = &r.event
+                    && let Some(a) = self
+                        .store
+                        .attempts(*job_id)?
+                        .into_iter()
+                        .find(|a| a.n == *attempt)
+                {
+                    s.attempt_ended(&a);
+                }
+            }
+            after = last;
+        }
+        Ok(s)
     }
 
     async fn commit(&self, batch: &Batch) -> Result<()> {
@@ -277,11 +352,12 @@ impl Metering {
         let _g = self.lock.lock().await;
         self.product(sku)?;
         let orders = self.store.orders()?.iter().filter(|o| o.sku == sku).count();
-        let units = self.store.units()?.iter().filter(|u| u.sku == sku).count();
-        if orders + units > 0 {
+        let units = self.store.sku_has_units(sku)?;
+        if orders > 0 || units {
+            let units = if units { "its units" } else { "no unit" };
             return Err(MeteringError::Conflict(format!(
-                "product '{sku}' is referred to by {orders} production order(s) and {units} \
-                 unit(s); it stays for their records"
+                "product '{sku}' is referred to by {orders} production order(s) and {units}; \
+                 it stays for their records"
             )));
         }
         self.commit(&Batch {
@@ -293,21 +369,20 @@ impl Metering {
 
     // -------------------------------------------------------------- orders
 
-    fn view(&self, order: Order, units: &[Unit]) -> OrderView {
-        let progress =
-            production::progress(&order, units.iter().filter(|u| u.order_id == order.id));
-        OrderView { order, progress }
+    /// An order with its progress, from its own units (by the index).
+    fn view(&self, order: Order) -> Result<OrderView> {
+        let units = self.store.units_of_order(order.id)?;
+        let progress = production::progress(&order, &units);
+        Ok(OrderView { order, progress })
     }
 
     /// Every order with its progress, oldest first.
     pub fn orders(&self) -> Result<Vec<OrderView>> {
-        let units = self.store.units()?;
-        Ok(self
-            .store
+        self.store
             .orders()?
             .into_iter()
-            .map(|o| self.view(o, &units))
-            .collect())
+            .map(|o| self.view(o))
+            .collect()
     }
 
     /// One order with its progress.
@@ -316,7 +391,7 @@ impl Metering {
             .store
             .order(id)?
             .ok_or_else(|| MeteringError::NotFound(format!("no production order {id}")))?;
-        Ok(self.view(order, &self.store.units()?))
+        self.view(order)
     }
 
     /// Creates an order and queues ⌈quantity ÷ units per job⌉ jobs.
@@ -400,12 +475,7 @@ impl Metering {
         if order.state != OrderState::Open {
             return Ok(Vec::new());
         }
-        let units: Vec<Unit> = self
-            .store
-            .units()?
-            .into_iter()
-            .filter(|u| u.order_id == id)
-            .collect();
+        let units = self.store.units_of_order(id)?;
         let p = production::progress(&order, &units);
         if p.good >= p.ordered {
             order.state = OrderState::Done;
@@ -515,16 +585,14 @@ impl Metering {
 
     /// Units matching `f`, in the order they were made.
     pub fn units(&self, f: &UnitFilter) -> Result<Vec<Unit>> {
-        Ok(self
-            .store
-            .units()?
+        let (from, to) = (f.from_ms.unwrap_or(0), f.to_ms.unwrap_or(u64::MAX));
+        let units = match &f.sku {
+            Some(sku) => self.store.units_of_sku(sku, from, to)?,
+            None => self.store.units_between(from, to)?,
+        };
+        Ok(units
             .into_iter()
-            .filter(|u| {
-                f.sku.as_ref().is_none_or(|s| *s == u.sku)
-                    && f.state.is_none_or(|s| s == u.qc)
-                    && f.from_ms.is_none_or(|t| u.ended_ms >= t)
-                    && f.to_ms.is_none_or(|t| u.ended_ms < t)
-            })
+            .filter(|u| f.state.is_none_or(|s| s == u.qc))
             .collect())
     }
 
@@ -543,7 +611,10 @@ impl Metering {
         let from = unit.qc;
         unit.inspect(input, by, now_ms())?;
         let last = unit.qc_history.last();
+        let mut summary = self.summary()?;
+        summary.unit_inspected(&unit.sku, from, unit.qc);
         self.commit(&Batch {
+            metering_summary: Some(summary.clone()),
             events: vec![DomainEvent::UnitInspected {
                 serial: unit.serial.clone(),
                 sku: unit.sku.clone(),
@@ -556,6 +627,7 @@ impl Metering {
             ..Batch::default()
         })
         .await?;
+        self.set_summary(summary);
         if let Err(e) = self.top_up_locked(unit.order_id).await {
             warn!(order = unit.order_id, error = %e, "could not queue an order's jobs");
         }
@@ -595,7 +667,7 @@ impl Metering {
     /// of every machine (the whole factory) or every product.
     pub fn metrics(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<Metrics> {
         let now = now_ms();
-        let units = self.store.units()?;
+        let units = self.store.units_between(w.from_ms, w.to_ms)?;
         let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
         let (machines, time, quantities) = match (scope, id) {
             (Scope::Machine, id) => {
@@ -640,44 +712,290 @@ impl Metering {
         })
     }
 
+    /// One `/metrics` scrape: the running totals, each machine's state,
+    /// OEE per class over the last day, the APC verdicts over all history,
+    /// and how far each of `readers` (log cursor names) lags the log.
+    pub fn scrape(&self, queue_depth: u64, readers: &[&str]) -> Result<exposition::Scrape> {
+        let now = now_ms();
+        let mut machines = Vec::with_capacity(self.classes.len());
+        for (id, class) in &self.classes {
+            machines.push(exposition::MachineRow {
+                id: id.clone(),
+                class: class.clone(),
+                state: self.store.last_machine_state(id)?.map(|c| c.state),
+            });
+        }
+        let w = Window {
+            from_ms: now.saturating_sub(exposition::OEE_WINDOW_MS),
+            to_ms: now,
+        };
+        let units = self.store.units_between(w.from_ms, w.to_ms)?;
+        let mut classes: Vec<&str> = self.classes.iter().map(|(_, c)| c.as_str()).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        let mut oee = Vec::new();
+        for class in classes {
+            let of_class: Vec<String> = self
+                .classes
+                .iter()
+                .filter(|(_, c)| c == class)
+                .map(|(m, _)| m.clone())
+                .collect();
+            let time = self.time_of(&of_class, w, now, &|_| true)?;
+            let q = Quantities::of(&units, w, |u| of_class.contains(&u.machine_id));
+            oee.push((class.to_string(), oee::figures(&time, &q)));
+        }
+        let apc = self
+            .apc(Window {
+                from_ms: 0,
+                to_ms: u64::MAX,
+            })?
+            .into_iter()
+            .map(|r| (r.sku, r.class, r.evaluation.verdict))
+            .collect();
+        let tip = *self.store.log_tip().borrow();
+        let mut log_lag = Vec::new();
+        for r in readers {
+            log_lag.push(((*r).to_string(), tip.saturating_sub(self.store.cursor(r)?)));
+        }
+        Ok(exposition::Scrape {
+            summary: self.summary()?,
+            machines,
+            oee,
+            apc,
+            queue_depth,
+            log_lag,
+        })
+    }
+
+    /// The full-cost accounts of a product's units on `machines` of
+    /// `class` with these time elements (none without `[costs]`).
+    fn cost_of(
+        &self,
+        product: Option<&Product>,
+        class: &str,
+        machines: usize,
+        units: &[&Unit],
+        time: &TimeElements,
+    ) -> Result<Option<cost::CostFigures>> {
+        let Some(costs) = &self.costs else {
+            return Ok(None);
+        };
+        let material = match product {
+            Some(p) => {
+                let filament = self
+                    .store
+                    .file(&p.file_id)?
+                    .map_or(0.0, |f| f.analysis.filament_mm);
+                let priced = p.material.as_deref().and_then(|name| {
+                    costs
+                        .material
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, m)| m)
+                });
+                cost::MaterialPerUnit::of(
+                    p.material_cost_per_unit,
+                    filament,
+                    p.units_per_job,
+                    priced,
+                )
+            }
+            None => cost::MaterialPerUnit::of(None, 0.0, 1, None),
+        };
+        let jobs: HashSet<(u64, u32)> = units.iter().map(|u| (u.job_id, u.attempt)).collect();
+        let inspections = units
+            .iter()
+            .flat_map(|u| &u.qc_history)
+            .filter(|r| r.by != production::DAEMON)
+            .count();
+        let inputs = cost::CostInputs {
+            produced: units.len() as u64,
+            good: units.iter().filter(|u| u.qc == QcState::Pass).count() as u64,
+            production_ms: time.apt_ms,
+            setup_ms: time.setup_ms,
+            jobs: jobs.len() as u64,
+            inspections: inspections as u64,
+            machines: machines as u64,
+            price_per_unit: product.and_then(|p| p.price_per_unit),
+        };
+        Ok(Some(cost::account(
+            costs,
+            costs.class.get(class),
+            material,
+            inputs,
+        )))
+    }
+
     /// Every configured (SKU, machine class)'s APC verdict over `w`.
     pub fn apc(&self, w: Window) -> Result<Vec<ApcResult>> {
         let now = now_ms();
-        let units = self.store.units()?;
         let mut out = Vec::new();
         for (sku, by_class) in &self.apc {
             let jobs = self.sku_jobs(Some(sku))?;
+            let units = self.store.units_of_sku(sku, w.from_ms, w.to_ms)?;
+            let product = self.store.product(sku)?;
             for (class, criteria) in by_class {
-                let machines: Vec<String> = self
-                    .classes
-                    .iter()
-                    .filter(|(_, c)| c == class)
-                    .map(|(m, _)| m.clone())
-                    .collect();
-                let of_class: HashMap<&str, ()> =
-                    machines.iter().map(|m| (m.as_str(), ())).collect();
-                let time = self.time_of(&machines, w, now, &|c| {
-                    c.job_id.is_some_and(|j| jobs.contains(&j))
-                })?;
-                let quantities = Quantities::of(&units, w, |u| {
-                    u.sku == *sku && of_class.contains_key(u.machine_id.as_str())
-                });
-                let figures = oee::figures(&time, &quantities);
-                out.push(ApcResult {
-                    sku: sku.clone(),
-                    class: class.clone(),
-                    machines,
-                    window: Window {
-                        from_ms: w.from_ms,
-                        to_ms: w.to_ms.min(now).max(w.from_ms),
+                out.push(self.apc_one(
+                    SkuData {
+                        sku,
+                        product: product.as_ref(),
+                        jobs: &jobs,
+                        units: &units,
                     },
-                    evaluation: apc::evaluate(criteria, &time, &quantities, &figures),
-                    time,
-                    quantities,
-                    figures,
-                });
+                    class,
+                    criteria,
+                    w,
+                    now,
+                )?);
             }
         }
         Ok(out)
     }
+
+    /// The machines of a class, in configuration order.
+    fn machines_of(&self, class: &str) -> Vec<String> {
+        self.classes
+            .iter()
+            .filter(|(_, c)| c == class)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// One (SKU, class)'s verdict over `w`; `d.units` must hold at least
+    /// the SKU's units that ended in `w`.
+    fn apc_one(
+        &self,
+        d: SkuData<'_>,
+        class: &str,
+        criteria: &ApcCriteria,
+        w: Window,
+        now: u64,
+    ) -> Result<ApcResult> {
+        let machines = self.machines_of(class);
+        let of_class: HashSet<&str> = machines.iter().map(String::as_str).collect();
+        let time = self.time_of(&machines, w, now, &|c| {
+            c.job_id.is_some_and(|j| d.jobs.contains(&j))
+        })?;
+        let units: Vec<&Unit> = d
+            .units
+            .iter()
+            .filter(|u| {
+                u.sku == d.sku && w.contains(u.ended_ms) && of_class.contains(u.machine_id.as_str())
+            })
+            .collect();
+        let quantities = Quantities::of(units.iter().copied(), w, |_| true);
+        let figures = oee::figures(&time, &quantities);
+        let cost = self.cost_of(d.product, class, machines.len(), &units, &time)?;
+        Ok(ApcResult {
+            sku: d.sku.to_string(),
+            class: class.to_string(),
+            machines,
+            window: Window {
+                from_ms: w.from_ms,
+                to_ms: w.to_ms.min(now).max(w.from_ms),
+            },
+            evaluation: apc::evaluate(criteria, &time, &quantities, &figures, cost.as_ref()),
+            cost,
+            time,
+            quantities,
+            figures,
+        })
+    }
+
+    /// The certification report of one configured (SKU, class) over `w`
+    /// (from the product's creation when `w` starts at 0): the verdict
+    /// with its inputs, the two halves of the window as the consecutive
+    /// windows the rule asks for, a series for the charts, and the
+    /// evidence.
+    pub fn report(&self, sku: &str, class: &str, w: Window) -> Result<report::Report> {
+        let criteria = self
+            .apc
+            .get(sku)
+            .and_then(|m| m.get(class))
+            .ok_or_else(|| {
+                MeteringError::NotFound(format!(
+                    "no APC criteria for sku '{sku}' on class '{class}'; add \
+                     [apc.\"{sku}\".{class}] to the configuration"
+                ))
+            })?;
+        let now = now_ms();
+        let product = self.store.product(sku)?;
+        let from = if w.from_ms == 0 {
+            product.as_ref().map_or(0, |p| p.created_ms)
+        } else {
+            w.from_ms
+        };
+        let w = Window {
+            from_ms: from,
+            to_ms: w.to_ms.min(now).max(from),
+        };
+        let jobs = self.sku_jobs(Some(sku))?;
+        let units = self.store.units_of_sku(sku, w.from_ms, w.to_ms)?;
+        let data = || SkuData {
+            sku,
+            product: product.as_ref(),
+            jobs: &jobs,
+            units: &units,
+        };
+        let whole = self.apc_one(data(), class, criteria, w, now)?;
+        let mid = w.from_ms + (w.to_ms - w.from_ms) / 2;
+        let halves = [
+            Window {
+                from_ms: w.from_ms,
+                to_ms: mid,
+            },
+            Window {
+                from_ms: mid,
+                to_ms: w.to_ms,
+            },
+        ];
+        let mut consecutive = Vec::with_capacity(2);
+        for h in halves {
+            consecutive.push(self.apc_one(data(), class, criteria, h, now)?);
+        }
+        let mut series = Vec::new();
+        for b in report::buckets(w, report::SERIES_POINTS) {
+            let r = self.apc_one(data(), class, criteria, b, now)?;
+            series.push(report::Point {
+                window: b,
+                figures: r.figures,
+                produced: r.quantities.produced,
+                good: r.quantities.good,
+            });
+        }
+        let of_class: HashSet<String> = whole.machines.iter().cloned().collect();
+        let evidence = units
+            .iter()
+            .filter(|u| of_class.contains(&u.machine_id) && w.contains(u.ended_ms))
+            .map(report::UnitEvidence::of)
+            .collect();
+        let mut spans = 0;
+        for m in &whole.machines {
+            spans += self
+                .store
+                .machine_states(m, w.from_ms, w.to_ms)?
+                .iter()
+                .filter(|c| c.job_id.is_some_and(|j| jobs.contains(&j)))
+                .count();
+        }
+        Ok(report::Report::new(
+            product,
+            whole,
+            consecutive,
+            series,
+            evidence,
+            spans,
+            now,
+        ))
+    }
+}
+
+/// What every (SKU, class) evaluation of one SKU shares.
+#[derive(Clone, Copy)]
+struct SkuData<'a> {
+    sku: &'a str,
+    product: Option<&'a Product>,
+    jobs: &'a HashSet<u64>,
+    units: &'a [Unit],
 }

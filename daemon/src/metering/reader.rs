@@ -18,6 +18,7 @@ use super::production::units_of_attempt;
 use super::{Metering, Result};
 use crate::clock::now_ms;
 use crate::core::events::{DomainEvent, LogRecord};
+use crate::core::model::Attempt;
 use crate::metering::model::Order;
 use crate::store::Batch;
 
@@ -90,20 +91,42 @@ impl Metering {
         };
         let mut orders: BTreeMap<u64, Order> = BTreeMap::new();
         let mut serials = self.store.unit_counter()?;
+        let before = self.summary()?;
+        let mut summary = before.clone();
         for r in &records {
             if let DomainEvent::AttemptEnded {
                 job_id, attempt, ..
             } = &r.event
             {
-                self.attempt_ended(*job_id, *attempt, &mut orders, &mut serials, &mut batch)?;
+                let Some(attempt) = self
+                    .store
+                    .attempts(*job_id)?
+                    .into_iter()
+                    .find(|a| a.n == *attempt)
+                else {
+                    warn!(job = job_id, attempt, "an ended attempt has no record");
+                    continue;
+                };
+                if r.seq > summary.through_seq {
+                    summary.attempt_ended(&attempt);
+                }
+                self.attempt_ended(&attempt, &mut orders, &mut serials, &mut batch)?;
             }
+        }
+        for u in &batch.units {
+            summary.unit_made(u);
         }
         let touched: BTreeSet<u64> = orders.keys().copied().collect();
         batch.orders = orders.into_values().collect();
         if !batch.units.is_empty() {
             batch.unit_counter = Some(serials);
         }
-        let records_made = !batch.units.is_empty() || !batch.orders.is_empty();
+        let counted = summary != before;
+        if counted {
+            summary.through_seq = last;
+            batch.metering_summary = Some(summary.clone());
+        }
+        let records_made = !batch.units.is_empty() || !batch.orders.is_empty() || counted;
         if records_made {
             self.store.commit(&batch, now_ms())?;
         } else {
@@ -120,6 +143,9 @@ impl Metering {
         if records_made {
             self.store.flush().await?;
         }
+        if counted {
+            self.set_summary(summary);
+        }
         for id in touched {
             if let Err(e) = self.top_up_locked(id).await {
                 warn!(order = id, error = %e, "could not queue an order's jobs");
@@ -131,12 +157,12 @@ impl Metering {
     /// The units of one ended attempt, if its job is an order's.
     fn attempt_ended(
         &self,
-        job_id: u64,
-        n: u32,
+        attempt: &Attempt,
         orders: &mut BTreeMap<u64, Order>,
         serials: &mut u64,
         batch: &mut Batch,
     ) -> Result<()> {
+        let job_id = attempt.job_id;
         let Some(order_id) = self.store.order_of_job(job_id)? else {
             return Ok(());
         };
@@ -154,10 +180,6 @@ impl Metering {
                 v.insert(o)
             }
         };
-        let Some(attempt) = self.store.attempts(job_id)?.into_iter().find(|a| a.n == n) else {
-            warn!(job = job_id, attempt = n, "an ended attempt has no record");
-            return Ok(());
-        };
         let (file, lines_total) = match self.store.job(job_id)? {
             Some(j) => (j.file_id, j.progress.lines_total),
             None => (order.file_id.clone(), 0),
@@ -167,7 +189,7 @@ impl Metering {
         } else {
             self.store.file(&file)?.map_or(0, |f| f.analysis.commands)
         };
-        let made = units_of_attempt(order, &attempt, &file, lines_total, *serials + 1);
+        let made = units_of_attempt(order, attempt, &file, lines_total, *serials + 1);
         // Already made (the store would skip them too, but the serials
         // would be spent).
         let fresh = made.units.first().is_none_or(|u| {

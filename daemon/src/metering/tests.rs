@@ -76,7 +76,7 @@ async fn metering(store: &Store) -> Arc<Metering> {
     let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10)
         .await
         .expect("factory");
-    Metering::new(f, &[], BTreeMap::new())
+    Metering::new(f, &[], BTreeMap::new(), None)
 }
 
 async fn catch_up_all(m: &Metering) {
@@ -139,6 +139,12 @@ async fn units_survive_reopening_the_store_half_way_and_a_replay_duplicates_none
     catch_up_all(&m).await;
     assert_eq!(store.units().expect("units").len(), 4);
     assert_eq!(store.unit_counter().expect("counter"), 4);
+    // The running totals counted each attempt and unit once, replay or
+    // not, and the store holds what the cache holds.
+    let summary = m.summary().expect("summary");
+    assert_eq!(summary.attempts["completed"].count, 2, "{summary:?}");
+    assert_eq!(summary.units_of("tile", QcState::Pending), 4);
+    assert_eq!(store.metering_summary().expect("stored"), Some(summary));
     let o = store.order(1).expect("order").expect("exists");
     assert!(o.jobs.iter().all(|j| j.settled), "{o:?}");
     assert_eq!(m.order(1).expect("view").progress.awaiting_qc, 4);

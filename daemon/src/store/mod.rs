@@ -23,6 +23,7 @@
 pub mod codec;
 mod journal;
 mod migrate;
+mod unit_index;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
 use crate::metering::model::{Order, Product, Unit};
+use crate::metering::summary::Summary;
 use codec::{decode, encode, u64_key};
 
 /// Storage failures. None of them is the caller's fault.
@@ -134,6 +136,8 @@ const JOB_ID: &str = "job_id";
 const ORDER_ID: &str = "order_id";
 /// Meta key of the unit serial counter.
 const UNIT_SERIAL: &str = "unit_serial";
+/// Meta key of metering's running totals.
+const METERING_SUMMARY: &str = "metering_summary";
 /// Meta key of the schema version.
 const SCHEMA: &str = "schema";
 /// The schema this daemon writes: 1 = versioned records, domain log,
@@ -164,6 +168,10 @@ struct Trees {
     units: sled::Tree,
     /// (job, attempt, index) → serial.
     unit_places: sled::Tree,
+    /// Units by order, by SKU and end time, and by end time
+    /// ([`unit_index`]): an order's progress and a window's units read
+    /// only their own units, not the whole table.
+    unit_index: sled::Tree,
 }
 
 /// Records that change together, written by [`Store::commit`] as one.
@@ -199,6 +207,9 @@ pub struct Batch {
     pub units: Vec<Unit>,
     /// The unit serial counter's new value.
     pub unit_counter: Option<u64>,
+    /// Metering's running totals (`/metrics`), written with the units and
+    /// the cursor they count.
+    pub metering_summary: Option<Summary>,
     /// Log readers' cursors to move, in the same transaction as what they
     /// wrote for the records up to there.
     pub cursors: Vec<(&'static str, u64)>,
@@ -221,6 +232,7 @@ impl Batch {
             && self.order_id_counter.is_none()
             && self.units.is_empty()
             && self.unit_counter.is_none()
+            && self.metering_summary.is_none()
             && self.cursors.is_empty()
     }
 }
@@ -306,9 +318,11 @@ impl Store {
             order_jobs: db.open_tree("order_jobs")?,
             units: db.open_tree("units")?,
             unit_places: db.open_tree("unit_places")?,
+            unit_index: db.open_tree("unit_index")?,
         };
         let commits = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
+        unit_index::build(&db, &t)?;
         let tip = read_u64(t.meta.get(LOG_SEQ)?);
         Ok(Self {
             db,
@@ -428,6 +442,9 @@ impl Store {
         if let Some(n) = batch.unit_counter {
             w.raw(&t.meta, UNIT_SERIAL, n.to_be_bytes());
         }
+        if let Some(summary) = &batch.metering_summary {
+            w.put(&t.meta, "meta", METERING_SUMMARY, summary)?;
+        }
         for p in &batch.products {
             w.put(&t.products, "products", p.sku.as_bytes(), p)?;
         }
@@ -448,6 +465,9 @@ impl Store {
                 None => w.raw(&t.unit_places, place, u.serial.as_bytes()),
             }
             w.put(&t.units, "units", u.serial.as_bytes(), u)?;
+            for key in unit_index::keys(u) {
+                w.raw(&t.unit_index, key, []);
+            }
         }
         for (name, seq) in &batch.cursors {
             w.raw(&t.cursors, name.as_bytes(), seq.to_be_bytes());
@@ -581,22 +601,23 @@ impl Store {
     ) -> Result<Vec<StateChange>, StoreError> {
         let mut prefix = machine.as_bytes().to_vec();
         prefix.push(0);
+        // Newest first, stopping at the change in force at `from`: a
+        // recent window reads only its own changes, not the machine's
+        // whole history (changes are in time order, as commits are).
         let mut out: Vec<StateChange> = Vec::new();
-        let mut before: Option<StateChange> = None;
-        for kv in self.t.states.scan_prefix(&prefix) {
+        for kv in self.t.states.scan_prefix(&prefix).rev() {
             let (k, v) = kv?;
             let c: StateChange = decode("machine_states", &k, &v)?;
-            if c.at_ms < from {
-                before = Some(c);
-            } else if c.at_ms <= to {
-                out.push(c);
-            } else {
+            if c.at_ms > to {
+                continue;
+            }
+            let in_force_at_from = c.at_ms < from;
+            out.push(c);
+            if in_force_at_from {
                 break;
             }
         }
-        if let Some(b) = before {
-            out.insert(0, b);
-        }
+        out.reverse();
         Ok(out)
     }
 
@@ -706,6 +727,66 @@ impl Store {
         all(&self.t.units, "units")
     }
 
+    /// The units of a production order, in the order they were made.
+    pub fn units_of_order(&self, order: u64) -> Result<Vec<Unit>, StoreError> {
+        self.indexed_units(unit_index::order_prefix(order), None)
+    }
+
+    /// The units of a product that ended in `from..to`, in end order.
+    pub fn units_of_sku(&self, sku: &str, from: u64, to: u64) -> Result<Vec<Unit>, StoreError> {
+        self.indexed_units(unit_index::sku_prefix(sku), Some((from, to)))
+    }
+
+    /// Whether any unit of a product exists, reading one index key.
+    pub fn sku_has_units(&self, sku: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .t
+            .unit_index
+            .scan_prefix(unit_index::sku_prefix(sku))
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// Every unit that ended in `from..to`, in end order.
+    pub fn units_between(&self, from: u64, to: u64) -> Result<Vec<Unit>, StoreError> {
+        self.indexed_units(unit_index::time_prefix(), Some((from, to)))
+    }
+
+    /// The units an index range names: under `prefix`, and when `ends` is
+    /// given, the end-time part of the key in `from..to`.
+    fn indexed_units(
+        &self,
+        prefix: Vec<u8>,
+        ends: Option<(u64, u64)>,
+    ) -> Result<Vec<Unit>, StoreError> {
+        let serials: Vec<Vec<u8>> = match ends {
+            None => self
+                .t
+                .unit_index
+                .scan_prefix(&prefix)
+                .keys()
+                .map(|k| Ok(k?[prefix.len()..].to_vec()))
+                .collect::<Result<_, StoreError>>()?,
+            Some((from, to)) => {
+                let (lo, hi) = unit_index::time_range(&prefix, from, to);
+                self.t
+                    .unit_index
+                    .range(lo..hi)
+                    .keys()
+                    .map(|k| Ok(k?[prefix.len() + 8..].to_vec()))
+                    .collect::<Result<_, StoreError>>()?
+            }
+        };
+        let mut out = Vec::with_capacity(serials.len());
+        for serial in serials {
+            if let Some(v) = self.t.units.get(&serial)? {
+                out.push(decode("units", &serial, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The serial of the unit made in this place (job, attempt, index on
     /// the plate), if one was.
     pub fn unit_at(
@@ -719,6 +800,15 @@ impl Store {
             .unit_places
             .get(unit_place_key(job, attempt, index))?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Metering's running totals, if it has stored them yet.
+    pub fn metering_summary(&self) -> Result<Option<Summary>, StoreError> {
+        self.t
+            .meta
+            .get(METERING_SUMMARY)?
+            .map(|v| decode("meta", METERING_SUMMARY.as_bytes(), &v))
+            .transpose()
     }
 
     /// The unit serial counter: the last serial number handed out.
