@@ -48,6 +48,19 @@ pub struct Config {
     pub apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
     /// The MQTT broker and the machines that report through it (`[mqtt]`).
     pub mqtt: Option<MqttConfig>,
+    /// Finished goods and storefront orders (`[commerce]`).
+    #[serde(default)]
+    pub commerce: CommerceConfig,
+}
+
+/// `[commerce]`: how storefront orders meet finished goods.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommerceConfig {
+    /// SKUs made to order: a sales order short of one of them opens a
+    /// production order for the shortfall.
+    #[serde(default)]
+    pub make_to_order: Vec<String>,
 }
 
 /// `[mqtt]`: one broker, over plain TCP (TLS is not built in: see
@@ -440,7 +453,7 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 8] = [
+        const TOP: [&str; 9] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
@@ -449,6 +462,7 @@ impl Config {
             "machine",
             "apc",
             "mqtt",
+            "commerce",
         ];
         const MACHINE: [&str; 9] = [
             "id",
@@ -570,6 +584,11 @@ impl Config {
         }
         let classes: HashSet<&str> = machines.iter().map(Machine::class).collect();
         check_apc(&self.apc, &classes, &mut problems, &mut warnings);
+        for (i, sku) in self.commerce.make_to_order.iter().enumerate() {
+            if let Err(e) = crate::metering::model::check_sku(sku) {
+                problems.push(format!("commerce.make_to_order[{i}]: {e}"));
+            }
+        }
         if problems.is_empty() {
             Ok(Checked {
                 config: self,

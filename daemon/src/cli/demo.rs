@@ -135,6 +135,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         machines: configs,
         apc: std::collections::BTreeMap::new(),
         mqtt: None,
+        commerce: crate::config::CommerceConfig::default(),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;

@@ -3,3 +3,6 @@
 //! the factory's records. ARCHITECTURE.md says what each module may know.
 
 pub mod address;
+pub mod carrier;
+pub mod inventory;
+pub mod orders;

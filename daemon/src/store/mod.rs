@@ -35,6 +35,8 @@ use sled::transaction::TransactionError;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::commerce::inventory::{FgUnit, StockSku};
+use crate::commerce::orders::{IdempotencyRecord, SalesOrder, Shipment};
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
@@ -134,6 +136,10 @@ const JOB_ID: &str = "job_id";
 const ORDER_ID: &str = "order_id";
 /// Meta key of the unit serial counter.
 const UNIT_SERIAL: &str = "unit_serial";
+/// Meta key of the sales order id counter.
+const SALES_ORDER_ID: &str = "sales_order_id";
+/// Meta key of the shipment id counter.
+const SHIPMENT_ID: &str = "shipment_id";
 /// Meta key of the schema version.
 const SCHEMA: &str = "schema";
 /// The schema this daemon writes: 1 = versioned records, domain log,
@@ -164,6 +170,16 @@ struct Trees {
     units: sled::Tree,
     /// (job, attempt, index) → serial.
     unit_places: sled::Tree,
+    /// Commerce: sales order id → order.
+    sales_orders: sled::Tree,
+    /// Idempotency-Key → the first answer.
+    idempotency: sled::Tree,
+    /// Serial → finished unit.
+    fg_units: sled::Tree,
+    /// Shipment id → shipment.
+    shipments: sled::Tree,
+    /// SKU → inventory cursor and count corrections.
+    stock_skus: sled::Tree,
 }
 
 /// Records that change together, written by [`Store::commit`] as one.
@@ -202,6 +218,20 @@ pub struct Batch {
     /// Log readers' cursors to move, in the same transaction as what they
     /// wrote for the records up to there.
     pub cursors: Vec<(&'static str, u64)>,
+    /// Sales orders to write.
+    pub sales_orders: Vec<SalesOrder>,
+    /// Idempotency keys with the answer they gave, with their order.
+    pub idempotency: Vec<(String, IdempotencyRecord)>,
+    /// Finished units to write.
+    pub fg_units: Vec<FgUnit>,
+    /// Shipments to write.
+    pub shipments: Vec<Shipment>,
+    /// Per-SKU inventory records to write.
+    pub stock_skus: Vec<(String, StockSku)>,
+    /// The sales order id counter's new value.
+    pub sales_order_counter: Option<u64>,
+    /// The shipment id counter's new value.
+    pub shipment_counter: Option<u64>,
 }
 
 impl Batch {
@@ -222,6 +252,13 @@ impl Batch {
             && self.units.is_empty()
             && self.unit_counter.is_none()
             && self.cursors.is_empty()
+            && self.sales_orders.is_empty()
+            && self.idempotency.is_empty()
+            && self.fg_units.is_empty()
+            && self.shipments.is_empty()
+            && self.stock_skus.is_empty()
+            && self.sales_order_counter.is_none()
+            && self.shipment_counter.is_none()
     }
 }
 
@@ -306,6 +343,11 @@ impl Store {
             order_jobs: db.open_tree("order_jobs")?,
             units: db.open_tree("units")?,
             unit_places: db.open_tree("unit_places")?,
+            sales_orders: db.open_tree("sales_orders")?,
+            idempotency: db.open_tree("idempotency")?,
+            fg_units: db.open_tree("fg_units")?,
+            shipments: db.open_tree("shipments")?,
+            stock_skus: db.open_tree("stock_skus")?,
         };
         let commits = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
@@ -377,7 +419,10 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = self
+            .commit_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let t = &self.t;
         let mut w = journal::Writes::default();
         for f in &batch.files {
@@ -427,6 +472,27 @@ impl Store {
         }
         for (name, seq) in &batch.cursors {
             w.raw(&t.cursors, name.as_bytes(), seq.to_be_bytes());
+        }
+        for o in &batch.sales_orders {
+            w.put(&t.sales_orders, "sales_orders", o.id.to_be_bytes(), o)?;
+        }
+        for (k, r) in &batch.idempotency {
+            w.put(&t.idempotency, "idempotency", k.as_bytes(), r)?;
+        }
+        for u in &batch.fg_units {
+            w.put(&t.fg_units, "fg_units", u.serial.as_bytes(), u)?;
+        }
+        for sh in &batch.shipments {
+            w.put(&t.shipments, "shipments", sh.id.to_be_bytes(), sh)?;
+        }
+        for (sku, r) in &batch.stock_skus {
+            w.put(&t.stock_skus, "stock_skus", sku.as_bytes(), r)?;
+        }
+        if let Some(n) = batch.sales_order_counter {
+            w.raw(&t.meta, SALES_ORDER_ID, n.to_be_bytes());
+        }
+        if let Some(n) = batch.shipment_counter {
+            w.raw(&t.meta, SHIPMENT_ID, n.to_be_bytes());
         }
         let mut seq = self.written_tip.load(Ordering::SeqCst);
         let mut records = Vec::with_capacity(batch.events.len());
@@ -712,6 +778,41 @@ impl Store {
         Ok(read_u64(self.t.meta.get(UNIT_SERIAL)?))
     }
 
+    // ---- commerce: sales orders, finished goods, shipments ----
+
+    /// Every sales order, oldest first.
+    pub fn sales_orders(&self) -> Result<Vec<SalesOrder>, StoreError> {
+        all(&self.t.sales_orders, "sales_orders")
+    }
+
+    /// Every idempotency key with its first answer.
+    pub fn idempotency_records(&self) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
+        keyed(&self.t.idempotency, "idempotency")
+    }
+
+    /// Every finished unit, by serial.
+    pub fn fg_units(&self) -> Result<Vec<FgUnit>, StoreError> {
+        all(&self.t.fg_units, "fg_units")
+    }
+
+    /// Every shipment, oldest first.
+    pub fn shipments(&self) -> Result<Vec<Shipment>, StoreError> {
+        all(&self.t.shipments, "shipments")
+    }
+
+    /// Every SKU's inventory record.
+    pub fn stock_skus(&self) -> Result<Vec<(String, StockSku)>, StoreError> {
+        keyed(&self.t.stock_skus, "stock_skus")
+    }
+
+    /// The sales order and shipment id counters: the last ids handed out.
+    pub fn commerce_counters(&self) -> Result<(u64, u64), StoreError> {
+        Ok((
+            read_u64(self.t.meta.get(SALES_ORDER_ID)?),
+            read_u64(self.t.meta.get(SHIPMENT_ID)?),
+        ))
+    }
+
     // ---- the event log ----
 
     /// Up to `limit` log records after `after`, oldest first.
@@ -755,6 +856,22 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree, table: &'static str) -> Result<Ve
         .map(|kv| {
             let (k, v) = kv?;
             decode(table, &k, &v)
+        })
+        .collect()
+}
+
+/// Every record of a table keyed by a string, with its key.
+fn keyed<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    table: &'static str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv?;
+            Ok((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode(table, &k, &v)?,
+            ))
         })
         .collect()
 }
