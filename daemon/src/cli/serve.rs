@@ -10,6 +10,7 @@ use microfactory_machines::driver::{DriverConfig, DriverHandle};
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::commerce::service::Commerce;
 use crate::config::{Adapter, Checked};
 use crate::factory::Factory;
 use crate::factory::link::MachineLink;
@@ -46,6 +47,7 @@ pub struct Running {
     /// The factory.
     pub factory: Arc<Factory>,
     metering: Arc<Metering>,
+    commerce: Arc<Commerce>,
     mqtt: Option<Arc<Mqtt>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -126,14 +128,26 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         checked.config.apc.clone(),
     );
     metering.start();
+    let commerce = Commerce::new(
+        factory.store().clone(),
+        Arc::clone(&metering),
+        &checked.config.commerce.make_to_order,
+    )
+    .context("cannot read the commerce records")?;
+    commerce.start();
     let listener = TcpListener::bind(checked.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
     let addr = listener.local_addr()?;
     let http = &checked.config.http;
     let app = api::router(
-        AppState::new(Arc::clone(&factory), Arc::clone(&metering), http.into())
-            .with_mqtt(mqtt.clone()),
+        AppState::new(
+            Arc::clone(&factory),
+            Arc::clone(&metering),
+            Arc::clone(&commerce),
+            http.into(),
+        )
+        .with_mqtt(mqtt.clone()),
     );
     let limits = crate::http::server::Limits::from(http);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -150,6 +164,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         addr,
         factory,
         metering,
+        commerce,
         mqtt,
         server,
         stop,
@@ -179,6 +194,7 @@ impl Running {
         }
         // Before the factory: the reader may be queuing an order's jobs.
         // What the factory records while stopping is read at the next start.
+        self.commerce.shutdown().await;
         self.metering.shutdown().await;
         self.factory.shutdown().await;
         // Last, so the machines' final states (interrupted jobs) are in

@@ -6,3 +6,6 @@ pub mod address;
 pub mod carrier;
 pub mod inventory;
 pub mod orders;
+pub mod service;
+#[cfg(test)]
+mod tests;
