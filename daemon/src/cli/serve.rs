@@ -172,6 +172,16 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// Production metering.
+    pub fn metering(&self) -> &Arc<Metering> {
+        &self.metering
+    }
+
+    /// Finished goods, sales orders and shipments.
+    pub fn commerce(&self) -> &Arc<Commerce> {
+        &self.commerce
+    }
+
     /// The MQTT client, when `[mqtt]` is configured.
     pub fn mqtt(&self) -> Option<&Arc<Mqtt>> {
         self.mqtt.as_ref()

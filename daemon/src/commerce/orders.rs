@@ -574,21 +574,8 @@ pub fn shipment_units(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commerce::tests::address;
     use proptest::prelude::*;
-
-    fn address() -> Address {
-        Address {
-            name: "Ada Lovelace".into(),
-            street1: "12 Market St".into(),
-            street2: None,
-            city: "San Francisco".into(),
-            region: Some("CA".into()),
-            postal_code: "94105".into(),
-            country: "US".into(),
-            phone: None,
-            email: None,
-        }
-    }
 
     fn input(lines: &[(&str, u32)]) -> OrderInput {
         OrderInput {

@@ -67,7 +67,8 @@ async fn catch_up_all(c: &Commerce, store: &Store) {
     while c.catch_up(tip).await.expect("catch up") {}
 }
 
-fn address() -> Address {
+/// The example ship-to.
+pub(crate) fn address() -> Address {
     Address {
         name: "Ada Lovelace".into(),
         street1: "12 Market St".into(),
