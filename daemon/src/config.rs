@@ -51,6 +51,9 @@ pub struct Config {
     /// Rates for full-cost accounting (`[costs]`); without it no cost is
     /// computed and cost criteria stay unmeasured.
     pub costs: Option<CostsConfig>,
+    /// Finished goods and storefront orders (`[commerce]`).
+    #[serde(default)]
+    pub commerce: CommerceConfig,
 }
 
 /// `[costs]`: what production costs, each rate with its unit in its name,
@@ -114,6 +117,16 @@ pub struct MachineCost {
     /// Tool wear per job (mills: end mills, drills), currency.
     #[serde(default)]
     pub tooling_wear_per_job: f64,
+}
+
+/// `[commerce]`: how storefront orders meet finished goods.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommerceConfig {
+    /// SKUs made to order: a sales order short of one of them opens a
+    /// production order for the shortfall.
+    #[serde(default)]
+    pub make_to_order: Vec<String>,
 }
 
 /// `[mqtt]`: one broker, over plain TCP (TLS is not built in: see
@@ -538,7 +551,7 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 8] = [
+        const TOP: [&str; 9] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
@@ -547,6 +560,7 @@ impl Config {
             "machine",
             "apc",
             "mqtt",
+            "commerce",
         ];
         const MACHINE: [&str; 9] = [
             "id",
@@ -675,6 +689,11 @@ impl Config {
             &mut problems,
             &mut warnings,
         );
+        for (i, sku) in self.commerce.make_to_order.iter().enumerate() {
+            if let Err(e) = crate::metering::model::check_sku(sku) {
+                problems.push(format!("commerce.make_to_order[{i}]: {e}"));
+            }
+        }
         if problems.is_empty() {
             Ok(Checked {
                 config: self,

@@ -16,6 +16,7 @@ async fn the_demo_runs_a_sample_job_on_its_simulated_mill() {
         .args(["--demo", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("MICROFACTORYD_TOKEN", "demo-secret")
+        .env("MICROFACTORYD_STOREFRONT_TOKEN", "shop-secret")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -23,7 +24,7 @@ async fn the_demo_runs_a_sample_job_on_its_simulated_mill() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
-    while printed.len() < 3 {
+    while printed.len() < 4 {
         let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
             .expect("demo prints its banner")
@@ -37,6 +38,7 @@ async fn the_demo_runs_a_sample_job_on_its_simulated_mill() {
         .to_string();
     assert!(printed[1].contains(&format!("{base}/")), "{printed:?}");
     assert_eq!(printed[2], "operator token: demo-secret");
+    assert_eq!(printed[3], "storefront token: shop-secret");
 
     let http = reqwest::Client::new();
     let get = |path: &str| {
@@ -90,6 +92,32 @@ async fn the_demo_runs_a_sample_job_on_its_simulated_mill() {
     .await
     .expect("the demo job completes");
     assert_eq!(job["assigned_machine"], "mill-1", "{job}");
+
+    // The demo storefront's first order arrived and, being short of the
+    // made-to-order tile, opened a production order.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let order = loop {
+        let orders: Value = http
+            .get(format!("{base}/api/v1/orders"))
+            .bearer_auth("shop-secret")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let first = orders.as_array().unwrap().first().cloned();
+        if let Some(o) = first.filter(|o| {
+            o["lines"][0]["production_orders"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        }) {
+            break o;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{orders}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(order["external_id"], "D-1001", "{order}");
     let _ = child.start_kill();
 }
 

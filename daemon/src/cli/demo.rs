@@ -13,6 +13,9 @@ use microfactory_machines::sim::{self, FirmwareKind, SimConfig, SimHandle};
 
 use crate::auth;
 use crate::cli::serve;
+use crate::commerce::address::Address;
+use crate::commerce::orders::{LineInput, OrderInput, WhenShort};
+use crate::commerce::service::{Commerce, body_digest};
 use crate::config::{Adapter, Config, MachineConfig, MqttConfig, MqttMachineConfig};
 use crate::core::model::Role;
 use crate::store::Store;
@@ -199,6 +202,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         apc: DemoProduction::parse()?.apc,
         mqtt: args.mqtt.clone().map(demo_mqtt),
         costs: Some(DemoProduction::parse()?.costs),
+        commerce: crate::config::CommerceConfig {
+            make_to_order: vec![DEMO_SKU.to_string()],
+        },
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;
@@ -209,6 +215,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             t.trim().to_string()
         }
         _ => auth::create_token(&store, Role::Operator, "demo operator")?,
+    };
+    let shop = match std::env::var("MICROFACTORYD_STOREFRONT_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => {
+            auth::add_token(&store, t.trim(), Role::Storefront, SHOP_NAME)?;
+            t.trim().to_string()
+        }
+        _ => auth::create_token(&store, Role::Storefront, SHOP_NAME)?,
     };
     store.flush().await?;
     let running = serve::start(checked, store).await?;
@@ -222,9 +235,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         file_ids.push(running.factory.add_file(up, name.into()).await?.0.id);
     }
     production(&running, &file_ids).await?;
+    let orders = tokio::spawn(demo_orders(std::sync::Arc::clone(running.commerce())));
     println!("listening on http://{}", running.addr);
     println!("microfactoryd demo: dashboard at http://{}/", running.addr);
     println!("operator token: {token}");
+    println!("storefront token: {shop}");
     println!(
         "machines: 2 simulated Marlin printers and 1 simulated GRBL mill, {DEMO_TIME_SCALE}x real time"
     );
@@ -241,6 +256,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     serve::signal().await;
     operator.abort();
+    orders.abort();
     running.stop().await;
     for s in sims {
         s.shutdown().await;
@@ -392,6 +408,54 @@ async fn demo_operator(
                 }
             };
             let _ = metering.inspect(&u.serial, input, "demo inspector").await;
+        }
+    }
+}
+
+/// The demo's product, made to order.
+pub const DEMO_SKU: &str = "demo-tile";
+/// The demo storefront's token name.
+const SHOP_NAME: &str = "demo storefront";
+
+/// A few storefront orders arriving while the factory runs: the first is
+/// short, so it opens a production order (the tile is made to order), and
+/// its unit goes machine → QC (the demo's inspector) → finished goods →
+/// the order, ready for a shipment.
+async fn demo_orders(commerce: std::sync::Arc<Commerce>) {
+    for (wait_s, ext, quantity, when_short) in [
+        (2, "D-1001", 1, WhenShort::Backorder),
+        (40, "D-1002", 2, WhenShort::Backorder),
+        (90, "D-1003", 1, WhenShort::Reject),
+    ] {
+        tokio::time::sleep(std::time::Duration::from_secs(wait_s)).await;
+        let input = OrderInput {
+            channel: "demo".into(),
+            external_id: ext.into(),
+            lines: vec![LineInput {
+                sku: DEMO_SKU.into(),
+                quantity,
+            }],
+            ship_to: Address {
+                name: "Ada Lovelace".into(),
+                street1: "12 Market St".into(),
+                street2: None,
+                city: "San Francisco".into(),
+                region: Some("CA".into()),
+                postal_code: "94105".into(),
+                country: "US".into(),
+                phone: None,
+                email: None,
+            },
+            service: "standard".into(),
+            when_short,
+        };
+        let digest = body_digest(ext.as_bytes());
+        match commerce
+            .create_order(input, Some(format!("demo-{ext}")), digest, SHOP_NAME)
+            .await
+        {
+            Ok(_) => tracing::info!(order = ext, "demo storefront order placed"),
+            Err(e) => tracing::info!(order = ext, error = %e, "demo storefront order refused"),
         }
     }
 }

@@ -12,6 +12,7 @@ use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::commerce::service::Commerce;
 use crate::config::{Adapter, Checked};
 use crate::factory::Factory;
 use crate::factory::link::MachineLink;
@@ -48,6 +49,7 @@ pub struct Running {
     /// The factory.
     pub factory: Arc<Factory>,
     metering: Arc<Metering>,
+    commerce: Arc<Commerce>,
     mqtt: Option<Arc<Mqtt>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -137,14 +139,26 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         checked.config.costs.clone(),
     );
     metering.start();
+    let commerce = Commerce::new(
+        factory.store().clone(),
+        Arc::clone(&metering),
+        &checked.config.commerce.make_to_order,
+    )
+    .context("cannot read the commerce records")?;
+    commerce.start();
     let listener = TcpListener::bind(checked.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
     let addr = listener.local_addr()?;
     let http = &checked.config.http;
     let app = api::router(
-        AppState::new(Arc::clone(&factory), Arc::clone(&metering), http.into())
-            .with_mqtt(mqtt.clone()),
+        AppState::new(
+            Arc::clone(&factory),
+            Arc::clone(&metering),
+            Arc::clone(&commerce),
+            http.into(),
+        )
+        .with_mqtt(mqtt.clone()),
     );
     let limits = crate::http::server::Limits::from(http);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -161,6 +175,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         addr,
         factory,
         metering,
+        commerce,
         mqtt,
         server,
         stop,
@@ -171,6 +186,11 @@ impl Running {
     /// Production metering (the demo defines products and orders).
     pub fn metering(&self) -> &Arc<Metering> {
         &self.metering
+    }
+
+    /// Finished goods, sales orders and shipments.
+    pub fn commerce(&self) -> &Arc<Commerce> {
+        &self.commerce
     }
 
     /// The MQTT client, when `[mqtt]` is configured.
@@ -195,6 +215,7 @@ impl Running {
         }
         // Before the factory: the reader may be queuing an order's jobs.
         // What the factory records while stopping is read at the next start.
+        self.commerce.shutdown().await;
         self.metering.shutdown().await;
         self.factory.shutdown().await;
         // Last, so the machines' final states (interrupted jobs) are in

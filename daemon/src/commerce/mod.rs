@@ -3,4 +3,10 @@
 //! the factory's records. ARCHITECTURE.md says what each module may know.
 
 pub mod address;
+pub mod carrier;
+pub mod inventory;
 pub mod labels;
+pub mod orders;
+pub mod service;
+#[cfg(test)]
+mod tests;

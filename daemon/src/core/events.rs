@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::core::machine::{MachineState, StateReason};
-use crate::core::model::{AttemptOutcome, JobState, PauseReason, QcState};
+use crate::core::model::{
+    AdjustmentKind, AttemptOutcome, JobState, PauseReason, QcState, SalesState,
+};
 
 /// One thing that happened in the factory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -128,6 +130,129 @@ pub enum DomainEvent {
         reason: Option<String>,
         /// Who.
         by: String,
+    },
+    /// A storefront order was accepted (commerce).
+    SalesOrderAccepted {
+        /// Sales order.
+        order_id: u64,
+        /// Storefront channel.
+        channel: String,
+        /// The storefront's own order id.
+        external_id: String,
+        /// Who sent it (token name).
+        by: String,
+    },
+    /// A storefront order changed fulfillment state.
+    SalesOrderState {
+        /// Sales order.
+        order_id: u64,
+        /// State before.
+        from: SalesState,
+        /// State now.
+        state: SalesState,
+        /// Who (token name, or `microfactoryd` for automatic steps).
+        by: String,
+        /// Why, in words.
+        note: Option<String>,
+    },
+    /// Finished units were reserved for a sales order, oldest first.
+    UnitsAllocated {
+        /// Sales order.
+        order_id: u64,
+        /// Product.
+        sku: String,
+        /// The units.
+        serials: Vec<String>,
+    },
+    /// Units reserved for a sales order went back to stock.
+    UnitsReleased {
+        /// Sales order.
+        order_id: u64,
+        /// Product.
+        sku: String,
+        /// The units.
+        serials: Vec<String>,
+    },
+    /// A shipment was created with its number and label data.
+    ShipmentCreated {
+        /// Shipment.
+        shipment_id: u64,
+        /// Sales order.
+        order_id: u64,
+        /// The carrier's shipment number.
+        number: String,
+        /// Carrier.
+        carrier: String,
+        /// The units in it.
+        serials: Vec<String>,
+        /// Who.
+        by: String,
+    },
+    /// A shipment left the factory.
+    ShipmentShipped {
+        /// Shipment.
+        shipment_id: u64,
+        /// Sales order.
+        order_id: u64,
+        /// The carrier's shipment number.
+        number: String,
+        /// Who.
+        by: String,
+    },
+    /// Shipped units came back; they wait for inspection.
+    UnitsReturned {
+        /// Sales order.
+        order_id: u64,
+        /// The units.
+        serials: Vec<String>,
+        /// Who.
+        by: String,
+    },
+    /// A returned unit was inspected: restocked, or rejected.
+    ReturnInspected {
+        /// Serial.
+        serial: String,
+        /// Product.
+        sku: String,
+        /// Back in stock.
+        restocked: bool,
+        /// Reason code.
+        reason: Option<String>,
+        /// Who.
+        by: String,
+    },
+    /// A manual finished-goods adjustment.
+    StockAdjusted {
+        /// Product.
+        sku: String,
+        /// Location.
+        location: String,
+        /// Count, damage or found.
+        kind: AdjustmentKind,
+        /// Units it changed.
+        serials: Vec<String>,
+        /// Change of on hand.
+        on_hand_delta: i64,
+        /// Reason code.
+        reason: String,
+        /// Who.
+        by: String,
+    },
+    /// A product's finished-goods levels changed (one per product per
+    /// commit; `version` is the inventory cursor).
+    StockChanged {
+        /// Product.
+        sku: String,
+        /// On hand.
+        on_hand: i64,
+        /// Reserved for orders.
+        committed: i64,
+        /// QC pending, damaged, returned awaiting inspection.
+        unavailable: i64,
+        /// on hand − committed − unavailable.
+        available: i64,
+        /// Inventory cursor of this change.
+        version: u64,
     },
 }
 

@@ -488,3 +488,76 @@ impl QcState {
         matches!(self, Self::Pass | Self::Fail | Self::Scrap)
     }
 }
+
+/// Where a storefront (sales) order is in fulfillment. In the log's
+/// vocabulary (so in `core`) because every transition is a domain event
+/// that webhooks and the dashboard follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesState {
+    /// Accepted; waiting for units (back-ordered) or not yet allocated.
+    Received,
+    /// Every line has its unit serials reserved.
+    Allocated,
+    /// The units were taken from the shelf.
+    Picked,
+    /// Packed in a parcel.
+    Packed,
+    /// Every unit is in a shipment with a label.
+    Labelled,
+    /// Every unit left the factory.
+    Shipped,
+    /// Stopped by the operator; released to the state it was in.
+    OnHold,
+    /// Cancelled: its unshipped units went back to stock.
+    Cancelled,
+    /// Shipped units came back; they wait for inspection.
+    Returned,
+}
+
+impl SalesState {
+    /// Every state, in fulfillment order.
+    pub const ALL: [Self; 9] = [
+        Self::Received,
+        Self::Allocated,
+        Self::Picked,
+        Self::Packed,
+        Self::Labelled,
+        Self::Shipped,
+        Self::OnHold,
+        Self::Cancelled,
+        Self::Returned,
+    ];
+
+    /// The name used in the API and `?state=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Allocated => "allocated",
+            Self::Picked => "picked",
+            Self::Packed => "packed",
+            Self::Labelled => "labelled",
+            Self::Shipped => "shipped",
+            Self::OnHold => "on_hold",
+            Self::Cancelled => "cancelled",
+            Self::Returned => "returned",
+        }
+    }
+
+    /// Parses `?state=`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.as_str() == s)
+    }
+}
+
+/// A manual finished-goods adjustment's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustmentKind {
+    /// A physical count: on hand becomes the counted quantity.
+    Count,
+    /// Units found damaged: still on hand, no longer available.
+    Damage,
+    /// Units believed missing or damaged were found good.
+    Found,
+}

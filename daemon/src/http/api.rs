@@ -40,6 +40,8 @@ pub struct AppState {
     pub factory: Arc<Factory>,
     /// Production metering (products, orders, units, metrics, APC).
     pub metering: Arc<crate::metering::Metering>,
+    /// Finished goods, sales orders, fulfillment and shipments.
+    pub commerce: Arc<crate::commerce::service::Commerce>,
     /// The `[http]` settings.
     pub settings: Arc<Settings>,
     /// Open event streams per token.
@@ -55,11 +57,13 @@ impl AppState {
     pub fn new(
         factory: Arc<Factory>,
         metering: Arc<crate::metering::Metering>,
+        commerce: Arc<crate::commerce::service::Commerce>,
         settings: Settings,
     ) -> Self {
         Self {
             factory,
             metering,
+            commerce,
             settings: Arc::new(settings),
             streams: Arc::default(),
             failures: Arc::default(),
@@ -1623,6 +1627,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(job_attempts))
         // Production metering: products, orders, units, metrics, APC.
         .merge(crate::http::production::routes())
+        // Commerce: inventory, sales orders, fulfillment, shipments.
+        .merge(crate::http::commerce::routes())
         // Slicers' "send to printer": OctoPrint's paths, outside /api/v1.
         .merge(crate::http::octoprint::routes())
 }

@@ -4,6 +4,7 @@
 //! embedded dashboard. The only module that knows axum.
 
 pub mod api;
+pub mod commerce;
 pub mod limits;
 pub mod octoprint;
 pub mod policy;

@@ -76,6 +76,10 @@ const SLICER_SENDERS: &[Role] = &[Role::Operator, Role::Slicer];
 const READERS: &[Role] = &[Role::Operator, Role::Viewer];
 /// Changing machines, jobs and files.
 const OPERATOR: &[Role] = &[Role::Operator];
+/// Reading inventory, orders and shipments: the storefront too.
+const SHOP_READERS: &[Role] = &[Role::Operator, Role::Viewer, Role::Storefront];
+/// Placing and cancelling orders.
+const SHOP: &[Role] = &[Role::Operator, Role::Storefront];
 
 const fn row(method: Method, path: &'static str, who: Who, body: BodyLimit) -> Rule {
     Rule {
@@ -89,9 +93,9 @@ const fn row(method: Method, path: &'static str, who: Who, body: BodyLimit) -> R
 use BodyLimit::{Empty, Json, Upload};
 use Who::{Anyone, ApiKey, Roles};
 
-/// Every route of the API. The storefront will get `GET /inventory` and
-/// `POST /orders` as rows naming [`Role::Storefront`]; the machine role a
-/// row for reporting its own status.
+/// Every route of the API. The storefront reads inventory, places, reads
+/// and cancels orders ([`Role::Storefront`] rows); the machine role will
+/// get a row for reporting its own status.
 pub const TABLE: &[Rule] = &[
     row(Method::GET, "/api/v1/health", Anyone, Empty),
     row(Method::GET, "/api/v1/openapi.json", Anyone, Empty),
@@ -278,6 +282,89 @@ pub const TABLE: &[Rule] = &[
     ),
     // Prometheus: a scraper's bearer token of the `metrics` role.
     row(Method::GET, "/metrics", Roles(SCRAPERS), Empty),
+    // Commerce (`http::commerce`).
+    row(Method::GET, "/api/v1/inventory", Roles(SHOP_READERS), Empty),
+    row(
+        Method::GET,
+        "/api/v1/inventory/{sku}",
+        Roles(SHOP_READERS),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/inventory/{sku}/adjustments",
+        Roles(OPERATOR),
+        Json,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/returns/{serial}/inspection",
+        Roles(OPERATOR),
+        Json,
+    ),
+    row(Method::POST, "/api/v1/orders", Roles(SHOP), Json),
+    row(Method::GET, "/api/v1/orders", Roles(SHOP_READERS), Empty),
+    row(
+        Method::GET,
+        "/api/v1/orders/{id}",
+        Roles(SHOP_READERS),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/orders/{id}/cancel",
+        Roles(SHOP),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/orders/{id}/pick",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/orders/{id}/pack",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/orders/{id}/hold",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/orders/{id}/release",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/orders/{id}/return",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/orders/{id}/shipments",
+        Roles(OPERATOR),
+        Json,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/shipments/{id}",
+        Roles(SHOP_READERS),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/shipments/{id}/ship",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(Method::GET, "/api/v1/picklist", Roles(READERS), Empty),
     // OctoPrint's paths, for slicers (`http::octoprint`).
     row(Method::GET, "/api/version", ApiKey(SLICER_READERS), Empty),
     row(
@@ -472,8 +559,20 @@ mod tests {
         assert!(rule(&Method::PUT, "/api/v1/jobs").is_none());
     }
 
+    /// What the storefront role may call besides its session: inventory,
+    /// its orders (read, place, cancel) and shipments.
+    const STOREFRONT_ROUTES: &[(&str, &str)] = &[
+        ("GET", "/api/v1/inventory"),
+        ("GET", "/api/v1/inventory/{sku}"),
+        ("POST", "/api/v1/orders"),
+        ("GET", "/api/v1/orders"),
+        ("GET", "/api/v1/orders/{id}"),
+        ("POST", "/api/v1/orders/{id}/cancel"),
+        ("GET", "/api/v1/shipments/{id}"),
+    ];
+
     #[test]
-    fn only_operators_change_things_and_reserved_roles_see_only_their_session() {
+    fn only_operators_change_things_and_reserved_roles_see_only_their_session_and_own_routes() {
         for r in TABLE {
             let reads = r.method == Method::GET;
             let session = r.path == "/api/v1/session";
@@ -488,9 +587,23 @@ mod tests {
                 r.method,
                 r.path
             );
-            for role in [Role::Storefront, Role::Machine] {
-                assert_eq!(r.admits(role), session, "{role:?} {} {}", r.method, r.path);
-            }
+            let shop = STOREFRONT_ROUTES
+                .iter()
+                .any(|(m, p)| r.method.as_str() == *m && r.path == *p);
+            assert_eq!(
+                r.admits(Role::Storefront),
+                session || shop,
+                "storefront {} {}",
+                r.method,
+                r.path
+            );
+            assert_eq!(
+                r.admits(Role::Machine),
+                session,
+                "machine {} {}",
+                r.method,
+                r.path
+            );
         }
     }
 

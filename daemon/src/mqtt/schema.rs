@@ -173,6 +173,18 @@ pub fn messages(topics: &Topics, r: &LogRecord) -> Result<Vec<Message>, serde_js
         DomainEvent::JobReordered { .. }
         | DomainEvent::FileAdded { .. }
         | DomainEvent::FileDeleted { .. } => return Ok(Vec::new()),
+        // Commerce (sales orders, stock, shipments) is not on the broker:
+        // storefronts follow it by webhook and the inventory API.
+        DomainEvent::SalesOrderAccepted { .. }
+        | DomainEvent::SalesOrderState { .. }
+        | DomainEvent::UnitsAllocated { .. }
+        | DomainEvent::UnitsReleased { .. }
+        | DomainEvent::ShipmentCreated { .. }
+        | DomainEvent::ShipmentShipped { .. }
+        | DomainEvent::UnitsReturned { .. }
+        | DomainEvent::ReturnInspected { .. }
+        | DomainEvent::StockAdjusted { .. }
+        | DomainEvent::StockChanged { .. } => return Ok(Vec::new()),
     };
     let p = EventPayload {
         seq: r.seq,

@@ -36,6 +36,8 @@ use sled::transaction::TransactionError;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::commerce::inventory::{FgUnit, StockSku};
+use crate::commerce::orders::{IdempotencyRecord, SalesOrder, Shipment};
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
@@ -138,6 +140,10 @@ const ORDER_ID: &str = "order_id";
 const UNIT_SERIAL: &str = "unit_serial";
 /// Meta key of metering's running totals.
 const METERING_SUMMARY: &str = "metering_summary";
+/// Meta key of the sales order id counter.
+const SALES_ORDER_ID: &str = "sales_order_id";
+/// Meta key of the shipment id counter.
+const SHIPMENT_ID: &str = "shipment_id";
 /// Meta key of the schema version.
 const SCHEMA: &str = "schema";
 /// The schema this daemon writes: 1 = versioned records, domain log,
@@ -172,6 +178,16 @@ struct Trees {
     /// ([`unit_index`]): an order's progress and a window's units read
     /// only their own units, not the whole table.
     unit_index: sled::Tree,
+    /// Commerce: sales order id → order.
+    sales_orders: sled::Tree,
+    /// Idempotency-Key → the first answer.
+    idempotency: sled::Tree,
+    /// Serial → finished unit.
+    fg_units: sled::Tree,
+    /// Shipment id → shipment.
+    shipments: sled::Tree,
+    /// SKU → inventory cursor and count corrections.
+    stock_skus: sled::Tree,
 }
 
 /// Records that change together, written by [`Store::commit`] as one.
@@ -213,6 +229,20 @@ pub struct Batch {
     /// Log readers' cursors to move, in the same transaction as what they
     /// wrote for the records up to there.
     pub cursors: Vec<(&'static str, u64)>,
+    /// Sales orders to write.
+    pub sales_orders: Vec<SalesOrder>,
+    /// Idempotency keys with the answer they gave, with their order.
+    pub idempotency: Vec<(String, IdempotencyRecord)>,
+    /// Finished units to write.
+    pub fg_units: Vec<FgUnit>,
+    /// Shipments to write.
+    pub shipments: Vec<Shipment>,
+    /// Per-SKU inventory records to write.
+    pub stock_skus: Vec<(String, StockSku)>,
+    /// The sales order id counter's new value.
+    pub sales_order_counter: Option<u64>,
+    /// The shipment id counter's new value.
+    pub shipment_counter: Option<u64>,
 }
 
 impl Batch {
@@ -234,6 +264,13 @@ impl Batch {
             && self.unit_counter.is_none()
             && self.metering_summary.is_none()
             && self.cursors.is_empty()
+            && self.sales_orders.is_empty()
+            && self.idempotency.is_empty()
+            && self.fg_units.is_empty()
+            && self.shipments.is_empty()
+            && self.stock_skus.is_empty()
+            && self.sales_order_counter.is_none()
+            && self.shipment_counter.is_none()
     }
 }
 
@@ -319,6 +356,11 @@ impl Store {
             units: db.open_tree("units")?,
             unit_places: db.open_tree("unit_places")?,
             unit_index: db.open_tree("unit_index")?,
+            sales_orders: db.open_tree("sales_orders")?,
+            idempotency: db.open_tree("idempotency")?,
+            fg_units: db.open_tree("fg_units")?,
+            shipments: db.open_tree("shipments")?,
+            stock_skus: db.open_tree("stock_skus")?,
         };
         let commits = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
@@ -471,6 +513,27 @@ impl Store {
         }
         for (name, seq) in &batch.cursors {
             w.raw(&t.cursors, name.as_bytes(), seq.to_be_bytes());
+        }
+        for o in &batch.sales_orders {
+            w.put(&t.sales_orders, "sales_orders", o.id.to_be_bytes(), o)?;
+        }
+        for (k, r) in &batch.idempotency {
+            w.put(&t.idempotency, "idempotency", k.as_bytes(), r)?;
+        }
+        for u in &batch.fg_units {
+            w.put(&t.fg_units, "fg_units", u.serial.as_bytes(), u)?;
+        }
+        for sh in &batch.shipments {
+            w.put(&t.shipments, "shipments", sh.id.to_be_bytes(), sh)?;
+        }
+        for (sku, r) in &batch.stock_skus {
+            w.put(&t.stock_skus, "stock_skus", sku.as_bytes(), r)?;
+        }
+        if let Some(n) = batch.sales_order_counter {
+            w.raw(&t.meta, SALES_ORDER_ID, n.to_be_bytes());
+        }
+        if let Some(n) = batch.shipment_counter {
+            w.raw(&t.meta, SHIPMENT_ID, n.to_be_bytes());
         }
         let mut seq = self.written_tip.load(Ordering::SeqCst);
         let mut records = Vec::with_capacity(batch.events.len());
@@ -816,6 +879,41 @@ impl Store {
         Ok(read_u64(self.t.meta.get(UNIT_SERIAL)?))
     }
 
+    // ---- commerce: sales orders, finished goods, shipments ----
+
+    /// Every sales order, oldest first.
+    pub fn sales_orders(&self) -> Result<Vec<SalesOrder>, StoreError> {
+        all(&self.t.sales_orders, "sales_orders")
+    }
+
+    /// Every idempotency key with its first answer.
+    pub fn idempotency_records(&self) -> Result<Vec<(String, IdempotencyRecord)>, StoreError> {
+        keyed(&self.t.idempotency, "idempotency")
+    }
+
+    /// Every finished unit, by serial.
+    pub fn fg_units(&self) -> Result<Vec<FgUnit>, StoreError> {
+        all(&self.t.fg_units, "fg_units")
+    }
+
+    /// Every shipment, oldest first.
+    pub fn shipments(&self) -> Result<Vec<Shipment>, StoreError> {
+        all(&self.t.shipments, "shipments")
+    }
+
+    /// Every SKU's inventory record.
+    pub fn stock_skus(&self) -> Result<Vec<(String, StockSku)>, StoreError> {
+        keyed(&self.t.stock_skus, "stock_skus")
+    }
+
+    /// The sales order and shipment id counters: the last ids handed out.
+    pub fn commerce_counters(&self) -> Result<(u64, u64), StoreError> {
+        Ok((
+            read_u64(self.t.meta.get(SALES_ORDER_ID)?),
+            read_u64(self.t.meta.get(SHIPMENT_ID)?),
+        ))
+    }
+
     // ---- the event log ----
 
     /// Up to `limit` log records after `after`, oldest first.
@@ -859,6 +957,22 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree, table: &'static str) -> Result<Ve
         .map(|kv| {
             let (k, v) = kv?;
             decode(table, &k, &v)
+        })
+        .collect()
+}
+
+/// Every record of a table keyed by a string, with its key.
+fn keyed<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    table: &'static str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv?;
+            Ok((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode(table, &k, &v)?,
+            ))
         })
         .collect()
 }
@@ -1220,6 +1334,145 @@ mod tests {
         assert_eq!(s.log_after(0, 10).expect("log").len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    fn unit(serial: u64, order_id: u64, sku: &str, ended_ms: u64) -> Unit {
+        Unit {
+            serial: crate::metering::model::serial(serial),
+            sku: sku.into(),
+            order_id,
+            job_id: serial,
+            attempt: 1,
+            index: 1,
+            machine_id: "m".into(),
+            gcode_sha256: "f".into(),
+            started_ms: None,
+            ended_ms,
+            planned_runtime_ms: 1,
+            credited_runtime_ms: 1,
+            qc: crate::metering::model::QcState::Pending,
+            first_pass: None,
+            reworked: false,
+            qc_history: vec![],
+        }
+    }
+
+    fn serials(units: &[Unit]) -> Vec<&str> {
+        units.iter().map(|u| u.serial.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn units_are_read_by_order_by_sku_window_and_by_time_window_through_the_index() {
+        let dir = temp_dir("unit-index");
+        let s = Store::open(&dir).expect("open");
+        let units = vec![
+            unit(1, 1, "a", 100),
+            unit(2, 2, "b", 150),
+            unit(3, 1, "a", 200),
+            unit(4, 1, "ab", 250),
+        ];
+        s.commit(
+            &Batch {
+                units: units.clone(),
+                ..Batch::default()
+            },
+            0,
+        )
+        .expect("commit");
+        // An inspection rewrites the unit; the index stays as it was.
+        let mut inspected = units[0].clone();
+        inspected.qc = crate::metering::model::QcState::Pass;
+        s.commit(
+            &Batch {
+                units: vec![inspected],
+                ..Batch::default()
+            },
+            0,
+        )
+        .expect("commit");
+        s.flush().await.expect("flush");
+        let of_order = s.units_of_order(1).expect("order");
+        assert_eq!(
+            serials(&of_order),
+            ["U000000001", "U000000003", "U000000004"]
+        );
+        assert_eq!(of_order[0].qc, crate::metering::model::QcState::Pass);
+        assert_eq!(
+            serials(&s.units_of_order(3).expect("none")),
+            Vec::<&str>::new()
+        );
+        // "a" is not a prefix match for "ab".
+        let a = s.units_of_sku("a", 0, u64::MAX).expect("sku");
+        assert_eq!(serials(&a), ["U000000001", "U000000003"]);
+        let a = s.units_of_sku("a", 101, 201).expect("sku window");
+        assert_eq!(serials(&a), ["U000000003"]);
+        let t = s.units_between(150, 250).expect("window");
+        assert_eq!(serials(&t), ["U000000002", "U000000003"]);
+        assert_eq!(s.units_between(300, 200).expect("empty").len(), 0);
+        assert!(s.sku_has_units("ab").expect("has"));
+        assert!(!s.sku_has_units("c").expect("has"));
+        drop(s);
+        // A store made before the index: its index is built at start.
+        {
+            let db = sled::open(dir.join("db")).expect("raw open");
+            db.open_tree("unit_index")
+                .expect("tree")
+                .clear()
+                .expect("clear");
+            db.open_tree("meta")
+                .expect("tree")
+                .remove(unit_index::marker())
+                .expect("remove");
+            db.flush().expect("flush");
+        }
+        let s = Store::open(&dir).expect("reopen");
+        let rebuilt = s.units_of_order(1).expect("order");
+        assert_eq!(
+            serials(&rebuilt),
+            ["U000000001", "U000000003", "U000000004"]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_window_of_machine_states_starts_with_the_state_in_force_and_ends_at_its_end() {
+        let dir = temp_dir("states-window");
+        let s = Store::open(&dir).expect("open");
+        let state = |state| Batch {
+            events: vec![DomainEvent::MachineState {
+                machine_id: "m".into(),
+                state,
+                reason: StateReason::None,
+                job_id: None,
+            }],
+            ..Batch::default()
+        };
+        for (at, st) in [
+            (100, MachineState::Idle),
+            (200, MachineState::Producing),
+            (300, MachineState::Idle),
+            (400, MachineState::Producing),
+        ] {
+            s.commit(&state(st), at).expect("commit");
+        }
+        let at = |from, to| -> Vec<u64> {
+            s.machine_states("m", from, to)
+                .expect("states")
+                .iter()
+                .map(|c| c.at_ms)
+                .collect()
+        };
+        assert_eq!(at(250, 350), vec![200, 300], "in force at 250, then 300");
+        assert_eq!(
+            at(300, 300),
+            vec![200, 300],
+            "as before: the one before `from` too"
+        );
+        assert_eq!(at(0, 150), vec![100], "nothing before the first");
+        assert_eq!(at(500, 600), vec![400], "the last one is still in force");
+        assert_eq!(at(0, u64::MAX), vec![100, 200, 300, 400]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
 
     fn job(id: u64) -> Job {
         Job {
