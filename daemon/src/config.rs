@@ -48,6 +48,95 @@ pub struct Config {
     pub apc: BTreeMap<String, BTreeMap<String, ApcCriteria>>,
     /// The MQTT broker and the machines that report through it (`[mqtt]`).
     pub mqtt: Option<MqttConfig>,
+    /// Webhook receivers, as `[[webhooks]]` tables.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// The webhook retry schedule (`[webhook_retry]`).
+    #[serde(default)]
+    pub webhook_retry: WebhookRetry,
+    /// Shopify shops whose fulfillment-service callbacks this daemon
+    /// answers, as `[[shopify]]` tables.
+    #[serde(default)]
+    pub shopify: Vec<ShopifyShop>,
+}
+
+/// `[[webhooks]]`: a receiver of signed event deliveries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Part of every delivery id; defaults to `config-` and the first 8
+    /// hex digits of the URL's sha256, so it stays put across restarts.
+    pub id: Option<String>,
+    /// `http://` URL (https needs a TLS proxy: docs/webhooks.md).
+    pub url: String,
+    /// HMAC key for `X-Microfactory-Signature`, 16 characters or more.
+    pub secret: String,
+    /// Topics, or `["*"]` for all.
+    pub topics: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The id, given or derived from the URL.
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let hash = crate::factory::files::sha256_hex(self.url.as_bytes());
+            format!("config-{}", &hash[..8])
+        })
+    }
+}
+
+/// `[webhook_retry]`: how deliveries are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookRetry {
+    /// The first retry's wait, ms.
+    pub base_ms: u64,
+    /// No wait is longer, ms.
+    pub cap_ms: u64,
+    /// Consecutive failures that disable a receiver.
+    pub disable_after: u32,
+    /// One attempt's time limit, ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookRetry {
+    fn default() -> Self {
+        let p = crate::commerce::webhooks::schedule::RetryPolicy::default();
+        Self {
+            base_ms: millis(p.backoff.base),
+            cap_ms: millis(p.backoff.cap),
+            disable_after: p.disable_after,
+            timeout_ms: millis(p.timeout),
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&WebhookRetry> for crate::commerce::webhooks::schedule::RetryPolicy {
+    fn from(r: &WebhookRetry) -> Self {
+        use std::time::Duration;
+        Self {
+            backoff: crate::mqtt::backoff::Backoff {
+                base: Duration::from_millis(r.base_ms),
+                cap: Duration::from_millis(r.cap_ms),
+            },
+            disable_after: r.disable_after,
+            timeout: Duration::from_millis(r.timeout_ms),
+        }
+    }
+}
+
+/// `[[shopify]]`: a shop whose fulfillment service calls back here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopifyShop {
+    /// Its myshopify domain, e.g. `example.myshopify.com`.
+    pub shop: String,
+    /// The app's client secret, which signs `X-Shopify-Hmac-Sha256`.
+    pub secret: String,
 }
 
 /// `[mqtt]`: one broker, over plain TCP (TLS is not built in: see
@@ -440,7 +529,7 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 8] = [
+        const TOP: [&str; 11] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
@@ -449,7 +538,11 @@ impl Config {
             "machine",
             "apc",
             "mqtt",
+            "webhooks",
+            "webhook_retry",
+            "shopify",
         ];
+        const WEBHOOK: [&str; 4] = ["id", "url", "secret", "topics"];
         const MACHINE: [&str; 9] = [
             "id",
             "name",
@@ -487,6 +580,13 @@ impl Config {
                     let id = m.get("id").and_then(toml::Value::as_str).unwrap_or("?");
                     let at = format!("machine #{} ({id}): ", i + 1);
                     strip(m, &MACHINE, &at);
+                }
+            }
+        }
+        if let Some(toml::Value::Array(hooks)) = table.get_mut("webhooks") {
+            for (i, h) in hooks.iter_mut().enumerate() {
+                if let toml::Value::Table(h) = h {
+                    strip(h, &WEBHOOK, &format!("webhooks #{}: ", i + 1));
                 }
             }
         }
@@ -570,6 +670,7 @@ impl Config {
         }
         let classes: HashSet<&str> = machines.iter().map(Machine::class).collect();
         check_apc(&self.apc, &classes, &mut problems, &mut warnings);
+        check_webhooks(&self, &mut problems);
         if problems.is_empty() {
             Ok(Checked {
                 config: self,
@@ -578,6 +679,60 @@ impl Config {
             })
         } else {
             Err(problems)
+        }
+    }
+}
+
+/// `[[webhooks]]`, `[webhook_retry]` and `[[shopify]]`.
+fn check_webhooks(c: &Config, problems: &mut Vec<String>) {
+    let mut ids = HashSet::new();
+    for (i, h) in c.webhooks.iter().enumerate() {
+        let id = h.id();
+        let at = format!("webhooks #{} ({id})", i + 1);
+        for p in crate::commerce::webhooks::model::check_receiver(&id, &h.url, &h.secret, &h.topics)
+        {
+            problems.push(format!("{at}: {p}"));
+        }
+        if !ids.insert(id.clone()) {
+            problems.push(format!("{at}: id '{id}' is used twice"));
+        }
+    }
+    let r = &c.webhook_retry;
+    if r.base_ms == 0 || r.base_ms > r.cap_ms {
+        problems.push(format!(
+            "webhook_retry: base_ms = {} must be at least 1 and at most cap_ms = {}",
+            r.base_ms, r.cap_ms
+        ));
+    }
+    if r.disable_after == 0 {
+        problems.push("webhook_retry: disable_after must be at least 1".into());
+    }
+    if !(100..=300_000).contains(&r.timeout_ms) {
+        problems.push(format!(
+            "webhook_retry: timeout_ms = {} must be between 100 and 300000",
+            r.timeout_ms
+        ));
+    }
+    let mut shops = HashSet::new();
+    for (i, s) in c.shopify.iter().enumerate() {
+        let at = format!("shopify #{} ({})", i + 1, s.shop);
+        let domain = s.shop.to_ascii_lowercase();
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
+        {
+            problems.push(format!(
+                "{at}: shop must be the shop's domain, e.g. example.myshopify.com"
+            ));
+        }
+        if s.secret.is_empty() {
+            problems.push(format!(
+                "{at}: secret is empty; use the app's client secret from Shopify"
+            ));
+        }
+        if !shops.insert(domain) {
+            problems.push(format!("{at}: shop is listed twice"));
         }
     }
 }

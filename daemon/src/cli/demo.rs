@@ -135,6 +135,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         machines: configs,
         apc: std::collections::BTreeMap::new(),
         mqtt: None,
+        webhooks: Vec::new(),
+        webhook_retry: crate::config::WebhookRetry::default(),
+        shopify: Vec::new(),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;

@@ -10,6 +10,8 @@ use microfactory_machines::driver::{DriverConfig, DriverHandle};
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::commerce::shopify::{NothingStocked, Shopify};
+use crate::commerce::webhooks::Webhooks;
 use crate::config::{Adapter, Checked};
 use crate::factory::Factory;
 use crate::factory::link::MachineLink;
@@ -46,6 +48,7 @@ pub struct Running {
     /// The factory.
     pub factory: Arc<Factory>,
     metering: Arc<Metering>,
+    webhooks: Arc<Webhooks>,
     mqtt: Option<Arc<Mqtt>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -126,6 +129,20 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         checked.config.apc.clone(),
     );
     metering.start();
+    let webhooks = Webhooks::new(
+        factory.store().clone(),
+        &checked.config.webhooks,
+        (&checked.config.webhook_retry).into(),
+    )
+    .await
+    .context("cannot start the webhook outbox")?;
+    webhooks.start();
+    // Commerce's inventory and shipments answer these once merged.
+    let shopify = Arc::new(Shopify::new(
+        &checked.config.shopify,
+        factory.store().clone(),
+        Arc::new(NothingStocked),
+    ));
     let listener = TcpListener::bind(checked.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
@@ -133,7 +150,8 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
     let http = &checked.config.http;
     let app = api::router(
         AppState::new(Arc::clone(&factory), Arc::clone(&metering), http.into())
-            .with_mqtt(mqtt.clone()),
+            .with_mqtt(mqtt.clone())
+            .with_commerce(Arc::clone(&webhooks), shopify),
     );
     let limits = crate::http::server::Limits::from(http);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -150,6 +168,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         addr,
         factory,
         metering,
+        webhooks,
         mqtt,
         server,
         stop,
@@ -180,6 +199,7 @@ impl Running {
         // Before the factory: the reader may be queuing an order's jobs.
         // What the factory records while stopping is read at the next start.
         self.metering.shutdown().await;
+        self.webhooks.shutdown().await;
         self.factory.shutdown().await;
         // Last, so the machines' final states (interrupted jobs) are in
         // the log it publishes before its goodbye.

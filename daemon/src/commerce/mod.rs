@@ -3,3 +3,5 @@
 //! the factory's records. ARCHITECTURE.md says what each module may know.
 
 pub mod address;
+pub mod shopify;
+pub mod webhooks;
