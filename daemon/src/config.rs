@@ -1145,6 +1145,87 @@ mttr_hours_max = -1
     }
 
     #[test]
+    fn webhook_receivers_shops_and_the_retry_schedule_are_checked_with_everything_else() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[[webhooks]]
+url = "http://10.0.0.5:8080/hooks"
+secret = "0123456789abcdef"
+topics = ["unit_made", "machine_state"]
+[[webhooks]]
+id = "erp"
+url = "http://erp.lan/in"
+secret = "0123456789abcdef"
+topics = ["*"]
+[webhook_retry]
+base_ms = 500
+[[shopify]]
+shop = "example.myshopify.com"
+secret = "shpss_x"
+"#,
+        )
+        .expect("valid");
+        let ids: Vec<String> = c.config.webhooks.iter().map(WebhookConfig::id).collect();
+        assert!(
+            ids[0].starts_with("config-") && ids[0].len() == 15,
+            "{ids:?}"
+        );
+        assert_eq!(ids[1], "erp");
+        assert_eq!(c.config.webhook_retry.base_ms, 500);
+        assert_eq!(c.config.webhook_retry.disable_after, 10, "the rest default");
+        let e = parse(
+            r#"
+data_dir = "d"
+[[webhooks]]
+id = "erp"
+url = "https://erp.example.com/in"
+secret = "short"
+topics = ["order_teleported"]
+[[webhooks]]
+id = "erp"
+url = "http://erp.lan/in"
+secret = "0123456789abcdef"
+topics = ["*"]
+[webhook_retry]
+base_ms = 0
+timeout_ms = 5
+[[shopify]]
+shop = "bad shop"
+secret = ""
+"#,
+        )
+        .expect_err("invalid");
+        for needle in [
+            "webhooks #1 (erp): url 'https://erp.example.com/in' uses https",
+            "webhooks #1 (erp): secret must be at least 16",
+            "webhooks #1 (erp): topic 'order_teleported' is unknown",
+            "webhooks #2 (erp): id 'erp' is used twice",
+            "webhook_retry: base_ms = 0",
+            "webhook_retry: timeout_ms = 5",
+            "shopify #1 (bad shop): shop must be",
+            "shopify #1 (bad shop): secret is empty",
+        ] {
+            assert!(e.iter().any(|p| p.contains(needle)), "{needle}: {e:#?}");
+        }
+        assert_eq!(e.len(), 8, "{e:#?}");
+        let dir = std::env::temp_dir().join(format!("mfd-config-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"d\"\n[[webhooks]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\ntopics = [\"*\"]\nevents = 1\n",
+        )
+        .expect("write");
+        let e = Config::load(&path).expect_err("unknown key");
+        assert!(
+            e.to_string().contains("webhooks #1: unknown key 'events'"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = parse("data_dir = \"d\"\nlisten_addr = \"x\"\n").expect_err("unknown key");
         assert!(e[0].contains("listen_addr"), "{e:?}");

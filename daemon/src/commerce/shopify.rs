@@ -222,3 +222,130 @@ impl Shopify {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commerce::webhooks::model::sign;
+
+    /// Stock and tracking numbers as commerce will answer them.
+    #[derive(Debug)]
+    struct Fake;
+
+    impl FulfillmentSource for Fake {
+        fn stock(&self, shop: &str, sku: Option<&str>) -> Result<BTreeMap<String, u64>, String> {
+            assert_eq!(shop, "shop-a.myshopify.com");
+            let all = BTreeMap::from([("coupling-12mm".to_string(), 7), ("hook".to_string(), 0)]);
+            Ok(match sku {
+                Some(s) => all.into_iter().filter(|(k, _)| k == s).collect(),
+                None => all,
+            })
+        }
+
+        fn tracking_numbers(
+            &self,
+            _: &str,
+            names: &[String],
+        ) -> Result<BTreeMap<String, String>, String> {
+            Ok(names
+                .iter()
+                .filter(|n| n.as_str() == "#1001.1")
+                .map(|n| (n.clone(), "MF000123".to_string()))
+                .collect())
+        }
+    }
+
+    fn shops() -> Vec<ShopifyShop> {
+        vec![ShopifyShop {
+            shop: "Shop-A.myshopify.com".into(),
+            secret: "shpss_secret".into(),
+        }]
+    }
+
+    fn temp_store(tag: &str) -> (std::path::PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("mfd-shopify-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).expect("open");
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_signed_notification_is_recorded_durably_and_a_forged_one_or_a_strangers_is_refused()
+    {
+        let (dir, store) = temp_store("notify");
+        let s = Shopify::new(&shops(), store.clone(), Arc::new(Fake));
+        let body = br#"{"kind":"FULFILLMENT_REQUEST"}"#;
+        let good = sign(b"shpss_secret", body);
+        let shop = Some("shop-a.myshopify.com");
+        let n = s
+            .notify(shop, Some(&good), body, 42)
+            .await
+            .expect("recorded");
+        assert_eq!(n.kind.as_deref(), Some("FULFILLMENT_REQUEST"));
+        assert_eq!(n.shop, "shop-a.myshopify.com");
+        let wrong = sign(b"another secret", body);
+        for (hmac, body) in [
+            (Some(wrong.as_str()), &body[..]),
+            (None, &body[..]),
+            (
+                Some(good.as_str()),
+                &br#"{"kind":"CANCELLATION_REQUEST"}"#[..],
+            ),
+        ] {
+            let e = s.notify(shop, hmac, body, 43).await.expect_err("forged");
+            assert!(matches!(e, ShopifyError::BadSignature), "{e}");
+        }
+        let e = s
+            .notify(Some("other.myshopify.com"), Some(&good), body, 44)
+            .await
+            .expect_err("unknown shop");
+        assert!(matches!(e, ShopifyError::UnknownShop(_)), "{e}");
+        assert!(e.to_string().contains("[[shopify]]"), "{e}");
+        let e = s
+            .notify(None, Some(&good), body, 44)
+            .await
+            .expect_err("no shop");
+        assert!(matches!(e, ShopifyError::MissingShop(_)), "{e}");
+        let not_json = b"kind=FULFILLMENT_REQUEST";
+        let e = s
+            .notify(shop, Some(&sign(b"shpss_secret", not_json)), not_json, 45)
+            .await
+            .expect_err("not json");
+        assert!(matches!(e, ShopifyError::NotJson(_)), "{e}");
+        drop(s);
+        drop(store);
+        // Flushed before it was acknowledged: it is there after reopening.
+        let store = Store::open(&dir).expect("reopen");
+        let shown = store.shopify_notifications(10).expect("list");
+        assert_eq!(shown, vec![n]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stock_and_tracking_numbers_come_from_the_source_for_configured_shops_only() {
+        let (dir, store) = temp_store("reads");
+        let s = Shopify::new(&shops(), store, Arc::new(NothingStocked)).with_source(Arc::new(Fake));
+        let shop = Some("shop-a.myshopify.com");
+        let all = s.stock(shop, None).expect("all");
+        assert_eq!(all.len(), 2);
+        assert_eq!(s.stock(shop, Some("")).expect("empty sku is all"), all);
+        let one = s.stock(shop, Some("coupling-12mm")).expect("one");
+        assert_eq!(one, BTreeMap::from([("coupling-12mm".to_string(), 7)]));
+        assert!(s.stock(shop, Some("nope")).expect("unknown").is_empty());
+        assert!(matches!(
+            s.stock(Some("x.myshopify.com"), None),
+            Err(ShopifyError::UnknownShop(_))
+        ));
+        assert!(matches!(
+            s.stock(None, None),
+            Err(ShopifyError::MissingShop(_))
+        ));
+        let names = vec!["#1001.1".to_string(), "#1002.1".to_string()];
+        let t = s.tracking_numbers(shop, &names).expect("tracking");
+        assert!(t.success);
+        assert_eq!(t.tracking_numbers.len(), 1);
+        assert_eq!(t.tracking_numbers["#1001.1"], "MF000123");
+        assert!(t.message.contains("1 of 2"), "{}", t.message);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
