@@ -289,3 +289,67 @@ async fn a_receiver_added_later_gets_only_new_events_and_a_removed_one_gets_noth
     w.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_hangs_delays_no_other_receiver() {
+    let dir = temp_dir("hang");
+    let store = Store::open(&dir).unwrap();
+    // This one holds every request until the test lets go.
+    let (release, open) = tokio::sync::watch::channel(false);
+    let held = Arc::new(AtomicU16::new(0));
+    let app = Router::new().route(
+        "/hook",
+        post({
+            let held = Arc::clone(&held);
+            move || async move {
+                held.fetch_add(1, Ordering::SeqCst);
+                let _ = open.clone().wait_for(|open| *open).await;
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (fast_url, fast, mut rx) = receiver().await;
+    fast.answer.store(200, Ordering::SeqCst);
+    let w = Webhooks::new(store.clone(), &[], RetryPolicy::default())
+        .await
+        .unwrap();
+    for (id, url) in [("slow", slow_url), ("fast", fast_url)] {
+        w.create(ReceiverInput {
+            id: Some(id.into()),
+            url,
+            secret: Some(SECRET.into()),
+            topics: vec!["*".into()],
+        })
+        .await
+        .unwrap();
+    }
+    w.start();
+    store
+        .commit(
+            &Batch {
+                events: (1..=3).map(machine_event).collect(),
+                ..Batch::default()
+            },
+            7,
+        )
+        .unwrap();
+    store.flush().await.unwrap();
+    for _ in 0..3 {
+        let s = next(&mut rx).await;
+        assert!(s.delivery.starts_with("fast:") && s.signature_ok, "{s:?}");
+    }
+    // All three reached the fast receiver while the slow one still holds
+    // its first (and only) request.
+    assert_eq!(held.load(Ordering::SeqCst), 1);
+    assert_eq!(w.get("slow").unwrap().pending, 3);
+    release.send_replace(true);
+    until("the slow receiver got everything", || {
+        w.get("slow").unwrap().pending == 0
+    })
+    .await;
+    w.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,10 +30,12 @@ const AFTER_ERROR: Duration = Duration::from_secs(1);
 const LONGEST_SLEEP: Duration = Duration::from_secs(60);
 
 impl Webhooks {
-    /// Delivers until shutdown.
+    /// Delivers until shutdown. Each receiver's attempt runs as a task of
+    /// its own, so a receiver that takes its whole timeout delays nobody
+    /// else; a finished attempt wakes this loop for that receiver's next.
     pub(super) async fn deliver(self: Arc<Self>) {
         loop {
-            let sleep = match self.round().await {
+            let sleep = match self.round() {
                 Ok(Some(due)) => Duration::from_millis(due.saturating_sub(now_ms())),
                 Ok(None) => LONGEST_SLEEP,
                 Err(e) => {
@@ -41,12 +43,6 @@ impl Webhooks {
                     AFTER_ERROR
                 }
             };
-            if sleep.is_zero() {
-                if self.cancel.is_cancelled() {
-                    return;
-                }
-                continue;
-            }
             tokio::select! {
                 () = tokio::time::sleep(sleep.min(LONGEST_SLEEP)) => {}
                 () = self.wake.notified() => {}
@@ -55,37 +51,47 @@ impl Webhooks {
         }
     }
 
-    /// Attempts every active receiver's due head delivery, side by side;
-    /// returns when to look again (`None`: nothing waits).
-    async fn round(&self) -> Result<Option<u64>> {
+    /// Starts an attempt for every active receiver whose oldest pending
+    /// delivery is due and that has none in flight; returns when to look
+    /// again (`None`: nothing waits but what is in flight).
+    fn round(self: &Arc<Self>) -> Result<Option<u64>> {
         let now = now_ms();
-        let mut due = Vec::new();
         let mut soonest: Option<u64> = None;
         for r in self.store.webhooks()? {
-            if r.state != ReceiverState::Active {
+            if r.state != ReceiverState::Active || self.in_flight().contains(&r.id) {
                 continue;
             }
             let Some(head) = self.store.pending_head(&r.id)? else {
                 continue;
             };
-            if head.next_attempt_ms <= now {
-                due.push((r, head));
-            } else {
-                soonest =
-                    Some(soonest.map_or(head.next_attempt_ms, |s| s.min(head.next_attempt_ms)));
+            if head.next_attempt_ms > now {
+                let at = head.next_attempt_ms;
+                soonest = Some(soonest.map_or(at, |s| s.min(at)));
+                continue;
             }
+            self.in_flight().insert(r.id.clone());
+            let w = Arc::clone(self);
+            let span = info_span!("webhook", receiver = %r.id, delivery = %head.id);
+            self.tasks.spawn(
+                async move {
+                    let id = r.id.clone();
+                    if let Err(e) = w.attempt(r, head).await {
+                        warn!(error = %e, "could not store a webhook attempt; it is made again");
+                        tokio::time::sleep(AFTER_ERROR).await;
+                    }
+                    w.in_flight().remove(&id);
+                    w.wake.notify_one();
+                }
+                .instrument(span),
+            );
         }
-        if due.is_empty() {
-            return Ok(soonest);
-        }
-        let attempts = due.into_iter().map(|(r, d)| {
-            let span = info_span!("webhook", receiver = %r.id, delivery = %d.id);
-            self.attempt(r, d).instrument(span)
-        });
-        for result in futures_util::future::join_all(attempts).await {
-            result?;
-        }
-        Ok(Some(0))
+        Ok(soonest)
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One attempt, then its outcome stored.

@@ -89,8 +89,11 @@ pub struct Webhooks {
     /// Serialises every read-modify-write of receivers and deliveries
     /// (outbox, deliverer, API), so none undoes another's change.
     lock: Mutex<()>,
-    /// Wakes the deliverer: new deliveries, a receiver enabled or added.
+    /// Wakes the deliverer: new deliveries, a receiver enabled or added,
+    /// an attempt finished.
     wake: Notify,
+    /// Receivers with an attempt in flight (one at a time each).
+    in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     client: reqwest::Client,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -118,6 +121,7 @@ impl Webhooks {
             policy,
             lock: Mutex::new(()),
             wake: Notify::new(),
+            in_flight: std::sync::Mutex::default(),
             client,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
