@@ -283,8 +283,27 @@ async fn a_receiver_added_later_gets_only_new_events_and_a_removed_one_gets_noth
     let s = next(&mut rx).await;
     assert_eq!(s.delivery, format!("late:{}", recs[0].seq));
     assert!(s.signature_ok);
+    // One more, held back by a failing answer, is dropped with its receiver.
+    rcv.answer.store(500, Ordering::SeqCst);
+    let more = store
+        .commit(
+            &Batch {
+                events: vec![machine_event(3)],
+                ..Batch::default()
+            },
+            3,
+        )
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        next(&mut rx).await.delivery,
+        format!("late:{}", more[0].seq)
+    );
     w.delete("late").await.unwrap();
     assert!(w.get("late").is_err());
+    let d = store.delivery("late", more[0].seq).unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Dropped);
+    assert_eq!(store.pending_count("late").unwrap(), 0);
     assert!(w.list().unwrap().is_empty());
     w.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -189,6 +189,7 @@ impl Webhooks {
             if r.source == Source::Config && !configured.iter().any(|c| c.id() == r.id) {
                 tracing::info!(receiver = %r.id, "webhook receiver left the configuration: removed");
                 batch.removed_webhooks.push(r.id.clone());
+                batch.deliveries.extend(self.dropped(&r.id)?);
             }
         }
         self.commit(&batch).await
@@ -285,18 +286,28 @@ impl Webhooks {
                 "webhook receiver '{id}' comes from the configuration file; remove it there and restart"
             )));
         }
-        let mut batch = Batch {
+        let batch = Batch {
             removed_webhooks: vec![id.to_string()],
+            deliveries: self.dropped(id)?,
             ..Batch::default()
         };
-        // The pending ones are marked dropped, so their records say why
-        // they never arrived.
+        self.commit(&batch).await?;
+        tracing::info!(receiver = %id, "webhook receiver removed");
+        Ok(())
+    }
+
+    /// A removed receiver's pending deliveries, marked dropped, so their
+    /// records say why they never arrived.
+    fn dropped(&self, id: &str) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
         let mut before = u64::MAX;
         loop {
             let page = self.store.deliveries(id, before, 256)?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else {
+                return Ok(out);
+            };
             before = last.seq;
-            batch.deliveries.extend(
+            out.extend(
                 page.into_iter()
                     .filter(|d| d.state == DeliveryState::Pending)
                     .map(|mut d| {
@@ -305,9 +316,6 @@ impl Webhooks {
                     }),
             );
         }
-        self.commit(&batch).await?;
-        tracing::info!(receiver = %id, "webhook receiver removed");
-        Ok(())
     }
 
     /// Enables a receiver again; its oldest waiting delivery is due now.
