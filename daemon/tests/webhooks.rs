@@ -99,6 +99,25 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
     d
 }
 
+/// Commits events at `at_ms` and makes them durable, as the factory does.
+async fn commit_events(
+    store: &Store,
+    events: Vec<DomainEvent>,
+    at_ms: u64,
+) -> Vec<microfactoryd::core::events::LogRecord> {
+    let recs = store
+        .commit(
+            &Batch {
+                events,
+                ..Batch::default()
+            },
+            at_ms,
+        )
+        .unwrap();
+    store.flush().await.unwrap();
+    recs
+}
+
 /// Waits for the next request the receiver saw.
 async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -145,8 +164,9 @@ async fn a_failing_receiver_is_retried_with_growing_gaps_disabled_then_enabled_a
     w.start();
 
     // Three events, plus one nobody subscribed to.
-    let batch = Batch {
-        events: vec![
+    let recs = commit_events(
+        &store,
+        vec![
             machine_event(1),
             DomainEvent::FileDeleted {
                 file_id: "f".into(),
@@ -154,10 +174,9 @@ async fn a_failing_receiver_is_retried_with_growing_gaps_disabled_then_enabled_a
             machine_event(2),
             machine_event(3),
         ],
-        ..Batch::default()
-    };
-    let recs = store.commit(&batch, 1_000).unwrap();
-    store.flush().await.unwrap();
+        1_000,
+    )
+    .await;
     let seqs: Vec<u64> = recs
         .iter()
         .filter(|r| matches!(r.event, DomainEvent::MachineState { .. }))
@@ -245,16 +264,7 @@ async fn a_receiver_added_later_gets_only_new_events_and_a_removed_one_gets_noth
         .await
         .unwrap();
     w.start();
-    store
-        .commit(
-            &Batch {
-                events: vec![machine_event(1)],
-                ..Batch::default()
-            },
-            1,
-        )
-        .unwrap();
-    store.flush().await.unwrap();
+    commit_events(&store, vec![machine_event(1)], 1).await;
     // The outbox has read that record (nobody wanted it) once its cursor
     // is past it.
     until("the outbox read the first record", || {
@@ -270,31 +280,13 @@ async fn a_receiver_added_later_gets_only_new_events_and_a_removed_one_gets_noth
     w.create(input("late")).await.unwrap();
     let dup = w.create(input("late")).await.unwrap_err();
     assert!(dup.to_string().contains("exists already"), "{dup}");
-    let recs = store
-        .commit(
-            &Batch {
-                events: vec![machine_event(2)],
-                ..Batch::default()
-            },
-            2,
-        )
-        .unwrap();
-    store.flush().await.unwrap();
+    let recs = commit_events(&store, vec![machine_event(2)], 2).await;
     let s = next(&mut rx).await;
     assert_eq!(s.delivery, format!("late:{}", recs[0].seq));
     assert!(s.signature_ok);
     // One more, held back by a failing answer, is dropped with its receiver.
     rcv.answer.store(500, Ordering::SeqCst);
-    let more = store
-        .commit(
-            &Batch {
-                events: vec![machine_event(3)],
-                ..Batch::default()
-            },
-            3,
-        )
-        .unwrap();
-    store.flush().await.unwrap();
+    let more = commit_events(&store, vec![machine_event(3)], 3).await;
     assert_eq!(
         next(&mut rx).await.delivery,
         format!("late:{}", more[0].seq)
@@ -346,16 +338,7 @@ async fn a_receiver_that_hangs_delays_no_other_receiver() {
         .unwrap();
     }
     w.start();
-    store
-        .commit(
-            &Batch {
-                events: (1..=3).map(machine_event).collect(),
-                ..Batch::default()
-            },
-            7,
-        )
-        .unwrap();
-    store.flush().await.unwrap();
+    commit_events(&store, (1..=3).map(machine_event).collect(), 7).await;
     for _ in 0..3 {
         let s = next(&mut rx).await;
         assert!(s.delivery.starts_with("fast:") && s.signature_ok, "{s:?}");
