@@ -355,3 +355,63 @@ async fn a_receiver_that_hangs_delays_no_other_receiver() {
     w.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_receivers_follow_the_file_across_restarts_keeping_their_queue() {
+    let dir = temp_dir("config");
+    let store = Store::open(&dir).unwrap();
+    let hook = |secret: &str| microfactoryd::config::WebhookConfig {
+        id: None,
+        // Nobody listens: every attempt fails, so deliveries stay queued.
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: secret.into(),
+        topics: vec!["machine_state".into()],
+    };
+    let slow = RetryPolicy {
+        backoff: Backoff {
+            base: Duration::from_secs(3600),
+            cap: Duration::from_secs(3600),
+        },
+        ..RetryPolicy::default()
+    };
+    let w = Webhooks::new(store.clone(), &[hook(SECRET)], slow)
+        .await
+        .unwrap();
+    let id = w.list().unwrap()[0].id.clone();
+    assert!(id.starts_with("config-"), "{id}");
+    let e = w.delete(&id).await.unwrap_err();
+    assert!(e.to_string().contains("configuration file"), "{e}");
+    w.start();
+    let recs = commit_events(&store, vec![machine_event(1)], 1).await;
+    until("the delivery was tried once", || {
+        store
+            .delivery(&id, recs[0].seq)
+            .unwrap()
+            .is_some_and(|d| d.attempt_count == 1)
+    })
+    .await;
+    w.shutdown().await;
+    drop(w);
+
+    // Same URL, new secret: the same receiver, its queue and schedule kept.
+    let w = Webhooks::new(store.clone(), &[hook("another-secret-0123")], slow)
+        .await
+        .unwrap();
+    let views = w.list().unwrap();
+    assert_eq!((views.len(), views[0].id.as_str()), (1, id.as_str()));
+    assert_eq!(views[0].pending, 1);
+    assert_eq!(views[0].consecutive_failures, 1);
+    let tried = store.delivery(&id, recs[0].seq).unwrap().unwrap().attempts[0].at_ms;
+    assert!(
+        views[0].next_attempt_ms.unwrap() >= tried + 1_800_000,
+        "the stored schedule (at least half an hour later) survives: {views:?}"
+    );
+    drop(w);
+
+    // Gone from the file: removed, its queue dropped.
+    let w = Webhooks::new(store.clone(), &[], slow).await.unwrap();
+    assert!(w.list().unwrap().is_empty());
+    let d = store.delivery(&id, recs[0].seq).unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Dropped);
+    let _ = std::fs::remove_dir_all(&dir);
+}
