@@ -146,9 +146,10 @@ fn store(c: &mut Criterion) {
                 let e = serde_json::to_vec(&event(id)).expect("json");
                 sled::Transactional::<()>::transaction(&trees[..], |tx| {
                     tx[0].insert(&id.to_be_bytes(), j.clone())?;
-                    let seq = tx[2].get(b"log_seq")?.map_or(0, |v| {
-                        u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]))
-                    }) + 1;
+                    let seq = tx[2]
+                        .get(b"log_seq")?
+                        .map_or(0, |v| u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])))
+                        + 1;
                     tx[1].insert(&seq.to_be_bytes(), e.clone())?;
                     tx[2].insert(b"log_seq", &seq.to_be_bytes())?;
                     Ok(())
