@@ -54,6 +54,16 @@ pub struct Config {
     /// Finished goods and storefront orders (`[commerce]`).
     #[serde(default)]
     pub commerce: CommerceConfig,
+    /// Webhook receivers, as `[[webhooks]]` tables.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// The webhook retry schedule (`[webhook_retry]`).
+    #[serde(default)]
+    pub webhook_retry: WebhookRetry,
+    /// Shopify shops whose fulfillment-service callbacks this daemon
+    /// answers, as `[[shopify]]` tables.
+    #[serde(default)]
+    pub shopify: Vec<ShopifyShop>,
 }
 
 /// `[costs]`: what production costs, each rate with its unit in its name,
@@ -127,6 +137,85 @@ pub struct CommerceConfig {
     /// production order for the shortfall.
     #[serde(default)]
     pub make_to_order: Vec<String>,
+}
+
+/// `[[webhooks]]`: a receiver of signed event deliveries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Part of every delivery id; defaults to `config-` and the first 8
+    /// hex digits of the URL's sha256, so it stays put across restarts.
+    pub id: Option<String>,
+    /// `http://` URL (https needs a TLS proxy: docs/webhooks.md).
+    pub url: String,
+    /// HMAC key for `X-Microfactory-Signature`, 16 characters or more.
+    pub secret: String,
+    /// Topics, or `["*"]` for all.
+    pub topics: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The id, given or derived from the URL.
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let hash = crate::factory::files::sha256_hex(self.url.as_bytes());
+            format!("config-{}", &hash[..8])
+        })
+    }
+}
+
+/// `[webhook_retry]`: how deliveries are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookRetry {
+    /// The first retry's wait, ms.
+    pub base_ms: u64,
+    /// No wait is longer, ms.
+    pub cap_ms: u64,
+    /// Consecutive failures that disable a receiver.
+    pub disable_after: u32,
+    /// One attempt's time limit, ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhookRetry {
+    fn default() -> Self {
+        let p = crate::commerce::webhooks::schedule::RetryPolicy::default();
+        Self {
+            base_ms: millis(p.backoff.base),
+            cap_ms: millis(p.backoff.cap),
+            disable_after: p.disable_after,
+            timeout_ms: millis(p.timeout),
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&WebhookRetry> for crate::commerce::webhooks::schedule::RetryPolicy {
+    fn from(r: &WebhookRetry) -> Self {
+        use std::time::Duration;
+        Self {
+            backoff: crate::mqtt::backoff::Backoff {
+                base: Duration::from_millis(r.base_ms),
+                cap: Duration::from_millis(r.cap_ms),
+            },
+            disable_after: r.disable_after,
+            timeout: Duration::from_millis(r.timeout_ms),
+        }
+    }
+}
+
+/// `[[shopify]]`: a shop whose fulfillment service calls back here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopifyShop {
+    /// Its myshopify domain, e.g. `example.myshopify.com`.
+    pub shop: String,
+    /// The app's client secret, which signs `X-Shopify-Hmac-Sha256`.
+    pub secret: String,
 }
 
 /// `[mqtt]`: one broker, over plain TCP (TLS is not built in: see
@@ -551,7 +640,7 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 9] = [
+        const TOP: [&str; 13] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
@@ -560,8 +649,13 @@ impl Config {
             "machine",
             "apc",
             "mqtt",
+            "costs",
             "commerce",
+            "webhooks",
+            "webhook_retry",
+            "shopify",
         ];
+        const WEBHOOK: [&str; 4] = ["id", "url", "secret", "topics"];
         const MACHINE: [&str; 9] = [
             "id",
             "name",
@@ -599,6 +693,13 @@ impl Config {
                     let id = m.get("id").and_then(toml::Value::as_str).unwrap_or("?");
                     let at = format!("machine #{} ({id}): ", i + 1);
                     strip(m, &MACHINE, &at);
+                }
+            }
+        }
+        if let Some(toml::Value::Array(hooks)) = table.get_mut("webhooks") {
+            for (i, h) in hooks.iter_mut().enumerate() {
+                if let toml::Value::Table(h) = h {
+                    strip(h, &WEBHOOK, &format!("webhooks #{}: ", i + 1));
                 }
             }
         }
@@ -694,6 +795,7 @@ impl Config {
                 problems.push(format!("commerce.make_to_order[{i}]: {e}"));
             }
         }
+        check_webhooks(&self, &mut problems);
         if problems.is_empty() {
             Ok(Checked {
                 config: self,
@@ -702,6 +804,60 @@ impl Config {
             })
         } else {
             Err(problems)
+        }
+    }
+}
+
+/// `[[webhooks]]`, `[webhook_retry]` and `[[shopify]]`.
+fn check_webhooks(c: &Config, problems: &mut Vec<String>) {
+    let mut ids = HashSet::new();
+    for (i, h) in c.webhooks.iter().enumerate() {
+        let id = h.id();
+        let at = format!("webhooks #{} ({id})", i + 1);
+        for p in crate::commerce::webhooks::model::check_receiver(&id, &h.url, &h.secret, &h.topics)
+        {
+            problems.push(format!("{at}: {p}"));
+        }
+        if !ids.insert(id.clone()) {
+            problems.push(format!("{at}: id '{id}' is used twice"));
+        }
+    }
+    let r = &c.webhook_retry;
+    if r.base_ms == 0 || r.base_ms > r.cap_ms {
+        problems.push(format!(
+            "webhook_retry: base_ms = {} must be at least 1 and at most cap_ms = {}",
+            r.base_ms, r.cap_ms
+        ));
+    }
+    if r.disable_after == 0 {
+        problems.push("webhook_retry: disable_after must be at least 1".into());
+    }
+    if !(100..=300_000).contains(&r.timeout_ms) {
+        problems.push(format!(
+            "webhook_retry: timeout_ms = {} must be between 100 and 300000",
+            r.timeout_ms
+        ));
+    }
+    let mut shops = HashSet::new();
+    for (i, s) in c.shopify.iter().enumerate() {
+        let at = format!("shopify #{} ({})", i + 1, s.shop);
+        let domain = s.shop.to_ascii_lowercase();
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '.')
+        {
+            problems.push(format!(
+                "{at}: shop must be the shop's domain, e.g. example.myshopify.com"
+            ));
+        }
+        if s.secret.is_empty() {
+            problems.push(format!(
+                "{at}: secret is empty; use the app's client secret from Shopify"
+            ));
+        }
+        if !shops.insert(domain) {
+            problems.push(format!("{at}: shop is listed twice"));
         }
     }
 }
@@ -1278,6 +1434,87 @@ mttr_hours_max = -1
             typo.is_err(),
             "an unknown criterion is an error, never ignored"
         );
+    }
+
+    #[test]
+    fn webhook_receivers_shops_and_the_retry_schedule_are_checked_with_everything_else() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[[webhooks]]
+url = "http://10.0.0.5:8080/hooks"
+secret = "0123456789abcdef"
+topics = ["unit_made", "machine_state"]
+[[webhooks]]
+id = "erp"
+url = "http://erp.lan/in"
+secret = "0123456789abcdef"
+topics = ["*"]
+[webhook_retry]
+base_ms = 500
+[[shopify]]
+shop = "example.myshopify.com"
+secret = "shpss_x"
+"#,
+        )
+        .expect("valid");
+        let ids: Vec<String> = c.config.webhooks.iter().map(WebhookConfig::id).collect();
+        assert!(
+            ids[0].starts_with("config-") && ids[0].len() == 15,
+            "{ids:?}"
+        );
+        assert_eq!(ids[1], "erp");
+        assert_eq!(c.config.webhook_retry.base_ms, 500);
+        assert_eq!(c.config.webhook_retry.disable_after, 10, "the rest default");
+        let e = parse(
+            r#"
+data_dir = "d"
+[[webhooks]]
+id = "erp"
+url = "https://erp.example.com/in"
+secret = "short"
+topics = ["order_teleported"]
+[[webhooks]]
+id = "erp"
+url = "http://erp.lan/in"
+secret = "0123456789abcdef"
+topics = ["*"]
+[webhook_retry]
+base_ms = 0
+timeout_ms = 5
+[[shopify]]
+shop = "bad shop"
+secret = ""
+"#,
+        )
+        .expect_err("invalid");
+        for needle in [
+            "webhooks #1 (erp): url 'https://erp.example.com/in' uses https",
+            "webhooks #1 (erp): secret must be at least 16",
+            "webhooks #1 (erp): topic 'order_teleported' is unknown",
+            "webhooks #2 (erp): id 'erp' is used twice",
+            "webhook_retry: base_ms = 0",
+            "webhook_retry: timeout_ms = 5",
+            "shopify #1 (bad shop): shop must be",
+            "shopify #1 (bad shop): secret is empty",
+        ] {
+            assert!(e.iter().any(|p| p.contains(needle)), "{needle}: {e:#?}");
+        }
+        assert_eq!(e.len(), 8, "{e:#?}");
+        let dir = std::env::temp_dir().join(format!("mfd-config-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"d\"\n[[webhooks]]\nurl = \"http://h/\"\nsecret = \"0123456789abcdef\"\ntopics = [\"*\"]\nevents = 1\n",
+        )
+        .expect("write");
+        let e = Config::load(&path).expect_err("unknown key");
+        assert!(
+            e.to_string().contains("webhooks #1: unknown key 'events'"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -199,3 +199,24 @@ fn labels_and_addresses_are_pure_and_only_labels_know_the_pdf_and_barcode_crates
         }
     }
 }
+
+#[test]
+fn only_the_webhook_outbox_knows_the_http_client_and_its_schedule_is_pure() {
+    let files = sources(&root(), "daemon/src");
+    assert_eq!(
+        offenders(&files, "reqwest", &["daemon/src/commerce/webhooks/"]),
+        Vec::<String>::new()
+    );
+    let pure: Vec<(String, String)> = files
+        .into_iter()
+        .filter(|(p, _)| p.ends_with("daemon/src/commerce/webhooks/schedule.rs"))
+        .collect();
+    assert_eq!(pure.len(), 1);
+    for word in ["tokio", "sled", "axum", "reqwest"] {
+        assert_eq!(offenders(&pure, word, &[]), Vec::<String>::new(), "{word}");
+    }
+    let code = pure[0].1.split("#[cfg(test)]").next().unwrap_or("");
+    for clock in ["SystemTime::now", "Instant::now", "now_ms()"] {
+        assert!(!code.contains(clock), "schedule.rs uses {clock}");
+    }
+}

@@ -205,6 +205,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         commerce: crate::config::CommerceConfig {
             make_to_order: vec![DEMO_SKU.to_string()],
         },
+        webhooks: Vec::new(),
+        webhook_retry: crate::config::WebhookRetry::default(),
+        shopify: Vec::new(),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::commerce::service::Commerce;
+use crate::commerce::shopify::Shopify;
+use crate::commerce::webhooks::Webhooks;
 use crate::config::{Adapter, Checked};
 use crate::factory::Factory;
 use crate::factory::link::MachineLink;
@@ -50,6 +52,7 @@ pub struct Running {
     pub factory: Arc<Factory>,
     metering: Arc<Metering>,
     commerce: Arc<Commerce>,
+    webhooks: Arc<Webhooks>,
     mqtt: Option<Arc<Mqtt>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -146,6 +149,21 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
     )
     .context("cannot read the commerce records")?;
     commerce.start();
+    let webhooks = Webhooks::new(
+        factory.store().clone(),
+        &checked.config.webhooks,
+        (&checked.config.webhook_retry).into(),
+    )
+    .await
+    .context("cannot start the webhook outbox")?;
+    webhooks.start();
+    // Shopify's callbacks answer from commerce's finished goods and
+    // shipments.
+    let shopify = Arc::new(Shopify::new(
+        &checked.config.shopify,
+        factory.store().clone(),
+        Arc::clone(&commerce) as Arc<dyn crate::commerce::shopify::FulfillmentSource>,
+    ));
     let listener = TcpListener::bind(checked.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", checked.config.listen))?;
@@ -158,7 +176,8 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
             Arc::clone(&commerce),
             http.into(),
         )
-        .with_mqtt(mqtt.clone()),
+        .with_mqtt(mqtt.clone())
+        .with_commerce(Arc::clone(&webhooks), shopify),
     );
     let limits = crate::http::server::Limits::from(http);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -176,6 +195,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         factory,
         metering,
         commerce,
+        webhooks,
         mqtt,
         server,
         stop,
@@ -217,6 +237,7 @@ impl Running {
         // What the factory records while stopping is read at the next start.
         self.commerce.shutdown().await;
         self.metering.shutdown().await;
+        self.webhooks.shutdown().await;
         self.factory.shutdown().await;
         // Last, so the machines' final states (interrupted jobs) are in
         // the log it publishes before its goodbye.

@@ -8,5 +8,7 @@ pub mod inventory;
 pub mod labels;
 pub mod orders;
 pub mod service;
+pub mod shopify;
 #[cfg(test)]
 mod tests;
+pub mod webhooks;

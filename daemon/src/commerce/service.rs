@@ -1423,3 +1423,57 @@ impl Commerce {
         Ok(last < durable)
     }
 }
+
+/// Shopify's fulfillment-service callbacks answered from finished goods
+/// and shipments. Stock is `available` (on hand less what orders reserved
+/// and what awaits QC): Shopify reads the number as what it may sell, and
+/// counting reserved units there would sell them twice.
+impl crate::commerce::shopify::FulfillmentSource for Commerce {
+    fn stock(
+        &self,
+        _shop: &str,
+        sku: Option<&str>,
+    ) -> std::result::Result<BTreeMap<String, u64>, String> {
+        Ok(self
+            .snapshot()
+            .items
+            .iter()
+            .map(|(_, i)| i)
+            .filter(|i| sku.is_none_or(|s| s == i.sku))
+            .map(|i| (i.sku.clone(), u64::try_from(i.available).unwrap_or(0)))
+            .collect())
+    }
+
+    /// `#1001.1` is the first shipment of the order whose external id is
+    /// `1001` (on any channel); only shipped shipments have a number to
+    /// track.
+    fn tracking_numbers(
+        &self,
+        _shop: &str,
+        order_names: &[String],
+    ) -> std::result::Result<BTreeMap<String, String>, String> {
+        let orders = self.orders(None);
+        let mut out = BTreeMap::new();
+        for name in order_names {
+            let bare = name.trim_start_matches('#');
+            let (ext, nth) = match bare.rsplit_once('.') {
+                Some((e, n)) => (e, n.parse::<usize>().ok()),
+                None => (bare, Some(1)),
+            };
+            let Some(nth) = nth.filter(|n| *n >= 1) else {
+                continue;
+            };
+            let Some(view) = orders.iter().find(|o| o.order.external_id == ext) else {
+                continue;
+            };
+            if let Some(s) = view
+                .shipment_records
+                .get(nth - 1)
+                .filter(|s| s.state == crate::commerce::orders::ShipmentState::Shipped)
+            {
+                out.insert(name.clone(), s.number.clone());
+            }
+        }
+        Ok(out)
+    }
+}

@@ -50,6 +50,10 @@ pub struct AppState {
     pub failures: Arc<Failures>,
     /// The MQTT client, when `[mqtt]` is configured.
     pub mqtt: Option<Arc<crate::mqtt::Mqtt>>,
+    /// The webhook outbox and its receivers.
+    pub webhooks: Option<Arc<crate::commerce::webhooks::Webhooks>>,
+    /// Shopify's fulfillment-service callbacks.
+    pub shopify: Option<Arc<crate::commerce::shopify::Shopify>>,
 }
 
 impl AppState {
@@ -68,7 +72,21 @@ impl AppState {
             streams: Arc::default(),
             failures: Arc::default(),
             mqtt: None,
+            webhooks: None,
+            shopify: None,
         }
+    }
+
+    /// With the webhook outbox and the Shopify callbacks.
+    #[must_use]
+    pub fn with_commerce(
+        mut self,
+        webhooks: Arc<crate::commerce::webhooks::Webhooks>,
+        shopify: Arc<crate::commerce::shopify::Shopify>,
+    ) -> Self {
+        self.webhooks = Some(webhooks);
+        self.shopify = Some(shopify);
+        self
     }
 
     /// With the MQTT client, whose link `GET /health` shows.
@@ -1629,6 +1647,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(crate::http::production::routes())
         // Commerce: inventory, sales orders, fulfillment, shipments.
         .merge(crate::http::commerce::routes())
+        // Webhook receivers, and Shopify's callbacks outside /api/v1.
+        .merge(crate::http::webhooks::routes())
         // Slicers' "send to printer": OctoPrint's paths, outside /api/v1.
         .merge(crate::http::octoprint::routes())
 }

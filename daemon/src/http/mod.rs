@@ -1,7 +1,7 @@
 //! Everything HTTP: the server loop and its connection limits, the API
 //! under `/api/v1`, its route policy (who may call what, how large a
-//! body), the OctoPrint-compatible routes slicers upload to, and the
-//! embedded dashboard. The only module that knows axum.
+//! body), the OctoPrint-compatible routes slicers upload to, webhook receivers
+//! and Shopify's callbacks, and the embedded dashboard. The only module that knows axum.
 
 pub mod api;
 pub mod commerce;
@@ -11,3 +11,4 @@ pub mod policy;
 pub mod production;
 pub mod server;
 pub mod web;
+pub mod webhooks;

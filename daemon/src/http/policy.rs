@@ -365,6 +365,48 @@ pub const TABLE: &[Rule] = &[
         Empty,
     ),
     row(Method::GET, "/api/v1/picklist", Roles(READERS), Empty),
+    // Webhook receivers and Shopify notifications (`http::webhooks`).
+    row(Method::GET, "/api/v1/webhooks", Roles(READERS), Empty),
+    row(Method::POST, "/api/v1/webhooks", Roles(OPERATOR), Json),
+    row(
+        Method::DELETE,
+        "/api/v1/webhooks/{id}",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
+        "/api/v1/webhooks/{id}/enable",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/webhooks/{id}/deliveries",
+        Roles(READERS),
+        Empty,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/shopify/notifications",
+        Roles(READERS),
+        Empty,
+    ),
+    // Shopify calls these without a token: the notification carries its
+    // shop's HMAC, checked by the route; the reads name a configured shop.
+    row(
+        Method::POST,
+        "/shopify/fulfillment_order_notification",
+        Anyone,
+        Json,
+    ),
+    row(Method::GET, "/shopify/fetch_stock.json", Anyone, Empty),
+    row(
+        Method::GET,
+        "/shopify/fetch_tracking_numbers.json",
+        Anyone,
+        Empty,
+    ),
     // OctoPrint's paths, for slicers (`http::octoprint`).
     row(Method::GET, "/api/version", ApiKey(SLICER_READERS), Empty),
     row(

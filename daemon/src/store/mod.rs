@@ -38,6 +38,8 @@ use tokio::sync::watch;
 
 use crate::commerce::inventory::{FgUnit, StockSku};
 use crate::commerce::orders::{IdempotencyRecord, SalesOrder, Shipment};
+use crate::commerce::shopify::Notification;
+use crate::commerce::webhooks::model::{Delivery, DeliveryState, Receiver};
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
@@ -121,6 +123,19 @@ fn unit_place_key(job: u64, attempt: u32, index: u32) -> [u8; 16] {
     k
 }
 
+/// Key of a webhook delivery: its receiver, a zero byte, the log seq, so
+/// one receiver's deliveries are one range in log order.
+fn delivery_key(receiver: &str, seq: u64) -> Vec<u8> {
+    state_key(receiver, seq)
+}
+
+/// The start of every key of one receiver's deliveries.
+fn receiver_prefix(receiver: &str) -> Vec<u8> {
+    let mut k = receiver.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
 /// Key of a machine state change: the machine, a zero byte, the log seq.
 fn state_key(machine: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(machine.len() + 9);
@@ -188,6 +203,14 @@ struct Trees {
     shipments: sled::Tree,
     /// SKU → inventory cursor and count corrections.
     stock_skus: sled::Tree,
+    /// Webhook receivers by id.
+    webhooks: sled::Tree,
+    /// Webhook deliveries by (receiver, seq).
+    deliveries: sled::Tree,
+    /// The pending deliveries' keys only: what the deliverer scans.
+    pending: sled::Tree,
+    /// Shopify's fulfillment-order notifications by id.
+    shopify: sled::Tree,
 }
 
 /// Records that change together, written by [`Store::commit`] as one.
@@ -243,6 +266,14 @@ pub struct Batch {
     pub sales_order_counter: Option<u64>,
     /// The shipment id counter's new value.
     pub shipment_counter: Option<u64>,
+    /// Webhook receivers to write.
+    pub webhooks: Vec<Receiver>,
+    /// Webhook receivers to forget, with their pending deliveries.
+    pub removed_webhooks: Vec<String>,
+    /// Webhook deliveries to write (the pending index follows their state).
+    pub deliveries: Vec<Delivery>,
+    /// Shopify notifications to write.
+    pub shopify_notifications: Vec<Notification>,
 }
 
 impl Batch {
@@ -271,6 +302,10 @@ impl Batch {
             && self.stock_skus.is_empty()
             && self.sales_order_counter.is_none()
             && self.shipment_counter.is_none()
+            && self.webhooks.is_empty()
+            && self.removed_webhooks.is_empty()
+            && self.deliveries.is_empty()
+            && self.shopify_notifications.is_empty()
     }
 }
 
@@ -361,6 +396,10 @@ impl Store {
             fg_units: db.open_tree("fg_units")?,
             shipments: db.open_tree("shipments")?,
             stock_skus: db.open_tree("stock_skus")?,
+            webhooks: db.open_tree("webhooks")?,
+            deliveries: db.open_tree("webhook_deliveries")?,
+            pending: db.open_tree("webhook_pending")?,
+            shopify: db.open_tree("shopify_notifications")?,
         };
         let commits = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
@@ -534,6 +573,27 @@ impl Store {
         }
         if let Some(n) = batch.shipment_counter {
             w.raw(&t.meta, SHIPMENT_ID, n.to_be_bytes());
+        }
+        for r in &batch.webhooks {
+            w.put(&t.webhooks, "webhooks", r.id.as_bytes(), r)?;
+        }
+        for id in &batch.removed_webhooks {
+            w.remove(&t.webhooks, id.as_bytes());
+            for kv in t.pending.scan_prefix(receiver_prefix(id)) {
+                w.remove(&t.pending, kv?.0);
+            }
+        }
+        for d in &batch.deliveries {
+            let key = delivery_key(&d.receiver, d.seq);
+            w.put(&t.deliveries, "webhook_deliveries", &key, d)?;
+            if d.state == DeliveryState::Pending {
+                w.raw(&t.pending, &key, []);
+            } else {
+                w.remove(&t.pending, &key);
+            }
+        }
+        for n in &batch.shopify_notifications {
+            w.put(&t.shopify, "shopify_notifications", n.id.to_be_bytes(), n)?;
         }
         let mut seq = self.written_tip.load(Ordering::SeqCst);
         let mut records = Vec::with_capacity(batch.events.len());
@@ -912,6 +972,95 @@ impl Store {
             read_u64(self.t.meta.get(SALES_ORDER_ID)?),
             read_u64(self.t.meta.get(SHIPMENT_ID)?),
         ))
+    }
+
+    // ---- webhooks (commerce) ----
+
+    /// Every webhook receiver, by id.
+    pub fn webhooks(&self) -> Result<Vec<Receiver>, StoreError> {
+        all(&self.t.webhooks, "webhooks")
+    }
+
+    /// One webhook receiver.
+    pub fn webhook(&self, id: &str) -> Result<Option<Receiver>, StoreError> {
+        self.t
+            .webhooks
+            .get(id.as_bytes())?
+            .map(|v| decode("webhooks", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// One delivery.
+    pub fn delivery(&self, receiver: &str, seq: u64) -> Result<Option<Delivery>, StoreError> {
+        let key = delivery_key(receiver, seq);
+        self.t
+            .deliveries
+            .get(&key)?
+            .map(|v| decode("webhook_deliveries", &key, &v))
+            .transpose()
+    }
+
+    /// A receiver's latest `limit` deliveries with a seq below `before`,
+    /// newest first.
+    pub fn deliveries(
+        &self,
+        receiver: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.t
+            .deliveries
+            .range(delivery_key(receiver, 0)..delivery_key(receiver, before))
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("webhook_deliveries", &k, &v)
+            })
+            .collect()
+    }
+
+    /// A receiver's oldest pending delivery: the one to attempt next.
+    pub fn pending_head(&self, receiver: &str) -> Result<Option<Delivery>, StoreError> {
+        let Some(kv) = self.t.pending.scan_prefix(receiver_prefix(receiver)).next() else {
+            return Ok(None);
+        };
+        let (k, _) = kv?;
+        self.t
+            .deliveries
+            .get(&k)?
+            .map(|v| decode("webhook_deliveries", &k, &v))
+            .transpose()
+    }
+
+    /// How many of a receiver's deliveries are pending.
+    pub fn pending_count(&self, receiver: &str) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self.t.pending.scan_prefix(receiver_prefix(receiver)) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Shopify notifications, newest first, at most `limit`.
+    pub fn shopify_notifications(&self, limit: usize) -> Result<Vec<Notification>, StoreError> {
+        self.t
+            .shopify
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("shopify_notifications", &k, &v)
+            })
+            .collect()
+    }
+
+    /// A number never handed out before, even across crashes (sled's id
+    /// generator), for records that need no dense sequence.
+    pub fn fresh_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
     }
 
     // ---- the event log ----
@@ -1472,7 +1621,6 @@ mod tests {
         assert_eq!(at(0, u64::MAX), vec![100, 200, 300, 400]);
         let _ = std::fs::remove_dir_all(&dir);
     }
-
 
     fn job(id: u64) -> Job {
         Job {
