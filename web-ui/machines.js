@@ -4,8 +4,9 @@
 import { api } from './api.js';
 import {
   h, setText, reconcile, fmtDuration, fmtPercent, fmtTemp, machineStateLabel, jobStateLabel, heaterLabel,
-  pauseInstructions, readingsStale,
+  pauseInstructions, readingsStale, fmtClock,
 } from './dom.js';
+import { attentionPanel } from './attention.js';
 
 /** The job a card shows: the running one, else the machine's last one. */
 function cardJob(app, m) {
@@ -41,6 +42,8 @@ export function machineCard(app, id, { link = true } = {}) {
   const pct = h('span', { class: 'job-percent', id: `m-${id}-pct` });
   const elapsed = h('span', { class: 'job-elapsed' });
   const eta = h('span', { class: 'job-eta' });
+  // What runs next here and when (the daemon's forecast).
+  const nextLine = h('p', { class: 'next-job small', id: `m-${id}-next` });
   jobBox.append(
     h('div', { class: 'job-line' }, jobName, jobState),
     bar,
@@ -105,7 +108,7 @@ export function machineCard(app, id, { link = true } = {}) {
 
   el.append(
     h('div', { class: 'card-head' }, h('div', {}, name, sub), badge),
-    tagList, pauseNote, readings, staleNote, lastError, jobBox, actions, recoverRow, error, estopRow,
+    tagList, pauseNote, readings, staleNote, lastError, jobBox, nextLine, actions, recoverRow, error, estopRow,
   );
 
   function readingsFor(m) {
@@ -165,6 +168,14 @@ export function machineCard(app, id, { link = true } = {}) {
       if (!running && job?.failure) setText(jobState, `Last job: ${jobStateLabel(job.state)} — ${job.failure.reason}`);
     }
 
+    const next = (app.state.forecast ?? []).find((n) => n.machine_id === m.id);
+    nextLine.hidden = !next;
+    if (next) {
+      const when = next.after_operator ? `once you confirm, ${fmtClock(next.start_ms)} at the earliest` : `about ${fmtClock(next.start_ms)}`;
+      setText(nextLine, `Next: #${next.job_id} ${next.job_name} — starts ${when}, done about ${fmtClock(next.end_ms)}`);
+      nextLine.dataset.job = String(next.job_id);
+    }
+
     const active = m.state === 'running' || m.state === 'paused';
     buttons.pause.hidden = m.state !== 'running';
     buttons.resume.hidden = m.state !== 'paused';
@@ -192,13 +203,16 @@ export function machineCard(app, id, { link = true } = {}) {
 export function machinesView(app) {
   const grid = h('div', { class: 'cards', id: 'machine-cards' });
   const empty = h('p', { class: 'empty' }, 'No machines are configured.');
+  const attention = attentionPanel(app, { hideWhenEmpty: true });
   const el = h('section', { 'aria-labelledby': 'machines-h' },
+    attention.el,
     h('h2', { id: 'machines-h' }, 'Machines'), empty, grid);
   const cards = new Map();
   return {
     el,
     title: 'Machines',
     update() {
+      attention.update();
       const list = [...app.state.machines.values()];
       empty.hidden = list.length > 0;
       reconcile(grid, list, (m) => m.id,
