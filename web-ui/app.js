@@ -137,6 +137,7 @@ function onProgress(ev) {
     Object.assign(m.status.job, {
       lines_done: ev.progress.lines_done,
       lines_total: ev.progress.lines_total,
+      last_acked_line: ev.progress.last_acked_line,
       percent: ev.progress.percent,
       elapsed_seconds: ev.progress.elapsed_seconds,
       eta_seconds: ev.progress.eta_seconds,

@@ -1331,6 +1331,13 @@ async fn the_readme_pictures_show_the_factory_at_work() -> Result<()> {
         )
         .await?;
     }
+    // A print's card says its layer and height.
+    ui.wait(
+        "/^Layer \\d+ of \\d+ · Z \\d+\\.\\d\\d mm$/.test(document.querySelector('#m-mk3-a-layer')?.textContent ?? '') \
+         && document.querySelector('#m-mk3-a-layer').offsetParent !== null",
+        "the layer and Z of the print",
+    )
+    .await?;
     ui.go("#/machine/mk3-a").await?;
     // The sampler records once a second: wait for 15 s of history.
     ui.wait(
