@@ -15,7 +15,37 @@ pub mod routing;
 pub(crate) mod testkit {
     use std::io::Write as _;
 
-    use crate::core::model::FileRecord;
+    use crate::core::model::{FileRecord, Job, JobProgress, JobState};
+
+    /// A queued job `id` of file `f`, any machine, priority 0.
+    pub fn job(id: u64) -> Job {
+        Job {
+            id,
+            name: format!("job {id}"),
+            file_id: "f".into(),
+            batch_id: id,
+            copy: 1,
+            copies: 1,
+            priority: 0,
+            seq: id,
+            machine_id: None,
+            kind: None,
+            tags: vec![],
+            expand_canned_cycles: false,
+            any_material: false,
+            start_line: 1,
+            state: JobState::Queued,
+            assigned_machine: None,
+            created_ms: 0,
+            started_ms: None,
+            ended_ms: None,
+            progress: JobProgress::default(),
+            failure: None,
+            history: vec![],
+            attempt: 0,
+            pause: None,
+        }
+    }
 
     /// `text` analysed and pre-flighted as an upload would be (id `f`,
     /// name `part.gcode`).

@@ -4,7 +4,7 @@ use microfactory_machines::driver::MachineStatus;
 use proptest::prelude::*;
 
 use super::*;
-use crate::core::model::{Failure, JobProgress, JobState, Kind};
+use crate::core::model::{Failure, JobState, Kind};
 
 fn machine(id: &str, state: MachineState, reason: StateReason) -> MachineView {
     MachineView {
@@ -33,33 +33,17 @@ fn machine(id: &str, state: MachineState, reason: StateReason) -> MachineView {
 
 fn failed_job(id: u64) -> Job {
     Job {
-        id,
         name: "bracket".into(),
-        file_id: "f".into(),
-        batch_id: id,
-        copy: 1,
-        copies: 1,
-        priority: 0,
-        seq: id,
-        machine_id: None,
-        kind: None,
-        tags: vec![],
-        expand_canned_cycles: false,
-        any_material: false,
-        start_line: 1,
         state: JobState::Failed,
         assigned_machine: Some("a".into()),
-        created_ms: 0,
         started_ms: Some(1),
         ended_ms: Some(2),
-        progress: JobProgress::default(),
         failure: Some(Failure {
             reason: "ALARM:3 reset while in motion".into(),
             line: Some(12),
         }),
-        history: vec![],
         attempt: 2,
-        pause: None,
+        ..crate::core::testkit::job(id)
     }
 }
 

@@ -1,7 +1,6 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::core::model::{JobProgress, JobState};
 
 fn printer(id: &str) -> Machine {
     Machine::for_tests(id, "prusa-mk3s", false)
@@ -28,30 +27,9 @@ fn print_file(seconds: f64) -> FileRecord {
 
 fn job(id: u64, priority: i32, machine: Option<&str>) -> Job {
     Job {
-        id,
-        name: format!("job {id}"),
-        file_id: "f".into(),
-        batch_id: id,
-        copy: 1,
-        copies: 1,
         priority,
-        seq: id,
         machine_id: machine.map(Into::into),
-        kind: None,
-        tags: vec![],
-        expand_canned_cycles: false,
-        any_material: false,
-        start_line: 1,
-        state: JobState::Queued,
-        assigned_machine: None,
-        created_ms: 0,
-        started_ms: None,
-        ended_ms: None,
-        progress: JobProgress::default(),
-        failure: None,
-        history: vec![],
-        attempt: 0,
-        pause: None,
+        ..crate::core::testkit::job(id)
     }
 }
 
