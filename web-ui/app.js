@@ -9,6 +9,7 @@ import { machinesView } from './machines.js';
 import { queueView } from './queue.js';
 import { machineDetailView, jobDetailView } from './detail.js';
 import { productionView } from './production.js';
+import { attentionView, announce } from './attention.js';
 import { HISTORY_MS } from './chart.js';
 
 
@@ -18,6 +19,8 @@ const app = {
     machines: new Map(),
     jobs: [],
     files: [],
+    attention: [], // what needs the operator (GET /attention)
+    forecast: [], // each machine's next job (GET /forecast)
     temps: new Map(), // machine id -> [{t, heaters}]
     conn: 'none',
   },
@@ -81,8 +84,26 @@ async function refreshFiles() {
   app.changed();
 }
 
+let attentionLoaded = false;
+
+/** The attention list and the forecast: both follow machines and jobs. */
+async function refreshOperator() {
+  const [attention, forecast] = await Promise.all([api('GET', '/attention'), api('GET', '/forecast')]);
+  // The first list after sign-in is not news.
+  announce(attentionLoaded ? app.state.attention : null, attention);
+  attentionLoaded = true;
+  app.state.attention = attention;
+  app.state.forecast = forecast;
+  app.changed();
+}
+
+async function refreshLive() {
+  await Promise.all([refreshMachines(), refreshJobs(), refreshOperator()]);
+  app.changed();
+}
+
 async function refreshAll() {
-  await Promise.all([refreshMachines(), refreshJobs(), refreshFiles()]);
+  await Promise.all([refreshMachines(), refreshJobs(), refreshFiles(), refreshOperator()]);
   app.changed();
 }
 
@@ -100,7 +121,11 @@ function throttle(fn, ms) {
 }
 
 const quietly = (p) => p.catch((e) => console.warn('refresh failed:', e.message));
-const jobsSoon = throttle(() => quietly(refreshJobs()), 250);
+const operatorSoon = throttle(() => quietly(refreshOperator()), 500);
+const jobsSoon = throttle(() => {
+  quietly(refreshJobs());
+  operatorSoon();
+}, 250);
 // The daemon sends no machine events while a job streams (progress only),
 // so temperatures and positions are re-read on progress, a few per second.
 const machinesSoon = throttle(() => quietly(refreshMachines().then(() => app.changed())), 2000);
@@ -113,6 +138,7 @@ function onProgress(ev) {
     Object.assign(m.status.job, {
       lines_done: ev.progress.lines_done,
       lines_total: ev.progress.lines_total,
+      last_acked_line: ev.progress.last_acked_line,
       percent: ev.progress.percent,
       elapsed_seconds: ev.progress.elapsed_seconds,
       eta_seconds: ev.progress.eta_seconds,
@@ -126,6 +152,8 @@ function onProgress(ev) {
 // ----------------------------------------------------------- event stream
 
 let source = null;
+/** The stream has opened once since sign-in (later opens are reconnects). */
+let opened = false;
 let retryTimer = null;
 let retryMs = 1000;
 
@@ -151,8 +179,12 @@ function startEvents() {
   es.addEventListener('open', () => {
     retryMs = 1000;
     setConn('live');
-    // Anything may have happened while we were away.
-    quietly(refreshAll());
+    // Anything may have happened while we were away. Sign-in has just
+    // loaded the files (which change only by upload and deletion): the
+    // first open refetches only the live state.
+    const reconnect = opened;
+    opened = true;
+    quietly(reconnect ? refreshAll() : refreshLive());
   });
   es.addEventListener('error', () => {
     if (source !== es) return;
@@ -170,6 +202,7 @@ function startEvents() {
     if (!ev?.machine) return;
     setMachine(ev.machine);
     app.changed();
+    operatorSoon();
   });
   es.addEventListener('job', () => jobsSoon());
   es.addEventListener('progress', (e) => {
@@ -215,6 +248,10 @@ function updateChrome() {
   if (signedIn) setText(document.getElementById('who-name'), app.state.me.name);
   const waiting = app.state.jobs.filter((j) => j.state === 'queued').length;
   setText(document.getElementById('queue-count'), waiting ? String(waiting) : '');
+  const needs = signedIn ? app.state.attention.length : 0;
+  setText(document.getElementById('attention-count'), needs ? String(needs) : '');
+  document.getElementById('nav-attention').dataset.needs = String(needs);
+  if (app.title) document.title = `${needs ? `(${needs}) ` : ''}${app.title} · microfactory`;
   const route = parseRoute();
   for (const a of document.querySelectorAll('#nav a')) {
     const current = a.dataset.view === route.nav;
@@ -261,6 +298,7 @@ function parseRoute() {
   switch (parts[0]) {
     case 'queue': return { nav: 'queue', make: () => queueView(app) };
     case 'production': return { nav: 'production', make: () => productionView(app) };
+    case 'attention': return { nav: 'attention', make: () => attentionView(app) };
     case 'machine': return { nav: 'machines', make: () => machineDetailView(app, parts[1] ?? '') };
     case 'job': return { nav: 'queue', make: () => jobDetailView(app, Number(parts[1])) };
     default: return { nav: 'machines', make: () => machinesView(app) };
@@ -274,8 +312,8 @@ function route() {
   app.view = view;
   fill(main, view.el);
   view.update();
+  app.title = view.title;
   updateChrome();
-  document.title = `${view.title} · microfactory`;
 }
 
 // ---------------------------------------------------------------- sign-in
@@ -286,6 +324,10 @@ function showSignIn(message) {
   app.view = null;
   app.state.me = null;
   app.state.conn = 'none';
+  app.state.attention = [];
+  attentionLoaded = false;
+  opened = false;
+  app.title = null;
   updateChrome();
   document.title = 'Sign in · microfactory';
   const err = h('p', { class: 'error', id: 'signin-error', role: 'alert' }, message ?? '');
@@ -353,6 +395,10 @@ async function boot() {
     showSignIn();
   });
   window.addEventListener('hashchange', route);
+  // Units awaiting inspection change without a machine or job event.
+  setInterval(() => {
+    if (app.state.me && app.state.conn === 'live') operatorSoon();
+  }, 15000);
   try {
     app.state.me = await api('GET', '/session');
   } catch (e) {

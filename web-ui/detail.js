@@ -5,7 +5,7 @@ import { api } from './api.js';
 import { drawChart, HISTORY_MS } from './chart.js';
 import { machineCard } from './machines.js';
 import {
-  h, fill, setText, reconcile, fmtDuration, fmtPercent, fmtTime, jobStateLabel, readingsStale,
+  h, fill, setText, reconcile, fmtDuration, fmtPercent, fmtTime, jobStateLabel, readingsStale, machineLabel,
 } from './dom.js';
 
 /** Console lines kept on the page. */
@@ -221,6 +221,12 @@ export function jobDetailView(app, id) {
     act('requeue', { from_line: n }, 'Requeue');
   });
 
+  /** The file by its name (the list of files has it), its hash short. */
+  function fileLabel(fileId) {
+    const f = app.state.files.find((x) => x.id === fileId);
+    return [f ? f.name : 'a deleted file', ' ', h('code', { class: 'muted small' }, fileId.slice(0, 12))];
+  }
+
   let job = null;
   async function load() {
     try {
@@ -244,8 +250,8 @@ export function jobDetailView(app, id) {
     const p = job.progress;
     fill(facts,
       h('dt', {}, 'State'), h('dd', { 'data-fact': 'state' }, jobStateLabel(job.state)),
-      h('dt', {}, 'Machine'), h('dd', {}, job.assigned_machine ?? '—'),
-      h('dt', {}, 'Wanted'), h('dd', {}, job.machine_id ?? (job.kind ? `any ${job.kind}` : 'any machine'),
+      h('dt', {}, 'Machine'), h('dd', { 'data-fact': 'machine' }, machineLabel(app, job.assigned_machine)),
+      h('dt', {}, 'Wanted'), h('dd', {}, job.machine_id ? machineLabel(app, job.machine_id) : (job.kind ? `any ${job.kind}` : 'any machine'),
         job.tags.length ? ` with tags ${job.tags.join(', ')}` : ''),
       h('dt', {}, 'Copy'), h('dd', {}, `${job.copy} of ${job.copies}`),
       h('dt', {}, 'Priority'), h('dd', {}, job.priority),
@@ -257,7 +263,7 @@ export function jobDetailView(app, id) {
       h('dt', {}, 'Ended'), h('dd', {}, fmtTime(job.ended_ms)),
       job.start_line > 1 ? [h('dt', {}, 'From line'), h('dd', {}, job.start_line)] : null,
       job.expand_canned_cycles ? [h('dt', {}, 'Canned cycles'), h('dd', {}, 'expanded')] : null,
-      h('dt', {}, 'File'), h('dd', {}, h('code', {}, job.file_id.slice(0, 12))));
+      h('dt', {}, 'File'), h('dd', { 'data-fact': 'file' }, fileLabel(job.file_id)));
     bar.value = job.state === 'completed' ? 100 : p.percent;
     fill(failure, job.failure
       ? h('p', { class: 'error' }, `Why it stopped: ${job.failure.reason}`, job.failure.line ? ` (source line ${job.failure.line})` : '')

@@ -84,6 +84,22 @@ export function fmtTime(ms) {
   return today ? d.toLocaleTimeString() : d.toLocaleString();
 }
 
+/** A time of day (hours and minutes), with the date when not today. */
+export function fmtClock(ms) {
+  if (!ms) return '—';
+  const d = new Date(ms);
+  const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  return new Date().toDateString() === d.toDateString() ? hm : `${d.toLocaleDateString()} ${hm}`;
+}
+
+/** A machine as the queue and job pages name it: its name, with its id
+ *  when they differ (cards show names, configuration and API use ids). */
+export function machineLabel(app, id) {
+  if (id == null) return '—';
+  const name = app.state.machines.get(id)?.name;
+  return name && name !== id ? `${name} (${id})` : id;
+}
+
 export function fmtTemp(v) {
   return v == null || !Number.isFinite(v) ? '—' : `${v.toFixed(1)} °C`;
 }

@@ -4,8 +4,9 @@
 import { api } from './api.js';
 import {
   h, setText, reconcile, fmtDuration, fmtPercent, fmtTemp, machineStateLabel, jobStateLabel, heaterLabel,
-  pauseInstructions, readingsStale,
+  pauseInstructions, readingsStale, fmtClock,
 } from './dom.js';
+import { attentionPanel } from './attention.js';
 
 /** The job a card shows: the running one, else the machine's last one. */
 function cardJob(app, m) {
@@ -15,6 +16,31 @@ function cardJob(app, m) {
     if (j.assigned_machine === m.id && j.ended_ms && (!last || j.ended_ms > last.ended_ms)) last = j;
   }
   return last;
+}
+
+/** Where each file's layers begin, fetched once per file shown on a
+ *  running print's card (the list of files carries no analysis). */
+const layerCache = new Map();
+
+function layerStarts(app, fileId) {
+  if (!layerCache.has(fileId)) {
+    layerCache.set(fileId, null);
+    api('GET', `/files/${encodeURIComponent(fileId)}`).then((f) => {
+      layerCache.set(fileId, f.analysis?.layer_starts ?? []);
+      app.changed();
+    }, (e) => console.warn('layers:', e.message));
+  }
+  return layerCache.get(fileId);
+}
+
+/** Layer (1-based) and Z of the last acknowledged source line. */
+export function layerAt(starts, line) {
+  let lo = 0, hi = starts.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (starts[mid].line <= line) lo = mid + 1; else hi = mid;
+  }
+  return lo === 0 ? null : { layer: lo, of: starts.length, z: starts[lo - 1].z };
 }
 
 /** A machine card; `update(m)` refreshes it from a MachineView. */
@@ -41,10 +67,15 @@ export function machineCard(app, id, { link = true } = {}) {
   const pct = h('span', { class: 'job-percent', id: `m-${id}-pct` });
   const elapsed = h('span', { class: 'job-elapsed' });
   const eta = h('span', { class: 'job-eta' });
+  // Layer and height of a print, from the analysis's layer starts.
+  const layer = h('p', { class: 'job-layer small', id: `m-${id}-layer` });
+  // What runs next here and when (the daemon's forecast).
+  const nextLine = h('p', { class: 'next-job small', id: `m-${id}-next` });
   jobBox.append(
     h('div', { class: 'job-line' }, jobName, jobState),
     bar,
     h('div', { class: 'job-line small' }, pct, elapsed, eta),
+    layer,
   );
 
   const error = h('p', { class: 'error', role: 'alert' });
@@ -105,7 +136,7 @@ export function machineCard(app, id, { link = true } = {}) {
 
   el.append(
     h('div', { class: 'card-head' }, h('div', {}, name, sub), badge),
-    tagList, pauseNote, readings, staleNote, lastError, jobBox, actions, recoverRow, error, estopRow,
+    tagList, pauseNote, readings, staleNote, lastError, jobBox, nextLine, actions, recoverRow, error, estopRow,
   );
 
   function readingsFor(m) {
@@ -163,6 +194,18 @@ export function machineCard(app, id, { link = true } = {}) {
       const etaS = live ? live.eta_seconds : null;
       setText(eta, running ? `ETA ${fmtDuration(etaS)}` : '');
       if (!running && job?.failure) setText(jobState, `Last job: ${jobStateLabel(job.state)} — ${job.failure.reason}`);
+      const starts = running && m.kind === 'printer' && job ? layerStarts(app, job.file_id) : null;
+      const at = starts?.length ? layerAt(starts, live?.last_acked_line ?? p.last_acked_line ?? 0) : null;
+      layer.hidden = !at;
+      if (at) setText(layer, `Layer ${at.layer} of ${at.of} · Z ${at.z.toFixed(2)} mm`);
+    }
+
+    const next = (app.state.forecast ?? []).find((n) => n.machine_id === m.id);
+    nextLine.hidden = !next;
+    if (next) {
+      const when = next.after_operator ? `once you confirm, ${fmtClock(next.start_ms)} at the earliest` : `about ${fmtClock(next.start_ms)}`;
+      setText(nextLine, `Next: #${next.job_id} ${next.job_name} — starts ${when}, done about ${fmtClock(next.end_ms)}`);
+      nextLine.dataset.job = String(next.job_id);
     }
 
     const active = m.state === 'running' || m.state === 'paused';
@@ -192,13 +235,16 @@ export function machineCard(app, id, { link = true } = {}) {
 export function machinesView(app) {
   const grid = h('div', { class: 'cards', id: 'machine-cards' });
   const empty = h('p', { class: 'empty' }, 'No machines are configured.');
+  const attention = attentionPanel(app, { hideWhenEmpty: true });
   const el = h('section', { 'aria-labelledby': 'machines-h' },
+    attention.el,
     h('h2', { id: 'machines-h' }, 'Machines'), empty, grid);
   const cards = new Map();
   return {
     el,
     title: 'Machines',
     update() {
+      attention.update();
       const list = [...app.state.machines.values()];
       empty.hidden = list.length > 0;
       reconcile(grid, list, (m) => m.id,

@@ -5,7 +5,7 @@
 
 import { api, uploadFile } from './api.js';
 import {
-  h, fill, setText, reconcile, fmtDuration, fmtLength, fmtBytes, fmtPercent, fmtTime, jobStateLabel,
+  h, fill, setText, reconcile, fmtDuration, fmtLength, fmtBytes, fmtPercent, fmtTime, jobStateLabel, machineLabel,
 } from './dom.js';
 
 /** Ended jobs shown under the queue; "Show older" pages back from there. */
@@ -259,7 +259,24 @@ export function queueView(app) {
   // ---- stored files
   const stored = h('select', { id: 'stored-file' });
   const storedBtn = h('button', { type: 'button', class: 'small' }, 'Show');
-  const storedErr = h('p', { class: 'error', role: 'alert' });
+  const deleteBtn = h('button', { type: 'button', class: 'small', id: 'stored-delete' }, 'Delete…');
+  const storedErr = h('p', { class: 'error', role: 'alert', id: 'stored-error' });
+  const storedOk = h('p', { class: 'muted small', role: 'status', id: 'stored-ok' });
+  deleteBtn.addEventListener('click', async () => {
+    setText(storedErr, '');
+    setText(storedOk, '');
+    const f = app.state.files.find((x) => x.id === stored.value);
+    if (!f) return;
+    if (!await app.confirm(`Delete the file “${f.name}”? Jobs that ran it keep their history.`, 'Delete file')) return;
+    try {
+      await api('DELETE', `/files/${encodeURIComponent(f.id)}`);
+      setText(storedOk, `Deleted ${f.name}.`);
+      if (analysisSlot.firstElementChild?.dataset.file === f.id) fill(analysisSlot);
+      await app.refreshFiles();
+    } catch (e) {
+      setText(storedErr, `${f.name} was not deleted: ${e.message}`);
+    }
+  });
   storedBtn.addEventListener('click', async () => {
     setText(storedErr, '');
     if (!stored.value) return;
@@ -271,7 +288,7 @@ export function queueView(app) {
   });
   const storedBox = h('div', { class: 'stored' },
     h('div', { class: 'field' }, h('label', { for: 'stored-file' }, 'Or a file uploaded before'), stored),
-    storedBtn);
+    storedBtn, deleteBtn);
 
   const analysisSlot = h('div', { id: 'analysis-slot' });
   function show(view) {
@@ -330,10 +347,31 @@ export function queueView(app) {
   }
 
   /** Moves `job` just before `before` (null: to the end), taking the
-   *  neighbour's priority so that the order shown is the order run. */
-  function moveBefore(job, before, last) {
-    const priority = (before ?? last)?.priority ?? job.priority;
-    return jobAction(job, 'reorder', { before: before?.id ?? null, priority }, 'Moving');
+   *  neighbour's priority so that the order shown is the order run; a
+   *  move that changes its priority says so and asks first. Resolves to
+   *  whether it moved. */
+  async function moveBefore(job, before, last) {
+    const next = before ?? last;
+    const priority = next?.priority ?? job.priority;
+    if (priority !== job.priority) {
+      const where = before ? `above job #${before.id}` : 'to the end';
+      const ok = await app.confirm(
+        `Moving job #${job.id} ${where} changes its priority from ${job.priority} to ${priority}`
+        + ` (the queue runs higher priorities first). Move it?`, 'Move and change priority');
+      if (!ok) return false;
+    }
+    await jobAction(job, 'reorder', { before: before?.id ?? null, priority }, 'Moving');
+    return true;
+  }
+
+  /** Puts the keyboard focus back on a moved row's button (the row moved
+   *  in the list, which drops focus); the other direction's button when
+   *  this one is now disabled at the end of the queue. */
+  function refocus(jobId, cls) {
+    const li = queuedList.querySelector(`li[data-job="${jobId}"]`);
+    const other = cls === 'act-up' ? 'act-down' : 'act-up';
+    const b = li?.querySelector(`.${cls}:not(:disabled)`) ?? li?.querySelector(`.${other}`);
+    b?.focus();
   }
 
   let dragged = null;
@@ -377,8 +415,9 @@ export function queueView(app) {
     const [title, badge, meta, bar, actions] = li.children;
     setText(title, `#${job.id} ${job.name}${job.copies > 1 ? ` (${job.copy}/${job.copies})` : ''}`);
     setText(badge, jobStateLabel(job.state));
-    const where = job.assigned_machine ?? job.machine_id ?? (job.kind ? `any ${job.kind}` : 'any machine');
-    const parts = [`on ${where}`];
+    const where = job.assigned_machine ?? job.machine_id;
+    const whereText = where ? machineLabel(app, where) : (job.kind ? `any ${job.kind}` : 'any machine');
+    const parts = [`on ${whereText}`];
     if (job.priority) parts.push(`priority ${job.priority}`);
     if (job.tags.length) parts.push(`tags ${job.tags.join(', ')}`);
     if (job.state === 'running' || job.state === 'paused') {
@@ -408,15 +447,17 @@ export function queueView(app) {
       switch (w) {
         case 'pause': return b('act-pause', 'Pause', 'Pause', () => jobAction(j(), 'pause', undefined, 'Pausing'));
         case 'resume': return b('act-resume primary', 'Resume', 'Resume', () => jobAction(j(), 'resume', undefined, 'Resuming'));
-        case 'up': return b('act-up', '↑ Move up', 'Move up', () => {
+        case 'up': return b('act-up', '↑ Move up', 'Move up', async () => {
           const q = queued();
           const i = q.findIndex((x) => x.id === j().id);
-          if (i > 0) moveBefore(j(), q[i - 1], null);
+          if (i > 0) await moveBefore(j(), q[i - 1], null);
+          refocus(job.id, 'act-up');
         }, ctx.first);
-        case 'down': return b('act-down', '↓ Move down', 'Move down', () => {
+        case 'down': return b('act-down', '↓ Move down', 'Move down', async () => {
           const q = queued();
           const i = q.findIndex((x) => x.id === j().id);
-          if (i >= 0 && i < q.length - 1) moveBefore(j(), q[i + 2] ?? null, q[q.length - 1]);
+          if (i >= 0 && i < q.length - 1) await moveBefore(j(), q[i + 2] ?? null, q[q.length - 1]);
+          refocus(job.id, 'act-down');
         }, ctx.last);
         case 'cancel': return b('act-cancel', 'Cancel…', 'Cancel', async () => {
           if (await app.confirm(`Cancel job #${j().id} “${j().name}”?`, 'Cancel job')) jobAction(j(), 'cancel', undefined, 'Cancelling');
@@ -429,20 +470,25 @@ export function queueView(app) {
 
   const queued = () => app.state.jobs.filter((j) => j.state === 'queued');
 
+  // Two columns on a desktop (adding on the left, the queue on the right);
+  // on a phone one column that starts with what runs and waits, then the
+  // upload form, then the history.
   const el = h('div', { class: 'queue-layout' },
-    h('div', {},
-      h('section', { class: 'panel', 'aria-labelledby': 'add-h' },
-        h('h2', { id: 'add-h' }, 'Add a job'), drop, uploadErr, storedBox, storedErr),
-      analysisSlot),
-    h('section', { class: 'panel', 'aria-labelledby': 'queue-h' },
-      h('h2', { id: 'queue-h' }, 'Queue'),
-      listErr,
-      h('h3', {}, 'Running'), noActive, activeList,
-      h('h3', {}, 'Waiting'),
-      h('p', { class: 'muted small' }, 'Drag to reorder, or use Move up / Move down.'),
-      noQueued, queuedList,
-      h('h3', {}, 'Recently ended'), noEnded, endedList, olderList,
-      h('div', { class: 'actions' }, olderBtn), olderNote));
+    h('div', { class: 'queue-col' },
+      h('section', { class: 'panel q-add', 'aria-labelledby': 'add-h' },
+        h('h2', { id: 'add-h' }, 'Add a job'), drop, uploadErr, storedBox, storedErr, storedOk),
+      h('div', { class: 'q-analysis' }, analysisSlot)),
+    h('div', { class: 'queue-col' },
+      h('section', { class: 'panel q-queue', id: 'queue-panel', 'aria-labelledby': 'queue-h' },
+        h('h2', { id: 'queue-h' }, 'Queue'),
+        listErr,
+        h('h3', {}, 'Running'), noActive, activeList,
+        h('h3', {}, 'Waiting'),
+        h('p', { class: 'muted small' }, 'Drag to reorder, or use Move up / Move down.'),
+        noQueued, queuedList),
+      h('section', { class: 'panel q-ended', 'aria-labelledby': 'ended-h' },
+        h('h2', { id: 'ended-h' }, 'Recently ended'), noEnded, endedList, olderList,
+        h('div', { class: 'actions' }, olderBtn), olderNote)));
 
   let storedSig = '';
   return {

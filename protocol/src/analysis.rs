@@ -110,6 +110,21 @@ pub struct Analysis {
     pub max_feed_mm_min: f64,
     /// Distinct codes used, sorted (`G1`, `M104`, ...).
     pub codes: Vec<String>,
+    /// Where each Z level of extruding moves begins: its source line and
+    /// its Z, mm. A print's layer and height follow from the last line
+    /// the printer acknowledged (records from before it was kept have
+    /// none).
+    #[serde(default)]
+    pub layer_starts: Vec<LayerStart>,
+}
+
+/// The first line of a layer and its height.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerStart {
+    /// Source line (1-based) of the layer's first extruding move.
+    pub line: u64,
+    /// Its Z, mm.
+    pub z: f64,
 }
 
 /// The streaming analyser. Feed bytes with [`Analyzer::feed`], then call
@@ -148,6 +163,7 @@ struct State {
     marker_layers: u64,
     z_layers: u64,
     last_layer_z: f64,
+    layer_starts: Vec<LayerStart>,
     uses_extrusion: bool,
     uses_spindle: bool,
     m6: u64,
@@ -197,6 +213,7 @@ impl Analyzer {
                 marker_layers: 0,
                 z_layers: 0,
                 last_layer_z: f64::NEG_INFINITY,
+                layer_starts: Vec::new(),
                 uses_extrusion: false,
                 uses_spindle: false,
                 m6: 0,
@@ -280,6 +297,7 @@ impl Analyzer {
             spindle_on_seconds: spindle_seconds,
             max_feed_mm_min: s.max_feed,
             codes,
+            layer_starts: s.layer_starts,
         })
     }
 }
@@ -585,6 +603,10 @@ impl State {
         if extruding && target[2] > self.last_layer_z + 1e-6 {
             self.z_layers += 1;
             self.last_layer_z = target[2];
+            self.layer_starts.push(LayerStart {
+                line: self.lines,
+                z: (target[2] * 1000.0).round() / 1000.0,
+            });
         }
         self.pos = target;
     }

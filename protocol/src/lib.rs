@@ -9,6 +9,7 @@
 pub mod analysis;
 pub mod block;
 pub mod canned;
+pub mod eta;
 pub mod fastpath;
 pub mod framing;
 pub mod grbl;

@@ -1331,6 +1331,13 @@ async fn the_readme_pictures_show_the_factory_at_work() -> Result<()> {
         )
         .await?;
     }
+    // A print's card says its layer and height.
+    ui.wait(
+        "/^Layer \\d+ of \\d+ · Z \\d+\\.\\d\\d mm$/.test(document.querySelector('#m-mk3-a-layer')?.textContent ?? '') \
+         && document.querySelector('#m-mk3-a-layer').offsetParent !== null",
+        "the layer and Z of the print",
+    )
+    .await?;
     ui.go("#/machine/mk3-a").await?;
     // The sampler records once a second: wait for 15 s of history.
     ui.wait(
@@ -1474,6 +1481,356 @@ async fn the_production_view_clears_the_qc_queue_with_a_tap_each_and_links_the_c
         page.contains("<svg") && page.contains("U000000002") && page.contains("quality_ratio_min"),
         "{page}"
     );
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+/// A small print: home, a first layer of a few moves.
+const PLATE: &str = "G28\nG90\nM83\nG1 Z0.2 F3000\nG1 X10 Y10 E1 F1500\nG1 X40 Y10 E2\n\
+G1 X40 Y40 E2\nG1 X10 Y40 E2\nG1 X10 Y10 E2\nG1 Z5 F3000\n";
+
+/// A mill program that pauses at a tool change (`M6 T1`) at line 9.
+const TWO_TOOLS: &str = "G20\nG90\nM3 S10000\nG0 Z0.1\nG1 Z-0.01 F5\nG1 X0.2 F20\nG0 Z0.1\nM5\n\
+M6 T1\nM3 S10000\nG1 Z-0.01 F5\nG1 X0 F20\nG0 Z0.1\nM5\n";
+
+fn attention_item(kind: &str, machine: Option<&str>) -> String {
+    match machine {
+        Some(m) => format!(
+            "document.querySelector('#attention-list li[data-kind=\"{kind}\"][data-machine=\"{m}\"]')"
+        ),
+        None => format!("document.querySelector('#attention-list li[data-kind=\"{kind}\"]')"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_needs_the_operator_is_listed_counted_in_the_header_and_the_tab_and_leaves_when_done()
+-> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut mill = MachineSpec::mill("mill-1");
+    mill.time_scale = 20.0;
+    let f = Factory::start(&[mill, MachineSpec::printer("mk3-a", "prusa-mk3s")]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!(
+            "{}?.dataset.state === 'idle' && {}?.dataset.state === 'idle'",
+            card("mill-1"),
+            card("mk3-a")
+        ),
+        "both machines idle",
+    )
+    .await?;
+    // Nothing needs anyone: no panel, no count, a plain title.
+    assert!(!ui.eval::<bool>(&shown("#attention")).await?);
+    assert_eq!(ui.text("#attention-count").await?, "");
+    assert_eq!(
+        ui.eval::<String>("document.title").await?,
+        "Machines · microfactory"
+    );
+    // The operator asks for a sound on new items (a setting of this browser).
+    ui.go("#/attention").await?;
+    ui.wait(
+        "document.querySelector('#attention-empty')?.offsetParent !== null",
+        "the empty attention page",
+    )
+    .await?;
+    ui.click("#attention-notify").await?;
+    ui.wait(
+        "localStorage.getItem('microfactory.notify') === '1'",
+        "the setting kept",
+    )
+    .await?;
+    ui.go("#/machines").await?;
+
+    // A unit made by a production order waits for inspection.
+    let (s, file) = f
+        .upload_bytes("tile.gcode", PLATE.as_bytes().to_vec())
+        .await?;
+    assert!(s.is_success(), "{file}");
+    let (s, v) = f
+        .post(
+            "/products",
+            json!({"sku": "tile", "name": "Test tile", "file_id": file["id"], "units_per_job": 1}),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = f
+        .post("/production-orders", json!({"sku": "tile", "quantity": 1}))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    ui.wait(
+        &format!(
+            "{}?.textContent.includes('1 unit of tile awaiting inspection')",
+            attention_item("awaiting_qc", None)
+        ),
+        "the unit awaiting inspection",
+    )
+    .await?;
+
+    // Two mill jobs: the first pauses at its tool change; the card says
+    // which job runs next there.
+    let prog = f
+        .upload_bytes("two_tools.nc", TWO_TOOLS.as_bytes().to_vec())
+        .await?
+        .1;
+    let ids = f
+        .submit(json!({"file_id": prog["id"], "machine_id": "mill-1", "copies": 2, "expand_canned_cycles": true}))
+        .await?;
+    ui.wait(
+        &format!(
+            "{}.querySelector('.next-job')?.dataset.job === '{}' && {0}.querySelector('.next-job').offsetParent !== null",
+            card("mill-1"),
+            ids[1]
+        ),
+        "the mill's next job on its card",
+    )
+    .await?;
+    let next = ui.text(&on_card("mill-1", ".next-job")).await?;
+    assert!(
+        next.starts_with(&format!("Next: #{} two_tools.nc — starts about ", ids[1]))
+            && next.contains("done about"),
+        "{next}"
+    );
+    ui.wait(
+        &format!(
+            "{}?.textContent.includes('T01')",
+            attention_item("paused", Some("mill-1"))
+        ),
+        "the tool change on the list",
+    )
+    .await?;
+
+    // The printer halts: it goes first, the most urgent.
+    let (s, _) = f.post("/machines/mk3-a/estop", json!({})).await?;
+    assert_eq!(s, StatusCode::OK);
+    ui.wait(
+        "document.querySelector('#attention-list li')?.dataset.kind === 'faulted' \
+         && document.querySelector('#attention-list li').dataset.machine === 'mk3-a'",
+        "the halted printer first",
+    )
+    .await?;
+    assert_eq!(ui.text("#attention-count").await?, "3");
+    assert!(
+        ui.eval::<String>("document.title")
+            .await?
+            .starts_with("(3) Machines"),
+        "the tab title counts them"
+    );
+    assert!(
+        ui.eval::<u32>("Number(document.documentElement.dataset.announced ?? 0)")
+            .await?
+            >= 2,
+        "new items were announced"
+    );
+    ui.screenshots("attention").await?;
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::copy(
+            screenshot_dir().join("attention-desktop.png"),
+            docs.join("dashboard-attention.png"),
+        )?;
+    }
+    ui.go("#/attention").await?;
+    ui.wait(&shown("#attention-list li"), "the attention page")
+        .await?;
+    ui.screenshots("attention-page").await?;
+    ui.click("#attention-list li[data-kind=\"faulted\"] a")
+        .await?;
+    ui.wait(
+        "location.hash === '#/machine/mk3-a' && !!document.querySelector('.card[data-machine=\"mk3-a\"]')",
+        "the halted printer's page",
+    )
+    .await?;
+
+    // The tool is changed: Resume, and the item leaves the list.
+    ui.go("#/machines").await?;
+    ui.click(&on_card("mill-1", ".act-resume")).await?;
+    // (The second job pauses at its own tool change later: a new item.)
+    ui.wait(
+        &format!(
+            "!document.querySelector('#attention-list li[data-kind=\"paused\"][data-job=\"{}\"]')",
+            ids[0]
+        ),
+        "the first job's tool change gone from the list",
+    )
+    .await?;
+    let (_, items) = f.get("/attention").await?;
+    assert!(
+        items.as_array().is_some_and(|a| a
+            .iter()
+            .all(|i| !(i["kind"] == "paused" && i["job_id"] == ids[0]))),
+        "{items}"
+    );
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_phone_the_queue_comes_first_the_header_is_one_row_and_moves_keep_focus_and_say_priority()
+-> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let f = Factory::start(&[MachineSpec::printer("mk3-a", "prusa-mk3s")]).await?;
+    // A disabled printer: the jobs stay queued.
+    let (s, _) = f.post("/machines/mk3-a/disable", json!({})).await?;
+    assert_eq!(s, StatusCode::OK);
+    let (_, file) = f
+        .upload_bytes("tile.gcode", PLATE.as_bytes().to_vec())
+        .await?;
+    let (_, spare) = f
+        .upload_bytes("spare.gcode", format!("{PLATE}G1 X1\n").into_bytes())
+        .await?;
+    let urgent = f
+        .submit(json!({"file_id": file["id"], "priority": 5}))
+        .await?[0];
+    let plain = f
+        .submit(json!({"file_id": file["id"], "copies": 2}))
+        .await?;
+    let (_, list) = f.get("/files").await?;
+    assert!(
+        list.as_array().is_some_and(|a| a.len() == 2
+            && a.iter()
+                .all(|x| x.get("analysis").is_none() && x["name"].is_string())),
+        "the list has summaries: {list}"
+    );
+
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'disabled'", card("mk3-a")),
+        "the card",
+    )
+    .await?;
+    // The list of files was fetched once, at sign-in.
+    let fetched: u32 = ui
+        .eval("performance.getEntriesByType('resource').filter((e) => e.name.endsWith('/api/v1/files')).length")
+        .await?;
+    assert_eq!(fetched, 1, "GET /files at sign-in");
+
+    ui.phone().await?;
+    ui.go("#/queue").await?;
+    ui.wait(
+        &format!("document.querySelectorAll('#jobs-queued li').length === 3 && document.querySelector('#jobs-queued li').dataset.job === '{urgent}'"),
+        "three queued jobs, the urgent one first",
+    )
+    .await?;
+    let queue_first: bool = ui
+        .eval("document.querySelector('#queue-panel').getBoundingClientRect().top < document.querySelector('.q-add').getBoundingClientRect().top \
+               && document.querySelector('.q-add').getBoundingClientRect().top < document.querySelector('.q-ended').getBoundingClientRect().top")
+        .await?;
+    assert!(
+        queue_first,
+        "on a phone, the queue comes before the upload form"
+    );
+    let one_row: bool = ui
+        .eval("(() => { const tops = [...document.querySelectorAll('.top > *')].filter((e) => e.offsetParent !== null) \
+               .map((e) => e.getBoundingClientRect()); return tops.every((r) => r.top < tops[0].bottom && r.bottom > tops[0].top); })()")
+        .await?;
+    assert!(one_row, "the header is one row at phone width");
+    ui.screenshots("queue-phone-order").await?;
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::copy(
+            screenshot_dir().join("queue-phone-order-phone.png"),
+            docs.join("dashboard-queue-phone.png"),
+        )?;
+    }
+    ui.phone().await?;
+
+    // Move up within the same priority: no question, focus stays.
+    let up = |id: u64| format!("#jobs-queued li[data-job=\"{id}\"] .act-up");
+    ui.click(&up(plain[1])).await?;
+    ui.wait(
+        &format!("[...document.querySelectorAll('#jobs-queued li')].map((li) => li.dataset.job).join() === '{urgent},{},{}'", plain[1], plain[0]),
+        "the second copy moved up",
+    )
+    .await?;
+    ui.wait(
+        &format!("document.activeElement?.closest('li')?.dataset.job === '{}' && document.activeElement.classList.contains('act-up')", plain[1]),
+        "focus on the moved job's Move up",
+    )
+    .await?;
+    // Above a higher priority: it says the priority changes, and asks.
+    ui.click(&up(plain[1])).await?;
+    ui.wait("document.querySelector('#confirm').open", "the question")
+        .await?;
+    let q = ui.text("#confirm-text").await?;
+    assert!(q.contains("changes its priority from 0 to 5"), "{q}");
+    ui.click("#confirm-yes").await?;
+    ui.wait(
+        &format!(
+            "document.querySelector('#jobs-queued li').dataset.job === '{}'",
+            plain[1]
+        ),
+        "moved to the top",
+    )
+    .await?;
+    ui.wait(
+        &format!("document.activeElement?.closest('li')?.dataset.job === '{}' && document.activeElement.classList.contains('act-down')", plain[1]),
+        "focus on the moved job's Move down (Move up is disabled at the top)",
+    )
+    .await?;
+    let (_, moved) = f.get(&format!("/jobs/{}", plain[1])).await?;
+    assert_eq!(moved["priority"], 5, "{moved}");
+    ui.desktop().await?;
+
+    // The job page names the file and the machine.
+    ui.go(&format!("#/job/{urgent}")).await?;
+    ui.wait(
+        "document.querySelector('#job-facts [data-fact=file]')?.textContent.startsWith('tile.gcode ')",
+        "the file's name on the job page",
+    )
+    .await?;
+    assert_eq!(
+        ui.text("#job-facts [data-fact=machine]").await?,
+        "—",
+        "not yet on a machine"
+    );
+
+    // Files are deleted from the page; one in use is refused with why.
+    ui.go("#/queue").await?;
+    ui.wait(
+        "document.querySelectorAll('#stored-file option').length === 2",
+        "the stored files",
+    )
+    .await?;
+    let in_use = file["id"].as_str().unwrap();
+    ui.allow_api_error(&format!("/api/v1/files/{in_use}"));
+    for (id, expect, says) in [
+        (in_use, "#stored-error", "tile.gcode was not deleted"),
+        (
+            spare["id"].as_str().unwrap(),
+            "#stored-ok",
+            "Deleted spare.gcode.",
+        ),
+    ] {
+        ui.eval::<bool>(&format!(
+            "(() => {{ document.querySelector('#stored-file').value = {}; return true; }})()",
+            js_str(id)
+        ))
+        .await?;
+        ui.click("#stored-delete").await?;
+        ui.wait("document.querySelector('#confirm').open", "the question")
+            .await?;
+        ui.click("#confirm-yes").await?;
+        ui.wait(
+            &format!("document.querySelector('{expect}').textContent !== ''"),
+            expect,
+        )
+        .await?;
+        let text = ui.text(expect).await?;
+        assert!(text.contains(says), "{expect}: {text}");
+    }
+    ui.wait(
+        "document.querySelectorAll('#stored-file option').length === 1",
+        "the spare file gone from the list",
+    )
+    .await?;
+    let (s, _) = f
+        .get(&format!("/files/{}", spare["id"].as_str().unwrap()))
+        .await?;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     ui.assert_no_js_errors();
     ui.close().await;
     Ok(())

@@ -413,7 +413,9 @@ async fn cura_stores_a_file_in_a_folder_then_prints_it_and_reads_its_monitor_rou
         .find(|x| x["id"] == file_id.as_str())
         .expect("the file is in the dashboard's files");
     assert_eq!(stored["name"], path.as_str());
-    assert_eq!(stored["analysis"]["commands"], 4, "{stored}");
+    // The list has summaries; the analysis is the file's own.
+    let (_, detail) = f.get(&format!("/files/{file_id}")).await.unwrap();
+    assert_eq!(detail["analysis"]["commands"], 4, "{detail}");
     let (_, queued) = f.get("/jobs").await.unwrap();
     assert_eq!(
         queued.as_array().unwrap().len(),

@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::config::Machine;
 use crate::core::events::DomainEvent;
+use crate::core::forecast::{self, Lane, NextJob, Ready};
 use crate::core::machine::{self, Facts, LinkState, MachineState, StateReason};
 use crate::core::model::{
     Attempt, AttemptOutcome, Failure, FileRecord, Hold, Job, JobProgress, JobState, Kind,
@@ -261,6 +262,43 @@ impl Core {
     /// Whether ended jobs exist that only the store holds.
     pub fn has_archived(&self) -> bool {
         self.archived > 0
+    }
+
+    /// Each machine's next job and when it should start and end (see
+    /// [`forecast`]): machines down get nothing, a busy one is free when
+    /// its job's ETA says, a held one once the operator confirms it.
+    pub fn forecast(&self, files: Files<'_>, now: u64) -> Vec<NextJob> {
+        let lanes: Vec<Lane<'_>> = self
+            .machines
+            .iter()
+            .map(|m| {
+                let ready = if m.record.disabled
+                    || m.machine.config.read_only
+                    || m.link != LinkState::Online
+                {
+                    Ready::Never
+                } else if let Some(j) = m.job.and_then(|j| self.jobs.get(&j)) {
+                    let est = || files(&j.file_id).map(|f| f.analysis.estimated_seconds);
+                    Ready::In(j.progress.eta_seconds.or_else(est).unwrap_or(0.0))
+                } else if m.record.hold.is_some() {
+                    Ready::AfterOperator
+                } else {
+                    Ready::Now
+                };
+                Lane {
+                    machine: &m.machine,
+                    ready,
+                }
+            })
+            .collect();
+        let held: Vec<(&Job, Arc<FileRecord>)> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .filter_map(|j| Some((j, files(&j.file_id)?)))
+            .collect();
+        let queued: Vec<(&Job, &FileRecord)> = held.iter().map(|(j, f)| (*j, &**f)).collect();
+        forecast::next_jobs(&lanes, &queued, now)
     }
 
     /// A job's attempt in progress.
@@ -673,14 +711,8 @@ impl Core {
                     gone.push(qi);
                     continue;
                 };
-                let req = Requirements {
-                    machine_id: job.machine_id.as_deref(),
-                    kind: job.kind,
-                    tags: &job.tags,
-                    expand_canned_cycles: job.expand_canned_cycles,
-                    any_material: job.any_material,
-                };
-                if routing::check(&self.machines[i].machine, &file, &req).is_ok() {
+                if routing::check(&self.machines[i].machine, &file, &Requirements::of(job)).is_ok()
+                {
                     pick = Some(qi);
                     break;
                 }

@@ -402,6 +402,9 @@ pub struct MachineView {
     /// Why it will wait for the operator before its next job (shown even
     /// while it is offline or halted), if it will.
     pub hold_reason: Option<crate::core::machine::StateReason>,
+    /// The job that left it waiting for the operator, if one did.
+    #[serde(default)]
+    pub hold_job_id: Option<u64>,
     /// The job it is running.
     pub job_id: Option<u64>,
     /// Connection, firmware, capabilities, temperatures, GRBL state and

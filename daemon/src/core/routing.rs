@@ -6,7 +6,7 @@ use microfactory_machines::driver::Firmware;
 use microfactory_machines::profile::MachineKind;
 
 use crate::config::Machine;
-use crate::core::model::{FileRecord, Kind};
+use crate::core::model::{FileRecord, Job, Kind};
 
 /// What a job asks of a machine.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +21,20 @@ pub struct Requirements<'a> {
     pub expand_canned_cycles: bool,
     /// Skip the material and nozzle match (the operator's override).
     pub any_material: bool,
+}
+
+impl<'a> Requirements<'a> {
+    /// What a queued job asks: the scheduler and the forecast read it
+    /// the same way.
+    pub fn of(job: &'a Job) -> Self {
+        Self {
+            machine_id: job.machine_id.as_deref(),
+            kind: job.kind,
+            tags: &job.tags,
+            expand_canned_cycles: job.expand_canned_cycles,
+            any_material: job.any_material,
+        }
+    }
 }
 
 /// Nozzle diameters closer than this are the same nozzle, mm.
@@ -183,8 +197,6 @@ pub fn check(m: &Machine, file: &FileRecord, req: &Requirements<'_>) -> Result<(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
-
     use super::*;
 
     fn printer(id: &str, tags: &[&str]) -> Machine {
@@ -201,26 +213,7 @@ mod tests {
              G1 X10 Y10 E1 F1500\nG1 X20 Y10 E2\n; filament_type = {material}\n\
              ; nozzle_diameter = {nozzle}\n"
         );
-        let path = std::env::temp_dir().join(format!(
-            "mfd-routing-{}-{material}-{nozzle}.gcode",
-            std::process::id()
-        ));
-        std::fs::File::create(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .expect("write");
-        let mut f = std::fs::File::open(&path).expect("open");
-        let (analysis, preflight_marlin, preflight_grbl) =
-            crate::factory::files::analyze(&mut f).expect("analyze");
-        let _ = std::fs::remove_file(&path);
-        FileRecord {
-            id: "f".into(),
-            name: "part.gcode".into(),
-            size: text.len() as u64,
-            uploaded_ms: 0,
-            analysis,
-            preflight_marlin,
-            preflight_grbl,
-        }
+        crate::core::testkit::file_record(&text)
     }
 
     #[test]

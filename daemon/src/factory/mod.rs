@@ -34,8 +34,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::clock::now_ms;
 use crate::config::Machine;
+use crate::core::attention::{self, AttentionItem, QcWaiting};
 use crate::core::events::LogRecord;
 use crate::core::factory::{Core, CoreError, MachineSeed};
+use crate::core::forecast::NextJob;
 use crate::core::machine::{LinkState, StateChange};
 use crate::core::model::{Attempt, Event, FileRecord, Job, JobState, MachineView, PauseReason};
 use crate::core::routing::{self, Requirements};
@@ -720,6 +722,20 @@ impl Factory {
         (0..self.slots.len()).map(|i| self.view(i, &g)).collect()
     }
 
+    /// What needs the operator now (see [`crate::core::attention`]);
+    /// `qc` is what metering says awaits inspection.
+    pub fn attention(&self, qc: &[QcWaiting]) -> Vec<AttentionItem> {
+        let g = self.lock();
+        let views: Vec<MachineView> = (0..self.slots.len()).map(|i| self.view(i, &g)).collect();
+        attention::list(&views, |id| g.core.job(id), qc)
+    }
+
+    /// Each machine's next job and when it should start and finish.
+    pub fn forecast(&self) -> Vec<NextJob> {
+        let files = |id: &str| self.store.file(id).ok().flatten();
+        self.lock().core.forecast(&files, now_ms())
+    }
+
     /// One machine.
     pub fn machine(&self, id: &str) -> Result<MachineView> {
         let g = self.lock();
@@ -1208,6 +1224,7 @@ impl Factory {
             since_ms: since,
             pause,
             hold_reason: m.record.hold.as_ref().map(|h| h.reason),
+            hold_job_id: m.record.hold.as_ref().and_then(|h| h.job_id),
             job_id: m.job,
             status,
         }

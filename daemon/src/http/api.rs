@@ -941,17 +941,55 @@ pub(crate) async fn receive_upload(
     Ok(up)
 }
 
-/// Lists stored files, newest first.
+/// A stored file in a list: what picks it out, not its whole analysis
+/// (that, with the findings and which machines fit, is
+/// `GET /files/{id}`: a list of every analysis was 368 KB for six files).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FileSummary {
+    /// sha256 of the content.
+    pub id: String,
+    /// Name given at upload.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Upload time.
+    pub uploaded_ms: u64,
+    /// The analysis's estimate, seconds.
+    pub estimated_seconds: f64,
+    /// Layers, for prints.
+    pub layers: u64,
+    /// The machine kind the program needs, when it says (extrudes: a
+    /// printer; turns a spindle: a mill).
+    pub needs: Option<Kind>,
+    /// The material the slicer states.
+    pub material: Option<String>,
+    /// The nozzle the slicer states, mm.
+    pub nozzle_diameter_mm: Option<f64>,
+}
+
+impl From<&FileRecord> for FileSummary {
+    fn from(f: &FileRecord) -> Self {
+        let slicer = f.analysis.slicer.as_ref();
+        Self {
+            id: f.id.clone(),
+            name: f.name.clone(),
+            size: f.size,
+            uploaded_ms: f.uploaded_ms,
+            estimated_seconds: f.analysis.estimated_seconds,
+            layers: f.analysis.layers,
+            needs: crate::core::routing::needed_kind(f),
+            material: slicer.and_then(|s| s.material.clone()),
+            nozzle_diameter_mm: slicer.and_then(|s| s.nozzle_diameter_mm),
+        }
+    }
+}
+
+/// Lists stored files, newest first, as summaries.
 #[utoipa::path(get, path = "/api/v1/files", tag = "files",
-    responses((status = 200, body = Vec<FileView>)), security(("bearer" = [])))]
-async fn list_files(State(s): State<AppState>) -> ApiResult<Json<Vec<FileView>>> {
+    responses((status = 200, body = Vec<FileSummary>)), security(("bearer" = [])))]
+async fn list_files(State(s): State<AppState>) -> ApiResult<Json<Vec<FileSummary>>> {
     let files = s.factory.files()?;
-    Ok(Json(
-        files
-            .into_iter()
-            .map(|f| file_view(&s.factory, f))
-            .collect(),
-    ))
+    Ok(Json(files.iter().map(FileSummary::from).collect()))
 }
 
 /// One file with its analysis and pre-flight findings.
@@ -1190,6 +1228,53 @@ async fn reorder_job(
     let id = job_id(&id)?;
     let b: ReorderBody = opt_json_body(&headers, &body)?;
     Ok(Json(s.factory.reorder(id, b.before, b.priority).await?))
+}
+
+// --------------------------------------------------------------- operator
+
+/// What needs the operator now, most urgent first: machines faulted,
+/// paused for a tool change or the program, waiting after a failed or
+/// interrupted job, waiting for bed clearance or a look, offline; and
+/// units awaiting inspection, per product. Derived from state the daemon
+/// keeps, so it never disagrees with the machines: a failed job leaves
+/// the list when its machine is confirmed ready.
+#[utoipa::path(get, path = "/api/v1/attention", tag = "operator",
+    responses((status = 200, body = Vec<crate::core::attention::AttentionItem>),
+        (status = 500, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn attention(
+    State(s): State<AppState>,
+) -> ApiResult<Json<Vec<crate::core::attention::AttentionItem>>> {
+    use crate::core::model::QcState;
+    let mut qc: Vec<crate::core::attention::QcWaiting> = Vec::new();
+    let units = s.metering.units(&crate::metering::UnitFilter::default())?;
+    for u in units
+        .iter()
+        .filter(|u| matches!(u.qc, QcState::Pending | QcState::Rework))
+    {
+        match qc.iter_mut().find(|q| q.sku == u.sku) {
+            Some(q) => {
+                q.units += 1;
+                q.oldest_ms = q.oldest_ms.min(u.ended_ms);
+            }
+            None => qc.push(crate::core::attention::QcWaiting {
+                sku: u.sku.clone(),
+                units: 1,
+                oldest_ms: u.ended_ms,
+            }),
+        }
+    }
+    Ok(Json(s.factory.attention(&qc)))
+}
+
+/// Each machine's next job (the scheduler's routing played forward on the
+/// estimates and the running jobs' ETAs) with its expected start and end.
+/// Machines down, and machines no queued job fits, are not listed.
+#[utoipa::path(get, path = "/api/v1/forecast", tag = "operator",
+    responses((status = 200, body = Vec<crate::core::forecast::NextJob>)),
+    security(("bearer" = [])))]
+async fn forecast(State(s): State<AppState>) -> Json<Vec<crate::core::forecast::NextJob>> {
+    Json(s.factory.forecast())
 }
 
 // ---------------------------------------------------------------- machines
@@ -1625,6 +1710,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_job))
         .routes(routes!(requeue_job))
         .routes(routes!(reorder_job))
+        .routes(routes!(attention))
+        .routes(routes!(forecast))
         .routes(routes!(list_machines))
         .routes(routes!(get_machine))
         .routes(routes!(machine_pause))

@@ -141,6 +141,8 @@ pub const TABLE: &[Rule] = &[
         Roles(OPERATOR),
         Json,
     ),
+    row(Method::GET, "/api/v1/attention", Roles(READERS), Empty),
+    row(Method::GET, "/api/v1/forecast", Roles(READERS), Empty),
     row(Method::GET, "/api/v1/machines", Roles(READERS), Empty),
     row(Method::GET, "/api/v1/machines/{id}", Roles(READERS), Empty),
     row(

@@ -679,11 +679,12 @@ impl<'a> Session<'a> {
         } else {
             (j.done as f64 * 100.0 / j.total as f64).min(100.0)
         };
-        let eta = match j.spec.estimated_seconds {
-            Some(est) if est > 0.0 => Some((est * (1.0 - percent / 100.0)).max(0.0)),
-            _ if percent > 1.0 => Some(elapsed * (100.0 - percent) / percent),
-            _ => None,
-        };
+        // The estimate blended with the pace kept so far.
+        let eta = microfactory_protocol::eta::remaining(
+            j.spec.estimated_seconds,
+            elapsed,
+            percent / 100.0,
+        );
         Some(Progress {
             job_id: j.spec.id.clone(),
             lines_done: j.done,

@@ -244,3 +244,26 @@ proptest! {
         let _ = analyze_bytes(text.as_bytes(), AnalyzerConfig::default());
     }
 }
+
+#[test]
+fn each_layer_starts_at_its_first_extruding_line_with_its_height() {
+    let a = analyze(
+        "G28\nG1 Z0.2 F3000\nG1 X10 Y10 E1 F1500\nG1 X20 Y10 E2\nG1 Z0.4\nG0 X0\nG1 X10 E3\nG1 Z5\n",
+    );
+    assert_eq!(
+        a.layer_starts,
+        [
+            LayerStart { line: 3, z: 0.2 },
+            LayerStart { line: 7, z: 0.4 }
+        ],
+        "a travel to Z 5 with no extrusion is no layer"
+    );
+    // A real print: one start per Z level, lines and heights increasing.
+    let a = shared("coupling_pla.gcode");
+    assert!(a.layer_starts.len() >= 190, "{}", a.layer_starts.len());
+    assert!(
+        a.layer_starts
+            .windows(2)
+            .all(|w| w[0].line < w[1].line && w[0].z < w[1].z)
+    );
+}

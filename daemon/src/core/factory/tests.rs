@@ -1,5 +1,4 @@
 use std::collections::HashMap;
-use std::io::Write as _;
 
 use proptest::prelude::*;
 
@@ -18,23 +17,9 @@ fn file() -> Arc<FileRecord> {
 }
 
 fn analysed() -> Arc<FileRecord> {
-    let path = std::env::temp_dir().join(format!("mfd-core-{}.gcode", std::process::id()));
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(PRINT.as_bytes()))
-        .expect("write");
-    let mut f = std::fs::File::open(&path).expect("open");
-    let (analysis, preflight_marlin, preflight_grbl) =
-        crate::factory::files::analyze(&mut f).expect("analyze");
-    let _ = std::fs::remove_file(&path);
-    Arc::new(FileRecord {
-        id: "f1".into(),
-        name: "part.gcode".into(),
-        size: PRINT.len() as u64,
-        uploaded_ms: 0,
-        analysis,
-        preflight_marlin,
-        preflight_grbl,
-    })
+    let mut f = crate::core::testkit::file_record(PRINT);
+    f.id = "f1".into();
+    Arc::new(f)
 }
 
 fn core(machines: &[(&str, bool)]) -> Core {
