@@ -1325,12 +1325,12 @@ impl MarlinHost {
         }
         let unknown = self.unknown_echo.take();
         if advanced.is_none()
-            && let Some(probe) = self.probe_answered(line)
+            && let Some(m105) = self.m105_answered(line)
         {
             // Marlin accepts lines only in sequence: every line sent before
-            // the probe was accepted too (a copy it already had was dropped
-            // or refused, with no `ok` of its own).
-            self.ack_through(probe, line);
+            // that `M105` was accepted too (a copy it already had was
+            // dropped or refused, with no `ok` of its own).
+            self.ack_through(m105, line);
             return;
         }
         match advanced {
@@ -1376,24 +1376,33 @@ impl MarlinHost {
         }
     }
 
-    /// The number of the probe in flight when `line` is its answer (`ok
-    /// T:..`, which `M105` prints itself, with no `ADVANCED_OK` number).
-    /// Not while lines sent before a resend request may still arrive: one
-    /// of them could be an `M105` run without its number.
-    fn probe_answered(&self, line: &str) -> Option<u32> {
+    /// The line an `ok T:..` proves accepted: the oldest `M105` in flight
+    /// (`M105` prints that `ok` itself, with no `ADVANCED_OK` number).
+    /// Whichever `M105` ran, the oldest was accepted (Marlin accepts lines
+    /// in sequence), and so was every line before it; a later one may not
+    /// have been. After a recovery a job's own `M105` and the probe are
+    /// both in flight: crediting the probe (the newest) would acknowledge
+    /// the lines between them, which may never have run, when the answer
+    /// was the job's; crediting the oldest leaves them in flight when it
+    /// was the probe's, and the next recovery sends them again (numbered,
+    /// so none runs twice). Not while lines sent before a resend request
+    /// may still arrive: one of them could be an `M105` run without its
+    /// number.
+    fn m105_answered(&self, line: &str) -> Option<u32> {
         if !line.starts_with("ok T:") || !self.ghosts.is_empty() {
             return None;
         }
-        let probe = self.in_flight.iter().find(|p| {
+        let m105 = self.in_flight.iter().find(|p| {
             !p.consumed
+                && !p.filler
                 && self
                     .history
                     .iter()
                     .rev()
                     .find(|s| s.number == p.number)
-                    .is_some_and(|s| s.origin == Origin::Internal && s.command == PROBE)
+                    .is_some_and(|s| s.command == PROBE)
         })?;
-        Some(probe.number)
+        Some(m105.number)
     }
 
     /// After an `ok` that acknowledged a line: the `B` it carried tells how
@@ -1439,7 +1448,14 @@ impl MarlinHost {
             self.consecutive = (0, 0);
         }
         if f.consumed {
-            // Ran without its number; counted when its stray `ok` came.
+            // Taken for a line read without its number when a stray `ok`
+            // came, yet acknowledged by number (only `ack_through` passes
+            // such a line here): the firmware accepted it. If that stray
+            // `ok` was its own it counted the line already (below, `acked`
+            // holds); if it was another's (a ghost whose tail the host did
+            // not know of), this is the line's only `ok`, and dropping it
+            // left a job one line short of done, waiting forever.
+            self.report_ack(f.number, line);
             return;
         }
         self.clean_run = self.clean_run.saturating_add(1);
@@ -1454,7 +1470,12 @@ impl MarlinHost {
         if f.filler {
             return;
         }
-        let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == f.number) else {
+        self.report_ack(f.number, line);
+    }
+
+    /// Reports line `number` acknowledged, once.
+    fn report_ack(&mut self, number: u32, line: &str) {
+        let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == number) else {
             return;
         };
         if sent.acked {
