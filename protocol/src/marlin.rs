@@ -29,10 +29,11 @@
 //! arrived, so a line still arriving loses its head and its tail reaches
 //! Marlin as a line without a number, which it runs as it is: usually an
 //! unknown command (`echo:Unknown command: "…"`, then `ok`), sometimes a
-//! real one. A line whose `N` was damaged runs the same way. Counting such
-//! a stray `ok` for the oldest line in flight acknowledges a line the
-//! firmware never accepted, and once the count is ahead every later `ok`
-//! lands on the wrong line. So an `ok` is matched by its line number where
+//! real one. A line whose `N` became `n` runs the same way on a firmware
+//! built with `GCODE_CASE_INSENSITIVE` (default Marlin reads the `n` as
+//! an unknown command). Counting such a stray `ok` for the oldest line in
+//! flight acknowledges a line the firmware never accepted, and once the
+//! count is ahead every later `ok` lands on the wrong line. So an `ok` is matched by its line number where
 //! the firmware says it (`ADVANCED_OK`: `ok N<n> P.. B..`, no `N` for a
 //! command that came without one), and otherwise an `ok` that follows an
 //! `Unknown command` echo of text that is not the oldest line's command is
@@ -103,13 +104,17 @@
 //! first it skips a line. So a `wait` starts the same recovery as a
 //! timeout, at once: every line from the oldest in flight is sent again
 //! and then the `M105` probe, all numbered. A line the firmware already ran
-//! is refused or dropped by its number check and never runs twice, and the
-//! probe's `ok T:` acknowledges the probe and, since Marlin accepts lines
+//! is refused or dropped by its number check and never runs twice. An
+//! `ok T:` (which `M105` prints itself, without an `ADVANCED_OK` number)
+//! acknowledges the oldest `M105` in flight and, since Marlin accepts lines
 //! only in sequence, every line before it (matching it to the oldest line
 //! instead would shift every later `ok` by one when a copy was dropped
-//! without a word). A `wait` counts only if every line in flight was sent
-//! before the previous `wait` arrived: a `wait` printed while a line was
-//! still on the wire says nothing about it. So the recovery comes one
+//! without a word). With a job's own `M105` ahead of the probe the answer
+//! may be either's, and only the oldest is proven: the lines after it stay
+//! in flight until their own `ok`s or the next recovery, never acknowledged
+//! before the firmware had them. A `wait` counts only if every line in
+//! flight was sent before the previous `wait` arrived: a `wait` printed
+//! while a line was still on the wire says nothing about it. So the recovery comes one
 //! `wait` interval (about a second) after the loss, not five seconds (the
 //! timeout), and never while anything of ours may still be arriving.
 //! Repeated recoveries of one line count towards
@@ -1423,14 +1428,42 @@ impl MarlinHost {
     /// it (Marlin accepts numbers only in sequence).
     fn ack_through(&mut self, n: u32, line: &str) {
         let Some(pos) = self.in_flight.iter().position(|f| f.number == n) else {
-            // A line no longer in flight (requested again meanwhile, or
-            // sent outside flow control like an emergency command).
-            self.stats.unexpected_oks += 1;
+            if self.retransmit.contains(&n) {
+                self.accept_awaiting_resend(n, line);
+            } else {
+                // A line no longer in flight (sent outside flow control,
+                // like an emergency command).
+                self.stats.unexpected_oks += 1;
+            }
             return;
         };
         for _ in 0..=pos {
             if let Some(f) = self.in_flight.pop_front() {
                 self.acknowledge(f, line);
+            }
+        }
+    }
+
+    /// `ok N<n>` for a line requested again meanwhile (its copy already on
+    /// the wire when a later request came): the firmware accepted it, and
+    /// every line before it. They leave the retransmission queue, and the
+    /// request they answer is settled. Dropping that `ok` as unexpected
+    /// lost the line's acknowledgement for good: the copy sent again was
+    /// a copy of the firmware's last line, dropped without a word, and the
+    /// job ended short of done, waiting forever.
+    fn accept_awaiting_resend(&mut self, n: u32, line: &str) {
+        while let Some(r) = self.retransmit.pop_front() {
+            if self.consecutive.0 == r {
+                self.consecutive = (0, 0);
+            }
+            if self.pending_resend.is_some_and(|p| p.number == r) {
+                self.pending_resend = None;
+                self.ghosts.clear();
+                self.ghost_bytes = 0;
+            }
+            self.report_ack(r, line);
+            if r == n {
+                break;
             }
         }
     }
@@ -1573,16 +1606,20 @@ impl MarlinHost {
             return false;
         }
         let line_number_error = std::mem::take(&mut self.last_error_was_line_number);
+        let not_yet_resent = self.retransmit.front() == Some(&n);
         if let Some(p) = self.pending_resend.as_mut()
             && p.number == n
-            && p.duplicates_allowed > 0
-            && line_number_error
+            && ((p.duplicates_allowed > 0 && line_number_error) || not_yet_resent)
         {
             // An echo of a line that was on the wire before the
             // retransmission; the retransmission is already under way.
             // (A retransmission that fails its checksum is reported as a
-            // checksum error and is not mistaken for an echo.)
-            p.duplicates_allowed -= 1;
+            // checksum error and is not mistaken for an echo. Before the
+            // retransmission has gone out, though, a checksum error for
+            // line n is a line on the wire whose number was damaged into
+            // n: taking it for a new request dropped the count of lines
+            // still arriving, so the retransmission went out among them.)
+            p.duplicates_allowed = p.duplicates_allowed.saturating_sub(1);
             self.stats.duplicate_resend_requests += 1;
             if let Some(len) = self.ghosts.pop_front() {
                 self.ghost_bytes -= len;
