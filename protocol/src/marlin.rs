@@ -1452,6 +1452,15 @@ impl MarlinHost {
     /// a copy of the firmware's last line, dropped without a word, and the
     /// job ended short of done, waiting forever.
     fn accept_awaiting_resend(&mut self, n: u32, line: &str) {
+        // Copies of earlier lines still in flight were accepted too.
+        let (earlier, kept): (VecDeque<InFlight>, VecDeque<InFlight>) = self
+            .in_flight
+            .drain(..)
+            .partition(|f| n.wrapping_sub(f.number).wrapping_sub(1) < u32::MAX / 2);
+        self.in_flight = kept;
+        for f in earlier {
+            self.acknowledge(f, line);
+        }
         while let Some(r) = self.retransmit.pop_front() {
             if self.consecutive.0 == r {
                 self.consecutive = (0, 0);
