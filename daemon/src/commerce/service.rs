@@ -705,6 +705,11 @@ impl Commerce {
         by: &str,
     ) -> Result<Intake> {
         input.check()?;
+        // The one gate for addresses: a label printed from a bad one comes
+        // back. Stored as normalised (US: Publication 28 style).
+        let mut input = input;
+        input.ship_to = crate::commerce::address::validate(&input.ship_to)
+            .map_err(|e| Invalid(format!("ship_to.{}: {}", e.field, e.message)))?;
         let mto = self.make_to_order.clone();
         let by = by.to_string();
         self.decide(move |st, tx, now| {

@@ -166,6 +166,30 @@ async fn thirty_two_clients_racing_for_the_last_unit_leave_exactly_one_with_it()
 }
 
 #[tokio::test]
+async fn a_bad_address_is_refused_naming_its_field_and_a_good_one_is_kept_normalised() {
+    let dir = temp_dir("address");
+    let store = Store::open(&dir).expect("open");
+    let c = commerce(&store, &[]).await;
+    let mut bad = input("2001", "tile", 1, WhenShort::Backorder);
+    bad.ship_to.postal_code = "9410".into();
+    match place(&c, bad).await {
+        Err(CommerceError::Invalid(e)) => {
+            assert!(e.to_string().starts_with("ship_to.postal_code"), "{e}")
+        }
+        other => panic!("a four-digit US ZIP code was not refused: {other:?}"),
+    }
+    assert!(c.orders(None).is_empty(), "a refused order was kept");
+    let v = place(&c, input("2002", "tile", 1, WhenShort::Backorder))
+        .await
+        .expect("a good address");
+    assert_eq!(
+        v.order.ship_to,
+        crate::commerce::address::validate(&address()).expect("valid")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn a_retried_order_gets_the_first_answer_and_another_body_under_the_key_is_refused() {
     let dir = temp_dir("idem");
     let store = Store::open(&dir).expect("open");
