@@ -343,8 +343,12 @@ async fn a_receiver_that_hangs_delays_no_other_receiver() {
         let s = next(&mut rx).await;
         assert!(s.delivery.starts_with("fast:") && s.signature_ok, "{s:?}");
     }
-    // All three reached the fast receiver while the slow one still holds
-    // its first (and only) request.
+    // All three reached the fast receiver while the slow one holds its
+    // first (and only) request, which may arrive after them.
+    until("the slow receiver holds its first request", || {
+        held.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     assert_eq!(held.load(Ordering::SeqCst), 1);
     assert_eq!(w.get("slow").unwrap().pending, 3);
     release.send_replace(true);
