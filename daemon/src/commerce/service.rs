@@ -52,8 +52,6 @@ pub const CURSOR: &str = "commerce";
 const CHUNK: usize = 256;
 /// How long the reader lets new log records gather before it reads them.
 const GATHER: Duration = Duration::from_millis(100);
-/// How long to wait before trying again after a storage error.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a commerce request was refused; each maps to one HTTP status.
 #[derive(Debug, Error)]
@@ -1327,29 +1325,12 @@ impl Commerce {
     // ------------------------------------------------------------- reader
 
     async fn read_log(self: Arc<Self>) {
-        let mut tip = self.store.log_tip();
-        loop {
-            let durable = *tip.borrow_and_update();
-            match self.catch_up(durable).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(error = %e, "commerce could not read the log; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_AFTER) => continue,
-                        () = self.cancel.cancelled() => return,
-                    }
-                }
-            }
-            tokio::select! {
-                r = tip.changed() => if r.is_err() { return },
-                () = self.cancel.cancelled() => return,
-            }
-            tokio::select! {
-                () = tokio::time::sleep(GATHER) => {}
-                () = self.cancel.cancelled() => return,
-            }
-        }
+        let store = self.store.clone();
+        store
+            .follow_log("commerce", GATHER, &self.cancel, |durable| {
+                self.catch_up(durable)
+            })
+            .await;
     }
 
     /// Handles one chunk of durable records after the cursor; `true` when

@@ -31,41 +31,18 @@ const CHUNK: usize = 256;
 /// How long the reader lets new log records gather before it reads them.
 const GATHER: Duration = Duration::from_millis(100);
 
-/// How long to wait before trying again after a storage error.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
 impl Metering {
     /// Follows the log until shutdown.
     pub(super) async fn read_log(self: Arc<Self>) {
         if let Err(e) = self.recover().await {
             warn!(error = %e, "metering could not recover production orders");
         }
-        let mut tip = self.store.log_tip();
-        loop {
-            let durable = *tip.borrow_and_update();
-            match self.catch_up(durable).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(error = %e, "metering could not read the log; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_AFTER) => continue,
-                        () = self.cancel.cancelled() => return,
-                    }
-                }
-            }
-            tokio::select! {
-                r = tip.changed() => if r.is_err() { return },
-                () = self.cancel.cancelled() => return,
-            }
-            // Let a burst of commits gather: every submission moves the
-            // tip, and waking for each one cost the daemon a quarter of
-            // its submission rate. Units appear at most this much later.
-            tokio::select! {
-                () = tokio::time::sleep(GATHER) => {}
-                () = self.cancel.cancelled() => return,
-            }
-        }
+        let store = self.store.clone();
+        store
+            .follow_log("metering", GATHER, &self.cancel, |durable| {
+                self.catch_up(durable)
+            })
+            .await;
     }
 
     /// Handles one chunk of durable records after the cursor; `true` when

@@ -1081,6 +1081,49 @@ impl Store {
             .collect()
     }
 
+    /// Runs a log reader until `cancel`: `catch_up(durable)` handles one
+    /// chunk after the reader's cursor and says whether more may follow;
+    /// between chunks the reader waits for the durable tip to move, then
+    /// `gather` more so a burst of commits is read as one chunk (waking
+    /// for every submission cost the daemon a quarter of its rate). A
+    /// failed chunk is retried after a second. The one loop of metering,
+    /// commerce and the webhook outbox.
+    pub async fn follow_log<F, Fut, E>(
+        &self,
+        who: &str,
+        gather: std::time::Duration,
+        cancel: &tokio_util::sync::CancellationToken,
+        mut catch_up: F,
+    ) where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<bool, E>>,
+        E: std::fmt::Display,
+    {
+        let mut tip = self.log_tip();
+        loop {
+            let durable = *tip.borrow_and_update();
+            match catch_up(durable).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, reader = who, "could not read the log; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        () = cancel.cancelled() => return,
+                    }
+                }
+            }
+            tokio::select! {
+                r = tip.changed() => if r.is_err() { return },
+                () = cancel.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(gather) => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
     /// The last durable sequence number, updated after every flush: a log
     /// reader waits on it instead of polling.
     pub fn log_tip(&self) -> watch::Receiver<u64> {

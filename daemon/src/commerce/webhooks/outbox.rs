@@ -7,8 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
-
 use super::model::delivery_for;
 use super::{Result, Webhooks};
 use crate::clock::now_ms;
@@ -25,35 +23,15 @@ const CHUNK: usize = 256;
 /// commits becomes one outbox commit).
 const GATHER: Duration = Duration::from_millis(50);
 
-/// How long to wait before trying again after a storage error.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
-
 impl Webhooks {
     /// Follows the log until shutdown.
     pub(super) async fn read_log(self: Arc<Self>) {
-        let mut tip = self.store.log_tip();
-        loop {
-            let durable = *tip.borrow_and_update();
-            match self.catch_up(durable).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => {
-                    warn!(error = %e, "the webhook outbox could not read the log; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_AFTER) => continue,
-                        () = self.cancel.cancelled() => return,
-                    }
-                }
-            }
-            tokio::select! {
-                r = tip.changed() => if r.is_err() { return },
-                () = self.cancel.cancelled() => return,
-            }
-            tokio::select! {
-                () = tokio::time::sleep(GATHER) => {}
-                () = self.cancel.cancelled() => return,
-            }
-        }
+        let store = self.store.clone();
+        store
+            .follow_log("webhook outbox", GATHER, &self.cancel, |durable| {
+                self.catch_up(durable)
+            })
+            .await;
     }
 
     /// Handles one chunk of durable records after the cursor; `true` when
