@@ -90,10 +90,13 @@ pub fn lookup_session(
 
 /// The caller behind a bearer token.
 pub fn identify(store: &Store, token: &str) -> Result<Option<Identity>, StoreError> {
-    Ok(lookup(store, token)?.map(|record| Identity {
-        token_hash: sha256_hex(token.as_bytes()),
-        record,
-    }))
+    let Some(token_hash) = token_hash(token) else {
+        return Ok(None);
+    };
+    // Hashed once: every API request comes through here.
+    Ok(store
+        .token(&token_hash)?
+        .map(|record| Identity { token_hash, record }))
 }
 
 /// A token as `token list` shows it: never the token, only a prefix of its
@@ -179,10 +182,15 @@ pub fn add_token(store: &Store, token: &str, role: Role, name: &str) -> Result<(
 
 /// The token's record, if the token is known.
 pub fn lookup(store: &Store, token: &str) -> Result<Option<TokenRecord>, StoreError> {
-    if token.is_empty() || token.len() > 256 {
-        return Ok(None);
+    match token_hash(token) {
+        Some(hash) => store.token(&hash),
+        None => Ok(None),
     }
-    store.token(&sha256_hex(token.as_bytes()))
+}
+
+/// The key a token is stored under; `None` for what cannot be a token.
+fn token_hash(token: &str) -> Option<String> {
+    (!token.is_empty() && token.len() <= 256).then(|| sha256_hex(token.as_bytes()))
 }
 
 #[cfg(test)]

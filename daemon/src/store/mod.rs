@@ -25,7 +25,7 @@ mod journal;
 mod migrate;
 mod unit_index;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -329,7 +329,16 @@ pub struct Store {
     durable_tip: Arc<watch::Sender<u64>>,
     /// The last sequence number written (durable at the next flush).
     written_tip: Arc<AtomicU64>,
+    /// The newest log records as committed, in order, so that readers
+    /// following the tip get them without decoding what was just encoded:
+    /// three readers decoding every record cost a third of a submission's
+    /// CPU (BENCHMARKS.md).
+    recent: Arc<Mutex<VecDeque<LogRecord>>>,
 }
+
+/// Most log records kept decoded: a few seconds of submissions at full
+/// rate, far more than a reader lags between two reads.
+const RECENT_MAX: usize = 4096;
 
 /// Most decoded file records kept; past it the cache starts over.
 const FILE_CACHE_MAX: usize = 64;
@@ -415,6 +424,7 @@ impl Store {
             file_cache: Arc::default(),
             durable_tip: Arc::new(watch::Sender::new(tip)),
             written_tip: Arc::new(AtomicU64::new(tip)),
+            recent: Arc::default(),
         })
     }
 
@@ -481,6 +491,7 @@ impl Store {
         journal::write(&self.t, n, &w.ops)?;
         self.commits.store(n, Ordering::SeqCst);
         self.written_tip.store(seq, Ordering::SeqCst);
+        self.remember(&records);
         drop(_serial);
         let mut cache = self.file_cache();
         for id in &batch.removed_files {
@@ -1065,11 +1076,44 @@ impl Store {
 
     // ---- the event log ----
 
-    /// Up to `limit` log records after `after`, oldest first.
+    /// Keeps a commit's records for the readers; called under the commit
+    /// lock, so they arrive in log order.
+    fn remember(&self, records: &[LogRecord]) {
+        let Some(first) = records.first() else {
+            return;
+        };
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.back().is_some_and(|b| b.seq + 1 != first.seq) {
+            // Not contiguous (cannot happen while commits are serialised):
+            // start over rather than serve a gap.
+            recent.clear();
+        }
+        for r in records {
+            if recent.len() == RECENT_MAX {
+                recent.pop_front();
+            }
+            recent.push_back(r.clone());
+        }
+    }
+
+    /// Up to `limit` log records after `after`, oldest first. Records
+    /// committed since the store opened come from memory; older ones are
+    /// decoded from the log table.
     pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
+        {
+            let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(front) = recent.front()
+                && front.seq <= from
+            {
+                // Every record from `front` on was committed through
+                // `remember`, so nothing after the newest one exists.
+                let skip = usize::try_from(from - front.seq).unwrap_or(usize::MAX);
+                return Ok(recent.iter().skip(skip).take(limit).cloned().collect());
+            }
+        }
         self.t
             .log
             .range(from.to_be_bytes()..)
@@ -1407,6 +1451,62 @@ mod tests {
         let rest = s.log_after(from, 10).expect("log");
         assert_eq!(rest.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
         assert!(s.log_after(u64::MAX, 10).expect("log").is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_log_read_from_memory_equals_the_log_read_from_disk() {
+        let dir = temp_dir("recent");
+        let s = Store::open(&dir).expect("open");
+        // Two records per commit, past what memory keeps, so reads start
+        // before, at and after its oldest record.
+        let commits = RECENT_MAX / 2 + 300;
+        for i in 0..commits as u64 {
+            let queued = |job_id| DomainEvent::JobQueued {
+                job_id,
+                file_id: format!("f{i}"),
+                start_line: 1,
+                priority: 0,
+                note: None,
+            };
+            let batch = Batch {
+                events: vec![queued(2 * i + 1), queued(2 * i + 2)],
+                ..Batch::default()
+            };
+            s.commit(&batch, 1000 + i).expect("commit");
+        }
+        let newest = 2 * commits as u64;
+        let oldest_kept = newest - RECENT_MAX as u64 + 1;
+        let afters = [
+            0,
+            1,
+            oldest_kept - 2,
+            oldest_kept - 1,
+            oldest_kept,
+            newest - 3,
+            newest - 1,
+            newest,
+            newest + 5,
+            u64::MAX,
+        ];
+        let from_memory: Vec<Vec<LogRecord>> = afters
+            .iter()
+            .map(|&a| s.log_after(a, 64).expect("log"))
+            .collect();
+        s.flush().await.expect("flush");
+        drop(s);
+        let s = Store::open(&dir).expect("reopen");
+        for (a, got) in afters.iter().zip(&from_memory) {
+            let on_disk = s.log_after(*a, 64).expect("log");
+            assert_eq!(got, &on_disk, "after {a}");
+        }
+        assert_eq!(from_memory[4].len(), 64);
+        assert_eq!(from_memory[4][0].seq, oldest_kept + 1);
+        assert_eq!(
+            from_memory[6].iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![newest]
+        );
+        assert!(from_memory[7].is_empty() && from_memory[9].is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
