@@ -7,6 +7,7 @@ executed log equals the source and prints one JSON object per run.
     cargo build --release -p microfactoryd -p microfactory-machines
     python3 bench/recovery_bench.py [--lines 6000] [--latency 1,16] [--seeds 1]
         [--mode auto|buffered] [--noise clean,light,heavy] [--timeout 1800]
+        [--bin target/release]
 
 Standard library only. The file is the first N `G1` moves of
 tests/data/gcode/coupling_pla.gcode (a fine-segment print) behind
@@ -23,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "gcode" / "coupling_pla.gcode"
-REL = ROOT / "target" / "release"
+REL = ROOT / "target" / "release"  # --bin overrides (a saved "before" build)
 NOISE = {
     "clean": [],
     "light": ["--corrupt-rate", "0.001", "--drop-rate", "0.0001"],
@@ -86,6 +87,7 @@ def run(src: Path, lines: list[str], latency: float, noise: list[str], seed: int
 
 
 def main() -> None:
+    global REL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=6000)
     ap.add_argument("--latency", default="1,16")
@@ -95,7 +97,10 @@ def main() -> None:
                     help="comma-separated of clean, light (corrupt 0.001, drop 0.0001), "
                          "heavy (corrupt 0.01); default all")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run")
+    ap.add_argument("--bin", type=Path, default=REL,
+                    help="directory holding microfactoryd and microfactory-sim")
     args = ap.parse_args()
+    REL = args.bin.resolve()
     if not DATA.is_file():
         sys.exit(f"bench data missing: {DATA}")
     for b in ("microfactory-sim", "microfactoryd"):

@@ -29,10 +29,11 @@
 //! arrived, so a line still arriving loses its head and its tail reaches
 //! Marlin as a line without a number, which it runs as it is: usually an
 //! unknown command (`echo:Unknown command: "…"`, then `ok`), sometimes a
-//! real one. A line whose `N` was damaged runs the same way. Counting such
-//! a stray `ok` for the oldest line in flight acknowledges a line the
-//! firmware never accepted, and once the count is ahead every later `ok`
-//! lands on the wrong line. So an `ok` is matched by its line number where
+//! real one. A line whose `N` became `n` runs the same way on a firmware
+//! built with `GCODE_CASE_INSENSITIVE` (default Marlin reads the `n` as
+//! an unknown command). Counting such a stray `ok` for the oldest line in
+//! flight acknowledges a line the firmware never accepted, and once the
+//! count is ahead every later `ok` lands on the wrong line. So an `ok` is matched by its line number where
 //! the firmware says it (`ADVANCED_OK`: `ok N<n> P.. B..`, no `N` for a
 //! command that came without one), and otherwise an `ok` that follows an
 //! `Unknown command` echo of text that is not the oldest line's command is
@@ -103,13 +104,17 @@
 //! first it skips a line. So a `wait` starts the same recovery as a
 //! timeout, at once: every line from the oldest in flight is sent again
 //! and then the `M105` probe, all numbered. A line the firmware already ran
-//! is refused or dropped by its number check and never runs twice, and the
-//! probe's `ok T:` acknowledges the probe and, since Marlin accepts lines
+//! is refused or dropped by its number check and never runs twice. An
+//! `ok T:` (which `M105` prints itself, without an `ADVANCED_OK` number)
+//! acknowledges the oldest `M105` in flight and, since Marlin accepts lines
 //! only in sequence, every line before it (matching it to the oldest line
 //! instead would shift every later `ok` by one when a copy was dropped
-//! without a word). A `wait` counts only if every line in flight was sent
-//! before the previous `wait` arrived: a `wait` printed while a line was
-//! still on the wire says nothing about it. So the recovery comes one
+//! without a word). With a job's own `M105` ahead of the probe the answer
+//! may be either's, and only the oldest is proven: the lines after it stay
+//! in flight until their own `ok`s or the next recovery, never acknowledged
+//! before the firmware had them. A `wait` counts only if every line in
+//! flight was sent before the previous `wait` arrived: a `wait` printed
+//! while a line was still on the wire says nothing about it. So the recovery comes one
 //! `wait` interval (about a second) after the loss, not five seconds (the
 //! timeout), and never while anything of ours may still be arriving.
 //! Repeated recoveries of one line count towards
@@ -1325,12 +1330,12 @@ impl MarlinHost {
         }
         let unknown = self.unknown_echo.take();
         if advanced.is_none()
-            && let Some(probe) = self.probe_answered(line)
+            && let Some(m105) = self.m105_answered(line)
         {
             // Marlin accepts lines only in sequence: every line sent before
-            // the probe was accepted too (a copy it already had was dropped
-            // or refused, with no `ok` of its own).
-            self.ack_through(probe, line);
+            // that `M105` was accepted too (a copy it already had was
+            // dropped or refused, with no `ok` of its own).
+            self.ack_through(m105, line);
             return;
         }
         match advanced {
@@ -1376,24 +1381,33 @@ impl MarlinHost {
         }
     }
 
-    /// The number of the probe in flight when `line` is its answer (`ok
-    /// T:..`, which `M105` prints itself, with no `ADVANCED_OK` number).
-    /// Not while lines sent before a resend request may still arrive: one
-    /// of them could be an `M105` run without its number.
-    fn probe_answered(&self, line: &str) -> Option<u32> {
+    /// The line an `ok T:..` proves accepted: the oldest `M105` in flight
+    /// (`M105` prints that `ok` itself, with no `ADVANCED_OK` number).
+    /// Whichever `M105` ran, the oldest was accepted (Marlin accepts lines
+    /// in sequence), and so was every line before it; a later one may not
+    /// have been. After a recovery a job's own `M105` and the probe are
+    /// both in flight: crediting the probe (the newest) would acknowledge
+    /// the lines between them, which may never have run, when the answer
+    /// was the job's; crediting the oldest leaves them in flight when it
+    /// was the probe's, and the next recovery sends them again (numbered,
+    /// so none runs twice). Not while lines sent before a resend request
+    /// may still arrive: one of them could be an `M105` run without its
+    /// number.
+    fn m105_answered(&self, line: &str) -> Option<u32> {
         if !line.starts_with("ok T:") || !self.ghosts.is_empty() {
             return None;
         }
-        let probe = self.in_flight.iter().find(|p| {
+        let m105 = self.in_flight.iter().find(|p| {
             !p.consumed
+                && !p.filler
                 && self
                     .history
                     .iter()
                     .rev()
                     .find(|s| s.number == p.number)
-                    .is_some_and(|s| s.origin == Origin::Internal && s.command == PROBE)
+                    .is_some_and(|s| s.command == PROBE)
         })?;
-        Some(probe.number)
+        Some(m105.number)
     }
 
     /// After an `ok` that acknowledged a line: the `B` it carried tells how
@@ -1414,14 +1428,51 @@ impl MarlinHost {
     /// it (Marlin accepts numbers only in sequence).
     fn ack_through(&mut self, n: u32, line: &str) {
         let Some(pos) = self.in_flight.iter().position(|f| f.number == n) else {
-            // A line no longer in flight (requested again meanwhile, or
-            // sent outside flow control like an emergency command).
-            self.stats.unexpected_oks += 1;
+            if self.retransmit.contains(&n) {
+                self.accept_awaiting_resend(n, line);
+            } else {
+                // A line no longer in flight (sent outside flow control,
+                // like an emergency command).
+                self.stats.unexpected_oks += 1;
+            }
             return;
         };
         for _ in 0..=pos {
             if let Some(f) = self.in_flight.pop_front() {
                 self.acknowledge(f, line);
+            }
+        }
+    }
+
+    /// `ok N<n>` for a line requested again meanwhile (its copy already on
+    /// the wire when a later request came): the firmware accepted it, and
+    /// every line before it. They leave the retransmission queue, and the
+    /// request they answer is settled. Dropping that `ok` as unexpected
+    /// lost the line's acknowledgement for good: the copy sent again was
+    /// a copy of the firmware's last line, dropped without a word, and the
+    /// job ended short of done, waiting forever.
+    fn accept_awaiting_resend(&mut self, n: u32, line: &str) {
+        // Copies of earlier lines still in flight were accepted too.
+        let (earlier, kept): (VecDeque<InFlight>, VecDeque<InFlight>) = self
+            .in_flight
+            .drain(..)
+            .partition(|f| n.wrapping_sub(f.number).wrapping_sub(1) < u32::MAX / 2);
+        self.in_flight = kept;
+        for f in earlier {
+            self.acknowledge(f, line);
+        }
+        while let Some(r) = self.retransmit.pop_front() {
+            if self.consecutive.0 == r {
+                self.consecutive = (0, 0);
+            }
+            if self.pending_resend.is_some_and(|p| p.number == r) {
+                self.pending_resend = None;
+                self.ghosts.clear();
+                self.ghost_bytes = 0;
+            }
+            self.report_ack(r, line);
+            if r == n {
+                break;
             }
         }
     }
@@ -1439,7 +1490,14 @@ impl MarlinHost {
             self.consecutive = (0, 0);
         }
         if f.consumed {
-            // Ran without its number; counted when its stray `ok` came.
+            // Taken for a line read without its number when a stray `ok`
+            // came, yet acknowledged by number (only `ack_through` passes
+            // such a line here): the firmware accepted it. If that stray
+            // `ok` was its own it counted the line already (below, `acked`
+            // holds); if it was another's (a ghost whose tail the host did
+            // not know of), this is the line's only `ok`, and dropping it
+            // left a job one line short of done, waiting forever.
+            self.report_ack(f.number, line);
             return;
         }
         self.clean_run = self.clean_run.saturating_add(1);
@@ -1454,7 +1512,12 @@ impl MarlinHost {
         if f.filler {
             return;
         }
-        let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == f.number) else {
+        self.report_ack(f.number, line);
+    }
+
+    /// Reports line `number` acknowledged, once.
+    fn report_ack(&mut self, number: u32, line: &str) {
+        let Some(sent) = self.history.iter_mut().rev().find(|s| s.number == number) else {
             return;
         };
         if sent.acked {
@@ -1552,16 +1615,20 @@ impl MarlinHost {
             return false;
         }
         let line_number_error = std::mem::take(&mut self.last_error_was_line_number);
+        let not_yet_resent = self.retransmit.front() == Some(&n);
         if let Some(p) = self.pending_resend.as_mut()
             && p.number == n
-            && p.duplicates_allowed > 0
-            && line_number_error
+            && ((p.duplicates_allowed > 0 && line_number_error) || not_yet_resent)
         {
             // An echo of a line that was on the wire before the
             // retransmission; the retransmission is already under way.
             // (A retransmission that fails its checksum is reported as a
-            // checksum error and is not mistaken for an echo.)
-            p.duplicates_allowed -= 1;
+            // checksum error and is not mistaken for an echo. Before the
+            // retransmission has gone out, though, a checksum error for
+            // line n is a line on the wire whose number was damaged into
+            // n: taking it for a new request dropped the count of lines
+            // still arriving, so the retransmission went out among them.)
+            p.duplicates_allowed = p.duplicates_allowed.saturating_sub(1);
             self.stats.duplicate_resend_requests += 1;
             if let Some(len) = self.ghosts.pop_front() {
                 self.ghost_bytes -= len;

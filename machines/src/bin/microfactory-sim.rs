@@ -64,6 +64,10 @@ struct Args {
     /// line received without any answer (once).
     #[arg(long)]
     silent_drop_after_line: Option<u64>,
+    /// Marlin built with `GCODE_CASE_INSENSITIVE`: a line whose `N` became
+    /// `n` runs unchecked (default Marlin runs nothing).
+    #[arg(long)]
+    case_insensitive: bool,
     /// Name for log spans.
     #[arg(long, default_value = "sim")]
     name: String,
@@ -103,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         action_lines: args.action_lines,
         send_wait: args.send_wait,
         silent_drop_after_line: args.silent_drop_after_line,
+        case_insensitive: args.case_insensitive,
         link: args.link,
         ..SimConfig::default()
     };

@@ -649,6 +649,7 @@ impl<'a> Session<'a> {
     fn ack(&mut self, origin: Origin) {
         match origin {
             Origin::Job { line } => {
+                trace!(line, "acknowledged");
                 if let Some(job) = self.job.as_mut() {
                     job.done += 1;
                     job.last_acked = line;

@@ -15,9 +15,12 @@
 //!   word (Marlin 2.1: "a request-for-resend line was already in transit").
 //! * The flush takes what has arrived: a line still arriving loses its head
 //!   and its tail arrives as a line without a number. Like Marlin, the
-//!   model runs such a line as it is (a leading `n<digits>` is skipped as
-//!   Marlin's parser does); what is not G-code draws `echo:Unknown command`
-//!   and an `ok`, and a tail that starts with a command runs that command.
+//!   model runs such a line as it is; what is not G-code draws
+//!   `echo:Unknown command` and an `ok`, and a tail that starts with a
+//!   command runs that command. A line whose `N` became `n` is an unknown
+//!   command too, as in default Marlin, whose parser skips only an upper-
+//!   case `N<digits>`; with `case_insensitive` (`GCODE_CASE_INSENSITIVE`)
+//!   it runs its command unchecked.
 //! * `ok` is sent when the command at the head has executed: a move once
 //!   it is in the planner (which waits for a free block), `M400`/`G4`/`G28`
 //!   once the planner is empty and the dwell or homing is over, `M109` and
@@ -148,6 +151,8 @@ pub(crate) struct Marlin {
     silent_drop_after_line: Option<u64>,
     /// The silent drop has happened (kept across reboots: it fires once).
     silent_drop_done: bool,
+    /// `GCODE_CASE_INSENSITIVE`: the parser skips `n<digits>` too.
+    case_insensitive: bool,
     /// Queued commands with the line number they came with, if any.
     slots: VecDeque<(String, Option<i64>)>,
     /// The head slot is executing and waits for this.
@@ -183,6 +188,7 @@ impl Marlin {
             next_wait: None,
             silent_drop_after_line: config.silent_drop_after_line,
             silent_drop_done: false,
+            case_insensitive: config.case_insensitive,
             slots: VecDeque::with_capacity(BUFSIZE),
             wait: None,
             last_n: 0,
@@ -267,6 +273,14 @@ impl Marlin {
     fn line_error(&mut self, msg: &str, rx: &mut RxBuffer, io: &mut Io<'_>) {
         io.line(&format!("Error:{msg}, Last Line: {}", self.last_n));
         // Marlin empties its receive buffer and asks for the next line.
+        if !self.arriving.is_empty() {
+            // The rest of that line arrives after the flush and is read as
+            // a line of its own (see the module docs).
+            tracing::debug!(
+                head = %String::from_utf8_lossy(&self.arriving),
+                "the flush cut a line that was arriving"
+            );
+        }
         rx.clear();
         io.line(&format!("Resend: {}", self.last_n + 1));
         Stats::inc(&io.stats.resends_requested);
@@ -335,11 +349,16 @@ impl Marlin {
                 }
             }
         } else {
-            // Unnumbered lines are taken as they are; a checksum is ignored,
-            // and Marlin's parser skips a line number in any case (a
-            // numbered line whose `N` became `n` runs unchecked).
+            // Unnumbered lines are taken as they are; a checksum is ignored.
+            // Marlin's parser skips a leading `N<digits>`, and `n<digits>`
+            // only when built with `GCODE_CASE_INSENSITIVE`: there a
+            // numbered line whose `N` became `n` runs unchecked; by default
+            // the `n` is read as an unknown command.
             let body = text.split_once('*').map_or(text, |(c, _)| c);
-            (skip_line_number(body).to_string(), None)
+            (
+                skip_line_number(body, self.case_insensitive).to_string(),
+                None,
+            )
         };
         let mut clean = std::mem::take(&mut self.clean);
         let mut cmd = command;
@@ -690,10 +709,16 @@ impl Marlin {
     }
 }
 
-/// Skips a leading `N<digits>` in any case, as Marlin's G-code parser does.
-fn skip_line_number(s: &str) -> &str {
+/// Skips a leading `N<digits>` as Marlin's G-code parser does (`n<digits>`
+/// too when `case_insensitive`, Marlin's `GCODE_CASE_INSENSITIVE`).
+fn skip_line_number(s: &str, case_insensitive: bool) -> &str {
     let t = s.trim_start();
-    match t.strip_prefix(['N', 'n']) {
+    let prefix: &[char] = if case_insensitive {
+        &['N', 'n']
+    } else {
+        &['N']
+    };
+    match t.strip_prefix(prefix) {
         Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit() || c == '-') => {
             let rest = rest.strip_prefix('-').unwrap_or(rest);
             rest.trim_start_matches(|c: char| c.is_ascii_digit())
@@ -726,6 +751,7 @@ impl Firmware for Marlin {
             send_wait: self.send_wait,
             silent_drop_after_line: self.silent_drop_after_line,
             silent_drop_done: self.silent_drop_done,
+            case_insensitive: self.case_insensitive,
             ..Marlin::new(
                 &SimConfig {
                     time_scale: config_scale,

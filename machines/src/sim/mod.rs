@@ -136,6 +136,12 @@ pub struct SimConfig {
     /// line and drop it without any answer (once): a line lost inside the
     /// firmware, which only a `wait` or the host's timeout can reveal.
     pub silent_drop_after_line: Option<u64>,
+    /// Marlin built with `GCODE_CASE_INSENSITIVE` (off by default): its
+    /// parser also skips a lower-case `n<digits>`, so a line whose `N`
+    /// was flipped into `n` runs its command without the number check.
+    /// Default Marlin reads that `n` as an unknown command and runs
+    /// nothing.
+    pub case_insensitive: bool,
     /// Maintain a symlink here that points at the current PTY, like the
     /// links in `/dev/serial/by-id`.
     pub link: Option<PathBuf>,
@@ -165,6 +171,7 @@ impl Default for SimConfig {
             action_lines: false,
             send_wait: false,
             silent_drop_after_line: None,
+            case_insensitive: false,
             link: None,
             reconnect_delay_ms: 200,
         }
