@@ -103,7 +103,9 @@
 //! as the missing `ok` (OctoPrint) is right only in the second case; in the
 //! first it skips a line. So a `wait` starts the same recovery as a
 //! timeout, at once: every line from the oldest in flight is sent again
-//! and then the `M105` probe, all numbered. A line the firmware already ran
+//! and then a probe, all numbered: `M105`, or `M115` when an `M105` is
+//! among the lines sent again (its `FIRMWARE_NAME` report marks its `ok`,
+//! where an `ok T:` could be either `M105`'s). A line the firmware already ran
 //! is refused or dropped by its number check and never runs twice. An
 //! `ok T:` (which `M105` prints itself, without an `ADVANCED_OK` number)
 //! acknowledges the oldest `M105` in flight and, since Marlin accepts lines
@@ -135,6 +137,13 @@ use crate::host::Origin;
 
 /// Sent to a silent firmware to draw an answer.
 const PROBE: &str = "M105";
+
+/// The probe when an `M105` is among the lines a recovery sends again: its
+/// `FIRMWARE_NAME` line marks the `ok` after it as the probe's, where an
+/// `ok T:` could be the job's `M105` or the probe's (crediting the oldest
+/// then proved one line per recovery, and each recovery's probe became the
+/// next one's oldest `M105`: a livelock).
+const PROBE_NAMED: &str = "M115";
 
 /// Probes in a row that draw no line at all before the link is declared
 /// dead. More than one: a lost line and then a lost answer to the probe
@@ -442,7 +451,7 @@ pub struct MarlinStats {
     pub unnumbered_runs: u64,
     /// Tails of cut lines that the firmware ran as real commands.
     pub fragments_executed: u64,
-    /// Recoveries (lines in flight sent again, then the `M105` probe)
+    /// Recoveries (lines in flight sent again, then the probe)
     /// after a silence or a `wait` from an idle firmware: a line or its
     /// `ok` was lost without a word.
     pub recoveries: u64,
@@ -544,9 +553,15 @@ pub struct MarlinHost {
     /// firmware may already have run (see [`MarlinHost::on_resend`]).
     recovered: Option<(u32, u32)>,
     probe_sent_at: Option<Instant>,
-    /// The `M105` probe is queued: it goes out past flow control, since
-    /// its point is to draw an answer while lines go unanswered.
+    /// The probe is queued: it goes out past flow control, since its point
+    /// is to draw an answer while lines go unanswered.
     probe_queued: bool,
+    /// The probe's command: [`PROBE`], or [`PROBE_NAMED`].
+    probe_cmd: &'static str,
+    /// The number of the [`PROBE_NAMED`] probe in flight.
+    named_probe: Option<u32>,
+    /// Its `FIRMWARE_NAME` line arrived: the next plain `ok` is its own.
+    named_probe_answered: bool,
     feeding: bool,
     events: VecDeque<MarlinEvent>,
     console_lines: Vec<String>,
@@ -601,6 +616,9 @@ impl MarlinHost {
             recovered: None,
             probe_sent_at: None,
             probe_queued: false,
+            probe_cmd: PROBE,
+            named_probe: None,
+            named_probe_answered: false,
             feeding: true,
             events: VecDeque::new(),
             console_lines: Vec::new(),
@@ -908,8 +926,10 @@ impl MarlinHost {
         number: u32,
         line: String,
     ) -> Vec<u8> {
-        if origin == Origin::Internal && cmd == PROBE {
+        if self.probe_queued && origin == Origin::Internal && cmd == self.probe_cmd {
             self.probe_queued = false;
+            self.named_probe = (cmd == PROBE_NAMED).then_some(number);
+            self.named_probe_answered = false;
         }
         let sync = m110_target(&cmd).is_some();
         self.next_number = match m110_target(&cmd) {
@@ -957,11 +977,12 @@ impl MarlinHost {
         self.in_flight.iter().any(|f| f.sync && !f.consumed)
     }
 
-    /// The queued `M105` probe, past flow control. Numbered after every
+    /// The queued probe, past flow control. Numbered after every
     /// line sent, it draws an answer either way: its own `ok`, or a resend
     /// request for a line the firmware dropped without a word.
     fn poll_probe(&mut self, now: Instant) -> Option<Vec<u8>> {
-        let is_probe = |(o, c): &(Origin, String)| *o == Origin::Internal && c == PROBE;
+        let probe = self.probe_cmd;
+        let is_probe = |(o, c): &(Origin, String)| *o == Origin::Internal && c == probe;
         if !self.probe_queued || self.sync_in_flight() || !self.queue.front().is_some_and(is_probe)
         {
             return None;
@@ -1083,7 +1104,16 @@ impl MarlinHost {
             self.schedule_resend_from(n);
         }
         if !self.probe_queued {
-            self.queue.push_front((Origin::Internal, PROBE.into()));
+            let m105_again = self.retransmit.iter().any(|n| {
+                self.history
+                    .iter()
+                    .rev()
+                    .find(|s| s.number == *n)
+                    .is_some_and(|s| s.command == PROBE)
+            });
+            self.probe_cmd = if m105_again { PROBE_NAMED } else { PROBE };
+            self.queue
+                .push_front((Origin::Internal, self.probe_cmd.into()));
             self.probe_queued = true;
         }
         self.probe_sent_at = Some(now);
@@ -1246,6 +1276,11 @@ impl MarlinHost {
             return;
         }
         if line.starts_with("FIRMWARE_NAME:") {
+            if let Some(n) = self.named_probe
+                && self.in_flight.iter().any(|f| f.number == n && !f.consumed)
+            {
+                self.named_probe_answered = true;
+            }
             self.firmware = parse_m115(line);
             self.note_console(line);
             return;
@@ -1329,6 +1364,15 @@ impl MarlinHost {
             return;
         }
         let unknown = self.unknown_echo.take();
+        if std::mem::take(&mut self.named_probe_answered)
+            && let Some(n) = self.named_probe.take()
+            && advanced.is_none()
+        {
+            // The `ok` after the named probe's report is its own: every
+            // line before it was accepted.
+            self.ack_through(n, line);
+            return;
+        }
         if advanced.is_none()
             && let Some(m105) = self.m105_answered(line)
         {
@@ -1768,6 +1812,8 @@ impl MarlinHost {
         self.halted = false;
         self.probe_sent_at = None;
         self.probe_queued = false;
+        self.named_probe = None;
+        self.named_probe_answered = false;
         self.next_number = 0;
         self.queue.retain(|(o, _)| *o != Origin::Internal);
         self.handshake();
