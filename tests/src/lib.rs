@@ -484,6 +484,47 @@ impl Factory {
             .collect())
     }
 
+    /// Follows the durable log from `after` (long-polling `GET /log?wait=`)
+    /// until an entry satisfies `pred`; returns it. For what the daemon's
+    /// log readers make (units, allocations), which no live event shows.
+    pub async fn await_log(
+        &self,
+        mut after: u64,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (status, entries) = self
+                .get(&format!("/log?after={after}&wait=5&limit=1000"))
+                .await?;
+            if status != StatusCode::OK {
+                bail!("GET /log answered {status}: {entries}");
+            }
+            for e in entries.as_array().into_iter().flatten() {
+                if pred(e) {
+                    return Ok(e.clone());
+                }
+                after = after.max(e["seq"].as_u64().unwrap_or(after));
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no log entry as awaited after {limit:?} (read up to {after})");
+            }
+        }
+    }
+
+    /// The last durable log sequence number.
+    pub async fn log_tip(&self) -> Result<u64> {
+        let mut after = 0;
+        loop {
+            let (_, entries) = self.get(&format!("/log?after={after}&limit=1000")).await?;
+            match entries.as_array().and_then(|a| a.last()) {
+                Some(e) => after = e["seq"].as_u64().unwrap_or(after),
+                None => return Ok(after),
+            }
+        }
+    }
+
     /// Opens the live event stream.
     pub async fn events(&self) -> Result<Events> {
         let res = self

@@ -279,25 +279,21 @@ async fn sales_order_and_shipment(f: &Factory, serial: &str) -> (u64, u64) {
     let (s, v) = f.post("/orders", sales_order("first")).await.unwrap();
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let id = v["id"].as_u64().unwrap();
+    let tip = f.log_tip().await.unwrap();
     let (s, v) = f
         .post(&format!("/units/{serial}/qc"), json!({"result": "pass"}))
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK, "{v}");
-    // Finished goods follow QC through the log reader: read the order
-    // until the unit reaches it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, o) = f.get(&format!("/orders/{id}")).await.unwrap();
-        if o["state"] == "allocated" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never allocated: {o}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Finished goods follow QC through the log reader: await the unit's
+    // allocation in the log.
+    f.await_log(tip, Duration::from_secs(30), |e| {
+        e["event"]["type"] == "units_allocated" && e["event"]["order_id"] == id
+    })
+    .await
+    .expect("the unit is allocated to the order");
+    let (_, o) = f.get(&format!("/orders/{id}")).await.unwrap();
+    assert_eq!(o["state"], "allocated", "{o}");
     let (s, sh) = f
         .post(&format!("/orders/{id}/shipments"), json!({}))
         .await
@@ -321,9 +317,9 @@ fn operator_order(r: &Route) -> u8 {
     }
 }
 
-/// Makes product `tiny` from `file`, orders one and waits for its unit
-/// (made by the daemon's log reader, which publishes no live event, so
-/// the units are read until a deadline); returns the order and serial.
+/// Makes product `tiny` from `file`, orders one and awaits its unit in
+/// the log (metering's log reader makes it; no live event shows it);
+/// returns the order and serial.
 async fn one_unit(f: &Factory, file: &str) -> (u64, String) {
     let (s, v) = f
         .post(
@@ -339,15 +335,16 @@ async fn one_unit(f: &Factory, file: &str) -> (u64, String) {
         .unwrap();
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let order = v["id"].as_u64().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, units) = f.get("/units?sku=tiny").await.unwrap();
-        if let Some(serial) = units[0]["serial"].as_str() {
-            return (order, serial.to_string());
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no unit was made");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let made = f
+        .await_log(0, Duration::from_secs(60), |e| {
+            e["event"]["type"] == "unit_made" && e["event"]["sku"] == "tiny"
+        })
+        .await
+        .expect("a unit is made");
+    let serial = made["event"]["serial"].as_str().unwrap().to_string();
+    let (_, units) = f.get("/units?sku=tiny").await.unwrap();
+    assert_eq!(units[0]["serial"], serial.as_str(), "{units}");
+    (order, serial)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1703,4 +1700,53 @@ async fn a_revoked_token_and_its_sessions_stop_working() {
     );
     let (s, _) = f.get("/jobs").await.unwrap();
     assert_eq!(s, StatusCode::OK, "the operator's token still works");
+}
+
+/// `GET /log?wait=` answers as soon as something durable follows `after`,
+/// and with nothing when the wait runs out: a reader follows the log
+/// without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_can_be_followed_by_waiting_for_its_next_entry() {
+    let f = Factory::start(&[MachineSpec::printer("p1", "prusa-mk3s")])
+        .await
+        .unwrap();
+    let file = f.upload(&data(LONG_PRINT)).await.unwrap();
+    let tip = f.log_tip().await.unwrap();
+    assert!(tip > 0, "the upload is in the log");
+    let (s, v) = f.get(&format!("/log?after={tip}&wait=1")).await.unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!([]),
+        "nothing new: an empty answer once the wait ends"
+    );
+    // The wait is sent before the job exists: its answer is the job.
+    let url = format!("{}/api/v1/log?after={tip}&wait=30", f.base);
+    let waiting = tokio::spawn(f.http.get(url).bearer_auth(&f.token).send());
+    let id = f
+        .submit(json!({"file_id": file, "machine_id": "p1"}))
+        .await
+        .unwrap()[0];
+    let answer: Value = waiting
+        .await
+        .expect("join")
+        .expect("the wait is answered")
+        .json()
+        .await
+        .expect("json");
+    let entries = answer.as_array().expect("a list");
+    assert!(
+        entries.iter().all(|e| e["seq"].as_u64() > Some(tip)),
+        "{answer}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["event"]["type"] == "job_queued" && e["event"]["job_id"] == id),
+        "{answer}"
+    );
+    let (s, bad) = f.get("/log?wait=soon").await.unwrap();
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    let message = bad["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("wait"), "{bad}");
 }

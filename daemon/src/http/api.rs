@@ -1599,12 +1599,21 @@ pub struct LogQuery {
     pub after: Option<u64>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<usize>,
+    /// With nothing after `after` yet, wait up to this many seconds (at
+    /// most 30) for the next durable entry instead of answering at once:
+    /// a reader follows the log without polling.
+    pub wait: Option<u64>,
 }
+
+/// Longest `GET /log?wait=`.
+const LOG_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// The durable domain log, oldest first: every change of a file, a job,
 /// an attempt and a machine's state, in commit order, surviving restarts
 /// (`GET /events` is live only). Read it by cursor: pass the last `seq`
-/// you handled as `after`.
+/// you handled as `after`, and `wait` to be answered when there is more.
+/// Only durable entries are shown: a sequence number once seen is never
+/// given to another entry, even after a crash.
 #[utoipa::path(get, path = "/api/v1/log", tag = "events", params(LogQuery),
     responses((status = 200, body = Vec<LogRecord>), (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -1614,12 +1623,22 @@ async fn event_log(
 ) -> ApiResult<Json<Vec<LogRecord>>> {
     let q =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let after = q.after.unwrap_or(0);
+    let store = s.factory.store();
+    let mut tip = store.log_tip();
+    if let Some(secs) = q.wait.filter(|&w| w > 0) {
+        let wait = Duration::from_secs(secs).min(LOG_WAIT_MAX);
+        // Timing out is an answer too: nothing new yet.
+        let _ = tokio::time::timeout(wait, tip.wait_for(|&t| t > after)).await;
+    }
+    let durable = *tip.borrow();
     // `after = u64::MAX` is the end: `Store::log_after` never wraps.
-    let entries = s
-        .factory
-        .store()
-        .log_after(q.after.unwrap_or(0), q.limit.unwrap_or(100).min(1000))
-        .map_err(FactoryError::Store)?;
+    let entries = store
+        .log_after(after, q.limit.unwrap_or(100).min(1000))
+        .map_err(FactoryError::Store)?
+        .into_iter()
+        .take_while(|r| r.seq <= durable)
+        .collect();
     Ok(Json(entries))
 }
 
