@@ -1835,3 +1835,109 @@ async fn on_a_phone_the_queue_comes_first_the_header_is_one_row_and_moves_keep_f
     ui.close().await;
     Ok(())
 }
+
+/// Where the daemon of `f` keeps file `id`'s content.
+fn blob_of(f: &Factory, id: &str) -> PathBuf {
+    let name = format!("{id}.gcode");
+    ["data/files", "files"]
+        .iter()
+        .map(|d| f.dir.path().join(d).join(&name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no blob {name} under {}", f.dir.path().display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_file_vanished_stays_on_the_attention_list_through_a_restart_until_dismissed()
+-> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut f = Factory::start(&[MachineSpec::printer("mk3-a", "prusa-mk3s")]).await?;
+    // Queued while the printer is out of service, then the file's content
+    // goes (removed by hand, an older backup restored).
+    let (s, _) = f.post("/machines/mk3-a/disable", json!({})).await?;
+    assert_eq!(s, StatusCode::OK);
+    let (_, file) = f
+        .upload_bytes("plate.gcode", PLATE.as_bytes().to_vec())
+        .await?;
+    let id = f
+        .submit(json!({"file_id": file["id"], "machine_id": "mk3-a"}))
+        .await?[0];
+    std::fs::remove_file(blob_of(&f, file["id"].as_str().unwrap()))?;
+
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'disabled'", card("mk3-a")),
+        "the printer out of service",
+    )
+    .await?;
+    assert_eq!(ui.text("#attention-count").await?, "");
+    ui.click(&on_card("mk3-a", ".act-enable")).await?;
+    let item = format!(
+        "document.querySelector('#attention-list li[data-kind=\"job_failed\"][data-job=\"{id}\"]')"
+    );
+    ui.wait(
+        &format!("{item}?.textContent.includes('missing from the store')"),
+        "the failed job on the attention list",
+    )
+    .await?;
+    // No machine holds for it: the printer is free, not stuck retrying.
+    ui.wait(
+        &format!("{}.dataset.state === 'idle'", card("mk3-a")),
+        "the printer idle",
+    )
+    .await?;
+    assert!(ui.eval::<bool>(&format!("!{item}.dataset.machine")).await?);
+    assert_eq!(ui.text("#attention-count").await?, "1");
+    assert!(
+        ui.eval::<String>("document.title")
+            .await?
+            .starts_with("(1) "),
+        "the tab title counts it"
+    );
+    let (_, job) = f.get(&format!("/jobs/{id}")).await?;
+    assert_eq!(
+        (&job["state"], &job["awaiting_ack"]),
+        (&json!("failed"), &json!(true)),
+        "{job}"
+    );
+    ui.screenshots("attention-job-failed").await?;
+
+    // It survives the daemon's death: the page reconnects and still says so.
+    f.kill9().await;
+    ui.wait(
+        "document.querySelector('#conn').dataset.conn === 'reconnecting'",
+        "the page noticing",
+    )
+    .await?;
+    f.relaunch_same_port().await?;
+    ui.wait(
+        "document.querySelector('#conn').dataset.conn === 'live'",
+        "the page live again",
+    )
+    .await?;
+    ui.wait(&format!("{item} !== null"), "the item after the restart")
+        .await?;
+    // The outage's refused connections were logged by Chromium as errors;
+    // they are the test's doing, not the page's.
+    ui.errors.lock().unwrap().clear();
+
+    // Dismissed: gone from the list, the count and the title, for good.
+    ui.click(&format!(
+        "#attention-list li[data-job=\"{id}\"] .act-dismiss"
+    ))
+    .await?;
+    ui.wait(&format!("{item} === null"), "the item gone")
+        .await?;
+    assert_eq!(ui.text("#attention-count").await?, "");
+    let (_, job) = f.get(&format!("/jobs/{id}")).await?;
+    assert_eq!(
+        (&job["state"], &job["awaiting_ack"]),
+        (&json!("failed"), &json!(false)),
+        "{job}"
+    );
+    let (_, items) = f.get("/attention").await?;
+    assert_eq!(items, json!([]));
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}

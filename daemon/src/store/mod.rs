@@ -1691,6 +1691,7 @@ mod tests {
             history: vec![],
             attempt: 0,
             pause: None,
+            awaiting_ack: false,
         }
     }
 
