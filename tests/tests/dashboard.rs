@@ -1941,3 +1941,85 @@ async fn a_job_whose_file_vanished_stays_on_the_attention_list_through_a_restart
     ui.close().await;
     Ok(())
 }
+
+/// Every visible control on the page smaller than a finger (44 × 44 CSS
+/// px, WCAG 2.5.5): buttons, fields, the header's links, and the labels
+/// that carry a checkbox (the label is the target).
+async fn small_targets(ui: &Ui) -> Result<Vec<String>> {
+    ui.eval(
+        "[...document.querySelectorAll('button, select, input:not([type=checkbox]):not([type=hidden]), \
+           nav a, label.check, summary')] \
+         .filter((e) => e.offsetParent !== null && e.getClientRects().length > 0) \
+         .map((e) => [e.getBoundingClientRect(), e]) \
+         .filter(([r]) => r.width < 43.5 || r.height < 43.5) \
+         .map(([r, e]) => `${Math.round(r.width)}x${Math.round(r.height)} ${e.outerHTML.slice(0, 90)}`)",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_phone_every_control_is_at_least_a_finger_wide() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut printer = MachineSpec::printer("mk3-a", "prusa-mk3s");
+    // Long enough to be running throughout.
+    printer.time_scale = 20.0;
+    let f = Factory::start(&[printer, MachineSpec::mill("mill-1")]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.phone().await?;
+    ui.wait(
+        "document.querySelector('#signin-token')",
+        "the sign-in form",
+    )
+    .await?;
+    let mut small = Vec::new();
+    for s in small_targets(&ui).await? {
+        small.push(format!("sign-in: {s}"));
+    }
+    ui.sign_in(&f.token).await?;
+    let file = f.upload(&data("bracket_petg.gcode")).await?;
+    f.submit(json!({"file_id": file, "machine_id": "mk3-a"}))
+        .await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'running'", card("mk3-a")),
+        "the print running",
+    )
+    .await?;
+    // Each view as an operator meets it on a phone; the queue with a file
+    // chosen, so its form and analysis show.
+    for (hash, ready) in [
+        ("#/machines", shown(&on_card("mk3-a", ".act-estop"))),
+        ("#/attention", shown("#attention-notify")),
+        ("#/machine/mk3-a", shown("#console-input")),
+        ("#/queue", shown("#jobs-active li")),
+    ] {
+        ui.go(hash).await?;
+        ui.wait(&ready, hash).await?;
+        if hash == "#/queue" {
+            ui.choose_file("#file-input", &data("coupling_pla.gcode"))
+                .await?;
+            ui.wait(&shown("#queue-submit"), "the queue form").await?;
+        }
+        for s in small_targets(&ui).await? {
+            small.push(format!("{hash}: {s}"));
+        }
+    }
+    ui.go("#/machines").await?;
+    ui.click(&on_card("mk3-a", ".act-cancel")).await?;
+    ui.wait(
+        "document.querySelector('#confirm').open",
+        "the confirmation",
+    )
+    .await?;
+    for s in small_targets(&ui).await? {
+        small.push(format!("confirmation: {s}"));
+    }
+    assert!(
+        small.is_empty(),
+        "smaller than 44 x 44 px:\n{}",
+        small.join("\n")
+    );
+    ui.click("#confirm-no").await?;
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
