@@ -883,6 +883,16 @@ async fn the_page_says_so_when_the_daemon_goes_away() -> Result<()> {
     Ok(())
 }
 
+/// Whether the card's emergency stop is alone on the card's last row, away
+/// from Pause and Resume, where it always is (`card` is a card's JS).
+fn estop_at_the_foot(card: &str) -> String {
+    format!(
+        "(() => {{ const c = {card}; const b = c.querySelector('.act-estop'); \
+         return b.offsetParent !== null && b.parentElement === c.lastElementChild \
+           && b.parentElement.querySelectorAll('button').length === 1; }})()"
+    )
+}
+
 /// A card's element under `.card[data-machine=ID]`.
 fn on_card(id: &str, sel: &str) -> String {
     format!(".card[data-machine=\"{id}\"] {sel}")
@@ -1003,6 +1013,10 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
         ))
         .await?;
     assert!(estop_alone, "emergency stop is alone on its row");
+    assert!(
+        ui.eval::<bool>(&estop_at_the_foot(&c)).await?,
+        "emergency stop at the foot of the card"
+    );
     ui.click(&on_card("mill-1", ".act-estop")).await?;
     ui.wait(
         &format!("{c}.dataset.state === 'error'"),
@@ -1033,6 +1047,7 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
         "GRBL idle after $X, the mill waiting for the operator",
     )
     .await?;
+    ui.screenshots("mill-unlocked").await?;
     let (_, job3) = f.get(&format!("/jobs/{}", ids[2])).await?;
     assert_eq!(job3["state"], "queued", "{job3}");
     ui.click(&on_card("mill-1", ".act-clear")).await?;
@@ -1120,6 +1135,7 @@ async fn a_halted_printer_shows_stale_readings_and_recovers_from_its_card() -> R
         ui.text(&on_card("mk3-a", ".state")).await?,
         "Halted: check the machine, then confirm"
     );
+    ui.screenshots("printer-recovered").await?;
     ui.click(&on_card("mk3-a", ".act-clear")).await?;
     ui.wait(&format!("{c}.dataset.state === 'idle'"), "idle")
         .await?;
@@ -1169,6 +1185,15 @@ async fn a_tool_change_pause_says_which_tool_and_what_to_do_before_resume() -> R
         "note: {note}"
     );
     ui.screenshots("mill-tool-change").await?;
+    // Paused, Resume shows: the emergency stop is still alone at the foot.
+    assert!(
+        ui.eval::<bool>(&shown(&on_card("mill-1", ".act-resume")))
+            .await?
+    );
+    assert!(
+        ui.eval::<bool>(&estop_at_the_foot(&c)).await?,
+        "emergency stop alone at the foot of the card while paused"
+    );
     // The machine's page says the same above its Resume button.
     ui.go("#/machine/mill-1").await?;
     ui.wait(
@@ -1196,8 +1221,12 @@ async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch
     let _one = ONE_BROWSER.lock().await;
     let mut petg = MachineSpec::printer("mk3-petg", "prusa-mk3s");
     petg.tags = vec!["material:PETG"];
+    petg.name = Some("Prusa PETG");
     let mut pla = MachineSpec::printer("mk3-pla", "prusa-mk3s");
     pla.tags = vec!["material:PLA"];
+    pla.name = Some("Prusa PLA");
+    // Slow enough to still be running for the pictures.
+    pla.time_scale = 20.0;
     // The PETG printer comes first: without the material rule it would
     // take the job.
     let f = Factory::start(&[petg, pla]).await?;
@@ -1273,6 +1302,16 @@ async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch
             .await?,
         "idle"
     );
+    // Cards say the name; the queue says the name with the id.
+    assert_eq!(ui.text(&on_card("mk3-pla", "h3")).await?, "Prusa PLA");
+    ui.screenshots("material-routed").await?;
+    ui.go("#/queue").await?;
+    ui.wait(
+        "document.querySelector('#jobs-active li[data-state=running]')?.textContent.includes('on Prusa PLA (mk3-pla)')",
+        "the running job named by its machine's name and id",
+    )
+    .await?;
+    ui.go("#/machines").await?;
     // The API says the same, and the override queues it anyway.
     let file = f.upload(&data("coupling_pla.gcode")).await?;
     let (s, v) = f
