@@ -1901,6 +1901,14 @@ async fn a_job_whose_file_vanished_stays_on_the_attention_list_through_a_restart
         .submit(json!({"file_id": file["id"], "machine_id": "mk3-a"}))
         .await?[0];
     std::fs::remove_file(blob_of(&f, file["id"].as_str().unwrap()))?;
+    // Nothing to acknowledge yet: a queued job, an unknown one.
+    let (s, v) = f
+        .post(&format!("/jobs/{id}/acknowledge"), json!({}))
+        .await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("only an ended job"), "{v}");
+    let (s, v) = f.post("/jobs/999/acknowledge", json!({})).await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 
     let ui = Ui::open(&f.base).await?;
     ui.sign_in(&f.token).await?;
