@@ -697,9 +697,10 @@ impl<'a> Session<'a> {
             (j.done as f64 * 100.0 / j.total as f64).min(100.0)
         };
         // The estimate blended with the pace kept so far, while producing.
+        let producing = j.producing.seconds(elapsed);
         let eta = microfactory_protocol::eta::remaining(
             j.spec.estimated_seconds,
-            j.producing.seconds(elapsed),
+            producing,
             percent / 100.0,
         );
         Some(Progress {
@@ -710,6 +711,7 @@ impl<'a> Session<'a> {
             bytes_sent: self.host.wire_bytes() - j.wire_at_start,
             percent,
             elapsed_seconds: elapsed,
+            producing_seconds: producing,
             eta_seconds: eta,
             resends: self.host.resends() - j.resends_at_start,
             paused: j.paused,
