@@ -4,6 +4,7 @@
 // title. New items can ring and raise a browser notification, if the
 // operator turns that on (a setting of this browser, kept in localStorage).
 
+import { api } from './api.js';
 import { h, setText, reconcile, fmtTime } from './dom.js';
 
 const NOTIFY_KEY = 'microfactory.notify';
@@ -98,14 +99,35 @@ export function attentionPanel(app, { hideWhenEmpty = false } = {}) {
       h('label', { class: 'check small', for: 'attention-notify' }, toggle, h('span', {}, 'Sound and notification for new items'))),
     toggleNote, empty, list);
 
+  // A failed job is the operator's to acknowledge: once seen, it goes
+  // (a machine that holds for it still asks for its own confirmation).
+  async function dismiss(li, button, error) {
+    const id = li.dataset.job;
+    if (!id) return;
+    button.disabled = true;
+    setText(error, '');
+    try {
+      await api('POST', `/jobs/${encodeURIComponent(id)}/acknowledge`);
+      app.state.attention = (app.state.attention ?? []).filter((i) => i.key !== li.dataset.key);
+      app.changed();
+    } catch (e) {
+      setText(error, `Dismiss failed: ${e.message}`);
+      button.disabled = false;
+    }
+  }
   function row(i) {
+    const error = h('p', { class: 'error small', role: 'alert' });
+    const button = h('button', { type: 'button', class: 'small act-dismiss' }, 'Dismiss');
     const li = h('li', { class: 'attention-item' },
       h('span', { class: 'badge' }), h('a', { class: 'title' }), h('span', { class: 'title-text' }),
-      h('p', { class: 'action small' }), h('span', { class: 'since muted small' }));
+      h('p', { class: 'action small' }), h('span', { class: 'since muted small' }), button, error);
+    button.addEventListener('click', () => dismiss(li, button, error));
     return li;
   }
   function fillRow(li, i) {
-    const [badge, link, text, action, since] = li.children;
+    const [badge, link, text, action, since, button] = li.children;
+    button.hidden = !(i.kind === 'job_failed' && i.job_id != null);
+    button.setAttribute('aria-label', `Dismiss: ${i.title}`);
     li.dataset.kind = i.kind;
     li.dataset.state = { faulted: 'error', paused: 'paused', job_failed: 'failed', awaiting_operator: 'awaiting_clear', offline: 'offline', awaiting_qc: 'queued' }[i.kind] ?? '';
     if (i.machine_id) li.dataset.machine = i.machine_id; else delete li.dataset.machine;

@@ -56,6 +56,7 @@ fn job(id: u64) -> Job {
         }],
         attempt: 0,
         pause: None,
+        awaiting_ack: false,
     }
 }
 

@@ -45,6 +45,7 @@ fn job(id: u64) -> Job {
         history: Vec::new(),
         attempt: 0,
         pause: None,
+        awaiting_ack: false,
     }
 }
 

@@ -10,6 +10,7 @@ use microfactory_machines::driver::{
     StreamStats,
 };
 use microfactory_machines::sim::{self, FirmwareKind, SimConfig, SimHandle};
+use microfactory_protocol::eta;
 use microfactory_protocol::framing::clean_line;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -553,6 +554,61 @@ async fn a_drill_file_streams_to_grbl_with_expanded_cycles_and_tool_change_pause
     let text = std::fs::read_to_string(data("pcb_drill_toolchange_inch.nc")).unwrap();
     assert_eq!(pauses, text.lines().filter(|l| l.contains("M06")).count());
     assert!(!executed(&rig.log).iter().any(|l| l.contains("G82")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_job_s_eta_is_measured_over_the_time_it_spent_producing() {
+    let rig = rig(Firmware::Grbl, |_| {}, FlowMode::Auto).await;
+    let file = rig._dir.path().join("two_tools.nc");
+    let mut prog = String::from("G21\nG90\nM3 S1000\n");
+    for i in 0..40 {
+        prog.push_str(&format!("G1 X{} Y{} F600\n", i % 7, i % 5));
+    }
+    prog.push_str("M5\nM6 T1\nM3 S1000\n");
+    for i in 0..40 {
+        prog.push_str(&format!("G1 X{} Y{} F600\n", i % 5, i % 7));
+    }
+    prog.push_str("M5\n");
+    std::fs::write(&file, prog).unwrap();
+    let mut spec = job(&file);
+    spec.expand_canned_cycles = true;
+    spec.estimated_seconds = Some(120.0);
+    let mut ev = rig.driver.events();
+    rig.driver.start(spec).await.unwrap();
+    let (mut before, mut after, mut paused) = (Vec::new(), Vec::new(), false);
+    let outcome = tokio::time::timeout(LIMIT, async {
+        loop {
+            match ev.recv().await {
+                Ok(DriverEvent::PausedForOperator { .. }) => {
+                    paused = true;
+                    rig.driver.resume().await.unwrap();
+                }
+                Ok(DriverEvent::Progress(p)) if paused => after.push(p),
+                Ok(DriverEvent::Progress(p)) => before.push(p),
+                Ok(DriverEvent::JobEnded { outcome, .. }) => return outcome,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("ends");
+    assert_eq!(outcome, JobOutcome::Completed);
+    assert!(!after.is_empty(), "progress after the resume");
+    for p in before.iter().chain(&after) {
+        // The ETA is the blend over the producing time, never the wall clock.
+        let expected = eta::remaining(Some(120.0), p.producing_seconds, p.percent / 100.0);
+        assert_eq!(p.eta_seconds, expected, "{p:?}");
+        assert!(p.producing_seconds <= p.elapsed_seconds, "{p:?}");
+    }
+    for p in &before {
+        assert_eq!(
+            p.producing_seconds, p.elapsed_seconds,
+            "not yet paused: {p:?}"
+        );
+    }
+    // The tool change took time, none of it producing.
+    let last = after.last().unwrap();
+    assert!(last.producing_seconds < last.elapsed_seconds, "{last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use microfactory_machines::driver::{
     Connection, DriverConfig, DriverError, DriverEvent, DriverHandle, Firmware, JobOutcome,
-    JobSpec, MachineStatus, Recovery,
+    JobSpec, MachineStatus, Recovery, SerialLine,
 };
 use microfactory_machines::sim::{self, FirmwareKind, SimConfig, SimHandle};
 
@@ -183,8 +183,20 @@ async fn recovery_actions_that_do_not_fit_the_firmware_or_a_running_job_are_refu
         Err(DriverError::Busy("j1".into()))
     );
     // A soft reset on an idle mill: GRBL reboots and the driver is back.
+    // The reset that ends a cancel leaves GRBL idle or, when it lands
+    // while the spindle still moves, in alarm (ALARM:3): unlock that first.
     mill.driver.cancel().await.unwrap();
-    wait_status(&mill.driver, "the cancel to end", |s| s.job.is_none()).await;
+    wait_status(&mill.driver, "the cancel to end and GRBL to report", |s| {
+        s.job.is_none() && matches!(s.state.as_deref(), Some("Idle" | "Alarm"))
+    })
+    .await;
+    if mill.driver.status().borrow().state.as_deref() == Some("Alarm") {
+        mill.driver.recover(Recovery::Unlock).await.unwrap();
+        wait_status(&mill.driver, "idle after $X", |s| {
+            s.connection == Connection::Online && s.state.as_deref() == Some("Idle")
+        })
+        .await;
+    }
     mill.driver.recover(Recovery::SoftReset).await.unwrap();
     wait_status(&mill.driver, "online after the reset", |s| {
         s.connection == Connection::Online && s.state.is_some()
@@ -243,27 +255,34 @@ async fn a_hung_console_command_is_superseded_by_the_next_and_reconnect_handshak
     assert_eq!(slow, Err(DriverError::Superseded));
     assert_eq!(next, Ok(vec![]));
     assert!(took < Duration::from_secs(2), "{took:?}");
-    // A fresh handshake on the reopened port.
+    // A fresh handshake on the reopened port. (The status may still say
+    // online from before the reconnect: wait for the second handshake's
+    // M115 itself, then for the session it opens.)
+    wait_for_sent(&rig.driver, "the second handshake", |log| {
+        log.iter()
+            .filter(|l| l.sent && l.text.contains("M115"))
+            .count()
+            >= 2
+    })
+    .await;
     wait_status(&rig.driver, "back online", |s| {
         s.connection == Connection::Online
     })
     .await;
-    let handshakes = rig
-        .driver
-        .serial_log()
-        .iter()
-        .filter(|l| l.sent && l.text.contains("M115"))
-        .count();
-    assert!(handshakes >= 2, "{:?}", rig.driver.serial_log());
 }
 
 async fn wait_for_serial(d: &DriverHandle, text: &str) {
+    wait_for_sent(d, text, |log| {
+        log.iter().any(|l| l.sent && l.text.contains(text))
+    })
+    .await;
+}
+
+/// Waits until the driver's serial log satisfies `done`.
+async fn wait_for_sent(d: &DriverHandle, what: &str, done: impl Fn(&[SerialLine]) -> bool) {
     tokio::time::timeout(LIMIT, async {
         loop {
-            if d.serial_log()
-                .iter()
-                .any(|l| l.sent && l.text.contains(text))
-            {
+            if done(&d.serial_log()) {
                 return;
             }
             // Polling the driver's log: it has no event for a line sent.
@@ -271,5 +290,5 @@ async fn wait_for_serial(d: &DriverHandle, text: &str) {
         }
     })
     .await
-    .expect("the line goes out");
+    .unwrap_or_else(|_| panic!("{what}: {:?}", d.serial_log()));
 }

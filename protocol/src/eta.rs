@@ -7,6 +7,11 @@
 //! lines say little. So the answer is a weighted mean of the two
 //! remainders, the observed pace gaining weight as the job advances:
 //! `w = f / (f + HALF_TRUST)`, equal weights at `HALF_TRUST` done.
+//!
+//! The pace is work done over time spent *producing*: a job paused for a
+//! tool change or by the operator is not slower for it, and counting the
+//! pause would stretch every later estimate by its length.
+//! [`ProducingTime`] keeps that time, paused spans left out.
 
 /// Fraction done at which the observed pace and the estimate count the
 /// same.
@@ -16,9 +21,74 @@ pub const HALF_TRUST: f64 = 0.05;
 /// of: no answer rather than a wild one.
 const MIN_FRACTION: f64 = 0.01;
 
+/// The time a job has spent producing: from its start, less every span
+/// it spent paused. Pure: the caller passes `now`, seconds on any clock
+/// that does not go back (a `now` earlier than the last pause or resume
+/// counts as that moment, so a misread clock cannot undo a recorded span).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProducingTime {
+    started: f64,
+    /// Paused spans that have ended, in seconds.
+    paused: f64,
+    /// When the current pause began, while paused.
+    paused_since: Option<f64>,
+    /// The latest `now` seen.
+    latest: f64,
+}
+
+impl ProducingTime {
+    /// A job that starts producing at `now`.
+    pub fn start(now: f64) -> Self {
+        let now = finite(now);
+        Self {
+            started: now,
+            paused: 0.0,
+            paused_since: None,
+            latest: now,
+        }
+    }
+
+    fn seen(&mut self, now: f64) -> f64 {
+        self.latest = self.latest.max(finite(now));
+        self.latest
+    }
+
+    /// The job stops producing at `now` (a second pause changes nothing).
+    pub fn pause(&mut self, now: f64) {
+        let now = self.seen(now);
+        self.paused_since.get_or_insert(now);
+    }
+
+    /// The job produces again from `now` (resuming a running job changes
+    /// nothing).
+    pub fn resume(&mut self, now: f64) {
+        let now = self.seen(now);
+        if let Some(since) = self.paused_since.take() {
+            self.paused += now - since;
+        }
+    }
+
+    /// Whether it is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused_since.is_some()
+    }
+
+    /// Seconds spent producing up to `now`.
+    pub fn seconds(&self, now: f64) -> f64 {
+        let now = self.latest.max(finite(now));
+        let paused_now = self.paused_since.map_or(0.0, |since| now - since);
+        (now - self.started - self.paused - paused_now).max(0.0)
+    }
+}
+
+fn finite(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
 /// Seconds left, given the whole job's estimate (if the file has one),
-/// the seconds it has streamed so far and the fraction done (0..=1).
-/// `None` when neither the estimate nor the pace says anything yet.
+/// the seconds it has spent producing so far (see [`ProducingTime`];
+/// paused time is not work) and the fraction done (0..=1). `None` when
+/// neither the estimate nor the pace says anything yet.
 pub fn remaining(estimate_s: Option<f64>, elapsed_s: f64, fraction: f64) -> Option<f64> {
     let f = if fraction.is_finite() {
         fraction.clamp(0.0, 1.0)
@@ -81,7 +151,101 @@ mod tests {
         assert_eq!(remaining(Some(f64::NAN), 10.0, 0.5), Some(10.0));
     }
 
+    #[test]
+    fn paused_spans_are_not_producing_time() {
+        // Started at 100 s; paused 110..140 and 150..; now 170.
+        let mut t = ProducingTime::start(100.0);
+        assert_eq!(t.seconds(105.0), 5.0);
+        t.pause(110.0);
+        assert!(t.is_paused());
+        assert_eq!(t.seconds(130.0), 10.0, "a pause stops the clock");
+        t.resume(140.0);
+        assert_eq!(t.seconds(145.0), 15.0);
+        t.pause(150.0);
+        t.pause(160.0); // a second pause keeps the first's start
+        assert_eq!(t.seconds(170.0), 20.0);
+        t.resume(170.0);
+        t.resume(175.0); // resuming a running job changes nothing
+        assert_eq!(t.seconds(180.0), 30.0);
+        // A reading from before the last pause or resume (175 s) counts
+        // as that moment: never less than what was already recorded.
+        assert_eq!(t.seconds(120.0), t.seconds(175.0));
+        assert_eq!(t.seconds(175.0), 25.0);
+    }
+
+    #[test]
+    fn a_paused_job_s_eta_is_what_its_work_says_not_its_wall_clock() {
+        // The job: 5 % done in 29 s of work, estimated 54 min,
+        // then a 10-minute tool change. Counting the pause would make the
+        // pace say 3 h 18 min left; the work says 9 min 11 s, blended with
+        // the estimate to 30 min 15 s, before and after the pause alike.
+        let mut t = ProducingTime::start(0.0);
+        t.pause(29.0);
+        let during = remaining(Some(3240.0), t.seconds(629.0), 0.05).expect("an answer");
+        t.resume(629.0);
+        let after = remaining(Some(3240.0), t.seconds(629.0), 0.05).expect("an answer");
+        let expected = (29.0 * 0.95 / 0.05 + 3240.0 * 0.95) / 2.0;
+        assert!((during - expected).abs() < 1e-9, "{during}");
+        assert!((after - expected).abs() < 1e-9, "{after}");
+        let wall = remaining(Some(3240.0), 629.0, 0.05).expect("an answer");
+        assert!(wall > after + 5000.0, "{wall} {after}");
+    }
+
+    /// A schedule of pauses and resumes: (gap before it in s, pause?).
+    fn schedule() -> impl Strategy<Value = (f64, Vec<(f64, bool)>, f64)> {
+        (
+            0.0f64..1e6,
+            proptest::collection::vec((0.0f64..1e4, any::<bool>()), 0..20),
+            0.0f64..1e4,
+        )
+    }
+
     proptest! {
+        #[test]
+        fn producing_time_is_wall_time_less_the_paused_spans(
+            (start, events, tail) in schedule(),
+        ) {
+            let mut t = ProducingTime::start(start);
+            let (mut now, mut paused_at, mut paused_total) = (start, None::<f64>, 0.0);
+            let mut last = 0.0;
+            for (gap, pause) in events {
+                now += gap;
+                let before = t.seconds(now);
+                prop_assert!(before >= last - 1e-9, "went back: {before} < {last}");
+                last = before;
+                if pause {
+                    t.pause(now);
+                    paused_at.get_or_insert(now);
+                } else {
+                    t.resume(now);
+                    if let Some(p) = paused_at.take() {
+                        paused_total += now - p;
+                    }
+                }
+            }
+            let end = now + tail;
+            let open = paused_at.map_or(0.0, |p| end - p);
+            let expected = end - start - paused_total - open;
+            let got = t.seconds(end);
+            prop_assert!((got - expected).abs() <= 1e-6 * (1.0 + end), "{got} {expected}");
+            prop_assert!(got <= end - start + 1e-6 && got >= 0.0);
+            if t.is_paused() {
+                // Paused: the clock stands still.
+                prop_assert_eq!(t.seconds(end + 100.0), got);
+            }
+        }
+
+        #[test]
+        fn while_a_job_is_paused_its_eta_stands_still(
+            est in 1.0f64..1e5, work in 1.0f64..1e4, pause in 0.0f64..1e5, f in 0.01f64..0.99,
+        ) {
+            let mut t = ProducingTime::start(0.0);
+            t.pause(work);
+            let at_pause = remaining(Some(est), t.seconds(work), f).expect("an answer");
+            let later = remaining(Some(est), t.seconds(work + pause), f).expect("an answer");
+            prop_assert!((at_pause - later).abs() <= 1e-9 * at_pause.max(1.0), "{at_pause} {later}");
+        }
+
         #[test]
         fn the_answer_lies_between_the_estimate_and_the_pace(
             est in 1.0f64..1e6, elapsed in 0.0f64..1e6, f in 0.01f64..=1.0,

@@ -197,6 +197,8 @@ pub struct MachineSpec {
     pub profile: &'static str,
     /// Tags.
     pub tags: Vec<&'static str>,
+    /// Name shown to operators (the id when `None`).
+    pub name: Option<&'static str>,
     /// Needs "bed cleared" after each job.
     pub require_bed_clear: bool,
     /// Simulated time speed-up.
@@ -212,6 +214,7 @@ impl MachineSpec {
             id,
             profile,
             tags: vec![],
+            name: None,
             require_bed_clear: false,
             time_scale: 200.0,
             tweak: |_| {},
@@ -289,6 +292,9 @@ impl Factory {
                 spec.tags,
                 spec.require_bed_clear
             ));
+            if let Some(name) = spec.name {
+                config.push_str(&format!("name = {name:?}\n"));
+            }
             sims.push(Sim {
                 spec: spec.clone(),
                 handle,

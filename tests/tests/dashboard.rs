@@ -883,6 +883,16 @@ async fn the_page_says_so_when_the_daemon_goes_away() -> Result<()> {
     Ok(())
 }
 
+/// Whether the card's emergency stop is alone on the card's last row, away
+/// from Pause and Resume, where it always is (`card` is a card's JS).
+fn estop_at_the_foot(card: &str) -> String {
+    format!(
+        "(() => {{ const c = {card}; const b = c.querySelector('.act-estop'); \
+         return b.offsetParent !== null && b.parentElement === c.lastElementChild \
+           && b.parentElement.querySelectorAll('button').length === 1; }})()"
+    )
+}
+
 /// A card's element under `.card[data-machine=ID]`.
 fn on_card(id: &str, sel: &str) -> String {
     format!(".card[data-machine=\"{id}\"] {sel}")
@@ -1003,6 +1013,10 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
         ))
         .await?;
     assert!(estop_alone, "emergency stop is alone on its row");
+    assert!(
+        ui.eval::<bool>(&estop_at_the_foot(&c)).await?,
+        "emergency stop at the foot of the card"
+    );
     ui.click(&on_card("mill-1", ".act-estop")).await?;
     ui.wait(
         &format!("{c}.dataset.state === 'error'"),
@@ -1033,6 +1047,7 @@ async fn a_cancelled_and_an_emergency_stopped_mill_come_back_from_the_card_and_r
         "GRBL idle after $X, the mill waiting for the operator",
     )
     .await?;
+    ui.screenshots("mill-unlocked").await?;
     let (_, job3) = f.get(&format!("/jobs/{}", ids[2])).await?;
     assert_eq!(job3["state"], "queued", "{job3}");
     ui.click(&on_card("mill-1", ".act-clear")).await?;
@@ -1120,6 +1135,7 @@ async fn a_halted_printer_shows_stale_readings_and_recovers_from_its_card() -> R
         ui.text(&on_card("mk3-a", ".state")).await?,
         "Halted: check the machine, then confirm"
     );
+    ui.screenshots("printer-recovered").await?;
     ui.click(&on_card("mk3-a", ".act-clear")).await?;
     ui.wait(&format!("{c}.dataset.state === 'idle'"), "idle")
         .await?;
@@ -1169,6 +1185,15 @@ async fn a_tool_change_pause_says_which_tool_and_what_to_do_before_resume() -> R
         "note: {note}"
     );
     ui.screenshots("mill-tool-change").await?;
+    // Paused, Resume shows: the emergency stop is still alone at the foot.
+    assert!(
+        ui.eval::<bool>(&shown(&on_card("mill-1", ".act-resume")))
+            .await?
+    );
+    assert!(
+        ui.eval::<bool>(&estop_at_the_foot(&c)).await?,
+        "emergency stop alone at the foot of the card while paused"
+    );
     // The machine's page says the same above its Resume button.
     ui.go("#/machine/mill-1").await?;
     ui.wait(
@@ -1196,8 +1221,12 @@ async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch
     let _one = ONE_BROWSER.lock().await;
     let mut petg = MachineSpec::printer("mk3-petg", "prusa-mk3s");
     petg.tags = vec!["material:PETG"];
+    petg.name = Some("Prusa PETG");
     let mut pla = MachineSpec::printer("mk3-pla", "prusa-mk3s");
     pla.tags = vec!["material:PLA"];
+    pla.name = Some("Prusa PLA");
+    // Slow enough to still be running for the pictures.
+    pla.time_scale = 20.0;
     // The PETG printer comes first: without the material rule it would
     // take the job.
     let f = Factory::start(&[petg, pla]).await?;
@@ -1273,6 +1302,16 @@ async fn a_pla_file_goes_to_the_pla_printer_and_the_form_warns_before_a_mismatch
             .await?,
         "idle"
     );
+    // Cards say the name; the queue says the name with the id.
+    assert_eq!(ui.text(&on_card("mk3-pla", "h3")).await?, "Prusa PLA");
+    ui.screenshots("material-routed").await?;
+    ui.go("#/queue").await?;
+    ui.wait(
+        "document.querySelector('#jobs-active li[data-state=running]')?.textContent.includes('on Prusa PLA (mk3-pla)')",
+        "the running job named by its machine's name and id",
+    )
+    .await?;
+    ui.go("#/machines").await?;
     // The API says the same, and the override queues it anyway.
     let file = f.upload(&data("coupling_pla.gcode")).await?;
     let (s, v) = f
@@ -1831,6 +1870,202 @@ async fn on_a_phone_the_queue_comes_first_the_header_is_one_row_and_moves_keep_f
         .get(&format!("/files/{}", spare["id"].as_str().unwrap()))
         .await?;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+/// Where the daemon of `f` keeps file `id`'s content.
+fn blob_of(f: &Factory, id: &str) -> PathBuf {
+    let name = format!("{id}.gcode");
+    ["data/files", "files"]
+        .iter()
+        .map(|d| f.dir.path().join(d).join(&name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no blob {name} under {}", f.dir.path().display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_file_vanished_stays_on_the_attention_list_through_a_restart_until_dismissed()
+-> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut f = Factory::start(&[MachineSpec::printer("mk3-a", "prusa-mk3s")]).await?;
+    // Queued while the printer is out of service, then the file's content
+    // goes (removed by hand, an older backup restored).
+    let (s, _) = f.post("/machines/mk3-a/disable", json!({})).await?;
+    assert_eq!(s, StatusCode::OK);
+    let (_, file) = f
+        .upload_bytes("plate.gcode", PLATE.as_bytes().to_vec())
+        .await?;
+    let id = f
+        .submit(json!({"file_id": file["id"], "machine_id": "mk3-a"}))
+        .await?[0];
+    std::fs::remove_file(blob_of(&f, file["id"].as_str().unwrap()))?;
+    // Nothing to acknowledge yet: a queued job, an unknown one.
+    let (s, v) = f
+        .post(&format!("/jobs/{id}/acknowledge"), json!({}))
+        .await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("only an ended job"), "{v}");
+    let (s, v) = f.post("/jobs/999/acknowledge", json!({})).await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'disabled'", card("mk3-a")),
+        "the printer out of service",
+    )
+    .await?;
+    assert_eq!(ui.text("#attention-count").await?, "");
+    ui.click(&on_card("mk3-a", ".act-enable")).await?;
+    let item = format!(
+        "document.querySelector('#attention-list li[data-kind=\"job_failed\"][data-job=\"{id}\"]')"
+    );
+    ui.wait(
+        &format!("{item}?.textContent.includes('missing from the store')"),
+        "the failed job on the attention list",
+    )
+    .await?;
+    // No machine holds for it: the printer is free, not stuck retrying.
+    ui.wait(
+        &format!("{}.dataset.state === 'idle'", card("mk3-a")),
+        "the printer idle",
+    )
+    .await?;
+    assert!(ui.eval::<bool>(&format!("!{item}.dataset.machine")).await?);
+    assert_eq!(ui.text("#attention-count").await?, "1");
+    assert!(
+        ui.eval::<String>("document.title")
+            .await?
+            .starts_with("(1) "),
+        "the tab title counts it"
+    );
+    let (_, job) = f.get(&format!("/jobs/{id}")).await?;
+    assert_eq!(
+        (&job["state"], &job["awaiting_ack"]),
+        (&json!("failed"), &json!(true)),
+        "{job}"
+    );
+    ui.screenshots("attention-job-failed").await?;
+
+    // It survives the daemon's death: the page reconnects and still says so.
+    f.kill9().await;
+    ui.wait(
+        "document.querySelector('#conn').dataset.conn === 'reconnecting'",
+        "the page noticing",
+    )
+    .await?;
+    f.relaunch_same_port().await?;
+    ui.wait(
+        "document.querySelector('#conn').dataset.conn === 'live'",
+        "the page live again",
+    )
+    .await?;
+    ui.wait(&format!("{item} !== null"), "the item after the restart")
+        .await?;
+    // The outage's refused connections were logged by Chromium as errors;
+    // they are the test's doing, not the page's.
+    ui.errors.lock().unwrap().clear();
+
+    // Dismissed: gone from the list, the count and the title, for good.
+    ui.click(&format!(
+        "#attention-list li[data-job=\"{id}\"] .act-dismiss"
+    ))
+    .await?;
+    ui.wait(&format!("{item} === null"), "the item gone")
+        .await?;
+    assert_eq!(ui.text("#attention-count").await?, "");
+    let (_, job) = f.get(&format!("/jobs/{id}")).await?;
+    assert_eq!(
+        (&job["state"], &job["awaiting_ack"]),
+        (&json!("failed"), &json!(false)),
+        "{job}"
+    );
+    let (_, items) = f.get("/attention").await?;
+    assert_eq!(items, json!([]));
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}
+
+/// Every visible control on the page smaller than a finger (44 × 44 CSS
+/// px, WCAG 2.5.5): buttons, fields, the header's links, and the labels
+/// that carry a checkbox (the label is the target).
+async fn small_targets(ui: &Ui) -> Result<Vec<String>> {
+    ui.eval(
+        "[...document.querySelectorAll('button, select, input:not([type=checkbox]):not([type=hidden]), \
+           nav a, label.check, summary')] \
+         .filter((e) => e.offsetParent !== null && e.getClientRects().length > 0) \
+         .map((e) => [e.getBoundingClientRect(), e]) \
+         .filter(([r]) => r.width < 43.5 || r.height < 43.5) \
+         .map(([r, e]) => `${Math.round(r.width)}x${Math.round(r.height)} ${e.outerHTML.slice(0, 90)}`)",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_phone_every_control_is_at_least_a_finger_wide() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut printer = MachineSpec::printer("mk3-a", "prusa-mk3s");
+    // Long enough to be running throughout.
+    printer.time_scale = 20.0;
+    let f = Factory::start(&[printer, MachineSpec::mill("mill-1")]).await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.phone().await?;
+    ui.wait(
+        "document.querySelector('#signin-token')",
+        "the sign-in form",
+    )
+    .await?;
+    let mut small = Vec::new();
+    for s in small_targets(&ui).await? {
+        small.push(format!("sign-in: {s}"));
+    }
+    ui.sign_in(&f.token).await?;
+    let file = f.upload(&data("bracket_petg.gcode")).await?;
+    f.submit(json!({"file_id": file, "machine_id": "mk3-a"}))
+        .await?;
+    ui.wait(
+        &format!("{}?.dataset.state === 'running'", card("mk3-a")),
+        "the print running",
+    )
+    .await?;
+    // Each view as an operator meets it on a phone; the queue with a file
+    // chosen, so its form and analysis show.
+    for (hash, ready) in [
+        ("#/machines", shown(&on_card("mk3-a", ".act-estop"))),
+        ("#/attention", shown("#attention-notify")),
+        ("#/machine/mk3-a", shown("#console-input")),
+        ("#/queue", shown("#jobs-active li")),
+    ] {
+        ui.go(hash).await?;
+        ui.wait(&ready, hash).await?;
+        if hash == "#/queue" {
+            ui.choose_file("#file-input", &data("coupling_pla.gcode"))
+                .await?;
+            ui.wait(&shown("#queue-submit"), "the queue form").await?;
+        }
+        for s in small_targets(&ui).await? {
+            small.push(format!("{hash}: {s}"));
+        }
+    }
+    ui.go("#/machines").await?;
+    ui.click(&on_card("mk3-a", ".act-cancel")).await?;
+    ui.wait(
+        "document.querySelector('#confirm').open",
+        "the confirmation",
+    )
+    .await?;
+    for s in small_targets(&ui).await? {
+        small.push(format!("confirmation: {s}"));
+    }
+    assert!(
+        small.is_empty(),
+        "smaller than 44 x 44 px:\n{}",
+        small.join("\n")
+    );
+    ui.click("#confirm-no").await?;
     ui.assert_no_js_errors();
     ui.close().await;
     Ok(())

@@ -2,18 +2,20 @@
 //! jobs and units awaiting inspection to the attention list the dashboard
 //! shows (and counts in its header and tab title).
 //!
-//! Nothing here is stored: every item is derived from state the daemon
-//! already keeps, so the list can never disagree with the machines. A
-//! failed or interrupted job is acknowledged the way its machine already
-//! asks for: the operator confirms the machine ("Checked: ready for the
-//! next job"), which clears the hold that names the job; until then the
-//! job is on the list with its reason.
+//! Nothing here is stored but the one fact a person adds: that they have
+//! seen a failure (`Job::awaiting_ack`). Every item is derived from state
+//! the daemon already keeps, so the list can never disagree with the
+//! machines. Every failed or interrupted job is on the list with its
+//! reason until the operator acknowledges it: by confirming the machine
+//! that holds for it ("Checked: ready for the next job"), by requeueing
+//! it, or by dismissing it (a job that never reached a machine, such as
+//! one whose file vanished, has no machine to confirm).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::core::machine::{MachineState, StateReason};
-use crate::core::model::{Job, MachineView, PauseReason};
+use crate::core::model::{Job, JobState, MachineView, PauseReason};
 
 /// What kind of thing needs the operator, most urgent first (the list is
 /// sorted by it).
@@ -79,6 +81,50 @@ fn who(m: &MachineView) -> String {
 
 fn tool(t: Option<u32>) -> String {
     t.map_or_else(|| "the next tool".into(), |t| format!("tool T{t:02}"))
+}
+
+/// A failed job's key: one per attempt, so a job that fails again after
+/// a requeue is news.
+fn job_key(j: &Job) -> String {
+    format!("job:{}:{}", j.id, j.attempt)
+}
+
+/// ": <the failure's reason>", or nothing.
+fn why(j: &Job) -> String {
+    j.failure
+        .as_ref()
+        .map_or_else(String::new, |f| format!(": {}", f.reason))
+}
+
+/// The item of a failed job the operator has not acknowledged and no
+/// listed machine already speaks for.
+fn job_item(j: &Job, machines: &[MachineView]) -> AttentionItem {
+    let what = if j.state == JobState::Interrupted {
+        "was interrupted"
+    } else {
+        "failed"
+    };
+    let on = j
+        .assigned_machine
+        .as_deref()
+        .map_or_else(String::new, |id| {
+            machines
+                .iter()
+                .find(|m| m.id == id)
+                .map_or_else(|| format!(" on {id}"), |m| format!(" on {}", who(m)))
+        });
+    AttentionItem {
+        key: job_key(j),
+        kind: AttentionKind::JobFailed,
+        machine_id: j.assigned_machine.clone(),
+        job_id: Some(j.id),
+        sku: None,
+        title: format!("Job #{} “{}” {what}{on}{}", j.id, j.name, why(j)),
+        action: "Requeue it if it should run again (a file that is gone must be uploaded and \
+                 queued anew), or dismiss this once you have seen it."
+            .into(),
+        since_ms: j.ended_ms.unwrap_or(0),
+    }
 }
 
 /// One machine's item, if it needs the operator. `held` is the job its
@@ -152,23 +198,19 @@ fn machine_item(m: &MachineView, held: Option<&Job>) -> Option<AttentionItem> {
             })
         }
         MachineState::AwaitingOperator => match (m.reason, held) {
-            (StateReason::Failed | StateReason::Interrupted, Some(j)) => {
+            (StateReason::Failed | StateReason::Interrupted, Some(j)) if j.awaiting_ack => {
                 let what = if m.reason == StateReason::Failed {
                     "failed"
                 } else {
                     "was interrupted"
                 };
-                let why = j
-                    .failure
-                    .as_ref()
-                    .map_or_else(String::new, |f| format!(": {}", f.reason));
                 Some(AttentionItem {
-                    key: format!("job:{}:{}", j.id, j.attempt),
+                    key: job_key(j),
                     job_id: Some(j.id),
                     ..item(
                         AttentionKind::JobFailed,
                         "",
-                        format!("Job #{} “{}” {what} on {name}{why}", j.id, j.name),
+                        format!("Job #{} “{}” {what} on {name}{}", j.id, j.name, why(j)),
                         "Look at the machine, requeue the job if it should run again, then confirm \
                          the machine is ready (that also takes this off the list).",
                     )
@@ -195,12 +237,15 @@ fn machine_item(m: &MachineView, held: Option<&Job>) -> Option<AttentionItem> {
 }
 
 /// The attention list: every machine that waits for the operator, every
-/// failed job its machine still holds for, and units awaiting inspection
-/// per product; most urgent first, then oldest first. `job` looks a job
-/// up by id (the core's live and recent jobs).
+/// failed or interrupted job not yet acknowledged (`unacknowledged`: the
+/// jobs with `awaiting_ack`; one item each, whether or not a machine
+/// holds for it), and units awaiting inspection per product; most urgent
+/// first, then oldest first. `job` looks a job up by id (the core's live
+/// and recent jobs).
 pub fn list<'a>(
     machines: &[MachineView],
     job: impl Fn(u64) -> Option<&'a Job>,
+    unacknowledged: &[&Job],
     qc: &[QcWaiting],
 ) -> Vec<AttentionItem> {
     let mut items: Vec<AttentionItem> = machines
@@ -208,6 +253,16 @@ pub fn list<'a>(
         .filter(|m| !m.disabled)
         .filter_map(|m| machine_item(m, m.hold_job_id.and_then(&job)))
         .collect();
+    // A machine holding for the job already lists it (with what to do at
+    // the machine); the others get an item of their own.
+    let listed: std::collections::HashSet<String> = items.iter().map(|i| i.key.clone()).collect();
+    items.extend(
+        unacknowledged
+            .iter()
+            .filter(|j| j.awaiting_ack && j.state.is_final())
+            .map(|j| job_item(j, machines))
+            .filter(|i| !listed.contains(&i.key)),
+    );
     items.extend(qc.iter().filter(|q| q.units > 0).map(|q| AttentionItem {
         key: format!("qc:{}", q.sku),
         kind: AttentionKind::AwaitingQc,

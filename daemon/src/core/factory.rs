@@ -75,6 +75,18 @@ pub struct Submission {
 /// Looks a file record up (the shell's store cache).
 pub type Files<'a> = &'a dyn Fn(&str) -> Option<Arc<FileRecord>>;
 
+/// Why a machine did not take the job it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// Not now (the machine was busy, went offline or halted): the job
+    /// goes back to the queue for the next free machine.
+    Retry(String),
+    /// Never, as it stands (its file's content is missing from the
+    /// store): retrying would fail the same way on every pass, so the job
+    /// fails and waits on the attention list for the operator.
+    Impossible(String),
+}
+
 /// The core's view of one machine.
 #[derive(Debug, Clone)]
 pub struct MachineCore {
@@ -193,6 +205,7 @@ impl Core {
                     Some(format!("recovered at start; last acknowledged line {line}")),
                     now,
                 );
+                job.awaiting_ack = true;
                 let machine_id = job.assigned_machine.clone().unwrap_or_default();
                 core.end_attempt(
                     &mut job,
@@ -436,6 +449,7 @@ impl Core {
                 history: vec![],
                 attempt: 0,
                 pause: None,
+                awaiting_ack: false,
             };
             job.transition(JobState::Queued, Some("submitted".into()), now);
             b.events.push(DomainEvent::JobQueued {
@@ -502,6 +516,7 @@ impl Core {
         job.start_line = from;
         job.seq = seq;
         job.failure = None;
+        job.awaiting_ack = false;
         job.assigned_machine = None;
         job.started_ms = None;
         job.ended_ms = None;
@@ -620,6 +635,42 @@ impl Core {
         Ok((job.clone(), transition_batch(job)))
     }
 
+    /// The operator has seen that an ended job failed: it leaves the
+    /// attention list. A machine that holds for the job still waits for
+    /// its own confirmation (the job is read about; the machine must be
+    /// looked at). `archived` is the job from the store when memory no
+    /// longer holds it. Acknowledging twice changes nothing.
+    pub fn acknowledge(&mut self, id: u64, archived: Option<Job>) -> Result<(Job, Batch)> {
+        if !self.jobs.contains_key(&id)
+            && let Some(old) = archived
+        {
+            // Not put back into memory: it is ended and needs nothing.
+            return if old.state.is_final() {
+                Ok((old, Batch::default()))
+            } else {
+                Err(CoreError::Conflict(format!(
+                    "job {id} is {}; only an ended job can be acknowledged",
+                    old.state.as_str()
+                )))
+            };
+        }
+        let job = self.job_mut(id)?;
+        if !job.state.is_final() {
+            return Err(CoreError::Conflict(format!(
+                "job {id} is {}; only an ended job can be acknowledged",
+                job.state.as_str()
+            )));
+        }
+        let mut b = Batch::default();
+        if job.awaiting_ack {
+            job.awaiting_ack = false;
+            // The record only: no state changed, so no domain event; the
+            // live stream still tells the pages (every stored job is).
+            b.jobs.push(job.clone());
+        }
+        Ok((job.clone(), b))
+    }
+
     /// The machine a running or paused job holds, for an operator action.
     pub fn active_machine(&self, id: u64, verb: &str) -> Result<usize> {
         let job = self
@@ -725,6 +776,9 @@ impl Core {
                         line: None,
                     });
                     job.transition(JobState::Failed, Some("its file was deleted".into()), now);
+                    // No machine holds for it: only the attention list
+                    // tells the operator it will never run.
+                    job.awaiting_ack = true;
                     b.events.push(job_state_event(job));
                     b.jobs.push(job.clone());
                 }
@@ -768,13 +822,15 @@ impl Core {
         (started, b)
     }
 
-    /// The driver took the job (`Ok`) or could not (`Err`, back to the
-    /// queue; the attempt ends failed).
+    /// The driver took the job (`Ok`) or did not: either way the attempt
+    /// ends failed, and the job goes back to the queue
+    /// ([`NotStarted::Retry`]) or fails awaiting the operator
+    /// ([`NotStarted::Impossible`]); the machine is free again.
     pub fn started(
         &mut self,
         i: usize,
         id: u64,
-        res: std::result::Result<(), String>,
+        res: std::result::Result<(), NotStarted>,
         now: u64,
     ) -> Batch {
         let mut b = Batch::default();
@@ -795,12 +851,21 @@ impl Core {
                     let mid = self.machines[i].id().to_string();
                     self.machines[i].job = None;
                     job.assigned_machine = None;
-                    job.transition(JobState::Queued, Some(format!("could not start: {e}")), now);
+                    let (state, e) = match e {
+                        NotStarted::Retry(e) => (JobState::Queued, e),
+                        NotStarted::Impossible(e) => (JobState::Failed, e),
+                    };
+                    let failure = Failure {
+                        reason: format!("could not start: {e}"),
+                        line: None,
+                    };
+                    job.transition(state, Some(failure.reason.clone()), now);
+                    if state == JobState::Failed {
+                        job.failure = Some(failure.clone());
+                        job.awaiting_ack = true;
+                    }
                     if let Some(a) = self.attempts.get_mut(&id) {
-                        a.failure = Some(Failure {
-                            reason: format!("could not start: {e}"),
-                            line: None,
-                        });
+                        a.failure = Some(failure);
                     }
                     self.end_attempt(&mut job, &mid, AttemptOutcome::Failed, None, now, &mut b);
                 }
@@ -903,6 +968,7 @@ impl Core {
             }
         };
         job.transition(state, note, now);
+        job.awaiting_ack = matches!(state, JobState::Failed | JobState::Interrupted);
         let m = &mut self.machines[i];
         if m.job == Some(id) {
             m.job = None;
@@ -972,8 +1038,21 @@ impl Core {
         let mut b = Batch::default();
         let m = &mut self.machines[i];
         if clear == Some(true) {
-            m.record.hold = None;
+            // Confirming the machine is the operator's word on the job it
+            // held for, too: it leaves the attention list with the hold.
+            if let Some(job) = m
+                .record
+                .hold
+                .take()
+                .and_then(|h| h.job_id)
+                .and_then(|j| self.jobs.get_mut(&j))
+                .filter(|j| j.awaiting_ack)
+            {
+                job.awaiting_ack = false;
+                b.jobs.push(job.clone());
+            }
         }
+        let m = &mut self.machines[i];
         if let Some(d) = disabled {
             m.record.disabled = d;
         }
@@ -987,14 +1066,17 @@ impl Core {
     /// stored already; without this a farm's daemon would grow by every
     /// job it ever ran (a few KiB each, tens of thousands a year).
     pub fn trim_ended(&mut self) {
-        let ended = self.jobs.values().filter(|j| j.state.is_final()).count();
+        // A failure the operator has not seen stays, for the attention
+        // list (there are few: each one is a person's to-do).
+        let trimmable = |j: &&Job| j.state.is_final() && !j.awaiting_ack;
+        let ended = self.jobs.values().filter(trimmable).count();
         if ended <= self.keep_ended.saturating_add(self.keep_ended / 10) {
             return;
         }
         let mut old: Vec<(u64, u64)> = self
             .jobs
             .values()
-            .filter(|j| j.state.is_final())
+            .filter(trimmable)
             .map(|j| (j.ended_ms.unwrap_or(0), j.id))
             .collect();
         old.sort_unstable();

@@ -44,6 +44,7 @@ pub(crate) mod testkit {
             history: vec![],
             attempt: 0,
             pause: None,
+            awaiting_ack: false,
         }
     }
 

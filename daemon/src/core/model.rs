@@ -200,6 +200,13 @@ pub struct Job {
     /// Why it is paused, while it is.
     #[serde(default)]
     pub pause: Option<PauseReason>,
+    /// It failed or was interrupted and the operator has not yet said so
+    /// much as "seen": it stays on the attention list until then, even
+    /// when no machine holds for it (a file that vanished before it could
+    /// start). Requeueing, confirming the machine that holds for it, or
+    /// `POST /jobs/{id}/acknowledge` clear it.
+    #[serde(default)]
+    pub awaiting_ack: bool,
 }
 
 impl Job {

@@ -36,7 +36,7 @@ use crate::clock::now_ms;
 use crate::config::Machine;
 use crate::core::attention::{self, AttentionItem, QcWaiting};
 use crate::core::events::LogRecord;
-use crate::core::factory::{Core, CoreError, MachineSeed};
+use crate::core::factory::{Core, CoreError, MachineSeed, NotStarted};
 use crate::core::forecast::NextJob;
 use crate::core::machine::{LinkState, StateChange};
 use crate::core::model::{Attempt, Event, FileRecord, Job, JobState, MachineView, PauseReason};
@@ -702,6 +702,18 @@ impl Factory {
             .await
     }
 
+    /// The operator has seen that an ended job failed: it leaves the
+    /// attention list.
+    pub async fn acknowledge(&self, id: u64) -> Result<Job> {
+        let archived = if self.lock().core.job(id).is_none() {
+            Some(self.job(id)?)
+        } else {
+            None
+        };
+        self.apply(|core, _| Ok(core.acknowledge(id, archived)?))
+            .await
+    }
+
     /// Moves a queued job just before another queued job (or to the end),
     /// and optionally changes its priority.
     pub async fn reorder(
@@ -727,7 +739,8 @@ impl Factory {
     pub fn attention(&self, qc: &[QcWaiting]) -> Vec<AttentionItem> {
         let g = self.lock();
         let views: Vec<MachineView> = (0..self.slots.len()).map(|i| self.view(i, &g)).collect();
-        attention::list(&views, |id| g.core.job(id), qc)
+        let failed: Vec<&Job> = g.core.jobs().filter(|j| j.awaiting_ack).collect();
+        attention::list(&views, |id| g.core.job(id), &failed, qc)
     }
 
     /// Each machine's next job and when it should start and finish.
@@ -1161,7 +1174,23 @@ impl Factory {
     async fn start_on(&self, i: usize, job: Job) -> Result<()> {
         let slot = &self.slots[i];
         let res = match self.store.file(&job.file_id)? {
-            None => Err(format!("the file {} is gone", job.file_id)),
+            None => Err(NotStarted::Retry(format!(
+                "the file {} is gone",
+                job.file_id
+            ))),
+            // The record without its content (removed by hand, a disk
+            // restored from an older backup): every start would fail alike.
+            Some(file)
+                if !tokio::fs::try_exists(self.store.blob_path(&file.id))
+                    .await
+                    .unwrap_or(true) =>
+            {
+                warn!(job = job.id, file = %file.id, "the file's content is missing from the store");
+                Err(NotStarted::Impossible(format!(
+                    "the content of {} is missing from the store; upload it again and queue a new job",
+                    file.name
+                )))
+            }
             Some(file) => {
                 let path = self.store.blob_path(&file.id);
                 let preamble = if job.start_line > 1 {
@@ -1189,7 +1218,7 @@ impl Factory {
                     .instrument(span)
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| NotStarted::Retry(e.to_string()))
             }
         };
         self.apply(|core, now| Ok(((), core.started(i, job.id, res, now))))

@@ -1176,6 +1176,12 @@ job_action!(
     "Cancels a queued or running job (a running one runs the cancel script).",
     cancel_job
 );
+job_action!(
+    acknowledge_job,
+    "/api/v1/jobs/{id}/acknowledge",
+    "Says the operator has seen that an ended job failed or was interrupted: it leaves the attention list (a machine holding for it still waits for its own confirmation). Idempotent.",
+    acknowledge
+);
 
 /// `POST /jobs/{id}/requeue` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -1727,6 +1733,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(pause_job))
         .routes(routes!(resume_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(acknowledge_job))
         .routes(routes!(requeue_job))
         .routes(routes!(reorder_job))
         .routes(routes!(attention))

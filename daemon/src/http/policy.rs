@@ -137,6 +137,12 @@ pub const TABLE: &[Rule] = &[
     ),
     row(
         Method::POST,
+        "/api/v1/jobs/{id}/acknowledge",
+        Roles(OPERATOR),
+        Empty,
+    ),
+    row(
+        Method::POST,
         "/api/v1/jobs/{id}/reorder",
         Roles(OPERATOR),
         Json,

@@ -1791,6 +1791,7 @@ mod tests {
             history: vec![],
             attempt: 0,
             pause: None,
+            awaiting_ack: false,
         }
     }
 

@@ -304,7 +304,12 @@ pub struct Progress {
     pub percent: f64,
     /// Seconds since the job started streaming.
     pub elapsed_seconds: f64,
-    /// Estimated seconds left.
+    /// Of those, the seconds spent producing (paused spans left out): the
+    /// time the ETA's observed pace is measured over.
+    #[serde(default)]
+    pub producing_seconds: f64,
+    /// Estimated seconds left: the estimate blended with the pace over
+    /// `producing_seconds` (`microfactory_protocol::eta::remaining`).
     pub eta_seconds: Option<f64>,
     /// Lines sent again after a firmware resend request.
     pub resends: u64,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use microfactory_protocol::eta::ProducingTime;
 use microfactory_protocol::framing::{DEFAULT_MAX_LINE, LineSplitter, SplitItem};
 use microfactory_protocol::host::Origin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,6 +120,9 @@ struct Running {
     paused: bool,
     cancelling: bool,
     started: Instant,
+    /// Time spent producing (paused spans left out), in seconds since
+    /// `started`: the pace the ETA blends in.
+    producing: ProducingTime,
     /// When the last job command was acknowledged: the end of the link's
     /// part of the job, before the machine finishes its motion.
     last_ack_at: Option<Instant>,
@@ -126,6 +130,19 @@ struct Running {
     payload_bytes: u64,
     resends_at_start: u64,
     wire_at_start: u64,
+}
+
+impl Running {
+    /// Stops or restarts the job's feed and its producing clock together.
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        let now = self.started.elapsed().as_secs_f64();
+        if paused {
+            self.producing.pause(now);
+        } else {
+            self.producing.resume(now);
+        }
+    }
 }
 
 struct Console {
@@ -444,7 +461,7 @@ impl<'a> Session<'a> {
             match job.source.next().await {
                 Ok(Some(line)) if line.pause.is_some() => {
                     // A tool change: stop feeding until the operator resumes.
-                    job.paused = true;
+                    job.set_paused(true);
                     let reason = line.pause.unwrap_or_default();
                     info!(job_id = %job.spec.id, line = line.line, %reason, "paused for the operator");
                     let _ = self.events.send(DriverEvent::PausedForOperator {
@@ -680,10 +697,11 @@ impl<'a> Session<'a> {
         } else {
             (j.done as f64 * 100.0 / j.total as f64).min(100.0)
         };
-        // The estimate blended with the pace kept so far.
+        // The estimate blended with the pace kept so far, while producing.
+        let producing = j.producing.seconds(elapsed);
         let eta = microfactory_protocol::eta::remaining(
             j.spec.estimated_seconds,
-            elapsed,
+            producing,
             percent / 100.0,
         );
         Some(Progress {
@@ -694,6 +712,7 @@ impl<'a> Session<'a> {
             bytes_sent: self.host.wire_bytes() - j.wire_at_start,
             percent,
             elapsed_seconds: elapsed,
+            producing_seconds: producing,
             eta_seconds: eta,
             resends: self.host.resends() - j.resends_at_start,
             paused: j.paused,
@@ -879,7 +898,7 @@ impl<'a> Session<'a> {
                     None => Err(DriverError::NoJob),
                     Some(j) if j.paused => Ok(()),
                     Some(j) => {
-                        j.paused = true;
+                        j.set_paused(true);
                         if !self.host.hold() {
                             for c in &self.config.scripts.park {
                                 let _ = self.host.push(Origin::Internal, c);
@@ -896,7 +915,7 @@ impl<'a> Session<'a> {
                     None => Err(DriverError::NoJob),
                     Some(j) if !j.paused => Ok(()),
                     Some(j) => {
-                        j.paused = false;
+                        j.set_paused(false);
                         if self.config.firmware == Firmware::Marlin {
                             for c in &self.config.scripts.unpark {
                                 let _ = self.host.push(Origin::Internal, c);
@@ -991,6 +1010,7 @@ impl<'a> Session<'a> {
             paused: false,
             cancelling: false,
             started: Instant::now(),
+            producing: ProducingTime::start(0.0),
             last_ack_at: None,
             last_progress: None,
             payload_bytes: 0,

@@ -43,6 +43,7 @@ fn failed_job(id: u64) -> Job {
             line: Some(12),
         }),
         attempt: 2,
+        awaiting_ack: true,
         ..crate::core::testkit::job(id)
     }
 }
@@ -55,7 +56,7 @@ fn idle_producing_and_disabled_machines_need_nobody() {
         machine("c", MachineState::PlannedDown, StateReason::Disabled),
         machine("d", MachineState::Offline, StateReason::Connecting),
     ];
-    assert!(list(&ms, |_| None, &[]).is_empty());
+    assert!(list(&ms, |_| None, &[], &[]).is_empty());
 }
 
 #[test]
@@ -66,7 +67,7 @@ fn a_tool_change_pause_names_the_tool_and_the_line() {
         tool: Some(1),
         line: 9,
     });
-    let items = list(&[m], |_| None, &[]);
+    let items = list(&[m], |_| None, &[], &[]);
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].kind, AttentionKind::Paused);
     assert_eq!(
@@ -85,6 +86,7 @@ fn a_failed_job_is_listed_while_its_machine_holds_for_it_and_gone_once_confirmed
     let items = list(
         std::slice::from_ref(&m),
         |id| (id == 4).then_some(&job),
+        &[&job],
         &[],
     );
     assert_eq!(
@@ -98,7 +100,68 @@ fn a_failed_job_is_listed_while_its_machine_holds_for_it_and_gone_once_confirmed
     assert!(items[0].title.contains("ALARM:3"), "{}", items[0].title);
     // The operator confirms the machine: the hold, and the item, are gone.
     let confirmed = machine("a", MachineState::Idle, StateReason::None);
-    assert!(list(&[confirmed], |id| (id == 4).then_some(&job), &[]).is_empty());
+    let mut seen = job.clone();
+    seen.awaiting_ack = false;
+    assert!(list(&[confirmed], |id| (id == 4).then_some(&seen), &[&seen], &[]).is_empty());
+}
+
+#[test]
+fn a_job_whose_file_vanished_is_listed_with_no_machine_until_it_is_acknowledged() {
+    // It never reached a machine: no hold, no machine to confirm.
+    let mut job = failed_job(9);
+    job.assigned_machine = None;
+    job.attempt = 0;
+    job.failure = Some(Failure {
+        reason: "its file was deleted".into(),
+        line: None,
+    });
+    job.ended_ms = Some(70);
+    let idle = machine("a", MachineState::Idle, StateReason::None);
+    let items = list(
+        std::slice::from_ref(&idle),
+        |id| (id == 9).then_some(&job),
+        &[&job],
+        &[],
+    );
+    assert_eq!(items.len(), 1, "{items:?}");
+    let i = &items[0];
+    assert_eq!(
+        (i.kind, i.job_id, i.machine_id.as_deref(), i.since_ms),
+        (AttentionKind::JobFailed, Some(9), None, 70)
+    );
+    assert_eq!(i.title, "Job #9 “bracket” failed: its file was deleted");
+    assert!(i.action.contains("dismiss"), "{}", i.action);
+    // Acknowledged: gone.
+    job.awaiting_ack = false;
+    assert!(list(&[idle], |_| None, &[&job], &[]).is_empty());
+}
+
+#[test]
+fn a_failed_job_on_a_disabled_machine_stays_listed_by_its_machine_s_name() {
+    let job = failed_job(5);
+    let mut m = machine("a", MachineState::PlannedDown, StateReason::Disabled);
+    m.hold_reason = Some(StateReason::Failed);
+    m.hold_job_id = Some(5);
+    let items = list(&[m], |id| (id == 5).then_some(&job), &[&job], &[]);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0].kind, AttentionKind::JobFailed);
+    assert_eq!(
+        items[0].title,
+        "Job #5 “bracket” failed on Machine a (a): ALARM:3 reset while in motion"
+    );
+}
+
+#[test]
+fn an_acknowledged_job_leaves_the_list_while_its_machine_still_asks_for_a_look() {
+    let mut job = failed_job(4);
+    job.awaiting_ack = false;
+    let mut m = machine("a", MachineState::AwaitingOperator, StateReason::Failed);
+    m.hold_reason = Some(StateReason::Failed);
+    m.hold_job_id = Some(4);
+    let items = list(&[m], |id| (id == 4).then_some(&job), &[], &[]);
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0].kind, AttentionKind::AwaitingOperator);
+    assert_eq!(items[0].machine_id.as_deref(), Some("a"));
 }
 
 #[test]
@@ -115,7 +178,7 @@ fn units_awaiting_inspection_are_one_item_per_product() {
             oldest_ms: 0,
         },
     ];
-    let items = list(&[], |_| None, &qc);
+    let items = list(&[], |_| None, &[], &qc);
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].title, "3 units of BRKT awaiting inspection");
     assert_eq!(items[0].sku.as_deref(), Some("BRKT"));
@@ -129,7 +192,7 @@ fn the_most_urgent_comes_first() {
     fault.since_ms = 50;
     fault.status.last_error = Some("Printer halted. kill() called!".into());
     let off = machine("c", MachineState::Offline, StateReason::Disconnected);
-    let items = list(&[bed, off, fault], |_| None, &[]);
+    let items = list(&[bed, off, fault], |_| None, &[], &[]);
     let kinds: Vec<_> = items.iter().map(|i| i.kind).collect();
     assert_eq!(
         kinds,
@@ -186,7 +249,7 @@ proptest! {
             .enumerate()
             .map(|(i, n)| QcWaiting { sku: format!("S{i}"), units: *n, oldest_ms: 0 })
             .collect();
-        let items = list(&machines, |id| (id == 1).then_some(&job), &qc);
+        let items = list(&machines, |id| (id == 1).then_some(&job), &[&job], &qc);
         for m in &machines {
             let needs = !matches!(
                 (m.machine_state, m.reason),
@@ -196,6 +259,8 @@ proptest! {
             let n = items.iter().filter(|i| i.machine_id.as_deref() == Some(m.id.as_str())).count();
             prop_assert_eq!(n, usize::from(needs), "{:?}", m.machine_state);
         }
+        // The unacknowledged failed job is on the list, whoever speaks for it.
+        prop_assert!(items.iter().any(|i| i.kind == AttentionKind::JobFailed && i.job_id == Some(1)));
         let qc_items = items.iter().filter(|i| i.kind == AttentionKind::AwaitingQc).count();
         prop_assert_eq!(qc_items, units.iter().filter(|n| **n > 0).count());
         let keys: HashSet<&str> = items.iter().map(|i| i.key.as_str()).collect();

@@ -211,12 +211,11 @@ fn a_completed_job_holds_the_machine_only_when_it_needs_a_bed_clearance() {
     );
 }
 
-#[test]
-fn a_requeued_job_starts_a_new_attempt_and_its_start_time_is_the_new_one() {
-    let f = file();
-    let files = |_: &str| Some(Arc::clone(&f));
+/// A printer `p` whose one job (submitted at 10, run at 12) failed at 13.
+fn one_failed_job(f: &Arc<FileRecord>) -> (Core, u64) {
+    let files = |_: &str| Some(Arc::clone(f));
     let mut c = core(&[("p", false)]);
-    let id = submit(&mut c, &f, 1, 10)[0];
+    let id = submit(&mut c, f, 1, 10)[0];
     c.schedule(&files, 11);
     c.started(0, id, Ok(()), 12);
     let fail = JobOutcome::Failed {
@@ -224,6 +223,14 @@ fn a_requeued_job_starts_a_new_attempt_and_its_start_time_is_the_new_one() {
         line: Some(2),
     };
     c.job_ended(0, id, fail, None, 13);
+    (c, id)
+}
+
+#[test]
+fn a_requeued_job_starts_a_new_attempt_and_its_start_time_is_the_new_one() {
+    let f = file();
+    let files = |_: &str| Some(Arc::clone(&f));
+    let (mut c, id) = one_failed_job(&f);
     c.set_machine(0, Some(true), None, 14);
     let (job, _) = c.requeue(id, None, Some(2), Some(&f), 15).expect("requeue");
     assert_eq!(
@@ -423,7 +430,7 @@ proptest! {
                     b
                 }
                 Input::Start(i, ok) => match c.machines()[i].job {
-                    Some(id) => c.started(i, id, if ok { Ok(()) } else { Err("busy".into()) }, now),
+                    Some(id) => c.started(i, id, if ok { Ok(()) } else { Err(NotStarted::Retry("busy".into())) }, now),
                     None => Batch::default(),
                 },
                 Input::End(i, o) => match c.machines()[i].job {
@@ -488,4 +495,123 @@ proptest! {
         }
         prop_assert!(attempts_ended.values().all(|n| *n == 1), "an attempt ended twice");
     }
+}
+
+#[test]
+fn a_queued_job_whose_file_was_deleted_fails_and_waits_for_the_operator_to_acknowledge_it() {
+    let f = file();
+    let mut c = core(&[("p", false)]);
+    c.set_machine(0, None, Some(true), 5);
+    let id = submit(&mut c, &f, 1, 10)[0];
+    c.set_machine(0, None, Some(false), 11);
+    let gone = |_: &str| None;
+    let (started, b) = c.schedule(&gone, 12);
+    assert!(started.is_empty());
+    let job = c.job(id).expect("job");
+    assert_eq!(
+        (job.state, job.awaiting_ack, job.assigned_machine.as_deref()),
+        (JobState::Failed, true, None)
+    );
+    assert_eq!(
+        b.jobs.last().map(|j| j.awaiting_ack),
+        Some(true),
+        "stored so"
+    );
+    // Requeueing it is refused (no file); dismissing it is the way out.
+    assert!(matches!(
+        c.requeue(id, None, None, None, 13),
+        Err(CoreError::Conflict(_))
+    ));
+    let (job, b) = c.acknowledge(id, None).expect("acknowledge");
+    assert!(!job.awaiting_ack);
+    assert_eq!(b.jobs.len(), 1);
+    assert!(b.events.is_empty(), "no state changed: {:?}", b.events);
+    // Twice is the same, with nothing to write.
+    let (job, b) = c.acknowledge(id, None).expect("again");
+    assert!(!job.awaiting_ack && b.jobs.is_empty());
+}
+
+#[test]
+fn a_job_whose_file_content_is_missing_fails_instead_of_returning_to_the_queue() {
+    let f = file();
+    let files = |_: &str| Some(Arc::clone(&f));
+    let mut c = core(&[("p", false)]);
+    let id = submit(&mut c, &f, 1, 10)[0];
+    c.schedule(&files, 11);
+    let b = c.started(
+        0,
+        id,
+        Err(NotStarted::Impossible("the content is missing".into())),
+        12,
+    );
+    let job = c.job(id).expect("job");
+    assert_eq!((job.state, job.awaiting_ack), (JobState::Failed, true));
+    assert!(
+        job.failure
+            .as_ref()
+            .is_some_and(|f| f.reason.contains("content is missing")),
+        "{job:?}"
+    );
+    assert_eq!(
+        b.attempts.last().and_then(|a| a.outcome),
+        Some(AttemptOutcome::Failed)
+    );
+    // The machine is free and nothing is retried.
+    assert_eq!(c.machines()[0].state.0, MachineState::Idle);
+    assert!(c.schedule(&files, 13).0.is_empty());
+    // A machine that was merely busy gives the job back to the queue.
+    let id2 = submit(&mut c, &f, 1, 14)[0];
+    c.schedule(&files, 15);
+    c.started(0, id2, Err(NotStarted::Retry("busy".into())), 16);
+    let job2 = c.job(id2).expect("job");
+    assert_eq!((job2.state, job2.awaiting_ack), (JobState::Queued, false));
+}
+
+#[test]
+fn confirming_the_machine_acknowledges_the_failed_job_it_held_for() {
+    let f = file();
+    let files = |_: &str| Some(Arc::clone(&f));
+    let (mut c, id) = one_failed_job(&f);
+    assert_eq!(c.job(id).map(|j| j.awaiting_ack), Some(true));
+    let b = c.set_machine(0, Some(true), None, 14);
+    assert_eq!(c.job(id).map(|j| j.awaiting_ack), Some(false));
+    assert_eq!(b.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
+    // A completed job never awaits an acknowledgement, and a queued one
+    // cannot be acknowledged.
+    let id2 = submit(&mut c, &f, 1, 15)[0];
+    assert!(matches!(
+        c.acknowledge(id2, None),
+        Err(CoreError::Conflict(_))
+    ));
+    c.schedule(&files, 16);
+    c.started(0, id2, Ok(()), 17);
+    c.job_ended(0, id2, JobOutcome::Completed, None, 18);
+    assert_eq!(c.job(id2).map(|j| j.awaiting_ack), Some(false));
+}
+
+#[test]
+fn unacknowledged_failures_stay_in_memory_when_old_jobs_are_trimmed() {
+    let f = file();
+    let seeds = vec![MachineSeed {
+        machine: printer("p", false),
+        record: MachineRecord::default(),
+        last: None,
+    }];
+    let (mut c, _) = Core::open(seeds, vec![], vec![], 0, 2, 0);
+    c.link(0, LinkState::Online, false, 1);
+    c.set_machine(0, None, Some(true), 2);
+    let ids = submit(&mut c, &f, 6, 10);
+    // The first fails for want of its file; the others are cancelled.
+    for (n, id) in ids.iter().enumerate().skip(1) {
+        c.cancel_queued(*id, 20 + n as u64).expect("cancel");
+    }
+    c.set_machine(0, None, Some(false), 30);
+    c.schedule(&|_: &str| None, 31);
+    c.trim_ended();
+    assert_eq!(c.job(ids[0]).map(|j| j.awaiting_ack), Some(true));
+    assert_eq!(
+        c.jobs().filter(|j| j.state == JobState::Cancelled).count(),
+        2,
+        "the other ended jobs are trimmed to keep_ended"
+    );
 }
