@@ -2,7 +2,8 @@
 // to do next and the button that does it (picked, packed, print the label,
 // shipped), the units reserved for it, the packing slip, a pick list of
 // every order waiting to be picked, finished-goods levels per SKU with
-// their trend, and the webhook receivers with their delivery status.
+// their trend, the webhook receivers with their delivery status, and the
+// fulfillment-order pings Shopify sent.
 // Everything comes from /api/v1, read again every few seconds while the
 // view is open: orders and stock change through the daemon's log reader,
 // which sends no live event. The trend is read from the durable log
@@ -61,6 +62,12 @@ export function ordersView(app) {
   const inventory = h('tbody', { id: 'inventory-rows' });
   const hooks = h('tbody', { id: 'webhook-rows' });
   const done = h('ul', { id: 'orders-done', class: 'sales-orders' });
+  const doneNone = h('p', { class: 'muted' }, 'No order has shipped or been cancelled yet.');
+  const pings = h('ul', { id: 'shopify-notifications', class: 'pings small' });
+  const pingsPanel = h('section', { class: 'panel', 'aria-labelledby': 'pings-h', hidden: true },
+    h('h3', { id: 'pings-h' }, 'Shopify notifications'),
+    h('p', { class: 'small muted' }, 'Shopify asks for these fulfillment orders to be accepted; '
+      + 'the orders themselves arrive through the storefront API.'), pings);
   const el = h('section', { id: 'orders-view', 'aria-labelledby': 'orders-view-h' },
     h('h2', { id: 'orders-view-h' }, 'Orders'), status,
     groups,
@@ -77,7 +84,8 @@ export function ordersView(app) {
         h('thead', {}, h('tr', {}, h('th', {}, 'Receiver'), h('th', {}, 'Status'), h('th', { class: 'num' }, 'Waiting'),
           h('th', {}, 'Last delivered'), h('th', {}, ''))),
         hooks))),
-    h('section', { class: 'panel', 'aria-labelledby': 'done-h' }, h('h3', { id: 'done-h' }, 'Recently finished'), done));
+    pingsPanel,
+    h('section', { class: 'panel', 'aria-labelledby': 'done-h' }, h('h3', { id: 'done-h' }, 'Recently finished'), doneNone, done));
 
   let timer = null;
   let busy = false;
@@ -205,6 +213,7 @@ export function ordersView(app) {
     else groups.querySelector('#orders-none')?.remove();
     const finished = orders.filter((o) => DONE.includes(o.state)).slice(-DONE_SHOWN).reverse();
     show(done, finished);
+    doneNone.hidden = finished.length > 0;
   }
 
   async function renderPicklist(orders) {
@@ -301,16 +310,26 @@ export function ordersView(app) {
 
   /** Reads everything; a call while a read runs makes it read once more
    *  (an action's result must show without waiting for the timer). */
+  /** The newest notifications Shopify sent, if any. */
+  const PINGS_SHOWN = 10;
+  function renderPings(list) {
+    pingsPanel.hidden = list.length === 0;
+    reconcile(pings, list.slice(0, PINGS_SHOWN), (n) => n.id, (n) => h('li', {},
+      h('strong', {}, n.kind ?? 'notification'), ` from ${n.shop} · ${fmtTime(n.received_ms)}`), () => {});
+  }
+
   async function refresh() {
     if (busy) { again = true; return; }
     busy = true;
     try {
-      const [orders, inv, receivers] = await Promise.all([
-        api('GET', '/orders'), api('GET', '/inventory'), api('GET', '/webhooks'), readTrend(),
+      const [orders, inv, receivers, notifications] = await Promise.all([
+        api('GET', '/orders'), api('GET', '/inventory'), api('GET', '/webhooks'),
+        api('GET', '/shopify/notifications'), readTrend(),
       ]);
       renderOrders(orders);
       renderInventory(inv.items);
       renderHooks(receivers);
+      renderPings(notifications);
       await renderPicklist(orders);
       el.dataset.loaded = 'true';
     } catch (e) {

@@ -1895,7 +1895,8 @@ async fn an_order_goes_from_allocated_to_shipped_through_the_orders_page_printin
          street1 = \"200 Industrial Way\"\ncity = \"Oakland\"\nregion = \"CA\"\n\
          postal_code = \"94607\"\ncountry = \"US\"\n\
          [[webhooks]]\nid = \"erp\"\nurl = \"{hook_url}\"\nsecret = \"0123456789abcdef\"\n\
-         topics = [\"*\"]\n[webhook_retry]\nbase_ms = 50\ncap_ms = 100\ndisable_after = 2\n"
+         topics = [\"*\"]\n[webhook_retry]\nbase_ms = 50\ncap_ms = 100\ndisable_after = 2\n\
+         [[shopify]]\nshop = \"ada.myshopify.com\"\nsecret = \"shpss_dashboard\"\n"
     );
     let mut f = Factory::start_with(&[printer], &config).await?;
     f.terminate().await?;
@@ -1944,6 +1945,25 @@ async fn an_order_goes_from_allocated_to_shipped_through_the_orders_page_printin
         .as_str()
         .unwrap()
         .to_string();
+    // Shopify pings that a fulfillment order waits (signed with the
+    // shop's secret).
+    let ping = r#"{"kind":"FULFILLMENT_REQUEST"}"#;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"shpss_dashboard")?;
+    hmac::Mac::update(&mut mac, ping.as_bytes());
+    let signature = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        hmac::Mac::finalize(mac).into_bytes(),
+    );
+    let res = f
+        .http
+        .post(format!("{}/shopify/fulfillment_order_notification", f.base))
+        .header("content-type", "application/json")
+        .header("x-shopify-shop-domain", "ada.myshopify.com")
+        .header("x-shopify-hmac-sha256", signature)
+        .body(ping)
+        .send()
+        .await?;
+    assert_eq!(res.status(), StatusCode::OK);
     // A second order waits for stock that is not there.
     let res = place(sales_order("1002", 5, "backorder"), "k2").await?;
     assert_eq!(res.status(), StatusCode::CREATED);
@@ -1988,6 +2008,11 @@ async fn an_order_goes_from_allocated_to_shipped_through_the_orders_page_printin
     ui.wait(
         "document.querySelector('#webhook-rows tr[data-key=\"erp\"][data-state=\"disabled\"] .hook-enable')",
         "the disabled receiver with Re-enable",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#shopify-notifications')?.textContent.includes('FULFILLMENT_REQUEST from ada.myshopify.com')",
+        "Shopify's ping shown to the operator",
     )
     .await?;
     ui.screenshots("orders").await?;
