@@ -128,6 +128,8 @@ def wrk(url: str, token: str, args, extra: list[str], connections: int,
             res["requests"] = int(s[0])
         elif "Non-2xx" in line:
             res["non_2xx_3xx"] = int(s[-1])
+        elif line.startswith("Transfer/sec:"):
+            res["transfer_per_s"] = s[1]
         elif line.strip().startswith("Socket errors"):
             res["socket_errors"] = line.strip()
     return res
