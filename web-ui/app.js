@@ -1,5 +1,5 @@
 // Entry point: session, the live event stream, the shared state and the
-// hash router (#/machines, #/queue, #/production, #/machine/ID, #/job/ID). Views render
+// hash router (#/machines, #/queue, #/production, #/orders, #/machine/ID, #/job/ID). Views render
 // from `app.state` and are told to update when it changes; they update
 // their elements in place so that focus and typing survive live data.
 
@@ -9,6 +9,7 @@ import { machinesView } from './machines.js';
 import { queueView } from './queue.js';
 import { machineDetailView, jobDetailView } from './detail.js';
 import { productionView } from './production.js';
+import { ordersView } from './orders.js';
 import { attentionView, announce } from './attention.js';
 import { HISTORY_MS } from './chart.js';
 
@@ -298,6 +299,7 @@ function parseRoute() {
   switch (parts[0]) {
     case 'queue': return { nav: 'queue', make: () => queueView(app) };
     case 'production': return { nav: 'production', make: () => productionView(app) };
+    case 'orders': return { nav: 'orders', make: () => ordersView(app) };
     case 'attention': return { nav: 'attention', make: () => attentionView(app) };
     case 'machine': return { nav: 'machines', make: () => machineDetailView(app, parts[1] ?? '') };
     case 'job': return { nav: 'queue', make: () => jobDetailView(app, Number(parts[1])) };

@@ -58,7 +58,7 @@ fn bench(c: &mut Criterion) {
         shipment_number: "MF-2026-000123".into(),
         order_reference: "#1001".into(),
         service: "standard".into(),
-        weight_grams: 450,
+        weight_grams: Some(450),
         from: from.clone(),
         to: to.clone(),
     };

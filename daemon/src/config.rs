@@ -64,6 +64,21 @@ pub struct Config {
     /// answers, as `[[shopify]]` tables.
     #[serde(default)]
     pub shopify: Vec<ShopifyShop>,
+    /// The shop's name and address (`[shop]`), printed on shipping labels
+    /// and packing slips; without it those answer 409.
+    pub shop: Option<ShopConfig>,
+}
+
+/// `[shop]` and `[shop.address]`: who sends the parcels. The address is
+/// the labels' from address, checked by `commerce::address::validate` and
+/// kept in its normalised form, so a label prints what check-config saw.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopConfig {
+    /// The shop's name, atop packing slips.
+    pub name: String,
+    /// The return address.
+    pub address: crate::commerce::address::Address,
 }
 
 /// `[costs]`: what production costs, each rate with its unit in its name,
@@ -640,7 +655,7 @@ impl Config {
     /// them and one problem per key, so that they are reported together
     /// with everything else that is wrong. `None` for any other error.
     fn without_unknown_keys(text: &str) -> Option<(Config, Vec<String>)> {
-        const TOP: [&str; 13] = [
+        const TOP: [&str; 14] = [
             "listen",
             "data_dir",
             "max_upload_bytes",
@@ -654,6 +669,7 @@ impl Config {
             "webhooks",
             "webhook_retry",
             "shopify",
+            "shop",
         ];
         const WEBHOOK: [&str; 4] = ["id", "url", "secret", "topics"];
         const MACHINE: [&str; 9] = [
@@ -796,15 +812,33 @@ impl Config {
             }
         }
         check_webhooks(&self, &mut problems);
+        let mut config = self;
+        if let Some(shop) = config.shop.as_mut() {
+            check_shop(shop, &mut problems);
+        }
         if problems.is_empty() {
             Ok(Checked {
-                config: self,
+                config,
                 machines,
                 warnings,
             })
         } else {
             Err(problems)
         }
+    }
+}
+
+/// `[shop]`: a name to print and an address that passes the same checks
+/// as a customer's; the address is replaced by its normalised form.
+fn check_shop(shop: &mut ShopConfig, problems: &mut Vec<String>) {
+    shop.name = shop.name.trim().to_owned();
+    let name = &shop.name;
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        problems.push("shop.name must be 1 to 100 printable characters".into());
+    }
+    match crate::commerce::address::validate(&shop.address) {
+        Ok(a) => shop.address = a,
+        Err(e) => problems.push(format!("shop.address.{}: {e}", e.field)),
     }
 }
 
@@ -1434,6 +1468,53 @@ mttr_hours_max = -1
             typo.is_err(),
             "an unknown criterion is an error, never ignored"
         );
+    }
+
+    #[test]
+    fn the_shop_address_is_validated_like_a_customers_and_kept_normalised() {
+        let c = parse(
+            r#"
+data_dir = "d"
+[shop]
+name = " Ada's Shop "
+[shop.address]
+name = "Ada's Workshop"
+street1 = "200 Industrial Way"
+city = "Oakland"
+region = "CA"
+postal_code = "94607"
+country = "us"
+"#,
+        )
+        .expect("valid");
+        let shop = c.config.shop.expect("shop");
+        assert_eq!(shop.name, "Ada's Shop");
+        assert_eq!(shop.address.country, "US");
+        assert_eq!(shop.address.street1, "200 INDUSTRIAL WAY", "USPS style");
+        let e = parse(
+            r#"
+data_dir = "d"
+[shop]
+name = ""
+[shop.address]
+name = "Ada's Workshop"
+street1 = "200 Industrial Way"
+city = "Oakland"
+region = "CA"
+postal_code = "9460"
+country = "US"
+"#,
+        )
+        .expect_err("invalid");
+        assert!(e.iter().any(|p| p.contains("shop.name must be")), "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|p| p.starts_with("shop.address.postal_code: ")),
+            "{e:#?}"
+        );
+        assert_eq!(e.len(), 2, "{e:#?}");
+        let e = parse("data_dir = \"d\"\n[shop]\nname = \"x\"\n").expect_err("no address");
+        assert!(e.iter().any(|p| p.contains("address")), "{e:#?}");
     }
 
     #[test]

@@ -154,11 +154,21 @@ profile = "grbl-3018"
 port = "/dev/serial/by-id/usb-GRBL_3018-if00"
 "#;
 
-/// Three different mistakes: an unknown key, an unknown profile and an id
-/// used twice.
+/// Four different mistakes: an unknown key, an unknown profile, an id
+/// used twice and a shop address whose postal code is not a ZIP code.
 const BAD_CONFIG: &str = r#"
 data_dir = "data-bad"
 listen_adress = "127.0.0.1:7125"
+
+[shop]
+name = "Ada's Shop"
+[shop.address]
+name = "Ada's Workshop"
+street1 = "200 Industrial Way"
+city = "Oakland"
+region = "CA"
+postal_code = "9460"
+country = "US"
 
 [[machine]]
 id = "mk3-a"
@@ -188,6 +198,7 @@ fn check_config_exits_78_listing_every_problem_at_once() {
         "listen_adress",
         "unknown machine profile 'prusa-mk9'",
         "id 'mk3-a' is used twice",
+        "shop.address.postal_code: ",
     ] {
         assert!(err.contains(needle), "missing '{needle}' in:\n{err}");
     }

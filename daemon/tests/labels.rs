@@ -181,7 +181,7 @@ fn label() -> ShippingLabel {
         shipment_number: "MF-2026-000123".into(),
         order_reference: "#1001".into(),
         service: "standard".into(),
-        weight_grams: 450,
+        weight_grams: Some(450),
         from: shop(),
         to: customer_de(),
     }

@@ -22,7 +22,10 @@ const LONG_PRINT: &str = "bracket_petg.gcode";
 /// The walk sends wrong credentials to every route; the failed sign-in
 /// limit is tested on its own.
 const MANY_FAILURES: &str = "[http]\nmax_failed_sign_ins_per_minute = 100000\n\
-    [apc.tiny.fdm_printer]\noee_min = 0.5";
+    [apc.tiny.fdm_printer]\noee_min = 0.5\n\
+    [shop]\nname = \"Test Shop\"\n[shop.address]\nname = \"Test Shop\"\n\
+    street1 = \"1 Main St\"\ncity = \"Boston\"\nregion = \"MA\"\npostal_code = \"02108\"\n\
+    country = \"US\"";
 
 fn two_machines() -> [MachineSpec; 2] {
     [
@@ -76,12 +79,16 @@ async fn call(req: reqwest::RequestBuilder) -> (StatusCode, Option<Value>, heade
     let res = req.send().await.expect("request");
     let status = res.status();
     let headers = res.headers().clone();
-    // Event streams and the Prometheus exposition are not JSON.
+    // Event streams, the Prometheus exposition, labels and packing slips
+    // (PDF, ZPL as text) are not JSON.
     let sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.starts_with("text/event-stream") || v.starts_with("application/openmetrics-text")
+            v.starts_with("text/event-stream")
+                || v.starts_with("application/openmetrics-text")
+                || v.starts_with("application/pdf")
+                || v.starts_with("text/plain")
         });
     if sse {
         return (status, None, headers);
@@ -205,6 +212,9 @@ struct Ids {
     order: u64,
     serial: String,
     sales_order: u64,
+    /// A back-order for the cancel route, so the shipped order keeps its
+    /// shipment and the label and packing slip answer 200 to every reader.
+    cancel_order: u64,
     shipment: u64,
     webhook: &'static str,
 }
@@ -235,6 +245,9 @@ impl Ids {
             }
         }
         let path = out.join("/");
+        if template == "/api/v1/orders/{id}/cancel" {
+            return format!("/api/v1/orders/{}/cancel", self.cancel_order);
+        }
         // Routes whose GET needs a query to answer 200.
         if template == "/api/v1/picklist" {
             return format!("{path}?orders={}", self.sales_order);
@@ -378,6 +391,12 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
         .await
         .unwrap();
     let (sales_order, shipment) = sales_order_and_shipment(&f, &serial).await;
+    let (s, v) = f
+        .post("/orders", crate::sales_order("to-cancel"))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cancel_order = v["id"].as_u64().unwrap();
     // A webhook receiver (nobody listens there; its retries are harmless).
     let (s, v) = f
         .post(
@@ -395,6 +414,7 @@ async fn every_route_admits_exactly_the_roles_it_documents() {
         order,
         serial,
         sales_order,
+        cancel_order,
         shipment,
         webhook: "hook1",
     };

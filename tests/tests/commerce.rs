@@ -2,10 +2,12 @@
 //! printer reach finished goods through QC, 32 storefront clients race
 //! for the last unit over HTTP, and `kill -9` at seeded moments during
 //! order intake and QC-driven allocation loses no acknowledged order and
-//! reserves no unit twice.
+//! reserves no unit twice. A shipment's label and packing slip come over
+//! HTTP and are read back with poppler-utils and zxing-cpp.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +43,12 @@ fn fast(mut m: MachineSpec) -> MachineSpec {
 
 /// A factory with one fast printer and a storefront token.
 async fn factory() -> (Factory, String) {
-    let mut f = Factory::start(&[fast(MachineSpec::printer("mk3", "prusa-mk3s"))])
+    factory_with("").await
+}
+
+/// The same with extra top-level configuration.
+async fn factory_with(extra: &str) -> (Factory, String) {
+    let mut f = Factory::start_with(&[fast(MachineSpec::printer("mk3", "prusa-mk3s"))], extra)
         .await
         .unwrap();
     // sled allows one process: tokens are made while the daemon is stopped.
@@ -472,4 +479,291 @@ async fn kill_9_during_order_intake_and_allocation_loses_no_order_and_reserves_n
         ids[first_short..].iter().all(|(_, has)| !has),
         "a later order got a unit before an older one: {ids:?}"
     );
+}
+
+/// `[shop]` for the label tests: a German sender, so the US ship-to
+/// prints with its country line.
+const SHOP: &str = r#"
+[shop]
+name = "Werkstatt Ada"
+[shop.address]
+name = "Werkstatt Ada GmbH"
+street1 = "Hauptstrasse 5"
+city = "Berlin"
+postal_code = "10115"
+country = "DE"
+"#;
+
+/// Runs a tool (poppler-utils, python3 with zxing-cpp, as `.ci/run`
+/// installs them) and returns its standard output.
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not start ({e}); see .ci/run"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// GET as `token`: status, headers and raw body.
+async fn raw(
+    f: &Factory,
+    path: &str,
+    token: &str,
+) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let res = f
+        .request(reqwest::Method::GET, path)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    (status, headers, res.bytes().await.unwrap().to_vec())
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Asserts a refusal in the one JSON error shape and returns its sentence.
+async fn refused(f: &Factory, path: &str, token: &str, status: StatusCode) -> String {
+    let (s, h, body) = raw(f, path, token).await;
+    assert_eq!(s, status, "{path}: {}", String::from_utf8_lossy(&body));
+    assert!(
+        header(&h, "content-type").starts_with("application/json"),
+        "{path}"
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let msg = v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: {v}"));
+    assert!(!msg.is_empty());
+    msg.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipments_label_over_http_shows_its_number_and_address_and_its_barcode_decodes() {
+    let (f, shop) = factory_with(SHOP).await;
+    let units = produce(&f, 2, true).await;
+    tile_until(&f, "2 available", |i| i["available"] == 2).await;
+    let base = f.base.clone();
+    let (s, order) = post_order(
+        &f.http,
+        &base,
+        &shop,
+        "label-1",
+        &order_body("L1", 1, "reject"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let oid = order["id"].as_u64().unwrap();
+    let serial = allocated(&order)[0].clone();
+    assert!(units.contains(&serial));
+    let (s, sh) = f
+        .post(&format!("/orders/{oid}/shipments"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{sh}");
+    let (sid, number) = (
+        sh["id"].as_u64().unwrap(),
+        sh["number"].as_str().unwrap().to_string(),
+    );
+
+    let dir = f.dir.path().join("docs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let save = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+
+    // The PDF, read by the viewer role as the packing bench would.
+    let (s, h, pdf) = raw(&f, &format!("/shipments/{sid}/label.pdf"), &f.viewer).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&pdf));
+    assert_eq!(header(&h, "content-type"), "application/pdf");
+    assert_eq!(
+        header(&h, "content-disposition"),
+        format!("inline; filename=\"{number}.pdf\"")
+    );
+    let path = save("label.pdf", &pdf);
+    let info = tool("pdfinfo", &[&path]);
+    assert!(info.contains("288 x 432 pts"), "4x6 in: {info}");
+    let text = tool("pdftotext", &["-layout", &path, "-"]);
+    for needle in [
+        number.as_str(),
+        "ADA LOVELACE",
+        "12 MARKET ST",
+        "SAN FRANCISCO CA 94105",
+        "UNITED STATES",
+        "Werkstatt Ada GmbH",
+        "10115 Berlin",
+        "web/L1",
+    ] {
+        assert!(
+            text.contains(needle),
+            "'{needle}' not in the label:\n{text}"
+        );
+    }
+    let prefix = dir.join("page").to_string_lossy().into_owned();
+    tool("pdftoppm", &["-gray", "-r", "203", &path, &prefix]);
+    let page = format!("{prefix}-1.pgm");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../daemon/tests/decode_barcodes.py"
+    );
+    let decoded: Vec<Value> = tool("python3", &[script, &page])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(decoded.len(), 1, "{decoded:?}");
+    assert_eq!(decoded[0]["format"], "Code 128", "{decoded:?}");
+    assert_eq!(decoded[0]["text"], number.as_str(), "{decoded:?}");
+
+    // ZPL for a 203 dpi printer.
+    let (s, h, zpl) = raw(&f, &format!("/shipments/{sid}/label.zpl"), &f.token).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(header(&h, "content-type"), "text/plain; charset=utf-8");
+    assert_eq!(
+        header(&h, "content-disposition"),
+        format!("attachment; filename=\"{number}.zpl\"")
+    );
+    let zpl = String::from_utf8(zpl).unwrap();
+    for cmd in ["^XA", "^PW812", "^LL1218", "^CI28", "^BC", "^XZ"] {
+        assert!(zpl.contains(cmd), "{cmd} missing:\n{zpl}");
+    }
+    assert!(zpl.contains(&number), "{zpl}");
+
+    // The packing slip on Letter lists the serial; A4 is the default.
+    let (s, h, slip) = raw(
+        &f,
+        &format!("/orders/{oid}/packing-slip.pdf?paper=letter"),
+        &f.token,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&slip));
+    assert_eq!(header(&h, "content-type"), "application/pdf");
+    assert_eq!(
+        header(&h, "content-disposition"),
+        format!("inline; filename=\"packing-slip-{oid}.pdf\"")
+    );
+    let path = save("slip.pdf", &slip);
+    assert!(
+        tool("pdfinfo", &[&path]).contains("612 x 792 pts"),
+        "Letter"
+    );
+    let text = tool("pdftotext", &["-layout", &path, "-"]);
+    for needle in ["Werkstatt Ada", &serial, "tile", "web/L1"] {
+        assert!(text.contains(needle), "'{needle}' not on the slip:\n{text}");
+    }
+    let (s, _, a4) = raw(&f, &format!("/orders/{oid}/packing-slip.pdf"), &f.token).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(tool("pdfinfo", &[&save("a4.pdf", &a4)]).contains("595.276 x 841.89 pts"));
+
+    // The unit's own label, PDF and ZPL.
+    let (s, h, unit) = raw(&f, &format!("/units/{serial}/label.pdf"), &f.token).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&unit));
+    assert_eq!(header(&h, "content-type"), "application/pdf");
+    assert!(tool("pdftotext", &[&save("unit.pdf", &unit), "-"]).contains(&serial));
+    let (s, _, unit_zpl) = raw(&f, &format!("/units/{serial}/label.zpl"), &f.token).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8(unit_zpl).unwrap().contains("^PW406"));
+
+    // Refusals: unknown ids, a bad paper, the storefront, a voided shipment.
+    refused(
+        &f,
+        "/shipments/999/label.pdf",
+        &f.token,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    refused(
+        &f,
+        "/shipments/x/label.zpl",
+        &f.token,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    refused(
+        &f,
+        "/orders/999/packing-slip.pdf",
+        &f.token,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    refused(&f, "/units/U404/label.pdf", &f.token, StatusCode::NOT_FOUND).await;
+    let m = refused(
+        &f,
+        &format!("/orders/{oid}/packing-slip.pdf?paper=a5"),
+        &f.token,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(m.contains("a4, letter"), "{m}");
+    refused(
+        &f,
+        &format!("/shipments/{sid}/label.pdf"),
+        &shop,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    let (s, v) = f
+        .post(&format!("/orders/{oid}/cancel"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let m = refused(
+        &f,
+        &format!("/shipments/{sid}/label.pdf"),
+        &f.token,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(m.contains("voided"), "{m}");
+    let m = refused(
+        &f,
+        &format!("/orders/{oid}/packing-slip.pdf"),
+        &f.token,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    assert!(m.contains("cancelled"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_shop_section_labels_are_refused_naming_what_to_configure() {
+    let (f, shop) = factory().await;
+    produce(&f, 2, true).await;
+    tile_until(&f, "available", |i| i["available"].as_i64() >= Some(1)).await;
+    let (s, order) = post_order(
+        &f.http,
+        &f.base,
+        &shop,
+        "ns-1",
+        &order_body("N1", 1, "reject"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let oid = order["id"].as_u64().unwrap();
+    let (s, sh) = f
+        .post(&format!("/orders/{oid}/shipments"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{sh}");
+    for path in [
+        format!("/shipments/{}/label.pdf", sh["id"]),
+        format!("/orders/{oid}/packing-slip.pdf"),
+    ] {
+        let m = refused(&f, &path, &f.token, StatusCode::CONFLICT).await;
+        assert!(m.contains("[shop]"), "{m}");
+    }
+    // A unit label needs no shop.
+    let serial = allocated(&order)[0].clone();
+    let (s, _, _) = raw(&f, &format!("/units/{serial}/label.zpl"), &f.token).await;
+    assert_eq!(s, StatusCode::OK);
 }

@@ -2070,3 +2070,284 @@ async fn on_a_phone_every_control_is_at_least_a_finger_wide() -> Result<()> {
     ui.close().await;
     Ok(())
 }
+
+/// A webhook receiver that answers 500 until told to be healthy, then 200;
+/// counts the 200s in a watch the test awaits.
+#[derive(Clone)]
+struct FlakyHook {
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    delivered: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for FlakyHook {
+    fn default() -> Self {
+        Self {
+            healthy: Arc::default(),
+            delivered: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+}
+
+async fn flaky_hook() -> (String, FlakyHook) {
+    use std::sync::atomic::Ordering;
+    let hook = FlakyHook::default();
+    let state = hook.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let s = state.clone();
+            async move {
+                if s.healthy.load(Ordering::SeqCst) {
+                    s.delivered.send_modify(|n| *n += 1);
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), hook)
+}
+
+/// A storefront order for `tile`.
+fn sales_order(external_id: &str, quantity: u32, when_short: &str) -> serde_json::Value {
+    json!({"channel": "web", "external_id": external_id,
+        "lines": [{"sku": "tile", "quantity": quantity}],
+        "ship_to": {"name": "Ada Lovelace", "street1": "12 Market St", "street2": null,
+            "city": "San Francisco", "region": "CA", "postal_code": "94105", "country": "US",
+            "phone": null, "email": null},
+        "service": "standard", "when_short": when_short})
+}
+
+fn sales_order_item(id: u64) -> String {
+    format!("document.querySelector('#order-groups li.sales-order[data-key=\"{id}\"]')")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_goes_from_allocated_to_shipped_through_the_orders_page_printing_its_label()
+-> Result<()> {
+    use std::sync::atomic::Ordering;
+    let _one = ONE_BROWSER.lock().await;
+    let (hook_url, hook) = flaky_hook().await;
+    let mut printer = MachineSpec::printer("mk3-a", "prusa-mk3s");
+    printer.time_scale = 5000.0;
+    let config = format!(
+        "[shop]\nname = \"Ada's Couplings\"\n[shop.address]\nname = \"Ada's Workshop\"\n\
+         street1 = \"200 Industrial Way\"\ncity = \"Oakland\"\nregion = \"CA\"\n\
+         postal_code = \"94607\"\ncountry = \"US\"\n\
+         [[webhooks]]\nid = \"erp\"\nurl = \"{hook_url}\"\nsecret = \"0123456789abcdef\"\n\
+         topics = [\"*\"]\n[webhook_retry]\nbase_ms = 50\ncap_ms = 100\ndisable_after = 2\n\
+         [[shopify]]\nshop = \"ada.myshopify.com\"\nsecret = \"shpss_dashboard\"\n"
+    );
+    let mut f = Factory::start_with(&[printer], &config).await?;
+    f.terminate().await?;
+    let shop = Factory::token_create(f.dir.path(), "storefront")?;
+    f.launch().await?;
+
+    let (s, file) = f
+        .upload_bytes("tile.gcode", TILE.as_bytes().to_vec())
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{file}");
+    let (s, p) = f
+        .post(
+            "/products",
+            json!({"sku": "tile", "name": "Tile", "file_id": file["id"],
+                "units_per_job": 2, "auto_pass": true, "weight_g": 35.0}),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let (s, o) = f
+        .post("/production-orders", json!({"sku": "tile", "quantity": 2}))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    f.order_until(o["id"].as_u64().unwrap(), WAIT, |o| {
+        o["progress"]["good"] == 2
+    })
+    .await?;
+    // Finished goods follow QC through the log reader (no live event).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while f.get("/inventory/tile").await?.1["available"] != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "stock never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let place = |body: serde_json::Value, key: &str| {
+        f.http
+            .post(format!("{}/api/v1/orders", f.base))
+            .bearer_auth(&shop)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let res = place(sales_order("1001", 1, "reject"), "k1").await?;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let order: serde_json::Value = res.json().await?;
+    let id = order["id"].as_u64().unwrap();
+    let serial = order["lines"][0]["allocated"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Shopify pings that a fulfillment order waits (signed with the
+    // shop's secret).
+    let ping = r#"{"kind":"FULFILLMENT_REQUEST"}"#;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"shpss_dashboard")?;
+    hmac::Mac::update(&mut mac, ping.as_bytes());
+    let signature = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        hmac::Mac::finalize(mac).into_bytes(),
+    );
+    let res = f
+        .http
+        .post(format!("{}/shopify/fulfillment_order_notification", f.base))
+        .header("content-type", "application/json")
+        .header("x-shopify-shop-domain", "ada.myshopify.com")
+        .header("x-shopify-hmac-sha256", signature)
+        .body(ping)
+        .send()
+        .await?;
+    assert_eq!(res.status(), StatusCode::OK);
+    // A second order waits for stock that is not there.
+    let res = place(sales_order("1002", 5, "backorder"), "k2").await?;
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.click("#nav a[data-view='orders']").await?;
+    let item = sales_order_item(id);
+    ui.wait(
+        &format!("{item}?.closest('[data-group]')?.dataset.group === 'allocated'"),
+        "the order under To pick",
+    )
+    .await?;
+    assert!(
+        ui.eval::<String>(&format!("{item}.textContent"))
+            .await?
+            .contains(&serial),
+        "the reserved serial is shown"
+    );
+    ui.wait(
+        "document.querySelector('#order-groups [data-group=\"received\"] .sales-order')",
+        "the back-order under Waiting for stock",
+    )
+    .await?;
+    ui.wait(
+        &format!(
+            "document.querySelector('#picklist-table tr[data-sku=\"tile\"]')?.textContent.includes('{serial}')"
+        ),
+        "the pick list naming the unit",
+    )
+    .await?;
+    // Levels: two on hand, both committed (the back-order took the second
+    // unit); the trend has the changes so far.
+    ui.wait(
+        "(() => { const c = document.querySelector('#inventory-rows tr[data-key=\"tile\"]')?.children; \
+         return c && c[1].textContent === '2' && c[2].textContent === '2' && c[4].textContent === '0' \
+         && Number(c[5].dataset.points) >= 2 && c[5].querySelector('svg polyline'); })()",
+        "the tile's levels and trend",
+    )
+    .await?;
+    // The receiver failed twice in a row: disabled, with the way back.
+    ui.wait(
+        "document.querySelector('#webhook-rows tr[data-key=\"erp\"][data-state=\"disabled\"] .hook-enable')",
+        "the disabled receiver with Re-enable",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#shopify-notifications')?.textContent.includes('FULFILLMENT_REQUEST from ada.myshopify.com')",
+        "Shopify's ping shown to the operator",
+    )
+    .await?;
+    ui.screenshots("orders").await?;
+
+    // One button per step; the order moves to the next group each time.
+    for (button, group, what) in [
+        ("so-pick", "picked", "the order under To pack"),
+        ("so-pack", "packed", "the order under To label"),
+        ("so-label", "labelled", "the order under To ship"),
+    ] {
+        ui.click(&format!("#order-groups li[data-key='{id}'] .{button}"))
+            .await?;
+        ui.wait(
+            &format!("{item}?.closest('[data-group]')?.dataset.group === '{group}'"),
+            what,
+        )
+        .await?;
+    }
+    // The click opened the label in a tab of its own.
+    let label: String = ui
+        .eval("document.querySelector('#orders-view').dataset.lastLabel")
+        .await?;
+    assert!(label.ends_with("/label.pdf"), "{label}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut urls = Vec::new();
+        let mut opened = None;
+        for p in ui.browser.pages().await? {
+            let url = p.url().await?.unwrap_or_default();
+            if url.ends_with(&label) {
+                opened = Some(p);
+            }
+            urls.push(url);
+        }
+        if let Some(tab) = opened {
+            // Back to the dashboard: a page in the background gets no
+            // animation frames.
+            tab.close().await?;
+            ui.page.bring_to_front().await?;
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no tab opened {label}: {urls:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The label and packing slip the page links are PDFs.
+    for sel in [".so-label-pdf", ".so-slip"] {
+        let kind: String = ui
+            .eval(&format!(
+                "fetch(document.querySelector(\"#order-groups li[data-key='{id}'] {sel}\").href)\
+                 .then(async r => r.headers.get('content-type') + ' ' + (await r.text()).slice(0, 5))"
+            ))
+            .await?;
+        assert_eq!(kind, "application/pdf %PDF-", "{sel}");
+    }
+    ui.screenshots("orders-labelled").await?;
+
+    ui.click(&format!("#order-groups li[data-key='{id}'] .so-ship"))
+        .await?;
+    ui.wait(
+        &format!(
+            "document.querySelector('#orders-done li[data-key=\"{id}\"][data-state=\"shipped\"]')"
+        ),
+        "the order among the finished, shipped",
+    )
+    .await?;
+    ui.wait(
+        "document.querySelector('#inventory-rows tr[data-key=\"tile\"]')?.children[1].textContent === '1'",
+        "one unit left on hand",
+    )
+    .await?;
+    let (_, o) = f.get(&format!("/orders/{id}")).await?;
+    assert_eq!(o["state"], "shipped", "{o}");
+
+    // The receiver is back: re-enabled from the page, it is delivered to.
+    hook.healthy.store(true, Ordering::SeqCst);
+    ui.click("#webhook-rows tr[data-key='erp'] .hook-enable")
+        .await?;
+    ui.wait(
+        "document.querySelector('#webhook-rows tr[data-key=\"erp\"]')?.dataset.state === 'active'",
+        "the receiver active again",
+    )
+    .await?;
+    let mut delivered = hook.delivered.subscribe();
+    tokio::time::timeout(WAIT, delivered.wait_for(|&n| n > 0))
+        .await
+        .expect("a delivery within the wait")
+        .expect("the receiver lives");
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}

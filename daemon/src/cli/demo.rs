@@ -208,6 +208,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         webhooks: Vec::new(),
         webhook_retry: crate::config::WebhookRetry::default(),
         shopify: Vec::new(),
+        shop: Some(demo_shop()),
     }
     .check()
     .map_err(|p| anyhow::anyhow!("demo configuration: {}", p.join("; ")))?;
@@ -424,6 +425,24 @@ const SHOP_NAME: &str = "demo storefront";
 /// short, so it opens a production order (the tile is made to order), and
 /// its unit goes machine → QC (the demo's inspector) → finished goods →
 /// the order, ready for a shipment.
+/// The demo's sender: a shop name and return address for its labels.
+fn demo_shop() -> crate::config::ShopConfig {
+    crate::config::ShopConfig {
+        name: "Microfactory Demo Shop".into(),
+        address: Address {
+            name: "Microfactory Demo Workshop".into(),
+            street1: "200 Industrial Way".into(),
+            street2: None,
+            city: "Oakland".into(),
+            region: Some("CA".into()),
+            postal_code: "94607".into(),
+            country: "US".into(),
+            phone: None,
+            email: None,
+        },
+    }
+}
+
 async fn demo_orders(commerce: std::sync::Arc<Commerce>) {
     for (wait_s, ext, quantity, when_short) in [
         (2, "D-1001", 1, WhenShort::Backorder),

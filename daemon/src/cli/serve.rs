@@ -146,6 +146,7 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
         factory.store().clone(),
         Arc::clone(&metering),
         &checked.config.commerce.make_to_order,
+        checked.config.shop.clone(),
     )
     .context("cannot read the commerce records")?;
     commerce.start();

@@ -36,11 +36,15 @@ use utoipa::ToSchema;
 
 use super::carrier::{Carrier, LabelRequest, LocalCarrier};
 use super::inventory::{DEFAULT_LOCATION, FgUnit, Levels, Stock, StockEvent, StockSku, UnitState};
+use super::labels::{
+    LabelDate, LabelError, PackingSlip, Paper, ShippingLabel, SlipLine, UnitLabel,
+};
 use super::orders::{
     Action, Conflict, IdempotencyRecord, Invalid, OrderInput, SalesOrder, SalesState, Shipment,
     ShipmentInput, ShipmentState, WhenShort, shipment_units,
 };
 use crate::clock::now_ms;
+use crate::config::ShopConfig;
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::model::{AdjustmentKind, QcState};
 use crate::metering::Metering;
@@ -71,6 +75,10 @@ pub enum CommerceError {
     /// Storage failed (500).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A document could not be drawn: `Invalid` is the record's fault
+    /// (422), the others a bug in `labels` (500).
+    #[error("cannot make the document: {0}")]
+    Label(#[from] LabelError),
 }
 
 type Result<T, E = CommerceError> = std::result::Result<T, E>;
@@ -526,6 +534,8 @@ pub struct Commerce {
     metering: Arc<Metering>,
     make_to_order: BTreeSet<String>,
     carrier: Box<dyn Carrier>,
+    /// `[shop]`: the labels' from address and the packing slips' header.
+    shop: Option<ShopConfig>,
     state: Mutex<State>,
     view: RwLock<Arc<Snapshot>>,
     /// Itself, for background tasks that outlive a request.
@@ -555,6 +565,11 @@ fn check_reason(r: &str) -> Result<(), Invalid> {
     }
 }
 
+/// An order as the shop knows it: `channel/external_id`.
+fn order_reference(order: &SalesOrder) -> String {
+    format!("{}/{}", order.channel, order.external_id)
+}
+
 /// sha256 of a request body, hex: what an idempotency key remembers.
 pub fn body_digest(body: &[u8]) -> String {
     Sha256::digest(body)
@@ -570,6 +585,7 @@ impl Commerce {
         store: Store,
         metering: Arc<Metering>,
         make_to_order: &[String],
+        shop: Option<ShopConfig>,
     ) -> Result<Arc<Self>, StoreError> {
         let state = State::load(&store)?;
         let snap = Snapshot::build(state.version, state.snapshot_items());
@@ -579,6 +595,7 @@ impl Commerce {
             metering,
             make_to_order: make_to_order.iter().cloned().collect(),
             carrier: Box::new(LocalCarrier),
+            shop,
             state: Mutex::new(state),
             view: RwLock::new(Arc::new(snap)),
             cancel: CancellationToken::new(),
@@ -1051,12 +1068,115 @@ impl Commerce {
             });
         }
         Ok(ShipmentLabelData {
-            order_reference: format!("{}/{}", order.channel, order.external_id),
+            order_reference: order_reference(&order),
             order_created_ms: order.created_ms,
             ship_to: order.ship_to,
             lines,
             weight_g: weight,
             shipment: sh,
+        })
+    }
+
+    /// The configured shop, or the 409 that says how to configure it.
+    fn shop(&self, what: &str) -> Result<&ShopConfig> {
+        self.shop.as_ref().ok_or_else(|| {
+            CommerceError::Conflict(Conflict(format!(
+                "{what} needs the shop's name and address: add a [shop] section with \
+                 [shop.address] to the configuration and restart"
+            )))
+        })
+    }
+
+    /// The 4×6 in shipping label of a shipment, ready for the renderers.
+    /// A voided shipment has none (409); a shipped one can be reprinted.
+    pub fn shipping_label(&self, sid: u64) -> Result<ShippingLabel> {
+        let d = self.label_data(sid)?;
+        if d.shipment.state == ShipmentState::Voided {
+            return Err(CommerceError::Conflict(Conflict(format!(
+                "shipment {sid} ({}) was voided when its order was cancelled; it has no label",
+                d.shipment.number
+            ))));
+        }
+        let shop = self.shop("a shipping label")?;
+        Ok(ShippingLabel {
+            shipment_number: d.shipment.number,
+            order_reference: d.order_reference,
+            service: d.shipment.service,
+            // A product without a weight makes the parcel's unknown; the
+            // label then says so rather than print a made-up figure.
+            weight_grams: d
+                .weight_g
+                .map(|g| g.round().clamp(0.0, f64::from(u32::MAX)) as u32),
+            from: shop.address.clone(),
+            to: d.ship_to,
+        })
+    }
+
+    /// The packing slip of an order: every unit reserved for it or shipped
+    /// with it, by line. An order without units yet has none (409).
+    pub fn packing_slip(&self, id: u64, paper: Paper) -> Result<PackingSlip> {
+        let order = self
+            .lock()
+            .orders
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| CommerceError::NotFound(format!("no sales order {id}")))?;
+        if order.state == SalesState::Cancelled {
+            return Err(CommerceError::Conflict(Conflict(format!(
+                "sales order {id} was cancelled; there is nothing to pack"
+            ))));
+        }
+        let shop = self.shop("a packing slip")?;
+        let lines: Vec<SlipLine> = order
+            .lines
+            .iter()
+            .filter_map(|l| {
+                let serials: Vec<String> = l.shipped.iter().chain(&l.allocated).cloned().collect();
+                let quantity = u32::try_from(serials.len()).ok().filter(|q| *q > 0)?;
+                let title = self
+                    .metering
+                    .product(&l.sku)
+                    .map(|p| p.name)
+                    .unwrap_or_else(|_| l.sku.clone());
+                Some(SlipLine {
+                    sku: l.sku.clone(),
+                    title,
+                    quantity,
+                    serials,
+                })
+            })
+            .collect();
+        if lines.is_empty() {
+            return Err(CommerceError::Conflict(Conflict(format!(
+                "sales order {id} has no units reserved yet; its packing slip lists the units \
+                 in the box"
+            ))));
+        }
+        Ok(PackingSlip {
+            shop_name: shop.name.clone(),
+            shop_address: shop.address.clone(),
+            order_number: order_reference(&order),
+            order_date: LabelDate::from_unix_ms(order.created_ms),
+            ship_to: order.ship_to,
+            lines,
+            paper,
+        })
+    }
+
+    /// The 2×1 in label of any unit metering made: SKU, serial, the
+    /// production order as its lot, and the day it came off the machine.
+    pub fn unit_label(&self, serial: &str) -> Result<UnitLabel> {
+        let unit = self.metering.unit(serial).map_err(|e| match e {
+            crate::metering::MeteringError::Store(s) => CommerceError::Store(s),
+            _ => CommerceError::NotFound(format!("no unit with serial '{serial}'")),
+        })?;
+        Ok(UnitLabel {
+            sku: unit.sku,
+            serial: unit.serial,
+            lot: format!("PO{}", unit.order_id),
+            produced_on: LabelDate::from_unix_ms(unit.ended_ms),
+            gtin: None,
+            record_url: None,
         })
     }
 

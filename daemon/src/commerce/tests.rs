@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use super::address::Address;
 use super::inventory::UnitState;
+use super::labels::Paper;
 use super::orders::{Action, LineInput, OrderInput, SalesState, ShipmentInput, WhenShort};
 use super::service::{
     AdjustmentInput, Commerce, CommerceError, OrderView, ReturnInspection, body_digest,
 };
+use crate::config::ShopConfig;
 use crate::core::events::DomainEvent;
 use crate::core::model::{AdjustmentKind, QcState};
 use crate::factory::Factory;
@@ -25,11 +27,15 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 async fn commerce(store: &Store, mto: &[String]) -> Arc<Commerce> {
+    commerce_for(store, mto, None).await
+}
+
+async fn commerce_for(store: &Store, mto: &[String], shop: Option<ShopConfig>) -> Arc<Commerce> {
     let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10)
         .await
         .expect("factory");
     let m = Metering::new(f, &[], BTreeMap::new(), None);
-    Commerce::new(store.clone(), m, mto).expect("commerce")
+    Commerce::new(store.clone(), m, mto, shop).expect("commerce")
 }
 
 /// Metering's record of units made (and their QC state at birth).
@@ -474,5 +480,99 @@ async fn a_count_below_what_is_reserved_shows_a_negative_available_and_blocks_al
         .await
         .expect_err("nothing available");
     assert!(matches!(e, CommerceError::Short(_)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn documents_need_the_shop_units_and_a_live_shipment_and_print_the_shops_address() {
+    let dir = temp_dir("docs");
+    let store = Store::open(&dir).expect("open");
+    // Without [shop], labels and slips are refused with what to configure.
+    let bare = commerce(&store, &[]).await;
+    made(&store, "tile", &["U1", "U2"], QcState::Pass).await;
+    catch_up_all(&bare, &store).await;
+    let o = place(&bare, input("d1", "tile", 1, WhenShort::Reject))
+        .await
+        .expect("order");
+    let sh = bare
+        .create_shipment(o.order.id, ShipmentInput::default(), "op")
+        .await
+        .expect("shipment");
+    for e in [
+        bare.shipping_label(sh.id).expect_err("no shop"),
+        bare.packing_slip(o.order.id, Paper::A4)
+            .expect_err("no shop"),
+    ] {
+        assert!(
+            matches!(&e, CommerceError::Conflict(c) if c.0.contains("[shop]")),
+            "{e}"
+        );
+    }
+    drop(bare);
+
+    let from = Address {
+        name: "Ada's Workshop".into(),
+        street1: "200 Industrial Way".into(),
+        city: "Oakland".into(),
+        postal_code: "94607".into(),
+        ..address()
+    };
+    let shop = ShopConfig {
+        name: "Ada's Shop".into(),
+        address: from.clone(),
+    };
+    let c = commerce_for(&store, &[], Some(shop)).await;
+    let label = c.shipping_label(sh.id).expect("label");
+    assert_eq!(label.from, from);
+    assert_eq!(
+        label.to,
+        super::address::validate(&address()).expect("valid")
+    );
+    assert_eq!(label.shipment_number, sh.number);
+    assert_eq!(label.order_reference, "web/d1");
+    // No product record, so no weight: the label must not invent one.
+    assert_eq!(label.weight_grams, None);
+    let slip = c.packing_slip(o.order.id, Paper::Letter).expect("slip");
+    assert_eq!(slip.shop_name, "Ada's Shop");
+    assert_eq!(slip.paper, Paper::Letter);
+    assert_eq!(slip.lines.len(), 1);
+    assert_eq!(slip.lines[0].quantity, 1);
+    assert_eq!(slip.lines[0].serials, vec!["U1".to_string()]);
+
+    // An order still waiting for units has nothing to put on a slip.
+    let waiting = place(&c, input("d2", "tile", 5, WhenShort::Backorder))
+        .await
+        .expect("back-order");
+    assert!(waiting.order.lines[0].allocated.len() < 5);
+    let other = place(&c, input("d3", "tile", 1, WhenShort::Backorder))
+        .await
+        .expect("back-order");
+    assert!(other.order.lines[0].allocated.is_empty());
+    let e = c
+        .packing_slip(other.order.id, Paper::A4)
+        .expect_err("no units");
+    assert!(matches!(e, CommerceError::Conflict(_)), "{e}");
+    assert!(matches!(
+        c.packing_slip(999, Paper::A4),
+        Err(CommerceError::NotFound(_))
+    ));
+
+    // Cancelling voids the shipment: no label for it any more.
+    c.act(o.order.id, Action::Cancel, "op", None)
+        .await
+        .expect("cancel");
+    let e = c.shipping_label(sh.id).expect_err("voided");
+    assert!(
+        matches!(&e, CommerceError::Conflict(m) if m.0.contains("voided")),
+        "{e}"
+    );
+    assert!(matches!(
+        c.shipping_label(999),
+        Err(CommerceError::NotFound(_))
+    ));
+    assert!(matches!(
+        c.unit_label("U404"),
+        Err(CommerceError::NotFound(_))
+    ));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,6 +15,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::commerce::inventory::FgUnit;
+use crate::commerce::labels::{
+    LabelError, Paper, packing_slip_pdf, shipping_label_pdf, shipping_label_zpl, unit_label_pdf,
+    unit_label_zpl,
+};
 use crate::commerce::orders::{Action, OrderInput, SalesState, Shipment, ShipmentInput};
 use crate::commerce::service::{
     AdjustmentInput, CommerceError, InventoryItem, InventoryList, OrderView, PickList,
@@ -38,6 +42,13 @@ impl From<CommerceError> for ApiError {
             CommerceError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", msg),
             CommerceError::Short(_) => Self::new(StatusCode::CONFLICT, "short", msg),
             CommerceError::Store(s) => crate::factory::FactoryError::Store(s).into(),
+            CommerceError::Label(LabelError::Invalid { .. }) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", msg)
+            }
+            CommerceError::Label(_) => {
+                tracing::error!(error = %msg, "document failed");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "document", msg)
+            }
         }
     }
 }
@@ -442,6 +453,159 @@ async fn picklist(
     Ok(Json(s.commerce.picklist(&ids)?))
 }
 
+// --------------------------------------------------------------- documents
+
+/// `application/pdf`, shown in the browser (`inline`) so one click opens
+/// the print dialog's preview.
+const PDF: &str = "application/pdf";
+/// ZPL II is plain text (UTF-8 under `^CI28`) with no registered media
+/// type; it is saved (`attachment`) and sent to the printer as is.
+const ZPL: &str = "text/plain; charset=utf-8";
+
+/// A document answer: its type and a file name the browser keeps.
+fn document(content_type: &'static str, filename: &str, body: Vec<u8>) -> Response {
+    let disposition = if content_type == PDF {
+        "inline"
+    } else {
+        "attachment"
+    };
+    // File names are built from our own numbers and GS1 set 82 serials;
+    // anything else is replaced so the header stays one quoted token.
+    let safe: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut res = (StatusCode::OK, body).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{safe}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    res
+}
+
+/// The 4×6 in shipping label as a vector PDF: from (`[shop.address]`)
+/// and to addresses, service, weight, order reference and the shipment
+/// number as Code 128. 409 for a voided shipment or without `[shop]`.
+#[utoipa::path(get, path = "/api/v1/shipments/{id}/label.pdf", tag = "commerce",
+    params(("id" = u64, Path, description = "Shipment id")),
+    responses((status = 200, content_type = "application/pdf", body = Vec<u8>),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn shipment_label_pdf(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let label = s.commerce.shipping_label(id_of("shipment", &id)?)?;
+    let pdf = shipping_label_pdf(&label).map_err(CommerceError::from)?;
+    Ok(document(
+        PDF,
+        &format!("{}.pdf", label.shipment_number),
+        pdf,
+    ))
+}
+
+/// The same label as ZPL II for a 203 dpi thermal printer (`^PW812`,
+/// `^LL1218`, `^CI28`, every field hex-escaped).
+#[utoipa::path(get, path = "/api/v1/shipments/{id}/label.zpl", tag = "commerce",
+    params(("id" = u64, Path, description = "Shipment id")),
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn shipment_label_zpl(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let label = s.commerce.shipping_label(id_of("shipment", &id)?)?;
+    let zpl = shipping_label_zpl(&label).map_err(CommerceError::from)?;
+    Ok(document(
+        ZPL,
+        &format!("{}.zpl", label.shipment_number),
+        zpl.into_bytes(),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlipQuery {
+    paper: Option<String>,
+}
+
+/// The packing slip of an order (`?paper=a4`, the default, or `letter`):
+/// shop, order reference and date, ship-to, and per line the SKU, title,
+/// quantity and serials of the units reserved or shipped. 409 for an
+/// order without units yet, a cancelled one, or without `[shop]`.
+#[utoipa::path(get, path = "/api/v1/orders/{id}/packing-slip.pdf", tag = "commerce",
+    params(("id" = u64, Path, description = "Sales order id"),
+        ("paper" = Option<String>, Query, description = "a4 (default) or letter")),
+    responses((status = 200, content_type = "application/pdf", body = Vec<u8>),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn packing_slip(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<SlipQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(|e| bad_query(e.body_text()))?;
+    let paper = match q.paper.as_deref() {
+        None | Some("a4") => Paper::A4,
+        Some("letter") => Paper::Letter,
+        Some(other) => {
+            return Err(bad_query(format!(
+                "paper '{other}' is not one of a4, letter"
+            )));
+        }
+    };
+    let id = id_of("sales order", &id)?;
+    let slip = s.commerce.packing_slip(id, paper)?;
+    let pdf = packing_slip_pdf(&slip).map_err(CommerceError::from)?;
+    Ok(document(PDF, &format!("packing-slip-{id}.pdf"), pdf))
+}
+
+/// The 2×1 in label of a unit: SKU, serial, lot (its production order),
+/// production date and a GS1 DataMatrix ((11) date, (10) lot, (21) serial).
+#[utoipa::path(get, path = "/api/v1/units/{serial}/label.pdf", tag = "commerce",
+    params(("serial" = String, Path, description = "Unit serial")),
+    responses((status = 200, content_type = "application/pdf", body = Vec<u8>),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn unit_label_pdf_route(
+    State(s): State<AppState>,
+    Path(serial): Path<String>,
+) -> ApiResult<Response> {
+    let label = s.commerce.unit_label(&serial)?;
+    let pdf = unit_label_pdf(&label).map_err(CommerceError::from)?;
+    Ok(document(PDF, &format!("{}.pdf", label.serial), pdf))
+}
+
+/// The unit label as ZPL II (406 × 203 dots at 203 dpi).
+#[utoipa::path(get, path = "/api/v1/units/{serial}/label.zpl", tag = "commerce",
+    params(("serial" = String, Path, description = "Unit serial")),
+    responses((status = 200, content_type = "text/plain", body = String),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn unit_label_zpl_route(
+    State(s): State<AppState>,
+    Path(serial): Path<String>,
+) -> ApiResult<Response> {
+    let label = s.commerce.unit_label(&serial)?;
+    let zpl = unit_label_zpl(&label).map_err(CommerceError::from)?;
+    Ok(document(
+        ZPL,
+        &format!("{}.zpl", label.serial),
+        zpl.into_bytes(),
+    ))
+}
+
 /// Every commerce route, for `api::routes`.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -461,4 +625,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_shipment))
         .routes(routes!(ship))
         .routes(routes!(picklist))
+        .routes(routes!(shipment_label_pdf))
+        .routes(routes!(shipment_label_zpl))
+        .routes(routes!(packing_slip))
+        .routes(routes!(unit_label_pdf_route))
+        .routes(routes!(unit_label_zpl_route))
 }

@@ -373,6 +373,40 @@ pub const TABLE: &[Rule] = &[
         Empty,
     ),
     row(Method::GET, "/api/v1/picklist", Roles(READERS), Empty),
+    // Labels and packing slips are printed at the packing bench: people
+    // who read (operators, viewers). Not the storefront: it has no
+    // printer here, it learns shipment numbers from GET /shipments/{id},
+    // and its token sits on an internet-facing server.
+    row(
+        Method::GET,
+        "/api/v1/shipments/{id}/label.pdf",
+        Roles(READERS),
+        Empty,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/shipments/{id}/label.zpl",
+        Roles(READERS),
+        Empty,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/orders/{id}/packing-slip.pdf",
+        Roles(READERS),
+        Empty,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/units/{serial}/label.pdf",
+        Roles(READERS),
+        Empty,
+    ),
+    row(
+        Method::GET,
+        "/api/v1/units/{serial}/label.zpl",
+        Roles(READERS),
+        Empty,
+    ),
     // Webhook receivers and Shopify notifications (`http::webhooks`).
     row(Method::GET, "/api/v1/webhooks", Roles(READERS), Empty),
     row(Method::POST, "/api/v1/webhooks", Roles(OPERATOR), Json),

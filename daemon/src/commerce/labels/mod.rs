@@ -74,7 +74,9 @@ pub struct ShippingLabel {
     pub order_reference: String,
     /// The service name printed in the top box, e.g. `standard`.
     pub service: String,
-    pub weight_grams: u32,
+    /// `None` when a product in the parcel has no weight recorded: the
+    /// label says so instead of printing a figure nobody measured.
+    pub weight_grams: Option<u32>,
     pub from: Address,
     pub to: Address,
 }

@@ -31,6 +31,13 @@ pub(crate) fn weight(grams: u32) -> String {
     }
 }
 
+/// The weight as printed, or that it is unknown.
+fn weight_of(label: &ShippingLabel) -> String {
+    label
+        .weight_grams
+        .map_or_else(|| "weight not recorded".to_owned(), weight)
+}
+
 fn check(label: &ShippingLabel) -> Result<Vec<u8>, LabelError> {
     if label.order_reference.trim().is_empty() {
         return Err(LabelError::invalid(
@@ -70,7 +77,7 @@ pub fn shipping_label_pdf(label: &ShippingLabel) -> Result<Vec<u8>, LabelError> 
         let service = label.service.to_uppercase();
         let (s, size) = pdf::fit(super::font::font()?, &service, 16.0, 7.0, bw - 10.0);
         c.text_centred(bx + bw / 2.0, m + 24.0, size, &s);
-        let wt = weight(label.weight_grams);
+        let wt = weight_of(label);
         let (wt, wsize) = pdf::fit(super::font::font()?, &wt, 8.0, 6.0, bw - 8.0);
         c.text_centred(bx + bw / 2.0, m + 44.0, wsize, &wt);
         let mut y = y.max(m + 64.0) + 4.0;
@@ -112,7 +119,7 @@ pub fn shipping_label_pdf(label: &ShippingLabel) -> Result<Vec<u8>, LabelError> 
             10.0,
             7.0,
             W - 2.0 * m,
-            &format!("WEIGHT {}", weight(label.weight_grams)),
+            &format!("WEIGHT {}", weight_of(label)),
         );
         c.text_fit(m, H - m, 6.5, 5.0, W - 2.0 * m, NO_POSTAGE);
     }
@@ -133,7 +140,7 @@ pub fn shipping_label_zpl(label: &ShippingLabel) -> Result<String, LabelError> {
     }
     z.rect(560, m, 222, 150, 4);
     z.text_centred(560, m + 35, 222, 44, 9, &label.service.to_uppercase());
-    z.text_centred(560, m + 100, 222, 22, 18, &weight(label.weight_grams));
+    z.text_centred(560, m + 100, 222, 22, 18, &weight_of(label));
     let y = y.max(m + 160) + 10;
     z.rect(m, y, ZW - 2 * m, 4, 4);
     let mut y2 = y + 20;
@@ -155,7 +162,7 @@ pub fn shipping_label_zpl(label: &ShippingLabel) -> Result<String, LabelError> {
     z.rect(m, y3, ZW - 2 * m, 4, 4);
     let order = format!("ORDER {}", label.order_reference);
     z.text_fit(m, y3 + 25, 44, 28, ZW - 2 * m, &order);
-    let wt = format!("WEIGHT {}", weight(label.weight_grams));
+    let wt = format!("WEIGHT {}", weight_of(label));
     z.text_fit(m, y3 + 80, 30, 24, ZW - 2 * m, &wt);
     z.text_fit(m, ZH - 50, 20, 16, ZW - 2 * m, NO_POSTAGE);
     Ok(z.finish())
@@ -170,5 +177,24 @@ mod tests {
         assert_eq!(weight(450), "450 g (0.99 lb)");
         assert_eq!(weight(1250), "1.25 kg (2.76 lb)");
         assert_eq!(weight(0), "0 g (0.00 lb)");
+    }
+
+    #[test]
+    fn an_unknown_weight_is_said_not_printed_as_a_number() {
+        let a = crate::commerce::tests::address();
+        let mut label = ShippingLabel {
+            shipment_number: "MF-0000000001".into(),
+            order_reference: "web/1".into(),
+            service: "standard".into(),
+            weight_grams: None,
+            from: a.clone(),
+            to: a,
+        };
+        assert_eq!(weight_of(&label), "weight not recorded");
+        let zpl = shipping_label_zpl(&label).expect("zpl");
+        assert!(zpl.contains("weight not recorded"), "{zpl}");
+        assert!(!zpl.contains(" g ("), "{zpl}");
+        label.weight_grams = Some(450);
+        assert!(shipping_label_zpl(&label).expect("zpl").contains("450 g"));
     }
 }
