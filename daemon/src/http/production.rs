@@ -15,7 +15,7 @@ use crate::http::api::{ApiError, AppState, Caller, ErrorBody, json_body};
 use crate::metering::model::{OrderInput, Product, ProductInput, QcInput, QcState, Unit};
 use crate::metering::oee::Window;
 use crate::metering::{
-    ApcResult, MeteringError, Metrics, OrderCreated, OrderView, Scope, UnitFilter,
+    ApcResult, LossReport, MeteringError, Metrics, OrderCreated, OrderView, Scope, UnitFilter,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -290,17 +290,44 @@ async fn metrics(
     q: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Metrics>> {
     let q = query(q)?;
-    let scope = match q.scope.as_deref().unwrap_or("machine") {
-        "machine" => Scope::Machine,
-        "sku" => Scope::Sku,
-        other => {
-            return Err(bad_query(format!(
-                "scope '{other}' is not one of machine, sku"
-            )));
-        }
-    };
     let w = window(q.from, q.to)?;
-    Ok(Json(s.metering.metrics(scope, q.id.as_deref(), w)?))
+    Ok(Json(s.metering.metrics(
+        scope(q.scope.as_deref())?,
+        q.id.as_deref(),
+        w,
+    )?))
+}
+
+fn scope(raw: Option<&str>) -> ApiResult<Scope> {
+    match raw.unwrap_or("machine") {
+        "machine" => Ok(Scope::Machine),
+        "sku" => Ok(Scope::Sku),
+        other => Err(bad_query(format!(
+            "scope '{other}' is not one of machine, sku"
+        ))),
+    }
+}
+
+/// Where the time and the units went: downtime by machine state and
+/// reason (from the state log, clipped to the window; its total is setup
+/// + delay + down time) and scrap by QC reason code, each sorted largest
+/// first with its share and cumulative share (a Pareto). Same scopes as
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/api/v1/metrics/losses", tag = "production", params(MetricsQuery),
+    responses((status = 200, body = LossReport), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn losses(
+    State(s): State<AppState>,
+    q: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<LossReport>> {
+    let q = query(q)?;
+    let w = window(q.from, q.to)?;
+    Ok(Json(s.metering.losses(
+        scope(q.scope.as_deref())?,
+        q.id.as_deref(),
+        w,
+    )?))
 }
 
 /// `GET /apc` query.
@@ -427,6 +454,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_unit))
         .routes(routes!(inspect_unit))
         .routes(routes!(metrics))
+        .routes(routes!(losses))
         .routes(routes!(apc))
         .routes(routes!(prometheus_metrics))
         .routes(routes!(apc_report))

@@ -12,6 +12,7 @@
 pub mod apc;
 pub mod cost;
 pub mod exposition;
+pub mod losses;
 pub mod model;
 pub mod oee;
 pub mod production;
@@ -137,6 +138,22 @@ pub struct Metrics {
     pub quantities: Quantities,
     /// The indicators.
     pub figures: Figures,
+}
+
+/// `GET /metrics/losses`: the loss Paretos of a scope and window.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LossReport {
+    /// Machine or SKU.
+    pub scope: Scope,
+    /// The machine id or SKU (none: every machine, or every product).
+    pub id: Option<String>,
+    /// The window (its end capped at now).
+    pub window: Window,
+    /// The machines whose state logs were read.
+    pub machines: Vec<String>,
+    /// Downtime and scrap by reason.
+    #[serde(flatten)]
+    pub losses: losses::Losses,
 }
 
 /// One (SKU, machine class) verdict.
@@ -663,41 +680,45 @@ impl Metering {
         Ok(t)
     }
 
+    /// What `scope` and `id` read: the machines, the jobs whose spans
+    /// count and the units that count.
+    fn resolve(&self, scope: Scope, id: Option<&str>) -> Result<Resolved> {
+        let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
+        Ok(match (scope, id) {
+            (Scope::Machine, Some(id)) if all_machines.iter().any(|m| m == id) => Resolved {
+                machines: vec![id.to_string()],
+                jobs: None,
+                sku: None,
+            },
+            (Scope::Machine, Some(id)) => {
+                return Err(MeteringError::NotFound(format!("no machine '{id}'")));
+            }
+            (Scope::Machine, None) => Resolved {
+                machines: all_machines,
+                jobs: None,
+                sku: None,
+            },
+            (Scope::Sku, sku) => {
+                if let Some(sku) = sku {
+                    self.product(sku)?;
+                }
+                Resolved {
+                    machines: all_machines,
+                    jobs: Some(self.sku_jobs(sku)?),
+                    sku: sku.map(str::to_string),
+                }
+            }
+        })
+    }
+
     /// ISO 22400 figures of a machine or a SKU over `w`; without an id,
     /// of every machine (the whole factory) or every product.
     pub fn metrics(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<Metrics> {
         let now = now_ms();
         let units = self.store.units_between(w.from_ms, w.to_ms)?;
-        let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
-        let (machines, time, quantities) = match (scope, id) {
-            (Scope::Machine, id) => {
-                let machines = match id {
-                    Some(id) if all_machines.iter().any(|m| m == id) => vec![id.to_string()],
-                    Some(id) => return Err(MeteringError::NotFound(format!("no machine '{id}'"))),
-                    None => all_machines,
-                };
-                let t = self.time_of(&machines, w, now, &|_| true)?;
-                let q = Quantities::of(&units, w, |u| machines.contains(&u.machine_id));
-                (machines, t, q)
-            }
-            (Scope::Sku, Some(sku)) => {
-                self.product(sku)?;
-                let jobs = self.sku_jobs(Some(sku))?;
-                let t = self.time_of(&all_machines, w, now, &|c| {
-                    c.job_id.is_some_and(|j| jobs.contains(&j))
-                })?;
-                let q = Quantities::of(&units, w, |u| u.sku == sku);
-                (all_machines, t, q)
-            }
-            (Scope::Sku, None) => {
-                let jobs = self.sku_jobs(None)?;
-                let t = self.time_of(&all_machines, w, now, &|c| {
-                    c.job_id.is_some_and(|j| jobs.contains(&j))
-                })?;
-                let q = Quantities::of(&units, w, |_| true);
-                (all_machines, t, q)
-            }
-        };
+        let r = self.resolve(scope, id)?;
+        let time = self.time_of(&r.machines, w, now, &|c| r.counts(c))?;
+        let quantities = Quantities::of(&units, w, |u| r.keeps(u));
         Ok(Metrics {
             scope,
             id: id.map(str::to_string),
@@ -705,10 +726,34 @@ impl Metering {
                 from_ms: w.from_ms,
                 to_ms: w.to_ms.min(now).max(w.from_ms),
             },
-            machines,
+            machines: r.machines,
             figures: oee::figures(&time, &quantities),
             time,
             quantities,
+        })
+    }
+
+    /// Downtime by state and reason and scrap by QC reason of a machine
+    /// or a SKU over `w` (without an id: every machine or every product),
+    /// each as a Pareto.
+    pub fn losses(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<LossReport> {
+        let now = now_ms();
+        let units = self.store.units_between(w.from_ms, w.to_ms)?;
+        let r = self.resolve(scope, id)?;
+        let mut tally = losses::DowntimeTally::default();
+        for m in &r.machines {
+            let changes = self.store.machine_states(m, w.from_ms, w.to_ms)?;
+            tally.add(&changes, w, now, |c| r.counts(c));
+        }
+        Ok(LossReport {
+            scope,
+            id: id.map(str::to_string),
+            window: Window {
+                from_ms: w.from_ms,
+                to_ms: w.to_ms.min(now).max(w.from_ms),
+            },
+            losses: losses::losses(tally, &units, w, |u| r.keeps(u)),
+            machines: r.machines,
         })
     }
 
@@ -988,6 +1033,32 @@ impl Metering {
             spans,
             now,
         ))
+    }
+}
+
+/// A scope resolved: what its time and quantities are counted from.
+struct Resolved {
+    /// The machines whose state logs are read.
+    machines: Vec<String>,
+    /// Only these jobs' spans count (a SKU scope); `None`: every span.
+    jobs: Option<HashSet<u64>>,
+    /// Only this product's units count; `None`: every unit of `machines`.
+    sku: Option<String>,
+}
+
+impl Resolved {
+    fn counts(&self, c: &crate::core::machine::StateChange) -> bool {
+        self.jobs
+            .as_ref()
+            .is_none_or(|jobs| c.job_id.is_some_and(|j| jobs.contains(&j)))
+    }
+
+    fn keeps(&self, u: &Unit) -> bool {
+        match (&self.jobs, &self.sku) {
+            (None, _) => self.machines.contains(&u.machine_id),
+            (Some(_), Some(sku)) => u.sku == *sku,
+            (Some(_), None) => true,
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub struct Window {
 
 impl Window {
     /// The part of `[start, end)` inside the window, in ms.
-    fn overlap(self, start: u64, end: u64) -> u64 {
+    pub fn overlap(self, start: u64, end: u64) -> u64 {
         end.min(self.to_ms).saturating_sub(start.max(self.from_ms))
     }
 
@@ -84,6 +84,38 @@ impl TimeElements {
     }
 }
 
+/// The ISO 22400 time element a state's time falls in (the table above);
+/// one place, so the metrics and the loss Pareto never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Element {
+    /// APT.
+    Production,
+    /// ASUT: tool changes and bed clearance.
+    Setup,
+    /// ADET: pauses and waits for the operator.
+    Delay,
+    /// ADOT: halted or offline.
+    Down,
+    /// Planned, no work.
+    Idle,
+    /// PDOT: outside planned busy time.
+    PlannedDown,
+}
+
+/// Which element `state` with `reason` counts in.
+pub fn element(state: MachineState, reason: StateReason) -> Element {
+    match (state, reason) {
+        (MachineState::PlannedDown, _) => Element::PlannedDown,
+        (MachineState::Producing, _) => Element::Production,
+        (MachineState::Paused, StateReason::ToolChange)
+        | (MachineState::AwaitingOperator, StateReason::BedClear) => Element::Setup,
+        (MachineState::Paused | MachineState::AwaitingOperator, _) => Element::Delay,
+        (MachineState::UnplannedDown | MachineState::Offline, _) => Element::Down,
+        (MachineState::Idle, _) => Element::Idle,
+    }
+}
+
 /// Time elements of one machine over `w`, from its state log: `changes`
 /// oldest first, the first one being the state in force at `w.from_ms`
 /// (as `Store::machine_states` returns them). The last state lasts until
@@ -108,22 +140,20 @@ pub fn time_elements(
             continue;
         }
         let d = w.overlap(c.at_ms, end);
-        match (c.state, c.reason) {
-            (MachineState::PlannedDown, _) => t.planned_down_ms += d,
-            (MachineState::Producing, _) => t.apt_ms += d,
-            (MachineState::Paused, StateReason::ToolChange)
-            | (MachineState::AwaitingOperator, StateReason::BedClear) => t.setup_ms += d,
-            (MachineState::Paused | MachineState::AwaitingOperator, _) => t.delay_ms += d,
-            (MachineState::UnplannedDown, _) => {
-                t.down_ms += d;
-                t.repair_ms += d;
-                let entered = i == 0 || changes[i - 1].state != MachineState::UnplannedDown;
-                if entered && w.contains(c.at_ms) {
-                    t.failures += 1;
-                }
+        match element(c.state, c.reason) {
+            Element::PlannedDown => t.planned_down_ms += d,
+            Element::Production => t.apt_ms += d,
+            Element::Setup => t.setup_ms += d,
+            Element::Delay => t.delay_ms += d,
+            Element::Down => t.down_ms += d,
+            Element::Idle => t.idle_ms += d,
+        }
+        if c.state == MachineState::UnplannedDown {
+            t.repair_ms += d;
+            let entered = i == 0 || changes[i - 1].state != MachineState::UnplannedDown;
+            if entered && w.contains(c.at_ms) {
+                t.failures += 1;
             }
-            (MachineState::Offline, _) => t.down_ms += d,
-            (MachineState::Idle, _) => t.idle_ms += d,
         }
         if c.state != MachineState::PlannedDown {
             t.pbt_ms += d;
@@ -280,22 +310,11 @@ mod tests {
 
     fn unit(ended_ms: u64, qc: QcState, first_pass: Option<bool>, credited: u64) -> Unit {
         Unit {
-            serial: "U1".into(),
-            sku: "s".into(),
-            order_id: 1,
-            job_id: 1,
-            attempt: 1,
-            index: 1,
-            machine_id: "m".into(),
-            gcode_sha256: "f".into(),
-            started_ms: None,
-            ended_ms,
             planned_runtime_ms: credited,
             credited_runtime_ms: credited,
             qc,
             first_pass,
-            reworked: false,
-            qc_history: vec![],
+            ..Unit::sample(1, ended_ms)
         }
     }
 
