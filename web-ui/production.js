@@ -64,7 +64,8 @@ function verdictCard(r, report) {
       h('span', { class: `badge v-${r.verdict}` }, verdictText[r.verdict] ?? r.verdict)),
     h('p', { class: 'small muted' },
       `${r.units_produced} of ${r.min_units} units, ${r.planned_hours.toFixed(1)} of ${r.min_planned_hours} planned hours. `,
-      h('a', { href, target: '_blank', rel: 'noopener', class: 'report-link' }, 'Certification report')),
+      h('a', { href, target: '_blank', rel: 'noopener', class: 'report-link' }, 'Certification report'), ' (',
+      h('a', { href: href.replace('format=html', 'format=pdf'), target: '_blank', rel: 'noopener', class: 'report-pdf' }, 'PDF'), ')'),
     h('ul', { class: 'criteria small' }, r.criteria.map((c) =>
       h('li', { 'data-status': c.status },
         `${c.key}: ${c.measured == null ? '–' : c.measured.toFixed(3)} (threshold ${c.threshold}) — ${c.status.replace('_', ' ')}`))),

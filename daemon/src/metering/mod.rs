@@ -18,6 +18,7 @@ pub mod oee;
 pub mod production;
 pub mod reader;
 pub mod report;
+pub mod report_pdf;
 pub mod summary;
 #[cfg(test)]
 mod tests;
