@@ -9,9 +9,11 @@
 //! (batches without domain events, so the log's order stays the factory's
 //! order of decisions), then flushes before answering.
 
+pub mod aggregate;
 pub mod apc;
 pub mod cost;
 pub mod exposition;
+pub mod hourly;
 pub mod losses;
 pub mod model;
 pub mod oee;
@@ -626,12 +628,16 @@ impl Metering {
     pub async fn inspect(&self, serial: &str, input: QcInput, by: &str) -> Result<Unit> {
         let _g = self.lock.lock().await;
         let mut unit = self.unit(serial)?;
+        let before = unit.clone();
         let from = unit.qc;
         unit.inspect(input, by, now_ms())?;
         let last = unit.qc_history.last();
         let mut summary = self.summary()?;
         summary.unit_inspected(&unit.sku, from, unit.qc);
+        let mut batch = Batch::default();
+        self.count_units(&[], &[(before, unit.clone())], &mut batch)?;
         self.commit(&Batch {
+            unit_aggs: batch.unit_aggs,
             metering_summary: Some(summary.clone()),
             events: vec![DomainEvent::UnitInspected {
                 serial: unit.serial.clone(),
@@ -716,10 +722,10 @@ impl Metering {
     /// of every machine (the whole factory) or every product.
     pub fn metrics(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<Metrics> {
         let now = now_ms();
-        let units = self.store.units_between(w.from_ms, w.to_ms)?;
         let r = self.resolve(scope, id)?;
-        let time = self.time_of(&r.machines, w, now, &|c| r.counts(c))?;
-        let quantities = Quantities::of(&units, w, |u| r.keeps(u));
+        let spans = r.jobs.is_some().then_some(r.sku.as_deref());
+        let time = self.time_through(&r.machines, w, now, spans, &|c| r.counts(c))?;
+        let quantities = self.units_through(w, &|m, s| r.keeps_row(m, s))?.q;
         Ok(Metrics {
             scope,
             id: id.map(str::to_string),
@@ -821,7 +827,7 @@ impl Metering {
         product: Option<&Product>,
         class: &str,
         machines: usize,
-        units: &[&Unit],
+        units: &aggregate::UnitTotals,
         time: &TimeElements,
     ) -> Result<Option<cost::CostFigures>> {
         let Some(costs) = &self.costs else {
@@ -849,19 +855,13 @@ impl Metering {
             }
             None => cost::MaterialPerUnit::of(None, 0.0, 1, None),
         };
-        let jobs: HashSet<(u64, u32)> = units.iter().map(|u| (u.job_id, u.attempt)).collect();
-        let inspections = units
-            .iter()
-            .flat_map(|u| &u.qc_history)
-            .filter(|r| r.by != production::DAEMON)
-            .count();
         let inputs = cost::CostInputs {
-            produced: units.len() as u64,
-            good: units.iter().filter(|u| u.qc == QcState::Pass).count() as u64,
+            produced: units.q.produced,
+            good: units.q.good,
             production_ms: time.apt_ms,
             setup_ms: time.setup_ms,
-            jobs: jobs.len() as u64,
-            inspections: inspections as u64,
+            jobs: units.attempts,
+            inspections: units.inspections,
             machines: machines as u64,
             price_per_unit: product.and_then(|p| p.price_per_unit),
         };
@@ -879,7 +879,6 @@ impl Metering {
         let mut out = Vec::new();
         for (sku, by_class) in &self.apc {
             let jobs = self.sku_jobs(Some(sku))?;
-            let units = self.store.units_of_sku(sku, w.from_ms, w.to_ms)?;
             let product = self.store.product(sku)?;
             for (class, criteria) in by_class {
                 out.push(self.apc_one(
@@ -887,7 +886,6 @@ impl Metering {
                         sku,
                         product: product.as_ref(),
                         jobs: &jobs,
-                        units: &units,
                     },
                     class,
                     criteria,
@@ -908,8 +906,7 @@ impl Metering {
             .collect()
     }
 
-    /// One (SKU, class)'s verdict over `w`; `d.units` must hold at least
-    /// the SKU's units that ended in `w`.
+    /// One (SKU, class)'s verdict over `w`, read through the aggregates.
     fn apc_one(
         &self,
         d: SkuData<'_>,
@@ -920,17 +917,11 @@ impl Metering {
     ) -> Result<ApcResult> {
         let machines = self.machines_of(class);
         let of_class: HashSet<&str> = machines.iter().map(String::as_str).collect();
-        let time = self.time_of(&machines, w, now, &|c| {
+        let time = self.time_through(&machines, w, now, Some(Some(d.sku)), &|c| {
             c.job_id.is_some_and(|j| d.jobs.contains(&j))
         })?;
-        let units: Vec<&Unit> = d
-            .units
-            .iter()
-            .filter(|u| {
-                u.sku == d.sku && w.contains(u.ended_ms) && of_class.contains(u.machine_id.as_str())
-            })
-            .collect();
-        let quantities = Quantities::of(units.iter().copied(), w, |_| true);
+        let units = self.units_through(w, &|m, s| s == d.sku && of_class.contains(m))?;
+        let quantities = units.q;
         let figures = oee::figures(&time, &quantities);
         let cost = self.cost_of(d.product, class, machines.len(), &units, &time)?;
         Ok(ApcResult {
@@ -982,7 +973,6 @@ impl Metering {
             sku,
             product: product.as_ref(),
             jobs: &jobs,
-            units: &units,
         };
         let whole = self.apc_one(data(), class, criteria, w, now)?;
         let mid = w.from_ms + (w.to_ms - w.from_ms) / 2;
@@ -1055,9 +1045,13 @@ impl Resolved {
     }
 
     fn keeps(&self, u: &Unit) -> bool {
+        self.keeps_row(&u.machine_id, &u.sku)
+    }
+
+    fn keeps_row(&self, machine: &str, sku: &str) -> bool {
         match (&self.jobs, &self.sku) {
-            (None, _) => self.machines.contains(&u.machine_id),
-            (Some(_), Some(sku)) => u.sku == *sku,
+            (None, _) => self.machines.iter().any(|m| m == machine),
+            (Some(_), Some(s)) => sku == s,
             (Some(_), None) => true,
         }
     }
@@ -1069,5 +1063,4 @@ struct SkuData<'a> {
     sku: &'a str,
     product: Option<&'a Product>,
     jobs: &'a HashSet<u64>,
-    units: &'a [Unit],
 }

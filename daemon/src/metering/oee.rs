@@ -19,7 +19,7 @@
 //! so PBT = APT + ASUT + ADET + ADOT + idle, and every element is a sum of
 //! clipped spans: the totals of a window are the sums over any split of it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::core::machine::{MachineState, StateChange, StateReason};
@@ -47,7 +47,7 @@ impl Window {
 }
 
 /// Time elements of a window, ms (ISO 22400-2 names).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TimeElements {
     /// Planned busy time (PBT): the window less planned down time.
     pub pbt_ms: u64,
@@ -163,7 +163,7 @@ pub fn time_elements(
 }
 
 /// Quantities of a window, from units made (ended) in it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Quantities {
     /// Produced quantity (PQ): every unit made, scrapped ones included.
     pub produced: u64,
@@ -204,6 +204,39 @@ impl Quantities {
                 self.first_pass_good += 1;
             }
         }
+    }
+
+    /// Takes back what [`Quantities::add_unit`] counted for `u` (before an
+    /// inspection changes it); `u` must have been added.
+    pub fn remove_unit(&mut self, u: &Unit) {
+        let mut one = Self::default();
+        one.add_unit(u);
+        self.sub(&one);
+    }
+
+    /// Adds another window's (or machine's) quantities.
+    pub fn add(&mut self, o: &Self) {
+        self.produced += o.produced;
+        self.good += o.good;
+        self.scrap += o.scrap;
+        self.rework += o.rework;
+        self.uninspected += o.uninspected;
+        self.first_inspected += o.first_inspected;
+        self.first_pass_good += o.first_pass_good;
+        self.credited_runtime_ms += o.credited_runtime_ms;
+    }
+
+    fn sub(&mut self, o: &Self) {
+        self.produced = self.produced.saturating_sub(o.produced);
+        self.good = self.good.saturating_sub(o.good);
+        self.scrap = self.scrap.saturating_sub(o.scrap);
+        self.rework = self.rework.saturating_sub(o.rework);
+        self.uninspected = self.uninspected.saturating_sub(o.uninspected);
+        self.first_inspected = self.first_inspected.saturating_sub(o.first_inspected);
+        self.first_pass_good = self.first_pass_good.saturating_sub(o.first_pass_good);
+        self.credited_runtime_ms = self
+            .credited_runtime_ms
+            .saturating_sub(o.credited_runtime_ms);
     }
 
     /// Counts the units of `units` that `keep` selects and that ended in
