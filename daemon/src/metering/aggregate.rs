@@ -9,7 +9,10 @@
 //! aggregates gets its unit records built once at start; until then, and
 //! for any hour not sealed, queries read the raw records.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+
+use tracing::warn;
 
 use super::hourly::{self, DAY_HOURS, HOUR_MS, Level, TimeAgg, UnitAgg};
 use super::model::Unit;
@@ -17,12 +20,47 @@ use super::oee::{self, Quantities, TimeElements, Window};
 use super::{Metering, Result};
 use crate::clock::now_ms;
 use crate::core::machine::StateChange;
-use crate::store::Batch;
+use crate::store::{Batch, Store};
 
 /// The `machine_seals` entry that says the unit records are built.
 const UNITS_BUILT: &str = "\u{0}units";
 /// Hour records written per commit while sealing.
 const SEAL_BATCH_HOURS: usize = 24 * 14;
+
+/// Which product a job's order makes, looked up in the store once per
+/// job: a SKU's spans without reading every order's job list.
+pub(super) struct JobSkus<'a> {
+    store: &'a Store,
+    cache: RefCell<HashMap<u64, Option<String>>>,
+}
+
+impl<'a> JobSkus<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            cache: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The SKU of `job`'s production order (`None`: not an order's, or
+    /// the store could not say, which is logged).
+    pub(super) fn sku_of(&self, job: u64) -> Option<String> {
+        if let Some(s) = self.cache.borrow().get(&job) {
+            return s.clone();
+        }
+        let looked_up = self
+            .store
+            .order_of_job(job)
+            .and_then(|o| o.map_or(Ok(None), |o| self.store.order(o)))
+            .map(|o| o.map(|o| o.sku));
+        let sku = looked_up.unwrap_or_else(|e| {
+            warn!(job, error = %e, "could not read a job's production order");
+            None
+        });
+        self.cache.borrow_mut().insert(job, sku.clone());
+        sku
+    }
+}
 
 /// What the units of a scope and window add up to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,6 +162,18 @@ impl Metering {
         self.commit(&batch).await
     }
 
+    /// Brings the aggregates up to date with the store: the unit records
+    /// once, then every machine's hours. The log reader does this when it
+    /// starts; tools and benchmarks over a store written offline call it.
+    pub async fn aggregate_history(&self) -> Result<()> {
+        self.build_unit_aggs().await?;
+        let _g = self.lock.lock().await;
+        for (m, _) in &self.classes {
+            self.seal(m)?;
+        }
+        Ok(())
+    }
+
     /// Seals `machine`'s hours up to the hour of its last state change;
     /// the caller holds metering's lock.
     pub(super) fn seal(&self, machine: &str) -> Result<()> {
@@ -144,19 +194,8 @@ impl Metering {
         let changes = self
             .store
             .machine_states(machine, start * HOUR_MS, target * HOUR_MS - 1)?;
-        let mut skus: HashMap<u64, Option<String>> = HashMap::new();
-        for c in &changes {
-            if let Some(j) = c.job_id
-                && !skus.contains_key(&j)
-            {
-                let sku = match self.store.order_of_job(j)? {
-                    Some(o) => self.store.order(o)?.map(|o| o.sku),
-                    None => None,
-                };
-                skus.insert(j, sku);
-            }
-        }
-        let sku_of = |j: u64| skus.get(&j).cloned().flatten();
+        let skus = JobSkus::new(&self.store);
+        let sku_of = |j: u64| skus.sku_of(j);
         let hours: Vec<(u64, TimeAgg)> = hourly::hour_lists(&changes, start..target)
             .into_iter()
             .map(|(h, list)| (h, hourly::seal_hour(list, h, &sku_of)))

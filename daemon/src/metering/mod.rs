@@ -689,7 +689,7 @@ impl Metering {
 
     /// What `scope` and `id` read: the machines, the jobs whose spans
     /// count and the units that count.
-    fn resolve(&self, scope: Scope, id: Option<&str>) -> Result<Resolved> {
+    fn resolve(&self, scope: Scope, id: Option<&str>) -> Result<Resolved<'_>> {
         let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
         Ok(match (scope, id) {
             (Scope::Machine, Some(id)) if all_machines.iter().any(|m| m == id) => Resolved {
@@ -711,7 +711,7 @@ impl Metering {
                 }
                 Resolved {
                     machines: all_machines,
-                    jobs: Some(self.sku_jobs(sku)?),
+                    jobs: Some(aggregate::JobSkus::new(&self.store)),
                     sku: sku.map(str::to_string),
                 }
             }
@@ -878,7 +878,7 @@ impl Metering {
         let now = now_ms();
         let mut out = Vec::new();
         for (sku, by_class) in &self.apc {
-            let jobs = self.sku_jobs(Some(sku))?;
+            let jobs = aggregate::JobSkus::new(&self.store);
             let product = self.store.product(sku)?;
             for (class, criteria) in by_class {
                 out.push(self.apc_one(
@@ -918,7 +918,8 @@ impl Metering {
         let machines = self.machines_of(class);
         let of_class: HashSet<&str> = machines.iter().map(String::as_str).collect();
         let time = self.time_through(&machines, w, now, Some(Some(d.sku)), &|c| {
-            c.job_id.is_some_and(|j| d.jobs.contains(&j))
+            c.job_id
+                .is_some_and(|j| d.jobs.sku_of(j).as_deref() == Some(d.sku))
         })?;
         let units = self.units_through(w, &|m, s| s == d.sku && of_class.contains(m))?;
         let quantities = units.q;
@@ -968,11 +969,12 @@ impl Metering {
             to_ms: w.to_ms.min(now).max(from),
         };
         let jobs = self.sku_jobs(Some(sku))?;
+        let skus = aggregate::JobSkus::new(&self.store);
         let units = self.store.units_of_sku(sku, w.from_ms, w.to_ms)?;
         let data = || SkuData {
             sku,
             product: product.as_ref(),
-            jobs: &jobs,
+            jobs: &skus,
         };
         let whole = self.apc_one(data(), class, criteria, w, now)?;
         let mid = w.from_ms + (w.to_ms - w.from_ms) / 2;
@@ -1028,20 +1030,25 @@ impl Metering {
 }
 
 /// A scope resolved: what its time and quantities are counted from.
-struct Resolved {
+struct Resolved<'a> {
     /// The machines whose state logs are read.
     machines: Vec<String>,
-    /// Only these jobs' spans count (a SKU scope); `None`: every span.
-    jobs: Option<HashSet<u64>>,
+    /// A SKU scope: only the spans of jobs of the SKU's orders (of any
+    /// product's without a SKU) count; `None`: every span.
+    jobs: Option<aggregate::JobSkus<'a>>,
     /// Only this product's units count; `None`: every unit of `machines`.
     sku: Option<String>,
 }
 
-impl Resolved {
+impl Resolved<'_> {
     fn counts(&self, c: &crate::core::machine::StateChange) -> bool {
-        self.jobs
-            .as_ref()
-            .is_none_or(|jobs| c.job_id.is_some_and(|j| jobs.contains(&j)))
+        let Some(jobs) = &self.jobs else {
+            return true;
+        };
+        let Some(of) = c.job_id.and_then(|j| jobs.sku_of(j)) else {
+            return false;
+        };
+        self.sku.as_ref().is_none_or(|s| *s == of)
     }
 
     fn keeps(&self, u: &Unit) -> bool {
@@ -1062,5 +1069,5 @@ impl Resolved {
 struct SkuData<'a> {
     sku: &'a str,
     product: Option<&'a Product>,
-    jobs: &'a HashSet<u64>,
+    jobs: &'a aggregate::JobSkus<'a>,
 }

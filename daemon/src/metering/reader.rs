@@ -37,16 +37,8 @@ impl Metering {
         if let Err(e) = self.recover().await {
             warn!(error = %e, "metering could not recover production orders");
         }
-        if let Err(e) = self.build_unit_aggs().await {
-            warn!(error = %e, "metering could not build its unit aggregates");
-        }
-        {
-            let _g = self.lock.lock().await;
-            for (m, _) in &self.classes {
-                if let Err(e) = self.seal(m) {
-                    warn!(machine = %m, error = %e, "metering could not aggregate a machine's hours");
-                }
-            }
+        if let Err(e) = self.aggregate_history().await {
+            warn!(error = %e, "metering could not bring its aggregates up to date");
         }
         let store = self.store.clone();
         store
