@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::hourly::{self, DAY_HOURS, HOUR_MS, Level, TimeAgg, UnitAgg};
 use super::model::Unit;
-use super::oee::{self, Quantities, TimeElements, Window};
+use super::oee::{self, Quantities, Window};
 use super::{Metering, Result};
 use crate::clock::now_ms;
 use crate::core::machine::StateChange;
@@ -71,6 +71,19 @@ pub struct UnitTotals {
     pub attempts: u64,
     /// Inspections by a person.
     pub inspections: u64,
+}
+
+impl UnitTotals {
+    /// The rows of `a` that `keep` picks (by machine and SKU), summed.
+    pub fn of(a: &UnitAgg, keep: impl Fn(&str, &str) -> bool) -> Self {
+        let mut out = Self::default();
+        for r in a.rows.iter().filter(|r| keep(&r.machine, &r.sku)) {
+            out.q.add(&r.q);
+            out.attempts += r.attempts;
+            out.inspections += r.inspections;
+        }
+        out
+    }
 }
 
 impl Metering {
@@ -236,101 +249,105 @@ impl Metering {
         Ok(())
     }
 
-    /// The time elements of `machines` over `w` through the aggregates;
-    /// `sku` as for [`TimeAgg::elements`]. Equal to the raw computation.
+    /// The time of `machines` over `w` through the aggregates: of every
+    /// span, and of each SKU's jobs' spans. Equal to the raw computation.
     pub(super) fn time_through(
         &self,
         machines: &[String],
         w: Window,
         now: u64,
-        sku: Option<Option<&str>>,
-        jobs_keep: &dyn Fn(&StateChange) -> bool,
-    ) -> Result<TimeElements> {
+        skus: &JobSkus<'_>,
+    ) -> Result<TimeAgg> {
         let to = w.to_ms.min(now).max(w.from_ms);
-        let mut t = TimeElements::default();
+        let mut t = TimeAgg::default();
+        // An edge: every span, and each SKU's (raw, from `list`).
+        let mut edge = |list: &[StateChange], e: Window| {
+            t.all.add(&oee::time_elements(list, e, now, |_| true));
+            let mut of: Vec<String> = list
+                .iter()
+                .filter_map(|c| c.job_id.and_then(|j| skus.sku_of(j)))
+                .collect();
+            of.sort_unstable();
+            of.dedup();
+            for s in of {
+                let te = oee::time_elements(list, e, now, |c| {
+                    c.job_id.and_then(|j| skus.sku_of(j)).as_deref() == Some(s.as_str())
+                });
+                t.by_sku.entry(s).or_default().add(&te);
+            }
+        };
+        let mut whole = Vec::new();
         for m in machines {
             let sealed = self.store.machine_seal(m)?.unwrap_or(0);
             let p = hourly::plan(w.from_ms, to, sealed);
-            let hour = |h: u64| -> Result<Option<TimeAgg>> {
-                Ok(self
-                    .store
-                    .time_aggs(m, Level::Hour, h, h + 1)?
-                    .pop()
-                    .map(|(_, a)| a))
-            };
-            let head_hour = p.head.from_ms / HOUR_MS;
-            let head = match (head_hour < sealed).then(|| hour(head_hour)).transpose()? {
-                Some(Some(a)) => hourly::states_in(&a.changes, p.head.from_ms, p.head.to_ms),
-                _ => self.store.machine_states(m, p.head.from_ms, p.head.to_ms)?,
-            };
-            t.add(&oee::time_elements(&head, p.head, now, jobs_keep));
-            for range in [p.lead_hours.clone(), p.trail_hours.clone()] {
-                for (_, a) in self
-                    .store
-                    .time_aggs(m, Level::Hour, range.start, range.end)?
-                {
-                    t.add(&a.elements(sku));
+            // A sealed hour without a record lies before the machine's
+            // first change: nothing happened in it.
+            let hour = |h: u64| -> Result<Option<Vec<StateChange>>> {
+                if h >= sealed {
+                    return Ok(None);
                 }
+                Ok(Some(
+                    self.store
+                        .time_aggs(m, Level::Hour, h, h + 1)?
+                        .pop()
+                        .map(|(_, a)| a.changes)
+                        .unwrap_or_default(),
+                ))
+            };
+            let head = match hour(p.head.from_ms / HOUR_MS)? {
+                Some(list) => hourly::states_in(&list, p.head.from_ms, p.head.to_ms),
+                None => self.store.machine_states(m, p.head.from_ms, p.head.to_ms)?,
+            };
+            edge(&head, p.head);
+            for range in [p.lead_hours.clone(), p.trail_hours.clone()] {
+                whole.extend(
+                    self.store
+                        .time_aggs(m, Level::Hour, range.start, range.end)?,
+                );
             }
-            for (_, a) in self
-                .store
-                .time_aggs(m, Level::Day, p.days.start, p.days.end)?
-            {
-                t.add(&a.elements(sku));
-            }
+            whole.extend(
+                self.store
+                    .time_aggs(m, Level::Day, p.days.start, p.days.end)?,
+            );
             if p.tail.to_ms > p.tail.from_ms {
-                let tail_hour = p.tail.from_ms / HOUR_MS;
-                let list = match (tail_hour < sealed).then(|| hour(tail_hour)).transpose()? {
-                    Some(Some(a)) => a.changes,
-                    _ => self.store.machine_states(m, p.tail.from_ms, p.tail.to_ms)?,
+                let list = match hour(p.tail.from_ms / HOUR_MS)? {
+                    Some(list) => list,
+                    None => self.store.machine_states(m, p.tail.from_ms, p.tail.to_ms)?,
                 };
-                t.add(&oee::time_elements(&list, p.tail, now, jobs_keep));
+                edge(&list, p.tail);
             }
+        }
+        for (_, a) in &whole {
+            t.add(a);
         }
         Ok(t)
     }
 
-    /// The units of `w` that `keep` picks (by machine and SKU) through the
-    /// aggregates: whole hours and days from the records, the edges raw.
-    pub(super) fn units_through(
-        &self,
-        w: Window,
-        keep: &dyn Fn(&str, &str) -> bool,
-    ) -> Result<UnitTotals> {
-        let mut out = UnitTotals::default();
-        let mut raw = |from: u64, to: u64| -> Result<()> {
-            for u in self.store.units_between(from, to)? {
-                if keep(&u.machine_id, &u.sku) {
-                    out.q.add_unit(&u);
-                    out.attempts += u64::from(u.index == 1);
-                    out.inspections += hourly::inspections(&u);
-                }
-            }
-            Ok(())
-        };
+    /// The units of `w` by machine and SKU through the aggregates: whole
+    /// hours and days from the records, the edges raw.
+    pub(super) fn units_through(&self, w: Window) -> Result<UnitAgg> {
+        let mut out = UnitAgg::default();
         if !self.units_built()? {
-            raw(w.from_ms, w.to_ms)?;
+            for u in self.store.units_between(w.from_ms, w.to_ms)? {
+                out.add_unit(&u);
+            }
             return Ok(out);
         }
         let p = hourly::plan(w.from_ms, w.to_ms, u64::MAX);
-        raw(p.head.from_ms, p.head.to_ms)?;
-        if p.tail.to_ms > p.tail.from_ms {
-            raw(p.tail.from_ms, p.tail.to_ms)?;
-        }
-        let mut add = |a: &UnitAgg| {
-            for r in a.rows.iter().filter(|r| keep(&r.machine, &r.sku)) {
-                out.q.add(&r.q);
-                out.attempts += r.attempts;
-                out.inspections += r.inspections;
+        for e in [p.head, p.tail] {
+            if e.to_ms > e.from_ms {
+                for u in self.store.units_between(e.from_ms, e.to_ms)? {
+                    out.add_unit(&u);
+                }
             }
-        };
+        }
         for range in [p.lead_hours.clone(), p.trail_hours.clone()] {
             for (_, a) in self.store.unit_aggs(Level::Hour, range.start, range.end)? {
-                add(&a);
+                out.add(&a);
             }
         }
         for (_, a) in self.store.unit_aggs(Level::Day, p.days.start, p.days.end)? {
-            add(&a);
+            out.add(&a);
         }
         Ok(out)
     }

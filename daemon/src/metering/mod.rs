@@ -724,8 +724,12 @@ impl Metering {
         let now = now_ms();
         let r = self.resolve(scope, id)?;
         let spans = r.jobs.is_some().then_some(r.sku.as_deref());
-        let time = self.time_through(&r.machines, w, now, spans, &|c| r.counts(c))?;
-        let quantities = self.units_through(w, &|m, s| r.keeps_row(m, s))?.q;
+        let skus = aggregate::JobSkus::new(&self.store);
+        let time = self
+            .time_through(&r.machines, w, now, &skus)?
+            .elements(spans);
+        let units = self.units_through(w)?;
+        let quantities = aggregate::UnitTotals::of(&units, |m, s| r.keeps_row(m, s)).q;
         Ok(Metrics {
             scope,
             id: id.map(str::to_string),
@@ -873,22 +877,35 @@ impl Metering {
         )))
     }
 
-    /// Every configured (SKU, machine class)'s APC verdict over `w`.
+    /// Every configured (SKU, machine class)'s APC verdict over `w`: each
+    /// class's machines and the window's units read once, through the
+    /// aggregates.
     pub fn apc(&self, w: Window) -> Result<Vec<ApcResult>> {
         let now = now_ms();
+        let skus = aggregate::JobSkus::new(&self.store);
+        let units = self.units_through(w)?;
+        let mut times: BTreeMap<&str, hourly::TimeAgg> = BTreeMap::new();
         let mut out = Vec::new();
         for (sku, by_class) in &self.apc {
-            let jobs = aggregate::JobSkus::new(&self.store);
             let product = self.store.product(sku)?;
             for (class, criteria) in by_class {
+                let time = match times.entry(class.as_str()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(self.time_through(&self.machines_of(class), w, now, &skus)?)
+                    }
+                };
                 out.push(self.apc_one(
                     SkuData {
                         sku,
                         product: product.as_ref(),
-                        jobs: &jobs,
                     },
                     class,
                     criteria,
+                    Measured {
+                        time: time.elements(Some(Some(sku))),
+                        units: &units,
+                    },
                     w,
                     now,
                 )?);
@@ -906,22 +923,49 @@ impl Metering {
             .collect()
     }
 
-    /// One (SKU, class)'s verdict over `w`, read through the aggregates.
-    fn apc_one(
+    /// One (SKU, class)'s verdict over `w`, reading its own time and units.
+    fn apc_in(
         &self,
         d: SkuData<'_>,
         class: &str,
         criteria: &ApcCriteria,
         w: Window,
         now: u64,
+        skus: &aggregate::JobSkus<'_>,
+    ) -> Result<ApcResult> {
+        let time = self
+            .time_through(&self.machines_of(class), w, now, skus)?
+            .elements(Some(Some(d.sku)));
+        let units = self.units_through(w)?;
+        self.apc_one(
+            d,
+            class,
+            criteria,
+            Measured {
+                time,
+                units: &units,
+            },
+            w,
+            now,
+        )
+    }
+
+    /// One (SKU, class)'s verdict over `w` from its class's time and the
+    /// window's units.
+    fn apc_one(
+        &self,
+        d: SkuData<'_>,
+        class: &str,
+        criteria: &ApcCriteria,
+        m: Measured<'_>,
+        w: Window,
+        now: u64,
     ) -> Result<ApcResult> {
         let machines = self.machines_of(class);
         let of_class: HashSet<&str> = machines.iter().map(String::as_str).collect();
-        let time = self.time_through(&machines, w, now, Some(Some(d.sku)), &|c| {
-            c.job_id
-                .is_some_and(|j| d.jobs.sku_of(j).as_deref() == Some(d.sku))
-        })?;
-        let units = self.units_through(w, &|m, s| s == d.sku && of_class.contains(m))?;
+        let time = m.time;
+        let units =
+            aggregate::UnitTotals::of(m.units, |mach, s| s == d.sku && of_class.contains(mach));
         let quantities = units.q;
         let figures = oee::figures(&time, &quantities);
         let cost = self.cost_of(d.product, class, machines.len(), &units, &time)?;
@@ -974,9 +1018,8 @@ impl Metering {
         let data = || SkuData {
             sku,
             product: product.as_ref(),
-            jobs: &skus,
         };
-        let whole = self.apc_one(data(), class, criteria, w, now)?;
+        let whole = self.apc_in(data(), class, criteria, w, now, &skus)?;
         let mid = w.from_ms + (w.to_ms - w.from_ms) / 2;
         let halves = [
             Window {
@@ -990,11 +1033,11 @@ impl Metering {
         ];
         let mut consecutive = Vec::with_capacity(2);
         for h in halves {
-            consecutive.push(self.apc_one(data(), class, criteria, h, now)?);
+            consecutive.push(self.apc_in(data(), class, criteria, h, now, &skus)?);
         }
         let mut series = Vec::new();
         for b in report::buckets(w, report::SERIES_POINTS) {
-            let r = self.apc_one(data(), class, criteria, b, now)?;
+            let r = self.apc_in(data(), class, criteria, b, now, &skus)?;
             series.push(report::Point {
                 window: b,
                 figures: r.figures,
@@ -1069,5 +1112,10 @@ impl Resolved<'_> {
 struct SkuData<'a> {
     sku: &'a str,
     product: Option<&'a Product>,
-    jobs: &'a aggregate::JobSkus<'a>,
+}
+
+/// A window's time (of the SKU on the class) and units (all of them).
+struct Measured<'a> {
+    time: TimeElements,
+    units: &'a hourly::UnitAgg,
 }
