@@ -434,8 +434,15 @@ fn main() {
     let days = env("MFD_BENCH_DAYS", 365);
     let machines = env("MFD_BENCH_MACHINES", 100);
     let completions_n = env("MFD_BENCH_COMPLETIONS", 500);
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("metering-year");
-    let _ = std::fs::remove_dir_all(&root);
+    // MFD_BENCH_KEEP=1 keeps the store for the next run, which then
+    // skips generating (so its RSS is the queries' own).
+    let keep = env("MFD_BENCH_KEEP", 0) == 1;
+    let root =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("metering-year-{days}d-{machines}m"));
+    let reuse = keep && root.join("store").exists();
+    if !reuse {
+        let _ = std::fs::remove_dir_all(&root);
+    }
     std::fs::create_dir_all(&root).expect("dir");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -445,16 +452,20 @@ fn main() {
     rt.block_on(async {
         let end = now_ms() / (5 * MIN) * (5 * MIN) - HOUR;
         let start = end - days * 24 * HOUR;
-        let s = Instant::now();
-        let year = generate(machines, start, end);
-        let (changes, units) = (year.changes.len(), year.units.len());
         let store = Store::open(&root.join("store")).expect("open");
-        write(&store, year);
-        store.flush().await.expect("flush");
-        println!(
-            "generated {days} days, {machines} machines: {changes} state changes, {units} units in {:.1} s",
-            s.elapsed().as_secs_f64()
-        );
+        if reuse {
+            println!("reusing the store of an earlier run ({days} days, {machines} machines)");
+        } else {
+            let s = Instant::now();
+            let year = generate(machines, start, end);
+            let (changes, units) = (year.changes.len(), year.units.len());
+            write(&store, year);
+            store.flush().await.expect("flush");
+            println!(
+                "generated {days} days, {machines} machines: {changes} state changes, {units} units in {:.1} s",
+                s.elapsed().as_secs_f64()
+            );
+        }
         let checked = Config::load(&config(&root, machines)).expect("config");
         let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10)
             .await
@@ -526,5 +537,7 @@ fn main() {
             );
         }
     });
-    let _ = std::fs::remove_dir_all(&root);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -32,6 +32,8 @@ const SEAL_BATCH_HOURS: usize = 24 * 14;
 pub(super) struct JobSkus<'a> {
     store: &'a Store,
     cache: RefCell<HashMap<u64, Option<String>>>,
+    /// Order id → SKU: an order record holds its whole job list.
+    orders: RefCell<HashMap<u64, Option<String>>>,
 }
 
 impl<'a> JobSkus<'a> {
@@ -39,6 +41,7 @@ impl<'a> JobSkus<'a> {
         Self {
             store,
             cache: RefCell::new(HashMap::new()),
+            orders: RefCell::new(HashMap::new()),
         }
     }
 
@@ -48,11 +51,17 @@ impl<'a> JobSkus<'a> {
         if let Some(s) = self.cache.borrow().get(&job) {
             return s.clone();
         }
-        let looked_up = self
-            .store
-            .order_of_job(job)
-            .and_then(|o| o.map_or(Ok(None), |o| self.store.order(o)))
-            .map(|o| o.map(|o| o.sku));
+        let looked_up = self.store.order_of_job(job).and_then(|o| {
+            let Some(o) = o else {
+                return Ok(None);
+            };
+            if let Some(s) = self.orders.borrow().get(&o) {
+                return Ok(s.clone());
+            }
+            let sku = self.store.order(o)?.map(|o| o.sku);
+            self.orders.borrow_mut().insert(o, sku.clone());
+            Ok(sku)
+        });
         let sku = looked_up.unwrap_or_else(|e| {
             warn!(job, error = %e, "could not read a job's production order");
             None
@@ -181,15 +190,16 @@ impl Metering {
     pub async fn aggregate_history(&self) -> Result<()> {
         self.build_unit_aggs().await?;
         let _g = self.lock.lock().await;
+        let skus = JobSkus::new(&self.store);
         for (m, _) in &self.classes {
-            self.seal(m)?;
+            self.seal(m, &skus)?;
         }
         Ok(())
     }
 
     /// Seals `machine`'s hours up to the hour of its last state change;
     /// the caller holds metering's lock.
-    pub(super) fn seal(&self, machine: &str) -> Result<()> {
+    pub(super) fn seal(&self, machine: &str, skus: &JobSkus<'_>) -> Result<()> {
         let Some(last) = self.store.last_machine_state(machine)? else {
             return Ok(());
         };
@@ -207,7 +217,6 @@ impl Metering {
         let changes = self
             .store
             .machine_states(machine, start * HOUR_MS, target * HOUR_MS - 1)?;
-        let skus = JobSkus::new(&self.store);
         let sku_of = |j: u64| skus.sku_of(j);
         let hours: Vec<(u64, TimeAgg)> = hourly::hour_lists(&changes, start..target)
             .into_iter()

@@ -138,8 +138,9 @@ impl Metering {
             .collect();
         changed.sort_unstable();
         changed.dedup();
+        let skus = super::aggregate::JobSkus::new(&self.store);
         for m in changed {
-            if let Err(e) = self.seal(m) {
+            if let Err(e) = self.seal(m, &skus) {
                 warn!(machine = m, error = %e, "metering could not aggregate a machine's hours");
             }
         }

@@ -313,9 +313,7 @@ mod aggregates {
                 let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10).await.expect("factory");
                 let machines = [Machine::for_tests("a", "prusa-mk3s", false), Machine::for_tests("b", "prusa-mk3s", false)];
                 let m = Metering::new(f, &machines, BTreeMap::new(), None);
-                m.build_unit_aggs().await.expect("build");
-                m.seal("a").expect("seal a");
-                m.seal("b").expect("seal b");
+                m.aggregate_history().await.expect("aggregate");
                 // Inspections after the build re-count their hours.
                 for (u, (_, _, verdict)) in made.iter().zip(&units) {
                     let (result, reason) = match verdict {
