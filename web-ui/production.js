@@ -7,7 +7,7 @@
 // reader, which sends no live event.
 
 import { api } from './api.js';
-import { h, fill, setText, reconcile, fmtTime } from './dom.js';
+import { h, fill, setText, reconcile, fmtTime, fmtDuration } from './dom.js';
 
 const REFRESH_MS = 5000;
 /** Reasons offered for a failed unit (codes the API accepts). */
@@ -64,7 +64,8 @@ function verdictCard(r, report) {
       h('span', { class: `badge v-${r.verdict}` }, verdictText[r.verdict] ?? r.verdict)),
     h('p', { class: 'small muted' },
       `${r.units_produced} of ${r.min_units} units, ${r.planned_hours.toFixed(1)} of ${r.min_planned_hours} planned hours. `,
-      h('a', { href, target: '_blank', rel: 'noopener', class: 'report-link' }, 'Certification report')),
+      h('a', { href, target: '_blank', rel: 'noopener', class: 'report-link' }, 'Certification report'), ' (',
+      h('a', { href: href.replace('format=html', 'format=pdf'), target: '_blank', rel: 'noopener', class: 'report-pdf' }, 'PDF'), ')'),
     h('ul', { class: 'criteria small' }, r.criteria.map((c) =>
       h('li', { 'data-status': c.status },
         `${c.key}: ${c.measured == null ? '–' : c.measured.toFixed(3)} (threshold ${c.threshold}) — ${c.status.replace('_', ' ')}`))),
@@ -84,15 +85,8 @@ function orderRow(o) {
       `${p.good} of ${p.ordered} good · ${p.produced} produced · ${p.scrap} scrap · ${p.awaiting_qc} awaiting QC · ${p.in_progress} in progress`));
 }
 
-/** Downtime and scrap by reason, largest first, with the running share. */
-function paretoOf(items) {
-  const total = items.reduce((s, x) => s + x.amount, 0);
-  let run = 0;
-  return items.sort((a, b) => b.amount - a.amount).map((x) => {
-    run += x.amount;
-    return { ...x, share: total ? x.amount / total : 0, cumulative: total ? run / total : 0 };
-  });
-}
+/** A loss row's words: "unplanned down: fault". */
+const spaced = (code) => String(code).replaceAll('_', ' ');
 
 export function productionView(app) {
   const status = h('p', { class: 'error', role: 'alert', id: 'prod-error' });
@@ -141,34 +135,33 @@ export function productionView(app) {
     return row;
   }
 
+  /** The loss Paretos of the last 24 hours from GET /metrics/losses
+   *  (sorted, with shares, by the daemon). */
   async function losses() {
     const now = Date.now();
-    const from = now - 24 * 3600 * 1000;
-    const byReason = new Map();
-    for (const m of app.state.machines.values()) {
-      const states = await api('GET', `/machines/${encodeURIComponent(m.id)}/states?from=${from}&to=${now}`);
-      states.forEach((c, i) => {
-        if (['producing', 'idle', 'planned_down'].includes(c.state)) return;
-        const end = states[i + 1]?.at_ms ?? now;
-        const k = `${c.state.replace('_', ' ')}: ${String(c.reason).replace('_', ' ')}`;
-        byReason.set(k, (byReason.get(k) ?? 0) + (end - Math.max(c.at_ms, from)));
-      });
-    }
-    const bad = [...await api('GET', `/units?state=fail&from=${from}`), ...await api('GET', `/units?state=scrap&from=${from}`)];
-    const scrapBy = new Map();
-    for (const u of bad) {
-      const r = u.qc_history.at(-1)?.reason ?? 'unknown';
-      scrapBy.set(r, (scrapBy.get(r) ?? 0) + 1);
-    }
-    const show = (list, items, unit) => reconcile(list, paretoOf(items), (x) => x.name,
-      () => h('li', {}, h('span', { class: 'name' }), h('span', { class: 'bar' }), h('span', { class: 'value small muted' })),
-      (li, x) => {
-        setText(li.querySelector('.name'), x.name);
-        li.querySelector('.bar').style.width = `${(x.share * 100).toFixed(1)}%`;
-        setText(li.querySelector('.value'), `${unit(x.amount)} · ${(x.cumulative * 100).toFixed(0)} % cumulative`);
-      });
-    show(downtime, [...byReason].map(([name, amount]) => ({ name, amount })), (ms) => `${(ms / 60000).toFixed(1)} min`);
-    show(scrap, [...scrapBy].map(([name, amount]) => ({ name, amount })), (n) => `${n} unit${n === 1 ? '' : 's'}`);
+    const l = await api('GET', `/metrics/losses?from=${now - 24 * 3600 * 1000}&to=${now}`);
+    const show = (list, items, empty) => {
+      if (!items.length) {
+        fill(list, h('li', { class: 'muted small empty' }, empty));
+        return;
+      }
+      list.querySelector('.empty')?.remove();
+      reconcile(list, items, (x) => x.name,
+        () => h('li', {}, h('span', { class: 'name' }), h('span', { class: 'bar' }), h('span', { class: 'value small muted' })),
+        (li, x) => {
+          setText(li.querySelector('.name'), x.name);
+          li.querySelector('.bar').style.width = `${(x.share * 100).toFixed(1)}%`;
+          setText(li.querySelector('.value'), `${x.amount} · ${(x.cumulative_share * 100).toFixed(0)} % cumulative`);
+        });
+    };
+    show(downtime, l.downtime.map((d) => ({
+      name: `${spaced(d.state)}: ${spaced(d.reason)}`, share: d.share, cumulative_share: d.cumulative_share,
+      amount: `${fmtDuration(d.ms / 1000)} (${d.element})`,
+    })), 'No downtime.');
+    show(scrap, l.scrap.map((x) => ({
+      name: x.reason, share: x.share, cumulative_share: x.cumulative_share,
+      amount: `${x.units} unit${x.units === 1 ? '' : 's'}`,
+    })), 'No scrap.');
   }
 
   async function refresh() {

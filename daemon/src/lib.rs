@@ -12,4 +12,5 @@ pub mod factory;
 pub mod http;
 pub mod metering;
 pub mod mqtt;
+pub mod pdf;
 pub mod store;

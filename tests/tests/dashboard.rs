@@ -1419,6 +1419,8 @@ async fn the_production_view_clears_the_qc_queue_with_a_tap_each_and_links_the_c
     let _one = ONE_BROWSER.lock().await;
     let mut printer = MachineSpec::printer("mk3-a", "prusa-mk3s");
     printer.time_scale = 5000.0;
+    // The finished plate waits for clearance: setup time in the Pareto.
+    printer.require_bed_clear = true;
     let f = Factory::start_with(
         &[printer],
         "[apc.tile.fdm_printer]\nwindow = { min_units = 2 }\nquality_ratio_min = 0.9\n",
@@ -1504,7 +1506,53 @@ async fn the_production_view_clears_the_qc_queue_with_a_tap_each_and_links_the_c
         "the scrap Pareto",
     )
     .await?;
+    ui.wait(
+        "document.querySelector('#pareto-downtime').textContent.includes('awaiting operator: bed clear')",
+        "the downtime Pareto to show the plate waiting for clearance",
+    )
+    .await?;
+    assert!(
+        ui.text("#pareto-scrap")
+            .await?
+            .contains("1 unit · 100 % cumulative"),
+        "{}",
+        ui.text("#pareto-scrap").await?
+    );
     ui.screenshots("production-after-qc").await?;
+
+    // The Paretos as the API serves them, against the state log and the
+    // units read independently: the downtime total is every span that is
+    // not producing, idle or planned down, clipped to the window.
+    let to = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let (s, losses) = f.get(&format!("/metrics/losses?from=0&to={to}")).await?;
+    assert_eq!(s, StatusCode::OK, "{losses}");
+    assert_eq!(
+        (&losses["scrap"], &losses["scrap_total"]),
+        (
+            &json!([{"reason": "layer_shift", "units": 1, "share": 1.0, "cumulative_share": 1.0}]),
+            &json!(1)
+        ),
+        "{losses}"
+    );
+    let (_, states) = f
+        .get(&format!("/machines/mk3-a/states?from=0&to={to}"))
+        .await?;
+    let states = states.as_array().expect("a state list");
+    let mut expected = 0;
+    for (i, c) in states.iter().enumerate() {
+        let end = states
+            .get(i + 1)
+            .map_or(to, |n| n["at_ms"].as_u64().expect("at_ms"));
+        if !["producing", "idle", "planned_down"].contains(&c["state"].as_str().expect("state")) {
+            expected += end - c["at_ms"].as_u64().expect("at_ms");
+        }
+    }
+    assert!(expected > 0, "the plate waited for clearance: {states:?}");
+    assert_eq!(losses["downtime_total_ms"], json!(expected), "{losses}");
+    let (s, bad) = f.get("/metrics/losses?scope=class").await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
 
     // The report link opens a printable page with its charts inline.
     let href: String = ui

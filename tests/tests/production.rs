@@ -310,4 +310,74 @@ async fn an_order_makes_serialised_units_and_a_qc_failure_queues_another_plate()
     assert_eq!(quality["status"], "fail");
     assert!(close(quality["measured"].as_f64().unwrap(), qr));
     assert_eq!(quality["threshold"], 0.9);
+
+    // The certification report as PDF, read back by poppler-utils: the
+    // verdict, every criterion of the JSON report with its threshold,
+    // measured value and status on one line, the units, and the font
+    // embedded.
+    let path = format!("/apc/tile/fdm_printer/report?from=0&to={to}");
+    let (_, report) = f.get(&path).await.unwrap();
+    let res = f
+        .http
+        .get(format!("{}/api/v1{path}&format=pdf", f.base))
+        .bearer_auth(&f.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "application/pdf");
+    let bytes = res.bytes().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("apc-report-pdf");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("report.pdf");
+    std::fs::write(&file, &bytes).unwrap();
+    let text = poppler("pdftotext", &["-layout", file.to_str().unwrap(), "-"]);
+    assert!(text.contains("Verdict: fail"), "{text}");
+    let criteria = report["result"]["criteria"].as_array().unwrap();
+    assert_eq!(criteria.len(), 2, "{report}");
+    for c in criteria {
+        let key = c["key"].as_str().unwrap();
+        let threshold = c["threshold"].as_f64().unwrap().to_string();
+        let measured = format!("{:.3}", c["measured"].as_f64().unwrap());
+        let status = c["status"].as_str().unwrap();
+        assert!(
+            text.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() >= 4 && cols[..4] == [key, &threshold, &measured, status]
+            }),
+            "{key} {threshold} {measured} {status} in\n{text}"
+        );
+    }
+    for u in report["units"].as_array().unwrap() {
+        assert!(text.contains(u["serial"].as_str().unwrap()), "{text}");
+    }
+    let fonts = poppler("pdffonts", &[file.to_str().unwrap()]);
+    let rows: Vec<&str> = fonts.lines().skip(2).collect();
+    assert!(!rows.is_empty(), "{fonts}");
+    for row in rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let n = cols.len();
+        assert!(cols[0].contains("DejaVuSans"), "{fonts}");
+        assert_eq!(
+            (cols[n - 5], cols[n - 4]),
+            ("yes", "yes"),
+            "embedded, subset: {fonts}"
+        );
+    }
+    let (st, _) = f.get(&format!("{path}&format=docx")).await.unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+/// Runs one of poppler-utils' tools (`.ci/run` installs them).
+fn poppler(program: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} could not start ({e}); install poppler-utils"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -281,6 +281,7 @@ pub const TABLE: &[Rule] = &[
         Json,
     ),
     row(Method::GET, "/api/v1/metrics", Roles(READERS), Empty),
+    row(Method::GET, "/api/v1/metrics/losses", Roles(READERS), Empty),
     row(Method::GET, "/api/v1/apc", Roles(READERS), Empty),
     row(
         Method::GET,

@@ -15,7 +15,7 @@ use crate::http::api::{ApiError, AppState, Caller, ErrorBody, json_body};
 use crate::metering::model::{OrderInput, Product, ProductInput, QcInput, QcState, Unit};
 use crate::metering::oee::Window;
 use crate::metering::{
-    ApcResult, MeteringError, Metrics, OrderCreated, OrderView, Scope, UnitFilter,
+    ApcResult, LossReport, MeteringError, Metrics, OrderCreated, OrderView, Scope, UnitFilter,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -290,17 +290,44 @@ async fn metrics(
     q: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Metrics>> {
     let q = query(q)?;
-    let scope = match q.scope.as_deref().unwrap_or("machine") {
-        "machine" => Scope::Machine,
-        "sku" => Scope::Sku,
-        other => {
-            return Err(bad_query(format!(
-                "scope '{other}' is not one of machine, sku"
-            )));
-        }
-    };
     let w = window(q.from, q.to)?;
-    Ok(Json(s.metering.metrics(scope, q.id.as_deref(), w)?))
+    Ok(Json(s.metering.metrics(
+        scope(q.scope.as_deref())?,
+        q.id.as_deref(),
+        w,
+    )?))
+}
+
+fn scope(raw: Option<&str>) -> ApiResult<Scope> {
+    match raw.unwrap_or("machine") {
+        "machine" => Ok(Scope::Machine),
+        "sku" => Ok(Scope::Sku),
+        other => Err(bad_query(format!(
+            "scope '{other}' is not one of machine, sku"
+        ))),
+    }
+}
+
+/// Where the time and the units went: downtime by machine state and
+/// reason (from the state log, clipped to the window; its total is setup
+/// + delay + down time) and scrap by QC reason code, each sorted largest
+/// first with its share and cumulative share (a Pareto). Same scopes as
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/api/v1/metrics/losses", tag = "production", params(MetricsQuery),
+    responses((status = 200, body = LossReport), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn losses(
+    State(s): State<AppState>,
+    q: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<LossReport>> {
+    let q = query(q)?;
+    let w = window(q.from, q.to)?;
+    Ok(Json(s.metering.losses(
+        scope(q.scope.as_deref())?,
+        q.id.as_deref(),
+        w,
+    )?))
 }
 
 /// `GET /apc` query.
@@ -336,7 +363,8 @@ pub struct ReportQuery {
     pub from: Option<u64>,
     /// To, excluded (default: now).
     pub to: Option<u64>,
-    /// `json` (default) or `html`, the printable page.
+    /// `json` (default), `html` (the printable page) or `pdf` (the same,
+    /// as an A4 PDF with the font embedded).
     pub format: Option<String>,
 }
 
@@ -344,12 +372,14 @@ pub struct ReportQuery {
 /// every input and the full-cost accounts, the two halves of the window
 /// as the consecutive windows the rule asks for, a series for the charts,
 /// and the evidence (unit serials, attempts, state-log spans). As JSON, or
-/// with `format=html` as a printable page with inline SVG charts.
+/// with `format=html` as a printable page with inline SVG charts, or with
+/// `format=pdf` as the same on A4 pages of vector PDF.
 #[utoipa::path(get, path = "/api/v1/apc/{sku}/{class}/report", tag = "production",
     params(("sku" = String, Path, description = "SKU"),
         ("class" = String, Path, description = "Machine class"), ReportQuery),
     responses((status = 200, body = crate::metering::report::Report),
         (status = 200, description = "printable page", content_type = "text/html", body = String),
+        (status = 200, description = "printable PDF", content_type = "application/pdf", body = Vec<u8>),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn apc_report(
@@ -360,26 +390,49 @@ async fn apc_report(
     use axum::response::IntoResponse;
     let q = query(q)?;
     let w = window(q.from, q.to)?;
-    let html = match q.format.as_deref() {
-        None | Some("json") => false,
-        Some("html") => true,
+    let format = match q.format.as_deref() {
+        None | Some("json") => ReportFormat::Json,
+        Some("html") => ReportFormat::Html,
+        Some("pdf") => ReportFormat::Pdf,
         Some(other) => {
             return Err(bad_query(format!(
-                "format '{other}' is not one of json, html"
+                "format '{other}' is not one of json, html, pdf"
             )));
         }
     };
     let report = s.metering.report(&sku, &class, w)?;
-    if html {
-        let page = crate::metering::report::html(&report);
-        Ok((
-            [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            page,
-        )
-            .into_response())
-    } else {
-        Ok(Json(report).into_response())
-    }
+    let (content_type, body) = match format {
+        ReportFormat::Json => return Ok(Json(report).into_response()),
+        ReportFormat::Html => (
+            "text/html; charset=utf-8",
+            crate::metering::report::html(&report).into_bytes(),
+        ),
+        ReportFormat::Pdf => {
+            let pdf =
+                tokio::task::spawn_blocking(move || crate::metering::report_pdf::pdf(&report))
+                    .await
+                    .map_err(|e| internal(&e.to_string()))?
+                    .map_err(|e| internal(&e.to_string()))?;
+            ("application/pdf", pdf)
+        }
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// How `GET /apc/{sku}/{class}/report` answers.
+enum ReportFormat {
+    Json,
+    Html,
+    Pdf,
+}
+
+/// A 500 for what is a bug here, not the caller's doing.
+fn internal(message: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the report could not be drawn: {message}"),
+    )
 }
 
 /// Prometheus metrics (OpenMetrics text): units by SKU and QC state,
@@ -427,6 +480,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_unit))
         .routes(routes!(inspect_unit))
         .routes(routes!(metrics))
+        .routes(routes!(losses))
         .routes(routes!(apc))
         .routes(routes!(prometheus_metrics))
         .routes(routes!(apc_report))

@@ -9,14 +9,18 @@
 //! (batches without domain events, so the log's order stays the factory's
 //! order of decisions), then flushes before answering.
 
+pub mod aggregate;
 pub mod apc;
 pub mod cost;
 pub mod exposition;
+pub mod hourly;
+pub mod losses;
 pub mod model;
 pub mod oee;
 pub mod production;
 pub mod reader;
 pub mod report;
+pub mod report_pdf;
 pub mod summary;
 #[cfg(test)]
 mod tests;
@@ -137,6 +141,22 @@ pub struct Metrics {
     pub quantities: Quantities,
     /// The indicators.
     pub figures: Figures,
+}
+
+/// `GET /metrics/losses`: the loss Paretos of a scope and window.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LossReport {
+    /// Machine or SKU.
+    pub scope: Scope,
+    /// The machine id or SKU (none: every machine, or every product).
+    pub id: Option<String>,
+    /// The window (its end capped at now).
+    pub window: Window,
+    /// The machines whose state logs were read.
+    pub machines: Vec<String>,
+    /// Downtime and scrap by reason.
+    #[serde(flatten)]
+    pub losses: losses::Losses,
 }
 
 /// One (SKU, machine class) verdict.
@@ -608,12 +628,16 @@ impl Metering {
     pub async fn inspect(&self, serial: &str, input: QcInput, by: &str) -> Result<Unit> {
         let _g = self.lock.lock().await;
         let mut unit = self.unit(serial)?;
+        let before = unit.clone();
         let from = unit.qc;
         unit.inspect(input, by, now_ms())?;
         let last = unit.qc_history.last();
         let mut summary = self.summary()?;
         summary.unit_inspected(&unit.sku, from, unit.qc);
+        let mut batch = Batch::default();
+        self.count_units(&[], &[(before, unit.clone())], &mut batch)?;
         self.commit(&Batch {
+            unit_aggs: batch.unit_aggs,
             metering_summary: Some(summary.clone()),
             events: vec![DomainEvent::UnitInspected {
                 serial: unit.serial.clone(),
@@ -663,41 +687,49 @@ impl Metering {
         Ok(t)
     }
 
+    /// What `scope` and `id` read: the machines, the jobs whose spans
+    /// count and the units that count.
+    fn resolve(&self, scope: Scope, id: Option<&str>) -> Result<Resolved<'_>> {
+        let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
+        Ok(match (scope, id) {
+            (Scope::Machine, Some(id)) if all_machines.iter().any(|m| m == id) => Resolved {
+                machines: vec![id.to_string()],
+                jobs: None,
+                sku: None,
+            },
+            (Scope::Machine, Some(id)) => {
+                return Err(MeteringError::NotFound(format!("no machine '{id}'")));
+            }
+            (Scope::Machine, None) => Resolved {
+                machines: all_machines,
+                jobs: None,
+                sku: None,
+            },
+            (Scope::Sku, sku) => {
+                if let Some(sku) = sku {
+                    self.product(sku)?;
+                }
+                Resolved {
+                    machines: all_machines,
+                    jobs: Some(aggregate::JobSkus::new(&self.store)),
+                    sku: sku.map(str::to_string),
+                }
+            }
+        })
+    }
+
     /// ISO 22400 figures of a machine or a SKU over `w`; without an id,
     /// of every machine (the whole factory) or every product.
     pub fn metrics(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<Metrics> {
         let now = now_ms();
-        let units = self.store.units_between(w.from_ms, w.to_ms)?;
-        let all_machines: Vec<String> = self.classes.iter().map(|(m, _)| m.clone()).collect();
-        let (machines, time, quantities) = match (scope, id) {
-            (Scope::Machine, id) => {
-                let machines = match id {
-                    Some(id) if all_machines.iter().any(|m| m == id) => vec![id.to_string()],
-                    Some(id) => return Err(MeteringError::NotFound(format!("no machine '{id}'"))),
-                    None => all_machines,
-                };
-                let t = self.time_of(&machines, w, now, &|_| true)?;
-                let q = Quantities::of(&units, w, |u| machines.contains(&u.machine_id));
-                (machines, t, q)
-            }
-            (Scope::Sku, Some(sku)) => {
-                self.product(sku)?;
-                let jobs = self.sku_jobs(Some(sku))?;
-                let t = self.time_of(&all_machines, w, now, &|c| {
-                    c.job_id.is_some_and(|j| jobs.contains(&j))
-                })?;
-                let q = Quantities::of(&units, w, |u| u.sku == sku);
-                (all_machines, t, q)
-            }
-            (Scope::Sku, None) => {
-                let jobs = self.sku_jobs(None)?;
-                let t = self.time_of(&all_machines, w, now, &|c| {
-                    c.job_id.is_some_and(|j| jobs.contains(&j))
-                })?;
-                let q = Quantities::of(&units, w, |_| true);
-                (all_machines, t, q)
-            }
-        };
+        let r = self.resolve(scope, id)?;
+        let spans = r.jobs.is_some().then_some(r.sku.as_deref());
+        let skus = aggregate::JobSkus::new(&self.store);
+        let time = self
+            .time_through(&r.machines, w, now, &skus)?
+            .elements(spans);
+        let units = self.units_through(w)?;
+        let quantities = aggregate::UnitTotals::of(&units, |m, s| r.keeps_row(m, s)).q;
         Ok(Metrics {
             scope,
             id: id.map(str::to_string),
@@ -705,10 +737,34 @@ impl Metering {
                 from_ms: w.from_ms,
                 to_ms: w.to_ms.min(now).max(w.from_ms),
             },
-            machines,
+            machines: r.machines,
             figures: oee::figures(&time, &quantities),
             time,
             quantities,
+        })
+    }
+
+    /// Downtime by state and reason and scrap by QC reason of a machine
+    /// or a SKU over `w` (without an id: every machine or every product),
+    /// each as a Pareto.
+    pub fn losses(&self, scope: Scope, id: Option<&str>, w: Window) -> Result<LossReport> {
+        let now = now_ms();
+        let units = self.store.units_between(w.from_ms, w.to_ms)?;
+        let r = self.resolve(scope, id)?;
+        let mut tally = losses::DowntimeTally::default();
+        for m in &r.machines {
+            let changes = self.store.machine_states(m, w.from_ms, w.to_ms)?;
+            tally.add(&changes, w, now, |c| r.counts(c));
+        }
+        Ok(LossReport {
+            scope,
+            id: id.map(str::to_string),
+            window: Window {
+                from_ms: w.from_ms,
+                to_ms: w.to_ms.min(now).max(w.from_ms),
+            },
+            losses: losses::losses(tally, &units, w, |u| r.keeps(u)),
+            machines: r.machines,
         })
     }
 
@@ -775,7 +831,7 @@ impl Metering {
         product: Option<&Product>,
         class: &str,
         machines: usize,
-        units: &[&Unit],
+        units: &aggregate::UnitTotals,
         time: &TimeElements,
     ) -> Result<Option<cost::CostFigures>> {
         let Some(costs) = &self.costs else {
@@ -803,19 +859,13 @@ impl Metering {
             }
             None => cost::MaterialPerUnit::of(None, 0.0, 1, None),
         };
-        let jobs: HashSet<(u64, u32)> = units.iter().map(|u| (u.job_id, u.attempt)).collect();
-        let inspections = units
-            .iter()
-            .flat_map(|u| &u.qc_history)
-            .filter(|r| r.by != production::DAEMON)
-            .count();
         let inputs = cost::CostInputs {
-            produced: units.len() as u64,
-            good: units.iter().filter(|u| u.qc == QcState::Pass).count() as u64,
+            produced: units.q.produced,
+            good: units.q.good,
             production_ms: time.apt_ms,
             setup_ms: time.setup_ms,
-            jobs: jobs.len() as u64,
-            inspections: inspections as u64,
+            jobs: units.attempts,
+            inspections: units.inspections,
             machines: machines as u64,
             price_per_unit: product.and_then(|p| p.price_per_unit),
         };
@@ -827,24 +877,35 @@ impl Metering {
         )))
     }
 
-    /// Every configured (SKU, machine class)'s APC verdict over `w`.
+    /// Every configured (SKU, machine class)'s APC verdict over `w`: each
+    /// class's machines and the window's units read once, through the
+    /// aggregates.
     pub fn apc(&self, w: Window) -> Result<Vec<ApcResult>> {
         let now = now_ms();
+        let skus = aggregate::JobSkus::new(&self.store);
+        let units = self.units_through(w)?;
+        let mut times: BTreeMap<&str, hourly::TimeAgg> = BTreeMap::new();
         let mut out = Vec::new();
         for (sku, by_class) in &self.apc {
-            let jobs = self.sku_jobs(Some(sku))?;
-            let units = self.store.units_of_sku(sku, w.from_ms, w.to_ms)?;
             let product = self.store.product(sku)?;
             for (class, criteria) in by_class {
+                let time = match times.entry(class.as_str()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(self.time_through(&self.machines_of(class), w, now, &skus)?)
+                    }
+                };
                 out.push(self.apc_one(
                     SkuData {
                         sku,
                         product: product.as_ref(),
-                        jobs: &jobs,
-                        units: &units,
                     },
                     class,
                     criteria,
+                    Measured {
+                        time: time.elements(Some(Some(sku))),
+                        units: &units,
+                    },
                     w,
                     now,
                 )?);
@@ -862,29 +923,50 @@ impl Metering {
             .collect()
     }
 
-    /// One (SKU, class)'s verdict over `w`; `d.units` must hold at least
-    /// the SKU's units that ended in `w`.
-    fn apc_one(
+    /// One (SKU, class)'s verdict over `w`, reading its own time and units.
+    fn apc_in(
         &self,
         d: SkuData<'_>,
         class: &str,
         criteria: &ApcCriteria,
         w: Window,
         now: u64,
+        skus: &aggregate::JobSkus<'_>,
+    ) -> Result<ApcResult> {
+        let time = self
+            .time_through(&self.machines_of(class), w, now, skus)?
+            .elements(Some(Some(d.sku)));
+        let units = self.units_through(w)?;
+        self.apc_one(
+            d,
+            class,
+            criteria,
+            Measured {
+                time,
+                units: &units,
+            },
+            w,
+            now,
+        )
+    }
+
+    /// One (SKU, class)'s verdict over `w` from its class's time and the
+    /// window's units.
+    fn apc_one(
+        &self,
+        d: SkuData<'_>,
+        class: &str,
+        criteria: &ApcCriteria,
+        m: Measured<'_>,
+        w: Window,
+        now: u64,
     ) -> Result<ApcResult> {
         let machines = self.machines_of(class);
         let of_class: HashSet<&str> = machines.iter().map(String::as_str).collect();
-        let time = self.time_of(&machines, w, now, &|c| {
-            c.job_id.is_some_and(|j| d.jobs.contains(&j))
-        })?;
-        let units: Vec<&Unit> = d
-            .units
-            .iter()
-            .filter(|u| {
-                u.sku == d.sku && w.contains(u.ended_ms) && of_class.contains(u.machine_id.as_str())
-            })
-            .collect();
-        let quantities = Quantities::of(units.iter().copied(), w, |_| true);
+        let time = m.time;
+        let units =
+            aggregate::UnitTotals::of(m.units, |mach, s| s == d.sku && of_class.contains(mach));
+        let quantities = units.q;
         let figures = oee::figures(&time, &quantities);
         let cost = self.cost_of(d.product, class, machines.len(), &units, &time)?;
         Ok(ApcResult {
@@ -931,14 +1013,13 @@ impl Metering {
             to_ms: w.to_ms.min(now).max(from),
         };
         let jobs = self.sku_jobs(Some(sku))?;
+        let skus = aggregate::JobSkus::new(&self.store);
         let units = self.store.units_of_sku(sku, w.from_ms, w.to_ms)?;
         let data = || SkuData {
             sku,
             product: product.as_ref(),
-            jobs: &jobs,
-            units: &units,
         };
-        let whole = self.apc_one(data(), class, criteria, w, now)?;
+        let whole = self.apc_in(data(), class, criteria, w, now, &skus)?;
         let mid = w.from_ms + (w.to_ms - w.from_ms) / 2;
         let halves = [
             Window {
@@ -952,11 +1033,11 @@ impl Metering {
         ];
         let mut consecutive = Vec::with_capacity(2);
         for h in halves {
-            consecutive.push(self.apc_one(data(), class, criteria, h, now)?);
+            consecutive.push(self.apc_in(data(), class, criteria, h, now, &skus)?);
         }
         let mut series = Vec::new();
         for b in report::buckets(w, report::SERIES_POINTS) {
-            let r = self.apc_one(data(), class, criteria, b, now)?;
+            let r = self.apc_in(data(), class, criteria, b, now, &skus)?;
             series.push(report::Point {
                 window: b,
                 figures: r.figures,
@@ -991,11 +1072,50 @@ impl Metering {
     }
 }
 
+/// A scope resolved: what its time and quantities are counted from.
+struct Resolved<'a> {
+    /// The machines whose state logs are read.
+    machines: Vec<String>,
+    /// A SKU scope: only the spans of jobs of the SKU's orders (of any
+    /// product's without a SKU) count; `None`: every span.
+    jobs: Option<aggregate::JobSkus<'a>>,
+    /// Only this product's units count; `None`: every unit of `machines`.
+    sku: Option<String>,
+}
+
+impl Resolved<'_> {
+    fn counts(&self, c: &crate::core::machine::StateChange) -> bool {
+        let Some(jobs) = &self.jobs else {
+            return true;
+        };
+        let Some(of) = c.job_id.and_then(|j| jobs.sku_of(j)) else {
+            return false;
+        };
+        self.sku.as_ref().is_none_or(|s| *s == of)
+    }
+
+    fn keeps(&self, u: &Unit) -> bool {
+        self.keeps_row(&u.machine_id, &u.sku)
+    }
+
+    fn keeps_row(&self, machine: &str, sku: &str) -> bool {
+        match (&self.jobs, &self.sku) {
+            (None, _) => self.machines.iter().any(|m| m == machine),
+            (Some(_), Some(s)) => sku == s,
+            (Some(_), None) => true,
+        }
+    }
+}
+
 /// What every (SKU, class) evaluation of one SKU shares.
 #[derive(Clone, Copy)]
 struct SkuData<'a> {
     sku: &'a str,
     product: Option<&'a Product>,
-    jobs: &'a HashSet<u64>,
-    units: &'a [Unit],
+}
+
+/// A window's time (of the SKU on the class) and units (all of them).
+struct Measured<'a> {
+    time: TimeElements,
+    units: &'a hourly::UnitAgg,
 }

@@ -483,27 +483,40 @@ pub fn serial(n: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unit() -> Unit {
-        Unit {
-            serial: serial(1),
+impl Unit {
+    /// A pending unit of plate place 1 of job `n` (serial `n`) on machine
+    /// `m`, made at `ended_ms` with 1 ms of planned runtime: the fixture
+    /// the metering tests vary.
+    pub(crate) fn sample(n: u64, ended_ms: u64) -> Self {
+        Self {
+            serial: serial(n),
             sku: "s".into(),
             order_id: 1,
-            job_id: 1,
+            job_id: n,
             attempt: 1,
             index: 1,
             machine_id: "m".into(),
             gcode_sha256: "f".into(),
-            started_ms: Some(0),
-            ended_ms: 1,
+            started_ms: None,
+            ended_ms,
             planned_runtime_ms: 1,
             credited_runtime_ms: 1,
             qc: QcState::Pending,
             first_pass: None,
             reworked: false,
             qc_history: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit() -> Unit {
+        Unit {
+            started_ms: Some(0),
+            ..Unit::sample(1, 1)
         }
     }
 

@@ -19,7 +19,7 @@
 //! so PBT = APT + ASUT + ADET + ADOT + idle, and every element is a sum of
 //! clipped spans: the totals of a window are the sums over any split of it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::core::machine::{MachineState, StateChange, StateReason};
@@ -36,7 +36,7 @@ pub struct Window {
 
 impl Window {
     /// The part of `[start, end)` inside the window, in ms.
-    fn overlap(self, start: u64, end: u64) -> u64 {
+    pub fn overlap(self, start: u64, end: u64) -> u64 {
         end.min(self.to_ms).saturating_sub(start.max(self.from_ms))
     }
 
@@ -47,7 +47,7 @@ impl Window {
 }
 
 /// Time elements of a window, ms (ISO 22400-2 names).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TimeElements {
     /// Planned busy time (PBT): the window less planned down time.
     pub pbt_ms: u64,
@@ -84,6 +84,38 @@ impl TimeElements {
     }
 }
 
+/// The ISO 22400 time element a state's time falls in (the table above);
+/// one place, so the metrics and the loss Pareto never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Element {
+    /// APT.
+    Production,
+    /// ASUT: tool changes and bed clearance.
+    Setup,
+    /// ADET: pauses and waits for the operator.
+    Delay,
+    /// ADOT: halted or offline.
+    Down,
+    /// Planned, no work.
+    Idle,
+    /// PDOT: outside planned busy time.
+    PlannedDown,
+}
+
+/// Which element `state` with `reason` counts in.
+pub fn element(state: MachineState, reason: StateReason) -> Element {
+    match (state, reason) {
+        (MachineState::PlannedDown, _) => Element::PlannedDown,
+        (MachineState::Producing, _) => Element::Production,
+        (MachineState::Paused, StateReason::ToolChange)
+        | (MachineState::AwaitingOperator, StateReason::BedClear) => Element::Setup,
+        (MachineState::Paused | MachineState::AwaitingOperator, _) => Element::Delay,
+        (MachineState::UnplannedDown | MachineState::Offline, _) => Element::Down,
+        (MachineState::Idle, _) => Element::Idle,
+    }
+}
+
 /// Time elements of one machine over `w`, from its state log: `changes`
 /// oldest first, the first one being the state in force at `w.from_ms`
 /// (as `Store::machine_states` returns them). The last state lasts until
@@ -108,22 +140,20 @@ pub fn time_elements(
             continue;
         }
         let d = w.overlap(c.at_ms, end);
-        match (c.state, c.reason) {
-            (MachineState::PlannedDown, _) => t.planned_down_ms += d,
-            (MachineState::Producing, _) => t.apt_ms += d,
-            (MachineState::Paused, StateReason::ToolChange)
-            | (MachineState::AwaitingOperator, StateReason::BedClear) => t.setup_ms += d,
-            (MachineState::Paused | MachineState::AwaitingOperator, _) => t.delay_ms += d,
-            (MachineState::UnplannedDown, _) => {
-                t.down_ms += d;
-                t.repair_ms += d;
-                let entered = i == 0 || changes[i - 1].state != MachineState::UnplannedDown;
-                if entered && w.contains(c.at_ms) {
-                    t.failures += 1;
-                }
+        match element(c.state, c.reason) {
+            Element::PlannedDown => t.planned_down_ms += d,
+            Element::Production => t.apt_ms += d,
+            Element::Setup => t.setup_ms += d,
+            Element::Delay => t.delay_ms += d,
+            Element::Down => t.down_ms += d,
+            Element::Idle => t.idle_ms += d,
+        }
+        if c.state == MachineState::UnplannedDown {
+            t.repair_ms += d;
+            let entered = i == 0 || changes[i - 1].state != MachineState::UnplannedDown;
+            if entered && w.contains(c.at_ms) {
+                t.failures += 1;
             }
-            (MachineState::Offline, _) => t.down_ms += d,
-            (MachineState::Idle, _) => t.idle_ms += d,
         }
         if c.state != MachineState::PlannedDown {
             t.pbt_ms += d;
@@ -133,7 +163,7 @@ pub fn time_elements(
 }
 
 /// Quantities of a window, from units made (ended) in it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Quantities {
     /// Produced quantity (PQ): every unit made, scrapped ones included.
     pub produced: u64,
@@ -174,6 +204,39 @@ impl Quantities {
                 self.first_pass_good += 1;
             }
         }
+    }
+
+    /// Takes back what [`Quantities::add_unit`] counted for `u` (before an
+    /// inspection changes it); `u` must have been added.
+    pub fn remove_unit(&mut self, u: &Unit) {
+        let mut one = Self::default();
+        one.add_unit(u);
+        self.sub(&one);
+    }
+
+    /// Adds another window's (or machine's) quantities.
+    pub fn add(&mut self, o: &Self) {
+        self.produced += o.produced;
+        self.good += o.good;
+        self.scrap += o.scrap;
+        self.rework += o.rework;
+        self.uninspected += o.uninspected;
+        self.first_inspected += o.first_inspected;
+        self.first_pass_good += o.first_pass_good;
+        self.credited_runtime_ms += o.credited_runtime_ms;
+    }
+
+    fn sub(&mut self, o: &Self) {
+        self.produced = self.produced.saturating_sub(o.produced);
+        self.good = self.good.saturating_sub(o.good);
+        self.scrap = self.scrap.saturating_sub(o.scrap);
+        self.rework = self.rework.saturating_sub(o.rework);
+        self.uninspected = self.uninspected.saturating_sub(o.uninspected);
+        self.first_inspected = self.first_inspected.saturating_sub(o.first_inspected);
+        self.first_pass_good = self.first_pass_good.saturating_sub(o.first_pass_good);
+        self.credited_runtime_ms = self
+            .credited_runtime_ms
+            .saturating_sub(o.credited_runtime_ms);
     }
 
     /// Counts the units of `units` that `keep` selects and that ended in
@@ -280,22 +343,11 @@ mod tests {
 
     fn unit(ended_ms: u64, qc: QcState, first_pass: Option<bool>, credited: u64) -> Unit {
         Unit {
-            serial: "U1".into(),
-            sku: "s".into(),
-            order_id: 1,
-            job_id: 1,
-            attempt: 1,
-            index: 1,
-            machine_id: "m".into(),
-            gcode_sha256: "f".into(),
-            started_ms: None,
-            ended_ms,
             planned_runtime_ms: credited,
             credited_runtime_ms: credited,
             qc,
             first_pass,
-            reworked: false,
-            qc_history: vec![],
+            ..Unit::sample(1, ended_ms)
         }
     }
 

@@ -37,6 +37,9 @@ impl Metering {
         if let Err(e) = self.recover().await {
             warn!(error = %e, "metering could not recover production orders");
         }
+        if let Err(e) = self.aggregate_history().await {
+            warn!(error = %e, "metering could not bring its aggregates up to date");
+        }
         let store = self.store.clone();
         store
             .follow_log("metering", GATHER, &self.cancel, |durable| {
@@ -93,6 +96,9 @@ impl Metering {
         for u in &batch.units {
             summary.unit_made(u);
         }
+        let new_units = std::mem::take(&mut batch.units);
+        self.count_units(&new_units, &[], &mut batch)?;
+        batch.units = new_units;
         let touched: BTreeSet<u64> = orders.keys().copied().collect();
         batch.orders = orders.into_values().collect();
         if !batch.units.is_empty() {
@@ -122,6 +128,21 @@ impl Metering {
         }
         if counted {
             self.set_summary(summary);
+        }
+        let mut changed: Vec<&str> = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                DomainEvent::MachineState { machine_id, .. } => Some(machine_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        let skus = super::aggregate::JobSkus::new(&self.store);
+        for m in changed {
+            if let Err(e) = self.seal(m, &skus) {
+                warn!(machine = m, error = %e, "metering could not aggregate a machine's hours");
+            }
         }
         for id in touched {
             if let Err(e) = self.top_up_locked(id).await {

@@ -2,8 +2,8 @@
 //! certification label stands on. Pure: the shell gathers a [`Report`]
 //! (`Metering::report`), this module lays it out as a printable HTML page
 //! with its charts as inline SVG, so it prints without JavaScript and
-//! carries no third-party code. (A PDF of the same page is for the
-//! labels work, which brings the PDF crate.)
+//! carries no third-party code; `report_pdf` draws the same rows and
+//! charts (from [`inputs`], [`costs`] and [`charts`] here) as PDF.
 
 use std::fmt::Write as _;
 
@@ -149,11 +149,11 @@ fn esc(s: &str) -> String {
     out
 }
 
-fn num(v: Option<f64>) -> String {
+pub(super) fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |x| format!("{x:.3}"))
 }
 
-fn verdict_word(v: Verdict) -> &'static str {
+pub(super) fn verdict_word(v: Verdict) -> &'static str {
     match v {
         Verdict::Pass => "pass",
         Verdict::Fail => "fail",
@@ -161,7 +161,7 @@ fn verdict_word(v: Verdict) -> &'static str {
     }
 }
 
-fn status_word(s: CriterionStatus) -> &'static str {
+pub(super) fn status_word(s: CriterionStatus) -> &'static str {
     match s {
         CriterionStatus::Pass => "pass",
         CriterionStatus::Fail => "fail",
@@ -172,7 +172,7 @@ fn status_word(s: CriterionStatus) -> &'static str {
 
 /// A UTC date and time, `YYYY-MM-DD HH:MM` (civil from days, Howard
 /// Hinnant's algorithm; no time zone crate for one line of a report).
-fn utc(ms: u64) -> String {
+pub(super) fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
@@ -189,7 +189,208 @@ fn utc(ms: u64) -> String {
 }
 
 /// A chart line: name, colour, values, threshold.
-type Line<'a> = (&'a str, &'a str, Vec<Option<f64>>, Option<f64>);
+type Line<'a> = (&'a str, String, Vec<Option<f64>>, Option<f64>);
+
+/// One line of a report chart, for the HTML and the PDF alike.
+pub(super) struct SeriesLine {
+    pub(super) name: &'static str,
+    pub(super) rgb: (u8, u8, u8),
+    pub(super) values: Vec<Option<f64>>,
+    pub(super) threshold: Option<f64>,
+}
+
+/// A report chart: y from 0 to `top`.
+pub(super) struct SeriesChart {
+    pub(super) title: &'static str,
+    pub(super) lines: Vec<SeriesLine>,
+    pub(super) top: f64,
+}
+
+/// The report's two charts: the OEE components, and good units per
+/// planned hour, each against its thresholds.
+pub(super) fn charts(r: &Report) -> [SeriesChart; 2] {
+    let threshold = |key: &str| {
+        r.result
+            .evaluation
+            .criteria
+            .iter()
+            .find(|c| c.key == key)
+            .map(|c| c.threshold)
+    };
+    let series =
+        |get: fn(&Figures) -> Option<f64>| r.series.iter().map(|p| get(&p.figures)).collect();
+    let line = |name, rgb, get: fn(&Figures) -> Option<f64>, key: &str| SeriesLine {
+        name,
+        rgb,
+        values: series(get),
+        threshold: threshold(key),
+    };
+    let per_hour = line(
+        "good units / planned h",
+        (0x94, 0x67, 0xbd),
+        |f| f.good_units_per_planned_hour,
+        "good_units_per_planned_hour_min",
+    );
+    let top = per_hour
+        .values
+        .iter()
+        .flatten()
+        .copied()
+        .chain(per_hour.threshold)
+        .fold(1.0_f64, f64::max)
+        .ceil();
+    [
+        SeriesChart {
+            title: "Availability, effectiveness, quality ratio and OEE (dashed: thresholds)",
+            lines: vec![
+                line(
+                    "availability",
+                    (0x1f, 0x77, 0xb4),
+                    |f| f.availability,
+                    "availability_min",
+                ),
+                line(
+                    "effectiveness",
+                    (0xff, 0x7f, 0x0e),
+                    |f| f.effectiveness,
+                    "effectiveness_min",
+                ),
+                line(
+                    "quality ratio",
+                    (0x2c, 0xa0, 0x2c),
+                    |f| f.quality_ratio,
+                    "quality_ratio_min",
+                ),
+                line("OEE", (0xd6, 0x27, 0x28), |f| f.oee, "oee_min"),
+            ],
+            top: 1.0,
+        },
+        SeriesChart {
+            title: "Good units per planned hour (dashed: threshold)",
+            lines: vec![per_hour],
+            top,
+        },
+    ]
+}
+
+/// The inputs of a verdict as (what, value) rows.
+pub(super) fn inputs(res: &ApcResult) -> Vec<(&'static str, String)> {
+    let (t, q, f) = (&res.time, &res.quantities, &res.figures);
+    vec![
+        (
+            "planned busy time (PBT)",
+            format!("{:.3} h", hours(t.pbt_ms)),
+        ),
+        (
+            "actual production time (APT)",
+            format!("{:.3} h", hours(t.apt_ms)),
+        ),
+        ("setup (ASUT)", format!("{:.3} h", hours(t.setup_ms))),
+        ("delay (ADET)", format!("{:.3} h", hours(t.delay_ms))),
+        (
+            "down (ADOT), failures",
+            format!("{:.3} h, {}", hours(t.down_ms), t.failures),
+        ),
+        (
+            "produced, good, scrap, rework, uninspected",
+            format!(
+                "{}, {}, {}, {}, {}",
+                q.produced, q.good, q.scrap, q.rework, q.uninspected
+            ),
+        ),
+        (
+            "availability, effectiveness, quality, OEE",
+            format!(
+                "{}, {}, {}, {}",
+                num(f.availability),
+                num(f.effectiveness),
+                num(f.quality_ratio),
+                num(f.oee)
+            ),
+        ),
+        (
+            "first-pass yield, good units per planned hour",
+            format!(
+                "{}, {}",
+                num(f.first_pass_yield),
+                num(f.good_units_per_planned_hour)
+            ),
+        ),
+        (
+            "MTBF, MTTR",
+            format!("{} h, {} h", num(f.mtbf_hours), num(f.mttr_hours)),
+        ),
+    ]
+}
+
+/// The full-cost accounts as (what, value) rows.
+pub(super) fn costs(c: &crate::metering::cost::CostFigures) -> Vec<(&'static str, String)> {
+    let cur = &c.currency;
+    vec![
+        (
+            "material per unit",
+            format!(
+                "{:.4} {cur} ({:?})",
+                c.material_per_unit.cost, c.material_per_unit.source
+            ),
+        ),
+        (
+            "machine-hour rate",
+            format!(
+                "{:.4} {cur}/h (depreciation {:.4}, energy {:.4})",
+                c.machine_hour_rate.total,
+                c.machine_hour_rate.depreciation,
+                c.machine_hour_rate.energy
+            ),
+        ),
+        (
+            "machine hours, operator hours",
+            format!("{:.3}, {:.3}", c.machine_hours, c.operator_hours),
+        ),
+        (
+            "material, machine, tooling, labour",
+            format!(
+                "{:.2}, {:.2}, {:.2}, {:.2} {cur}",
+                c.totals.material, c.totals.machine, c.totals.tooling, c.totals.labour
+            ),
+        ),
+        (
+            "total; borne by units not good",
+            format!("{:.2}; {:.2} {cur}", c.totals.total, c.scrap_share),
+        ),
+        (
+            "cost per good unit",
+            format!("{} {cur}", num(c.cost_per_good_unit)),
+        ),
+        (
+            "margin per unit",
+            format!("{} {cur}", num(c.margin_per_unit)),
+        ),
+        (
+            "earnings per operator hour",
+            format!("{} {cur}", num(c.earnings_per_operator_hour)),
+        ),
+        ("payback (machine hours)", num(c.payback_machine_hours)),
+    ]
+}
+
+/// How criterion `key` did in one of the consecutive windows.
+pub(super) fn half_status(half: &ApcResult, key: &str) -> &'static str {
+    half.evaluation
+        .criteria
+        .iter()
+        .find(|x| x.key == key)
+        .map_or("–", |x| status_word(x.status))
+}
+
+/// Appends (what, value) rows as an HTML table.
+fn table_rows(h: &mut String, rows: &[(&str, String)]) {
+    h.push_str("<table>");
+    for (k, v) in rows {
+        let _ = write!(h, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(v));
+    }
+    h.push_str("</table>");
+}
 
 /// One line chart as inline SVG: `lines` of (name, colour, values), a
 /// dashed threshold per line where one is configured, y from 0 to `top`.
@@ -262,12 +463,6 @@ fn chart(title: &str, lines: &[Line<'_>], top: f64) -> String {
 pub fn html(r: &Report) -> String {
     let res = &r.result;
     let ev = &res.evaluation;
-    let threshold = |key: &str| {
-        ev.criteria
-            .iter()
-            .find(|c| c.key == key)
-            .map(|c| c.threshold)
-    };
     let mut h = String::new();
     let name = r
         .product
@@ -351,13 +546,7 @@ pub fn html(r: &Report) -> String {
             status_word(c.status)
         );
         for half in &r.consecutive {
-            let s = half
-                .evaluation
-                .criteria
-                .iter()
-                .find(|x| x.key == c.key)
-                .map_or("–", |x| status_word(x.status));
-            let _ = write!(h, "<td>{s}</td>");
+            let _ = write!(h, "<td>{}</td>", half_status(half, &c.key));
         }
         h.push_str("</tr>");
     }
@@ -367,119 +556,25 @@ pub fn html(r: &Report) -> String {
     }
     h.push_str("</tr></table>");
 
-    let t = &res.time;
-    let q = &res.quantities;
-    let f = &res.figures;
-    let _ = write!(
-        h,
-        "<h2>Inputs</h2><table>\
-         <tr><td>planned busy time (PBT)</td><td>{:.3} h</td></tr>\
-         <tr><td>actual production time (APT)</td><td>{:.3} h</td></tr>\
-         <tr><td>setup (ASUT)</td><td>{:.3} h</td></tr>\
-         <tr><td>delay (ADET)</td><td>{:.3} h</td></tr>\
-         <tr><td>down (ADOT), failures</td><td>{:.3} h, {}</td></tr>\
-         <tr><td>produced, good, scrap, rework, uninspected</td><td>{}, {}, {}, {}, {}</td></tr>\
-         <tr><td>availability, effectiveness, quality, OEE</td><td>{}, {}, {}, {}</td></tr>\
-         <tr><td>first-pass yield, good units per planned hour</td><td>{}, {}</td></tr>\
-         <tr><td>MTBF, MTTR</td><td>{} h, {} h</td></tr></table>",
-        hours(t.pbt_ms),
-        hours(t.apt_ms),
-        hours(t.setup_ms),
-        hours(t.delay_ms),
-        hours(t.down_ms),
-        t.failures,
-        q.produced,
-        q.good,
-        q.scrap,
-        q.rework,
-        q.uninspected,
-        num(f.availability),
-        num(f.effectiveness),
-        num(f.quality_ratio),
-        num(f.oee),
-        num(f.first_pass_yield),
-        num(f.good_units_per_planned_hour),
-        num(f.mtbf_hours),
-        num(f.mttr_hours)
-    );
+    h.push_str("<h2>Inputs</h2>");
+    table_rows(&mut h, &inputs(res));
     if let Some(c) = &res.cost {
-        let cur = esc(&c.currency);
-        let _ = write!(
-            h,
-            "<h2>Full cost</h2><table>\
-             <tr><td>material per unit</td><td>{:.4} {cur} ({:?})</td></tr>\
-             <tr><td>machine-hour rate</td><td>{:.4} {cur}/h (depreciation {:.4}, energy {:.4})</td></tr>\
-             <tr><td>machine hours, operator hours</td><td>{:.3}, {:.3}</td></tr>\
-             <tr><td>material, machine, tooling, labour</td><td>{:.2}, {:.2}, {:.2}, {:.2} {cur}</td></tr>\
-             <tr><td>total; borne by units not good</td><td>{:.2}; {:.2} {cur}</td></tr>\
-             <tr><td>cost per good unit</td><td>{} {cur}</td></tr>\
-             <tr><td>margin per unit</td><td>{} {cur}</td></tr>\
-             <tr><td>earnings per operator hour</td><td>{} {cur}</td></tr>\
-             <tr><td>payback (machine hours)</td><td>{}</td></tr></table>",
-            c.material_per_unit.cost,
-            c.material_per_unit.source,
-            c.machine_hour_rate.total,
-            c.machine_hour_rate.depreciation,
-            c.machine_hour_rate.energy,
-            c.machine_hours,
-            c.operator_hours,
-            c.totals.material,
-            c.totals.machine,
-            c.totals.tooling,
-            c.totals.labour,
-            c.totals.total,
-            c.scrap_share,
-            num(c.cost_per_good_unit),
-            num(c.margin_per_unit),
-            num(c.earnings_per_operator_hour),
-            num(c.payback_machine_hours)
-        );
+        h.push_str("<h2>Full cost</h2>");
+        table_rows(&mut h, &costs(c));
     }
-    let series =
-        |get: fn(&Figures) -> Option<f64>| r.series.iter().map(|p| get(&p.figures)).collect();
     h.push_str("<h2>Over the window</h2>");
-    h.push_str(&chart(
-        "Availability, effectiveness, quality ratio and OEE (dashed: thresholds)",
-        &[
-            (
-                "availability",
-                "#1f77b4",
-                series(|f| f.availability),
-                threshold("availability_min"),
-            ),
-            (
-                "effectiveness",
-                "#ff7f0e",
-                series(|f| f.effectiveness),
-                threshold("effectiveness_min"),
-            ),
-            (
-                "quality ratio",
-                "#2ca02c",
-                series(|f| f.quality_ratio),
-                threshold("quality_ratio_min"),
-            ),
-            ("OEE", "#d62728", series(|f| f.oee), threshold("oee_min")),
-        ],
-        1.0,
-    ));
-    let per_hour: Vec<Option<f64>> = series(|f| f.good_units_per_planned_hour);
-    let top = per_hour
-        .iter()
-        .flatten()
-        .copied()
-        .chain(threshold("good_units_per_planned_hour_min"))
-        .fold(1.0_f64, f64::max);
-    h.push_str(&chart(
-        "Good units per planned hour (dashed: threshold)",
-        &[(
-            "good units / planned h",
-            "#9467bd",
-            per_hour,
-            threshold("good_units_per_planned_hour_min"),
-        )],
-        top.ceil(),
-    ));
+    for c in charts(r) {
+        let lines: Vec<Line<'_>> = c
+            .lines
+            .iter()
+            .map(|l| {
+                let (r, g, b) = l.rgb;
+                let colour = format!("#{r:02x}{g:02x}{b:02x}");
+                (l.name, colour, l.values.clone(), l.threshold)
+            })
+            .collect();
+        h.push_str(&chart(c.title, &lines, c.top));
+    }
     let _ = write!(
         h,
         "<h2>Evidence</h2><p>{} unit(s) from {} attempt(s); {} state-log span(s) of the product's jobs.</p>\
@@ -504,7 +599,7 @@ pub fn html(r: &Report) -> String {
     h
 }
 
-fn hours(ms: u64) -> f64 {
+pub(super) fn hours(ms: u64) -> f64 {
     #[allow(clippy::cast_precision_loss)]
     let h = ms as f64 / 3_600_000.0;
     h

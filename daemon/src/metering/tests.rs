@@ -217,3 +217,130 @@ async fn a_failed_unit_of_an_open_order_asks_for_another_job() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod aggregates {
+    use super::*;
+    use crate::config::Machine;
+    use crate::core::machine::{MachineState, StateChange, StateReason};
+    use crate::metering::hourly::HOUR_MS;
+    use crate::metering::model::QcState;
+    use proptest::prelude::*;
+
+    const MIN: u64 = 60_000;
+
+    fn state(i: u8) -> (MachineState, StateReason) {
+        use MachineState as S;
+        use StateReason as R;
+        match i % 7 {
+            0 => (S::Idle, R::None),
+            1 => (S::Producing, R::None),
+            2 => (S::AwaitingOperator, R::BedClear),
+            3 => (S::UnplannedDown, R::Fault),
+            4 => (S::UnplannedDown, R::Halted),
+            5 => (S::Paused, R::OperatorPause),
+            _ => (S::PlannedDown, R::Disabled),
+        }
+    }
+
+    /// The raw computation the aggregates must equal: every machine's
+    /// state log over the window and every unit that ended in it.
+    fn raw(
+        m: &Metering,
+        machines: &[&str],
+        w: Window,
+        keep_jobs: bool,
+    ) -> (TimeElements, Quantities) {
+        let jobs = m.sku_jobs(None).expect("jobs");
+        let ms: Vec<String> = machines.iter().map(|s| (*s).to_string()).collect();
+        let t = m
+            .time_of(&ms, w, now_ms(), &|c: &StateChange| {
+                !keep_jobs || c.job_id.is_some_and(|j| jobs.contains(&j))
+            })
+            .expect("time");
+        let units = m.store.units_between(w.from_ms, w.to_ms).expect("units");
+        let q = Quantities::of(&units, w, |u| keep_jobs || ms.contains(&u.machine_id));
+        (t, q)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        #[test]
+        fn metrics_through_the_aggregates_equal_the_raw_records_in_a_real_store(
+            steps in prop::collection::vec((0u64..45, any::<u8>(), 0u64..4, any::<bool>()), 20..150),
+            units in prop::collection::vec((0u64..7_000, any::<bool>(), 0u8..4), 0..40),
+            windows in prop::collection::vec((0u64..7_000, 0u64..7_000), 6),
+        ) {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async {
+                let dir = temp_dir(&format!("agg-{}", steps.len() * 1000 + units.len()));
+                let store = Store::open(&dir).expect("open");
+                // History starts five days ago, on an hour boundary, and stays
+                // in the past (at most 150 steps of 45 min), like the windows:
+                // the figures do not depend on when they are asked.
+                let base = (now_ms() / HOUR_MS - 5 * 24) * HOUR_MS;
+                let mut o = order();
+                o.jobs.push(OrderJob { job_id: 3, settled: true });
+                store.commit(&Batch {
+                    orders: vec![o],
+                    order_jobs: vec![(1, 1), (2, 1), (3, 1)],
+                    ..Batch::default()
+                }, 0).expect("order");
+                let mut at = base;
+                for (d, s, job, on_a) in &steps {
+                    at += d * MIN;
+                    if d % 5 == 0 {
+                        at = at.div_ceil(HOUR_MS) * HOUR_MS;
+                    }
+                    let (state, reason) = state(*s);
+                    store.commit(&Batch {
+                        events: vec![DomainEvent::MachineState {
+                            machine_id: if *on_a { "a" } else { "b" }.into(),
+                            state,
+                            reason,
+                            job_id: (*job > 0).then_some(*job),
+                        }],
+                        ..Batch::default()
+                    }, at).expect("state");
+                }
+                let made: Vec<Unit> = units.iter().enumerate().map(|(i, (end, on_a, _))| Unit {
+                    sku: "tile".into(),
+                    machine_id: if *on_a { "a" } else { "b" }.into(),
+                    index: 1 + (i % 2) as u32,
+                    attempt: 1 + (i / 2) as u32,
+                    ..Unit::sample(i as u64 + 1, base + end * MIN)
+                }).collect();
+                store.commit(&Batch { units: made.clone(), ..Batch::default() }, at).expect("units");
+                let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10).await.expect("factory");
+                let machines = [Machine::for_tests("a", "prusa-mk3s", false), Machine::for_tests("b", "prusa-mk3s", false)];
+                let m = Metering::new(f, &machines, BTreeMap::new(), None);
+                m.aggregate_history().await.expect("aggregate");
+                // Inspections after the build re-count their hours.
+                for (u, (_, _, verdict)) in made.iter().zip(&units) {
+                    let (result, reason) = match verdict {
+                        0 => continue,
+                        1 => (QcState::Pass, None),
+                        2 => (QcState::Fail, Some("warping".to_string())),
+                        _ => (QcState::Scrap, Some("layer_shift".to_string())),
+                    };
+                    m.inspect(&u.serial, QcInput { result, reason, note: None }, "op").await.expect("inspect");
+                }
+                for (a, b) in &windows {
+                    let w = Window { from_ms: base + a.min(b) * MIN, to_ms: base + a.max(b) * MIN };
+                    for id in [Some("a"), Some("b"), None] {
+                        let got = m.metrics(Scope::Machine, id, w).expect("metrics");
+                        let ms: Vec<&str> = id.map_or(vec!["a", "b"], |i| vec![i]);
+                        let (t, q) = raw(&m, &ms, w, false);
+                        prop_assert_eq!((got.time, got.quantities), (t, q), "{:?} {:?}", id, w);
+                    }
+                    let got = m.metrics(Scope::Sku, None, w).expect("metrics");
+                    let (t, q) = raw(&m, &["a", "b"], w, true);
+                    prop_assert_eq!((got.time, got.quantities), (t, q), "every sku {:?}", w);
+                }
+                m.shutdown().await;
+                drop(m);
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(())
+            })?;
+        }
+    }
+}

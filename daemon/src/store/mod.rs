@@ -43,6 +43,7 @@ use crate::commerce::webhooks::model::{Delivery, DeliveryState, Receiver};
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
+use crate::metering::hourly::{Level, TimeAgg, UnitAgg};
 use crate::metering::model::{Order, Product, Unit};
 use crate::metering::summary::Summary;
 use codec::{decode, encode, u64_key};
@@ -155,6 +156,31 @@ const ORDER_ID: &str = "order_id";
 const UNIT_SERIAL: &str = "unit_serial";
 /// Meta key of metering's running totals.
 const METERING_SUMMARY: &str = "metering_summary";
+/// `metering_hours` key of a machine's time aggregate.
+fn time_agg_key(machine: &str, level: Level, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(machine.len() + 11);
+    k.push(b'm');
+    k.extend_from_slice(machine.as_bytes());
+    k.push(0);
+    k.push(level.byte());
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// `metering_hours` key of a unit aggregate.
+fn unit_agg_key(level: Level, index: u64) -> Vec<u8> {
+    let mut k = vec![b'u', level.byte()];
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// `metering_hours` key of a machine's first unaggregated hour.
+fn seal_key(machine: &str) -> Vec<u8> {
+    let mut k = vec![b's'];
+    k.extend_from_slice(machine.as_bytes());
+    k
+}
+
 /// Meta key of the sales order id counter.
 const SALES_ORDER_ID: &str = "sales_order_id";
 /// Meta key of the shipment id counter.
@@ -193,6 +219,10 @@ struct Trees {
     /// ([`unit_index`]): an order's progress and a window's units read
     /// only their own units, not the whole table.
     unit_index: sled::Tree,
+    /// Metering's pre-aggregated history (`metering::hourly`): per machine
+    /// and hour or day its time, per hour or day the units, and per
+    /// machine the first hour not yet aggregated.
+    metering_hours: sled::Tree,
     /// Commerce: sales order id → order.
     sales_orders: sled::Tree,
     /// Idempotency-Key → the first answer.
@@ -249,6 +279,12 @@ pub struct Batch {
     /// Metering's running totals (`/metrics`), written with the units and
     /// the cursor they count.
     pub metering_summary: Option<Summary>,
+    /// Metering's aggregates of a machine's time: (machine, level, index).
+    pub time_aggs: Vec<(String, Level, u64, TimeAgg)>,
+    /// Metering's aggregates of units: (level, index).
+    pub unit_aggs: Vec<(Level, u64, UnitAgg)>,
+    /// Per machine, the first hour whose time is not aggregated yet.
+    pub machine_seals: Vec<(String, u64)>,
     /// Log readers' cursors to move, in the same transaction as what they
     /// wrote for the records up to there.
     pub cursors: Vec<(&'static str, u64)>,
@@ -294,6 +330,9 @@ impl Batch {
             && self.units.is_empty()
             && self.unit_counter.is_none()
             && self.metering_summary.is_none()
+            && self.time_aggs.is_empty()
+            && self.unit_aggs.is_empty()
+            && self.machine_seals.is_empty()
             && self.cursors.is_empty()
             && self.sales_orders.is_empty()
             && self.idempotency.is_empty()
@@ -400,6 +439,7 @@ impl Store {
             units: db.open_tree("units")?,
             unit_places: db.open_tree("unit_places")?,
             unit_index: db.open_tree("unit_index")?,
+            metering_hours: db.open_tree("metering_hours")?,
             sales_orders: db.open_tree("sales_orders")?,
             idempotency: db.open_tree("idempotency")?,
             fg_units: db.open_tree("fg_units")?,
@@ -536,6 +576,25 @@ impl Store {
         }
         if let Some(summary) = &batch.metering_summary {
             w.put(&t.meta, "meta", METERING_SUMMARY, summary)?;
+        }
+        for (m, level, i, a) in &batch.time_aggs {
+            w.put(
+                &t.metering_hours,
+                "metering_hours",
+                time_agg_key(m, *level, *i),
+                a,
+            )?;
+        }
+        for (level, i, a) in &batch.unit_aggs {
+            w.put(
+                &t.metering_hours,
+                "metering_hours",
+                unit_agg_key(*level, *i),
+                a,
+            )?;
+        }
+        for (m, hour) in &batch.machine_seals {
+            w.raw(&t.metering_hours, seal_key(m), hour.to_be_bytes());
         }
         for p in &batch.products {
             w.put(&t.products, "products", p.sku.as_bytes(), p)?;
@@ -880,6 +939,71 @@ impl Store {
             .next()
             .transpose()?
             .is_some())
+    }
+
+    /// A machine's time aggregates of `level` with index in `from..to`.
+    pub fn time_aggs(
+        &self,
+        machine: &str,
+        level: Level,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, TimeAgg)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let prefix_len = time_agg_key(machine, level, 0).len() - 8;
+        self.t
+            .metering_hours
+            .range(time_agg_key(machine, level, from)..time_agg_key(machine, level, to))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((u64_key(&k[prefix_len..]), decode("metering_hours", &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// The unit aggregates of `level` with index in `from..to`.
+    pub fn unit_aggs(
+        &self,
+        level: Level,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, UnitAgg)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.t
+            .metering_hours
+            .range(unit_agg_key(level, from)..unit_agg_key(level, to))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((u64_key(&k[2..]), decode("metering_hours", &k, &v)?))
+            })
+            .collect()
+    }
+
+    /// The first hour of a machine whose time is not aggregated (`None`:
+    /// none is).
+    pub fn machine_seal(&self, machine: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .t
+            .metering_hours
+            .get(seal_key(machine))?
+            .map(|v| u64_key(&v)))
+    }
+
+    /// The first recorded state change of a machine.
+    pub fn first_machine_state(&self, machine: &str) -> Result<Option<StateChange>, StoreError> {
+        let mut prefix = machine.as_bytes().to_vec();
+        prefix.push(0);
+        match self.t.states.scan_prefix(&prefix).next() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some(decode("machine_states", &k, &v)?))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Every unit that ended in `from..to`, in end order.

@@ -8,9 +8,7 @@
 //! expected to have passed [`crate::commerce::address::validate`].
 
 mod code128;
-mod font;
 mod packing_slip;
-mod pdf;
 mod shipping;
 mod unit;
 mod zpl;
@@ -126,6 +124,28 @@ pub struct UnitLabel {
     /// When set, the DataMatrix carries this URL (the unit's public record)
     /// instead of the GS1 element string, so a phone camera can open it.
     pub record_url: Option<String>,
+}
+
+/// The shared document font (`crate::pdf::font`), under its label name.
+mod font {
+    pub(crate) use crate::pdf::font::{DocFont as LabelFont, font};
+}
+
+/// The shared drawing helpers (`crate::pdf`), with their errors as
+/// [`LabelError`].
+mod pdf {
+    pub(crate) use crate::pdf::{Canvas, INCH, MM, fit, page_settings, wrap};
+
+    /// Serialises the document; krilla subsets the font here.
+    pub(crate) fn finish(doc: krilla::Document) -> Result<Vec<u8>, super::LabelError> {
+        Ok(crate::pdf::finish(doc)?)
+    }
+}
+
+impl From<crate::pdf::PdfError> for LabelError {
+    fn from(e: crate::pdf::PdfError) -> Self {
+        Self::Pdf(e.0)
+    }
 }
 
 /// Why a document could not be made; the commerce code answers a 422 for

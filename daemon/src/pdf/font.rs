@@ -1,8 +1,8 @@
-//! The one label font, DejaVu Sans (`fonts/`, Bitstream Vera licence),
+//! The one document font, DejaVu Sans (`fonts/`, Bitstream Vera licence),
 //! compiled in: glyph ids and advance widths from its own tables, so label
-//! text needs no shaping engine. Latin, Greek and Cyrillic addresses print
-//! as typed; a character the font lacks prints as its `.notdef` box rather
-//! than vanishing.
+//! and report text needs no shaping engine. Latin, Greek and Cyrillic
+//! addresses print as typed; a character the font lacks prints as its
+//! `.notdef` box rather than vanishing.
 
 use std::sync::LazyLock;
 
@@ -11,19 +11,20 @@ use skrifa::instance::{LocationRef, Size};
 use skrifa::metrics::GlyphMetrics;
 use skrifa::{FontRef, MetadataProvider};
 
-use super::LabelError;
+use super::PdfError;
 
 static DATA: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 
-pub(crate) struct LabelFont {
+/// The parsed font: krilla's handle and the tables for widths.
+pub(crate) struct DocFont {
     pub(crate) pdf: Font,
     charmap: skrifa::charmap::Charmap<'static>,
     metrics: GlyphMetrics<'static>,
     upem: f32,
 }
 
-static FONT: LazyLock<Result<LabelFont, LabelError>> = LazyLock::new(|| {
-    let bad = |what: &str| LabelError::Pdf(format!("the compiled-in font {what}"));
+static FONT: LazyLock<Result<DocFont, PdfError>> = LazyLock::new(|| {
+    let bad = |what: &str| PdfError(format!("the compiled-in font {what}"));
     let font = FontRef::new(DATA).map_err(|_| bad("does not parse"))?;
     let pdf = Font::new(DATA.into(), 0).ok_or_else(|| bad("is refused by krilla"))?;
     let upem = f32::from(
@@ -33,7 +34,7 @@ static FONT: LazyLock<Result<LabelFont, LabelError>> = LazyLock::new(|| {
     if upem <= 0.0 {
         return Err(bad("has no units per em"));
     }
-    Ok(LabelFont {
+    Ok(DocFont {
         pdf,
         charmap: font.charmap(),
         metrics: font.glyph_metrics(Size::unscaled(), LocationRef::default()),
@@ -42,11 +43,11 @@ static FONT: LazyLock<Result<LabelFont, LabelError>> = LazyLock::new(|| {
 });
 
 /// The font, parsed once per process.
-pub(crate) fn font() -> Result<&'static LabelFont, LabelError> {
+pub(crate) fn font() -> Result<&'static DocFont, PdfError> {
     FONT.as_ref().map_err(Clone::clone)
 }
 
-impl LabelFont {
+impl DocFont {
     /// One glyph per character (no ligatures or kerning: label text is
     /// short and must read unambiguously), advances normalised to the em.
     pub(crate) fn glyphs(&self, text: &str) -> Vec<KrillaGlyph> {

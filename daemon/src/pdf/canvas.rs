@@ -1,15 +1,16 @@
-//! Drawing helpers over krilla shared by the three documents: text in the
-//! label font (fitted or cut to a width), rules and boxes, and barcodes as
-//! vector rectangles (one path per symbol, so they stay sharp at any
-//! printer resolution). Units are PDF points, origin top left, y down.
+//! Drawing helpers over krilla shared by the labels and the certification
+//! report: text in the document font (fitted or cut to a width), rules and
+//! boxes, and barcodes as vector rectangles (one path per symbol, so they
+//! stay sharp at any printer resolution). Units are PDF points, origin top
+//! left, y down.
 
 use krilla::Document;
 use krilla::geom::{PathBuilder, Point, Rect};
 use krilla::page::PageSettings;
 use krilla::surface::Surface;
 
-use super::LabelError;
-use super::font::{LabelFont, font};
+use super::PdfError;
+use super::font::{DocFont, font};
 
 /// Points per millimetre.
 pub(crate) const MM: f32 = 72.0 / 25.4;
@@ -17,24 +18,24 @@ pub(crate) const MM: f32 = 72.0 / 25.4;
 pub(crate) const INCH: f32 = 72.0;
 
 /// A new page of `width` × `height` points.
-pub(crate) fn page_settings(width: f32, height: f32) -> Result<PageSettings, LabelError> {
+pub(crate) fn page_settings(width: f32, height: f32) -> Result<PageSettings, PdfError> {
     PageSettings::from_wh(width, height)
-        .ok_or_else(|| LabelError::Pdf(format!("bad page size {width}×{height}")))
+        .ok_or_else(|| PdfError(format!("bad page size {width}×{height}")))
 }
 
 /// Serialises the document; krilla subsets the font here.
-pub(crate) fn finish(doc: Document) -> Result<Vec<u8>, LabelError> {
-    doc.finish().map_err(|e| LabelError::Pdf(format!("{e:?}")))
+pub(crate) fn finish(doc: Document) -> Result<Vec<u8>, PdfError> {
+    doc.finish().map_err(|e| PdfError(format!("{e:?}")))
 }
 
 /// A page being drawn.
 pub(crate) struct Canvas<'a, 'b> {
     pub(crate) surface: &'a mut Surface<'b>,
-    font: &'static LabelFont,
+    font: &'static DocFont,
 }
 
 impl<'a, 'b> Canvas<'a, 'b> {
-    pub(crate) fn new(surface: &'a mut Surface<'b>) -> Result<Self, LabelError> {
+    pub(crate) fn new(surface: &'a mut Surface<'b>) -> Result<Self, PdfError> {
         Ok(Self {
             surface,
             font: font()?,
@@ -82,6 +83,58 @@ impl<'a, 'b> Canvas<'a, 'b> {
         let fitted = fit(self.font, text, size, min_size, max_width);
         self.text(x, y, fitted.1, &fitted.0);
         fitted.1
+    }
+
+    /// Fills from now on in this grey (0 black, 255 white).
+    pub(crate) fn grey(&mut self, lightness: u8) {
+        self.surface.set_fill(Some(krilla::paint::Fill {
+            paint: krilla::color::luma::Color::new(lightness).into(),
+            ..krilla::paint::Fill::default()
+        }));
+    }
+
+    /// Fills from now on in this colour.
+    pub(crate) fn colour(&mut self, (r, g, b): (u8, u8, u8)) {
+        self.surface.set_fill(Some(krilla::paint::Fill {
+            paint: krilla::color::rgb::Color::new(r, g, b).into(),
+            ..krilla::paint::Fill::default()
+        }));
+    }
+
+    /// A line through `points`, `width` points wide, in `rgb`, dashed
+    /// (`dash` on, `dash` off) when `dash` is given.
+    pub(crate) fn polyline(
+        &mut self,
+        points: &[(f32, f32)],
+        width: f32,
+        rgb: (u8, u8, u8),
+        dash: Option<f32>,
+    ) {
+        let mut pb = PathBuilder::new();
+        for (i, &(x, y)) in points.iter().enumerate() {
+            if i == 0 {
+                pb.move_to(x, y);
+            } else {
+                pb.line_to(x, y);
+            }
+        }
+        let Some(path) = pb.finish() else {
+            return;
+        };
+        let fill = self.surface.get_fill().cloned();
+        self.surface.set_fill(None);
+        self.surface.set_stroke(Some(krilla::paint::Stroke {
+            paint: krilla::color::rgb::Color::new(rgb.0, rgb.1, rgb.2).into(),
+            width,
+            dash: dash.map(|d| krilla::paint::StrokeDash {
+                array: vec![d, d],
+                offset: 0.0,
+            }),
+            ..krilla::paint::Stroke::default()
+        }));
+        self.surface.draw_path(&path);
+        self.surface.set_stroke(None);
+        self.surface.set_fill(fill);
     }
 
     /// A filled rectangle.
@@ -173,7 +226,7 @@ impl<'a, 'b> Canvas<'a, 'b> {
 
 /// The text and size that fit `max_width` (see [`Canvas::text_fit`]).
 pub(crate) fn fit(
-    font: &LabelFont,
+    font: &DocFont,
     text: &str,
     size: f32,
     min_size: f32,
@@ -195,7 +248,7 @@ pub(crate) fn fit(
 
 /// Splits `text` into lines no wider than `max_width` at `size`, breaking
 /// at spaces (and inside a word only when one word is too wide).
-pub(crate) fn wrap(font: &LabelFont, text: &str, size: f32, max_width: f32) -> Vec<String> {
+pub(crate) fn wrap(font: &DocFont, text: &str, size: f32, max_width: f32) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = String::new();
     for word in text.split(' ') {
