@@ -208,6 +208,9 @@ broker = "{}"
 site = "t"
 keep_alive_secs = 5
 max_payload_bytes = 1024
+progress_interval_ms = 300
+[apc."hook-1".fdm]
+mttr_hours_max = 1.0
 [[mqtt.machine]]
 id = "esp-mill"
 profile = "grbl-3018"
@@ -217,6 +220,7 @@ id = "octo"
 profile = "prusa-mk3s"
 adapter = "octoprint"
 base = "octoPrint"
+class = "fdm"
 [[mqtt.machine]]
 id = "voron"
 profile = "prusa-mk3s"
@@ -660,6 +664,176 @@ async fn reconnects_back_off_exponentially_instead_of_storming_a_broker_that_is_
     // least the one before, and the fourth at least 2 s.
     assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
     assert!(waits[0] >= 250 && waits[3] >= 2000, "{waits:?}");
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_jobs_progress_and_temperatures_reach_its_retained_state_throttled() {
+    let broker = Broker::start("live", false);
+    let (d, dir) = daemon("live", &broker).await;
+    let mut peer =
+        Peer::connect(&broker, "peer", false, &["microfactory/t/machines/+/state"]).await;
+    health_until(&d, |h| h.connected).await;
+    let report = |p: f64| {
+        format!(
+            r#"{{"state":"running","job":"plate.nc","progress":{p},
+               "heaters":[{{"name":"T0","actual":201.04,"target":210}}]}}"#
+        )
+    };
+    peer.publish("microfactory/t/machines/esp-mill/report", report(12.5))
+        .await;
+    let first = peer
+        .until(|t, p| {
+            state_of(t, p, "esp-mill")
+                .filter(|s| s.live.as_ref().and_then(|l| l.progress) == Some(12.5))
+        })
+        .await;
+    assert_eq!(first.state, MachineState::Producing);
+    let live = first.live.clone().expect("readings");
+    assert_eq!(live.job.as_deref(), Some("plate.nc"));
+    assert_eq!(live.heaters[0].actual, 201.0, "rounded to a tenth");
+    for p in [20.0, 30.0, 40.0] {
+        peer.publish("microfactory/t/machines/esp-mill/report", report(p))
+            .await;
+    }
+    let last = peer
+        .until(|t, p| {
+            state_of(t, p, "esp-mill")
+                .filter(|s| s.live.as_ref().and_then(|l| l.progress) == Some(40.0))
+        })
+        .await;
+    // Same state record, newer readings, at least the interval apart.
+    assert_eq!(last.seq, first.seq);
+    let gap = last.live.expect("readings").updated_ms - live.updated_ms;
+    assert!(gap >= 300, "readings {gap} ms apart");
+    // Retained: a late subscriber gets the readings at once.
+    let mut late = Peer::connect(
+        &broker,
+        "late",
+        false,
+        &["microfactory/t/machines/esp-mill/state"],
+    )
+    .await;
+    let kept = late.until(|t, p| state_of(t, p, "esp-mill")).await;
+    assert_eq!(kept.live.and_then(|l| l.progress), Some(40.0));
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_levels_and_apc_verdicts_are_retained_and_follow_the_units_made() {
+    use microfactoryd::core::model::QcState;
+    use microfactoryd::metering::model::Unit;
+    use microfactoryd::mqtt::schema::InventoryPayload;
+    use microfactoryd::store::Batch;
+    let broker = Broker::start("stock", false);
+    let (d, dir) = daemon("stock", &broker).await;
+    let mut peer = Peer::connect(
+        &broker,
+        "peer",
+        false,
+        &["microfactory/t/inventory/#", "microfactory/t/apc/#"],
+    )
+    .await;
+    health_until(&d, |h| h.connected).await;
+    let apc = |t: &str, p: &[u8]| {
+        (t == "microfactory/t/apc/hook-1/fdm")
+            .then(|| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .flatten()
+    };
+    // The verdict is published at connection, before any unit.
+    let before = peer.until(apc).await;
+    assert_eq!(before["units_produced"], 0, "{before}");
+    // Metering's record of two units made on the class's machine, as its
+    // log reader writes them: commerce then counts them in stock.
+    let unit = |n: u32, qc: QcState| Unit {
+        serial: format!("MF-T-{n}"),
+        sku: "hook-1".into(),
+        order_id: 1,
+        job_id: 1,
+        attempt: 1,
+        index: n,
+        machine_id: "octo".into(),
+        gcode_sha256: "0".repeat(64),
+        started_ms: Some(microfactoryd::clock::now_ms() - 60_000),
+        ended_ms: microfactoryd::clock::now_ms(),
+        planned_runtime_ms: 30_000,
+        credited_runtime_ms: 30_000,
+        qc,
+        first_pass: (qc == QcState::Pass).then_some(true),
+        reworked: false,
+        qc_history: Vec::new(),
+    };
+    let units = vec![unit(1, QcState::Pass), unit(2, QcState::Pending)];
+    let events = units
+        .iter()
+        .map(|u| DomainEvent::UnitMade {
+            serial: u.serial.clone(),
+            sku: u.sku.clone(),
+            order_id: 1,
+            job_id: 1,
+            attempt: 1,
+            machine_id: u.machine_id.clone(),
+            qc: u.qc,
+        })
+        .collect();
+    let store = d.factory.store();
+    store
+        .commit(
+            &Batch {
+                units,
+                events,
+                ..Batch::default()
+            },
+            microfactoryd::clock::now_ms(),
+        )
+        .expect("commit");
+    store.flush().await.expect("flush");
+    // Either may come first: commerce reads the units from the log too.
+    let (mut levels, mut after) = (None::<InventoryPayload>, None::<serde_json::Value>);
+    while levels.is_none() || after.is_none() {
+        let (t, p) = peer.until(|t, p| Some((t.to_string(), p.to_vec()))).await;
+        if t == "microfactory/t/inventory/hook-1" {
+            let l: InventoryPayload = serde_json::from_slice(&p).expect("levels decode");
+            if l.on_hand == 2 {
+                levels = Some(l);
+            }
+        } else if let Some(v) = apc(&t, &p).filter(|v| v["units_produced"] == 2) {
+            after = Some(v);
+        }
+    }
+    let (levels, after) = (levels.expect("levels"), after.expect("verdict"));
+    assert_eq!((levels.available, levels.unavailable), (1, 1));
+    let seq = levels.seq.expect("from the log");
+    let log = store.log_after(seq - 1, 1).expect("log");
+    assert!(matches!(&log[0].event, DomainEvent::StockChanged { sku, .. } if sku == "hook-1"));
+    let now = d
+        .metering()
+        .apc(microfactoryd::metering::oee::Window {
+            from_ms: 0,
+            to_ms: u64::MAX,
+        })
+        .expect("apc");
+    let expected = serde_json::to_value(now[0].evaluation.verdict).expect("verdict");
+    assert_eq!(after["verdict"], expected, "{after}");
+    // Both are retained for a late subscriber.
+    let mut late = Peer::connect(
+        &broker,
+        "late",
+        false,
+        &[
+            "microfactory/t/inventory/hook-1",
+            "microfactory/t/apc/hook-1/fdm",
+        ],
+    )
+    .await;
+    let mut seen = (false, false);
+    while seen != (true, true) {
+        let (t, _) = late.until(|t, p| Some((t.to_string(), p.to_vec()))).await;
+        seen.0 |= t.ends_with("inventory/hook-1");
+        seen.1 |= t.ends_with("apc/hook-1/fdm");
+    }
     d.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
