@@ -1114,7 +1114,9 @@ impl Factory {
         let (job, live) = ended;
         self.durable(live).await?;
         if let Some(job) = job {
-            info!(job = id, state = job.state.as_str(), "job ended");
+            // In the job's span, so a JSON log line carries machine and job.
+            let span = info_span!("job", job = id, machine = %self.slots[i].machine.config.id);
+            span.in_scope(|| info!(state = job.state.as_str(), "job ended"));
         }
         Ok(())
     }
@@ -1184,12 +1186,17 @@ impl Factory {
                     expand_canned_cycles: job.expand_canned_cycles,
                 };
                 let span = info_span!("job", job = job.id, machine = %slot.machine.config.id);
-                slot.link
-                    .command(Command::Start(spec))
-                    .instrument(span)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                async {
+                    let r = slot.link.command(Command::Start(spec)).await;
+                    if r.is_ok() {
+                        info!("job started");
+                    }
+                    r
+                }
+                .instrument(span)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             }
         };
         self.apply(|core, now| Ok(((), core.started(i, job.id, res, now))))
