@@ -196,6 +196,11 @@ impl Drop for Peer {
 }
 
 async fn daemon(name: &str, broker: &Broker) -> (Running, PathBuf) {
+    daemon_with(name, broker, "").await
+}
+
+/// The test daemon with `extra` configuration at the end.
+async fn daemon_with(name: &str, broker: &Broker, extra: &str) -> (Running, PathBuf) {
     let dir = temp_dir(&format!("{name}-daemon"));
     let path = dir.join("config.toml");
     std::fs::write(
@@ -231,8 +236,9 @@ id = "bambu"
 profile = "prusa-mk3s"
 adapter = "bambu"
 serial = "01S00A123456789"
-"#,
-            broker.url()
+{}"#,
+            broker.url(),
+            extra
         ),
     )
     .expect("config");
@@ -834,6 +840,136 @@ async fn inventory_levels_and_apc_verdicts_are_retained_and_follow_the_units_mad
         seen.0 |= t.ends_with("inventory/hook-1");
         seen.1 |= t.ends_with("apc/hook-1/fdm");
     }
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Waits for the first log record after `after` that `pick` accepts.
+async fn log_until<T>(d: &Running, after: u64, pick: impl Fn(&DomainEvent) -> Option<T>) -> T {
+    let mut tip = d.factory.store().log_tip();
+    tokio::time::timeout(BOUND, async {
+        loop {
+            let log = d.factory.store().log_after(after, 10_000).expect("log");
+            if let Some(v) = log.iter().find_map(|r| pick(&r.event)) {
+                return v;
+            }
+            tip.changed().await.expect("store alive");
+        }
+    })
+    .await
+    .expect("the record was logged in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_print_of_a_products_file_finished_on_an_octoprint_printer_makes_the_orders_units() {
+    use microfactoryd::core::model::JobState;
+    // A serial printer (never connected) lets the order queue its job;
+    // the OctoPrint printer's host then prints that file.
+    let broker = Broker::start("units", false);
+    let (d, dir) = daemon_with(
+        "units",
+        &broker,
+        "[[machine]]\nid = \"mk3\"\nprofile = \"prusa-mk3s\"\nport = \"/nonexistent/mk3\"\n",
+    )
+    .await;
+    let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/t/events/#"]).await;
+    health_until(&d, |h| h.connected).await;
+    let mut up = d.factory.upload().expect("upload");
+    up.push(b"G28\nG1 X10 Y10 F3000\nG1 X20 E1\n")
+        .expect("bytes");
+    let (file, _) = d
+        .factory
+        .add_file(up, "hook.gcode".into())
+        .await
+        .expect("file");
+    d.metering()
+        .create_product(
+            serde_json::from_value(serde_json::json!({
+                "sku": "hook-1", "name": "Hook", "file_id": file.id, "units_per_job": 2
+            }))
+            .expect("product input"),
+        )
+        .await
+        .expect("product");
+    let order = d
+        .metering()
+        .create_order(
+            serde_json::from_value(serde_json::json!({"sku": "hook-1", "quantity": 2}))
+                .expect("order input"),
+        )
+        .await
+        .expect("order");
+    let tip = *d.factory.store().log_tip().borrow();
+    // Its host prints a file of another name first: nothing is adopted.
+    peer.publish(
+        "octoPrint/event/PrintStarted",
+        r#"{"name":"bracket.gcode"}"#,
+    )
+    .await;
+    let busy = logged(&d, "octo", MachineState::Producing, tip).await;
+    peer.publish("octoPrint/event/PrintDone", r#"{"name":"bracket.gcode"}"#)
+        .await;
+    logged(&d, "octo", MachineState::Idle, busy).await;
+    // Then the product's file, under the path OctoPrint gives it.
+    peer.publish(
+        "octoPrint/event/PrintStarted",
+        r#"{"name":"hook.gcode","path":"jobs/hook.gcode"}"#,
+    )
+    .await;
+    let job = log_until(&d, tip, |e| match e {
+        DomainEvent::JobState {
+            job_id,
+            state: JobState::Running,
+            machine_id: Some(m),
+            ..
+        } if m == "octo" => Some(*job_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(order.queued[0].id, job, "the order's queued job");
+    peer.publish("octoPrint/event/PrintDone", r#"{"name":"hook.gcode"}"#)
+        .await;
+    // Two units of the order, made on the OctoPrint printer, also on the
+    // broker as events.
+    let mut serials = Vec::new();
+    while serials.len() < 2 {
+        let v: serde_json::Value = peer
+            .until(|t, p| {
+                (t == "microfactory/t/events/unit_made")
+                    .then(|| serde_json::from_slice(p).ok())
+                    .flatten()
+            })
+            .await;
+        assert_eq!(
+            (v["machine_id"].as_str(), v["job_id"].as_u64()),
+            (Some("octo"), Some(job)),
+            "{v}"
+        );
+        assert_eq!(v["sku"], "hook-1", "{v}");
+        serials.push(v["serial"].as_str().expect("serial").to_string());
+    }
+    let j = d.factory.job(job).expect("job");
+    assert_eq!(j.state, JobState::Completed);
+    let unit = d.metering().unit(&serials[0]).expect("unit");
+    assert_eq!(
+        (unit.order_id, unit.machine_id.as_str()),
+        (order.view.order.id, "octo")
+    );
+    // No job was made of the other file's print.
+    let log = d.factory.store().log_after(tip, 10_000).expect("log");
+    let adopted = log
+        .iter()
+        .filter(|r| {
+            matches!(
+                &r.event,
+                DomainEvent::JobState {
+                    state: JobState::Running,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(adopted, 1);
     d.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
