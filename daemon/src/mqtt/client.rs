@@ -590,7 +590,10 @@ impl Inner {
         if let Some(end) = self.acknowledged(generation, issued, session).await {
             return Ok(end);
         }
-        let mut ticker = tokio::time::interval(self.interval);
+        // Four looks per interval: a change waits at most a quarter of
+        // the interval past it (the throttle keeps each machine's updates
+        // at least the interval apart).
+        let mut ticker = tokio::time::interval((self.interval / 4).max(Duration::from_millis(25)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let durable = *tip.borrow_and_update();
@@ -738,9 +741,12 @@ impl Inner {
         let Some(metering) = &self.feeds.metering else {
             return Vec::new();
         };
-        if !std::mem::take(&mut p.apc_dirty) {
+        // At most once per interval, however often units are made.
+        if !p.apc_dirty || p.apc_at.is_some_and(|t| t.elapsed() < self.interval) {
             return Vec::new();
         }
+        p.apc_dirty = false;
+        p.apc_at = Some(std::time::Instant::now());
         let results = match metering.apc(Window {
             from_ms: 0,
             to_ms: u64::MAX,
@@ -828,6 +834,8 @@ struct Published {
     apc: HashMap<(String, String), Evaluation>,
     /// Units or states were recorded since the verdicts were computed.
     apc_dirty: bool,
+    /// When they were computed last.
+    apc_at: Option<std::time::Instant>,
 }
 
 impl Published {
@@ -837,6 +845,7 @@ impl Published {
             throttle: Throttle::new(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)),
             apc: HashMap::new(),
             apc_dirty: false,
+            apc_at: None,
         }
     }
 
