@@ -104,8 +104,25 @@ async function refreshLive() {
 }
 
 async function refreshAll() {
-  await Promise.all([refreshMachines(), refreshJobs(), refreshFiles(), refreshOperator()]);
+  await Promise.all([refreshMachines(), refreshJobs(), refreshFiles(), refreshOperator(), refreshBroker()]);
   app.changed();
+}
+
+/** The MQTT broker link, when the daemon has one (`/health`'s `mqtt`). */
+async function refreshBroker() {
+  const el = document.getElementById('broker');
+  let link;
+  try {
+    link = (await api('GET', '/health')).mqtt;
+  } catch (e) {
+    console.warn('health:', e.message);
+    return;
+  }
+  el.hidden = !link;
+  if (!link) return;
+  el.dataset.conn = link.connected ? 'live' : 'reconnecting';
+  setText(el, link.connected ? 'Broker' : 'Broker down');
+  el.title = link.connected ? link.broker : `${link.broker}: ${link.last_error ?? 'not connected'}`;
 }
 
 /** Runs `fn` at most once per `ms`, trailing call included. */
@@ -400,6 +417,7 @@ async function boot() {
   // Units awaiting inspection change without a machine or job event.
   setInterval(() => {
     if (app.state.me && app.state.conn === 'live') operatorSoon();
+    if (app.state.me) refreshBroker();
   }, 15000);
   try {
     app.state.me = await api('GET', '/session');

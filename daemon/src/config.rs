@@ -257,6 +257,11 @@ pub struct MqttConfig {
     /// and dropped.
     #[serde(default = "default_max_payload")]
     pub max_payload_bytes: usize,
+    /// Least time between two progress updates of one machine's retained
+    /// state, and between two APC recomputations (100..=60000 ms): a
+    /// progress bar needs a few updates a minute, not every line.
+    #[serde(default = "default_progress_interval")]
+    pub progress_interval_ms: u64,
     /// Machines that report over MQTT, as `[[mqtt.machine]]` tables.
     #[serde(default, rename = "machine")]
     pub machines: Vec<MqttMachineConfig>,
@@ -327,6 +332,10 @@ fn default_keep_alive() -> u64 {
 
 fn default_max_payload() -> usize {
     64 * 1024
+}
+
+fn default_progress_interval() -> u64 {
+    2000
 }
 
 /// The thresholds a product made on a class of machine must meet to be
@@ -935,6 +944,12 @@ fn check_mqtt<'a>(
         problems.push(format!(
             "mqtt.max_payload_bytes = {} must be between 256 and 1048576",
             mqtt.max_payload_bytes
+        ));
+    }
+    if !(100..=60_000).contains(&mqtt.progress_interval_ms) {
+        problems.push(format!(
+            "mqtt.progress_interval_ms = {} must be between 100 and 60000",
+            mqtt.progress_interval_ms
         ));
     }
     let mut topics = HashSet::new();

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use microfactoryd::cli::{analyze, demo, serve, stream};
 use microfactoryd::core::model;
@@ -37,6 +37,12 @@ struct Cli {
     /// add one read-only machine per MQTT adapter (see docs/mqtt.md).
     #[arg(long, requires = "demo", value_name = "URL")]
     mqtt: Option<String>,
+    /// Log lines as plain text (journald-friendly: no colours, and no
+    /// timestamps under systemd, which adds its own) or as one JSON object
+    /// per line with the spans' fields (machine, job). Default: the
+    /// `MICROFACTORYD_LOG_FORMAT` environment variable, else plain.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -98,7 +104,16 @@ struct TokenArgs {
     name: String,
 }
 
-fn init_tracing() {
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_tracing(format: Option<LogFormat>) {
     let filter = std::env::var("MICROFACTORYD_LOG").unwrap_or_else(|_| "info".into());
     let level = match filter.as_str() {
         "trace" => tracing::Level::TRACE,
@@ -107,10 +122,27 @@ fn init_tracing() {
         "error" => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
-    let _ = tracing_subscriber::fmt()
+    let format = format.or_else(
+        || match std::env::var("MICROFACTORYD_LOG_FORMAT").as_deref() {
+            Ok("json") => Some(LogFormat::Json),
+            _ => None,
+        },
+    );
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(false);
+    let _ = match format {
+        Some(LogFormat::Json) => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init(),
+        // systemd sets JOURNAL_STREAM for a unit whose stderr goes to the
+        // journal, which stamps every line itself.
+        _ if std::env::var_os("JOURNAL_STREAM").is_some() => builder.without_time().try_init(),
+        _ => builder.try_init(),
+    };
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -141,7 +173,7 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    init_tracing();
+    init_tracing(cli.log_format);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e.into()),

@@ -196,6 +196,11 @@ impl Drop for Peer {
 }
 
 async fn daemon(name: &str, broker: &Broker) -> (Running, PathBuf) {
+    daemon_with(name, broker, "").await
+}
+
+/// The test daemon with `extra` configuration at the end.
+async fn daemon_with(name: &str, broker: &Broker, extra: &str) -> (Running, PathBuf) {
     let dir = temp_dir(&format!("{name}-daemon"));
     let path = dir.join("config.toml");
     std::fs::write(
@@ -208,6 +213,9 @@ broker = "{}"
 site = "t"
 keep_alive_secs = 5
 max_payload_bytes = 1024
+progress_interval_ms = 300
+[apc."hook-1".fdm]
+mttr_hours_max = 1.0
 [[mqtt.machine]]
 id = "esp-mill"
 profile = "grbl-3018"
@@ -217,6 +225,7 @@ id = "octo"
 profile = "prusa-mk3s"
 adapter = "octoprint"
 base = "octoPrint"
+class = "fdm"
 [[mqtt.machine]]
 id = "voron"
 profile = "prusa-mk3s"
@@ -227,8 +236,9 @@ id = "bambu"
 profile = "prusa-mk3s"
 adapter = "bambu"
 serial = "01S00A123456789"
-"#,
-            broker.url()
+{}"#,
+            broker.url(),
+            extra
         ),
     )
     .expect("config");
@@ -660,6 +670,306 @@ async fn reconnects_back_off_exponentially_instead_of_storming_a_broker_that_is_
     // least the one before, and the fourth at least 2 s.
     assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
     assert!(waits[0] >= 250 && waits[3] >= 2000, "{waits:?}");
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_jobs_progress_and_temperatures_reach_its_retained_state_throttled() {
+    let broker = Broker::start("live", false);
+    let (d, dir) = daemon("live", &broker).await;
+    let mut peer =
+        Peer::connect(&broker, "peer", false, &["microfactory/t/machines/+/state"]).await;
+    health_until(&d, |h| h.connected).await;
+    let report = |p: f64| {
+        format!(
+            r#"{{"state":"running","job":"plate.nc","progress":{p},
+               "heaters":[{{"name":"T0","actual":201.04,"target":210}}]}}"#
+        )
+    };
+    peer.publish("microfactory/t/machines/esp-mill/report", report(12.5))
+        .await;
+    let first = peer
+        .until(|t, p| {
+            state_of(t, p, "esp-mill")
+                .filter(|s| s.live.as_ref().and_then(|l| l.progress) == Some(12.5))
+        })
+        .await;
+    assert_eq!(first.state, MachineState::Producing);
+    let live = first.live.clone().expect("readings");
+    assert_eq!(live.job.as_deref(), Some("plate.nc"));
+    assert_eq!(live.heaters[0].actual, 201.0, "rounded to a tenth");
+    for p in [20.0, 30.0, 40.0] {
+        peer.publish("microfactory/t/machines/esp-mill/report", report(p))
+            .await;
+    }
+    let last = peer
+        .until(|t, p| {
+            state_of(t, p, "esp-mill")
+                .filter(|s| s.live.as_ref().and_then(|l| l.progress) == Some(40.0))
+        })
+        .await;
+    // Same state record, newer readings, at least the interval apart.
+    assert_eq!(last.seq, first.seq);
+    let gap = last.live.expect("readings").updated_ms - live.updated_ms;
+    assert!(gap >= 300, "readings {gap} ms apart");
+    // Retained: a late subscriber gets the readings at once.
+    let mut late = Peer::connect(
+        &broker,
+        "late",
+        false,
+        &["microfactory/t/machines/esp-mill/state"],
+    )
+    .await;
+    let kept = late.until(|t, p| state_of(t, p, "esp-mill")).await;
+    assert_eq!(kept.live.and_then(|l| l.progress), Some(40.0));
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_levels_and_apc_verdicts_are_retained_and_follow_the_units_made() {
+    use microfactoryd::core::model::QcState;
+    use microfactoryd::metering::model::Unit;
+    use microfactoryd::mqtt::schema::InventoryPayload;
+    use microfactoryd::store::Batch;
+    let broker = Broker::start("stock", false);
+    let (d, dir) = daemon("stock", &broker).await;
+    let mut peer = Peer::connect(
+        &broker,
+        "peer",
+        false,
+        &["microfactory/t/inventory/#", "microfactory/t/apc/#"],
+    )
+    .await;
+    health_until(&d, |h| h.connected).await;
+    let apc = |t: &str, p: &[u8]| {
+        (t == "microfactory/t/apc/hook-1/fdm")
+            .then(|| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .flatten()
+    };
+    // The verdict is published at connection, before any unit.
+    let before = peer.until(apc).await;
+    assert_eq!(before["units_produced"], 0, "{before}");
+    // Metering's record of two units made on the class's machine, as its
+    // log reader writes them: commerce then counts them in stock.
+    let unit = |n: u32, qc: QcState| Unit {
+        serial: format!("MF-T-{n}"),
+        sku: "hook-1".into(),
+        order_id: 1,
+        job_id: 1,
+        attempt: 1,
+        index: n,
+        machine_id: "octo".into(),
+        gcode_sha256: "0".repeat(64),
+        started_ms: Some(microfactoryd::clock::now_ms() - 60_000),
+        ended_ms: microfactoryd::clock::now_ms(),
+        planned_runtime_ms: 30_000,
+        credited_runtime_ms: 30_000,
+        qc,
+        first_pass: (qc == QcState::Pass).then_some(true),
+        reworked: false,
+        qc_history: Vec::new(),
+    };
+    let units = vec![unit(1, QcState::Pass), unit(2, QcState::Pending)];
+    let events = units
+        .iter()
+        .map(|u| DomainEvent::UnitMade {
+            serial: u.serial.clone(),
+            sku: u.sku.clone(),
+            order_id: 1,
+            job_id: 1,
+            attempt: 1,
+            machine_id: u.machine_id.clone(),
+            qc: u.qc,
+        })
+        .collect();
+    let store = d.factory.store();
+    store
+        .commit(
+            &Batch {
+                units,
+                events,
+                ..Batch::default()
+            },
+            microfactoryd::clock::now_ms(),
+        )
+        .expect("commit");
+    store.flush().await.expect("flush");
+    // Either may come first: commerce reads the units from the log too.
+    let (mut levels, mut after) = (None::<InventoryPayload>, None::<serde_json::Value>);
+    while levels.is_none() || after.is_none() {
+        let (t, p) = peer.until(|t, p| Some((t.to_string(), p.to_vec()))).await;
+        if t == "microfactory/t/inventory/hook-1" {
+            let l: InventoryPayload = serde_json::from_slice(&p).expect("levels decode");
+            if l.on_hand == 2 {
+                levels = Some(l);
+            }
+        } else if let Some(v) = apc(&t, &p).filter(|v| v["units_produced"] == 2) {
+            after = Some(v);
+        }
+    }
+    let (levels, after) = (levels.expect("levels"), after.expect("verdict"));
+    assert_eq!((levels.available, levels.unavailable), (1, 1));
+    let seq = levels.seq.expect("from the log");
+    let log = store.log_after(seq - 1, 1).expect("log");
+    assert!(matches!(&log[0].event, DomainEvent::StockChanged { sku, .. } if sku == "hook-1"));
+    let now = d
+        .metering()
+        .apc(microfactoryd::metering::oee::Window {
+            from_ms: 0,
+            to_ms: u64::MAX,
+        })
+        .expect("apc");
+    let expected = serde_json::to_value(now[0].evaluation.verdict).expect("verdict");
+    assert_eq!(after["verdict"], expected, "{after}");
+    // Both are retained for a late subscriber.
+    let mut late = Peer::connect(
+        &broker,
+        "late",
+        false,
+        &[
+            "microfactory/t/inventory/hook-1",
+            "microfactory/t/apc/hook-1/fdm",
+        ],
+    )
+    .await;
+    let mut seen = (false, false);
+    while seen != (true, true) {
+        let (t, _) = late.until(|t, p| Some((t.to_string(), p.to_vec()))).await;
+        seen.0 |= t.ends_with("inventory/hook-1");
+        seen.1 |= t.ends_with("apc/hook-1/fdm");
+    }
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Waits for the first log record after `after` that `pick` accepts.
+async fn log_until<T>(d: &Running, after: u64, pick: impl Fn(&DomainEvent) -> Option<T>) -> T {
+    let mut tip = d.factory.store().log_tip();
+    tokio::time::timeout(BOUND, async {
+        loop {
+            let log = d.factory.store().log_after(after, 10_000).expect("log");
+            if let Some(v) = log.iter().find_map(|r| pick(&r.event)) {
+                return v;
+            }
+            tip.changed().await.expect("store alive");
+        }
+    })
+    .await
+    .expect("the record was logged in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_print_of_a_products_file_finished_on_an_octoprint_printer_makes_the_orders_units() {
+    use microfactoryd::core::model::JobState;
+    // A serial printer (never connected) lets the order queue its job;
+    // the OctoPrint printer's host then prints that file.
+    let broker = Broker::start("units", false);
+    let (d, dir) = daemon_with(
+        "units",
+        &broker,
+        "[[machine]]\nid = \"mk3\"\nprofile = \"prusa-mk3s\"\nport = \"/nonexistent/mk3\"\n",
+    )
+    .await;
+    let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/t/events/#"]).await;
+    health_until(&d, |h| h.connected).await;
+    let mut up = d.factory.upload().expect("upload");
+    up.push(b"G28\nG1 X10 Y10 F3000\nG1 X20 E1\n")
+        .expect("bytes");
+    let (file, _) = d
+        .factory
+        .add_file(up, "hook.gcode".into())
+        .await
+        .expect("file");
+    d.metering()
+        .create_product(
+            serde_json::from_value(serde_json::json!({
+                "sku": "hook-1", "name": "Hook", "file_id": file.id, "units_per_job": 2
+            }))
+            .expect("product input"),
+        )
+        .await
+        .expect("product");
+    let order = d
+        .metering()
+        .create_order(
+            serde_json::from_value(serde_json::json!({"sku": "hook-1", "quantity": 2}))
+                .expect("order input"),
+        )
+        .await
+        .expect("order");
+    let tip = *d.factory.store().log_tip().borrow();
+    // Its host prints a file of another name first: nothing is adopted.
+    peer.publish(
+        "octoPrint/event/PrintStarted",
+        r#"{"name":"bracket.gcode"}"#,
+    )
+    .await;
+    let busy = logged(&d, "octo", MachineState::Producing, tip).await;
+    peer.publish("octoPrint/event/PrintDone", r#"{"name":"bracket.gcode"}"#)
+        .await;
+    logged(&d, "octo", MachineState::Idle, busy).await;
+    // Then the product's file, under the path OctoPrint gives it.
+    peer.publish(
+        "octoPrint/event/PrintStarted",
+        r#"{"name":"hook.gcode","path":"jobs/hook.gcode"}"#,
+    )
+    .await;
+    let job = log_until(&d, tip, |e| match e {
+        DomainEvent::JobState {
+            job_id,
+            state: JobState::Running,
+            machine_id: Some(m),
+            ..
+        } if m == "octo" => Some(*job_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(order.queued[0].id, job, "the order's queued job");
+    peer.publish("octoPrint/event/PrintDone", r#"{"name":"hook.gcode"}"#)
+        .await;
+    // Two units of the order, made on the OctoPrint printer, also on the
+    // broker as events.
+    let mut serials = Vec::new();
+    while serials.len() < 2 {
+        let v: serde_json::Value = peer
+            .until(|t, p| {
+                (t == "microfactory/t/events/unit_made")
+                    .then(|| serde_json::from_slice(p).ok())
+                    .flatten()
+            })
+            .await;
+        assert_eq!(
+            (v["machine_id"].as_str(), v["job_id"].as_u64()),
+            (Some("octo"), Some(job)),
+            "{v}"
+        );
+        assert_eq!(v["sku"], "hook-1", "{v}");
+        serials.push(v["serial"].as_str().expect("serial").to_string());
+    }
+    let j = d.factory.job(job).expect("job");
+    assert_eq!(j.state, JobState::Completed);
+    let unit = d.metering().unit(&serials[0]).expect("unit");
+    assert_eq!(
+        (unit.order_id, unit.machine_id.as_str()),
+        (order.view.order.id, "octo")
+    );
+    // No job was made of the other file's print.
+    let log = d.factory.store().log_after(tip, 10_000).expect("log");
+    let adopted = log
+        .iter()
+        .filter(|r| {
+            matches!(
+                &r.event,
+                DomainEvent::JobState {
+                    state: JobState::Running,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(adopted, 1);
     d.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod mosquitto;
+
 /// The daemon binary under test: `MICROFACTORYD_BIN` if set, otherwise the
 /// one `cargo build --workspace --bin microfactoryd` makes, built once per
 /// test process.

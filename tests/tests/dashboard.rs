@@ -2399,3 +2399,46 @@ async fn an_order_goes_from_allocated_to_shipped_through_the_orders_page_printin
     ui.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_shows_the_broker_link_and_says_so_when_the_broker_is_down() -> Result<()> {
+    let _one = ONE_BROWSER.lock().await;
+    let mut broker = microfactory_e2e::mosquitto::Broker::start("")?;
+    let f = Factory::start_with(
+        &[MachineSpec::mill("mill-1")],
+        &format!("[mqtt]\nbroker = \"{}\"\nsite = \"ui\"\n", broker.url()),
+    )
+    .await?;
+    let ui = Ui::open(&f.base).await?;
+    ui.sign_in(&f.token).await?;
+    ui.wait(
+        "document.querySelector('#broker').dataset.conn === 'live'",
+        "the broker badge connected",
+    )
+    .await?;
+    assert_eq!(ui.text("#broker").await?, "Broker");
+    // The link in /metrics too.
+    let metrics = f
+        .http
+        .get(format!("{}/metrics", f.base))
+        .bearer_auth(&f.token)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("microfactory_mqtt_connected 1\n"),
+        "{metrics}"
+    );
+    broker.kill();
+    ui.wait(
+        "document.querySelector('#broker').dataset.conn === 'reconnecting'",
+        "the broker badge down",
+    )
+    .await?;
+    assert_eq!(ui.text("#broker").await?, "Broker down");
+    ui.screenshots("broker-down").await?;
+    ui.assert_no_js_errors();
+    ui.close().await;
+    Ok(())
+}

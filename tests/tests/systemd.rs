@@ -16,7 +16,7 @@ fn unit_for_this_build(dir: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let unit = std::fs::read_to_string(root.join("systemd/microfactoryd.service")).expect("unit");
     let bin = daemon_bin();
-    let text = unit.replace("/usr/local/bin/microfactoryd", &bin.display().to_string());
+    let text = unit.replace("/usr/bin/microfactoryd", &bin.display().to_string());
     let path = dir.join("microfactoryd.service");
     std::fs::write(&path, text).expect("write unit");
     path
@@ -137,4 +137,49 @@ fn the_daemon_is_ready_only_once_it_answers_pings_the_watchdog_and_says_when_it_
     until(&sock, "STOPPING=1", &mut seen);
     let status = child.wait().expect("exit");
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_packaged_config_passes_check_config_as_shipped_and_with_every_example_uncommented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = root.join("packaging/config.toml");
+    let check = |path: &Path| {
+        let out = Command::new(daemon_bin())
+            .args(["check-config", "--config"])
+            .arg(path)
+            .output()
+            .expect("check-config");
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(check(&shipped).contains("0 machine(s)"));
+    // Every commented-out example line (a table header or `key = value`)
+    // uncommented: the examples are valid configuration too.
+    let text = std::fs::read_to_string(&shipped).expect("shipped config");
+    let examples: String = text
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = TempDir::new("packaged-config");
+    let all = dir.path().join("config.toml");
+    std::fs::write(&all, examples).expect("write");
+    let said = check(&all);
+    assert!(said.contains("3 machine(s)"), "{said}");
 }

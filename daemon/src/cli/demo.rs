@@ -64,6 +64,7 @@ fn demo_mqtt(broker: String) -> MqttConfig {
         password: None,
         keep_alive_secs: 30,
         max_payload_bytes: 64 * 1024,
+        progress_interval_ms: 2000,
         machines: vec![
             machine(
                 "octo",

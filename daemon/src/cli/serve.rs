@@ -119,22 +119,6 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
     .await
     .context("cannot open the factory")?;
     factory.run();
-    let mqtt = match &checked.config.mqtt {
-        Some(cfg) => Some(Arc::new(
-            Mqtt::start(
-                cfg,
-                factory.store().clone(),
-                checked
-                    .machines
-                    .iter()
-                    .map(|m| m.config.id.clone())
-                    .collect(),
-                mqtt_links,
-            )
-            .context("cannot start the MQTT client")?,
-        )),
-        None => None,
-    };
     let metering = Metering::new(
         Arc::clone(&factory),
         &checked.machines,
@@ -150,6 +134,27 @@ pub async fn start(checked: Checked, store: Store) -> anyhow::Result<Running> {
     )
     .context("cannot read the commerce records")?;
     commerce.start();
+    let mqtt = match &checked.config.mqtt {
+        Some(cfg) => Some(Arc::new(
+            Mqtt::start(
+                cfg,
+                factory.store().clone(),
+                checked
+                    .machines
+                    .iter()
+                    .map(|m| m.config.id.clone())
+                    .collect(),
+                mqtt_links,
+                crate::mqtt::client::Feeds {
+                    factory: Some(Arc::clone(&factory)),
+                    metering: Some(Arc::clone(&metering)),
+                    commerce: Some(Arc::clone(&commerce)),
+                },
+            )
+            .context("cannot start the MQTT client")?,
+        )),
+        None => None,
+    };
     let webhooks = Webhooks::new(
         factory.store().clone(),
         &checked.config.webhooks,

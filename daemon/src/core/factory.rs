@@ -798,20 +798,7 @@ impl Core {
             job.assigned_machine = Some(mid.clone());
             job.attempt += 1;
             job.transition(JobState::Assigned, None, now);
-            let attempt = Attempt {
-                job_id: jid,
-                n: job.attempt,
-                machine_id: mid,
-                start_line: job.start_line,
-                assigned_ms: now,
-                started_ms: None,
-                ended_ms: None,
-                outcome: None,
-                failure: None,
-                lines_done: 0,
-                last_acked_line: 0,
-                stats: None,
-            };
+            let attempt = new_attempt(job, mid, now, None);
             b.events.push(job_state_event(job));
             b.jobs.push(job.clone());
             b.attempts.push(attempt.clone());
@@ -1026,6 +1013,53 @@ impl Core {
         self.link(i, link, activity.is_some(), now)
     }
 
+    /// A read-only machine's own host started a print of one of `files`
+    /// (the ids of stored files whose name matches what it reported, see
+    /// [`print_name_matches`]): the first queued job of those files, by
+    /// priority then age, that names no other machine and is of this
+    /// machine's kind becomes the machine's job, running, with a new
+    /// attempt. That is how a production order's job is made on a printer
+    /// the daemon only watches: when the print ends, [`Core::job_ended`]
+    /// ends its attempt as for a streamed one, and metering makes its
+    /// units. No match: nothing is recorded.
+    pub fn adopt(&mut self, i: usize, files: &[String], now: u64) -> Option<(Job, Batch)> {
+        let m = &self.machines[i];
+        if !m.machine.config.read_only || m.job.is_some() || files.is_empty() {
+            return None;
+        }
+        let mid = m.id().to_string();
+        let kind = routing::kind_of(&m.machine);
+        let jid = self
+            .jobs
+            .values()
+            .filter(|j| {
+                j.state == JobState::Queued
+                    && files.contains(&j.file_id)
+                    && j.machine_id.as_deref().is_none_or(|w| w == mid)
+                    && j.kind.is_none_or(|k| k == kind)
+            })
+            .min_by_key(|j| (-i64::from(j.priority), j.seq))?
+            .id;
+        let job = self.jobs.get_mut(&jid)?;
+        let mut b = Batch::default();
+        job.assigned_machine = Some(mid.clone());
+        job.attempt += 1;
+        job.transition(
+            JobState::Running,
+            Some(format!("started on {mid} by its own host")),
+            now,
+        );
+        let attempt = new_attempt(job, mid, now, Some(now));
+        b.events.push(job_state_event(job));
+        b.jobs.push(job.clone());
+        b.attempts.push(attempt.clone());
+        let job = job.clone();
+        self.attempts.insert(jid, attempt);
+        self.machines[i].job = Some(jid);
+        self.refresh(now, &mut b);
+        Some((job, b))
+    }
+
     /// The operator confirms the machine is ready (bed cleared, looked
     /// at), or takes it out of or back into service.
     pub fn set_machine(
@@ -1106,20 +1140,12 @@ impl Core {
         // A job from before attempts were recorded gets its first now.
         let mut a = self.attempts.remove(&job.id).unwrap_or_else(|| {
             job.attempt = job.attempt.max(1);
-            Attempt {
-                job_id: job.id,
-                n: job.attempt,
-                machine_id: machine_id.to_string(),
-                start_line: job.start_line,
-                assigned_ms: job.started_ms.unwrap_or(now),
-                started_ms: job.started_ms,
-                ended_ms: None,
-                outcome: None,
-                failure: None,
-                lines_done: 0,
-                last_acked_line: 0,
-                stats: None,
-            }
+            new_attempt(
+                job,
+                machine_id.to_string(),
+                job.started_ms.unwrap_or(now),
+                job.started_ms,
+            )
         });
         a.ended_ms = Some(now);
         a.outcome = Some(outcome);
@@ -1183,6 +1209,64 @@ impl Core {
             }
         }
     }
+}
+
+/// The attempt a job begins on machine `machine_id` (its `attempt` already
+/// counted), assigned at `assigned_ms`.
+fn new_attempt(
+    job: &Job,
+    machine_id: String,
+    assigned_ms: u64,
+    started_ms: Option<u64>,
+) -> Attempt {
+    Attempt {
+        job_id: job.id,
+        n: job.attempt,
+        machine_id,
+        start_line: job.start_line,
+        assigned_ms,
+        started_ms,
+        ended_ms: None,
+        outcome: None,
+        failure: None,
+        lines_done: 0,
+        last_acked_line: 0,
+        stats: None,
+    }
+}
+
+/// Whether the file name a machine's host reports (`reported`: a path,
+/// or a name without its extension, as Bambu's `subtask_name`) is the
+/// stored file `stored`: the same last path segment once a G-code or
+/// 3MF extension is taken off each, ignoring case (hosts rename
+/// uploads: OctoPrint lower-cases them). The content is not compared:
+/// no host reports a hash.
+pub fn print_name_matches(reported: &str, stored: &str) -> bool {
+    fn stem(name: &str) -> String {
+        let base = name
+            .rsplit(['/', '\\'])
+            .next()
+            .unwrap_or(name)
+            .to_lowercase();
+        for ext in [
+            ".gcode.3mf",
+            ".3mf",
+            ".gcode",
+            ".gco",
+            ".gc",
+            ".g",
+            ".nc",
+            ".ngc",
+            ".bgcode",
+        ] {
+            if let Some(s) = base.strip_suffix(ext) {
+                return s.to_string();
+            }
+        }
+        base
+    }
+    let r = stem(reported);
+    !r.is_empty() && r == stem(stored)
 }
 
 fn pause_state_reason(p: &PauseReason) -> StateReason {

@@ -920,12 +920,30 @@ impl Factory {
         let mut behind = false;
         let read_only = self.slots[i].machine.config.read_only;
         loop {
-            let facts = {
+            let (facts, print) = {
                 let s = rx.borrow_and_update();
                 let paused = s.job.as_ref().is_some_and(|j| j.paused);
-                (link_state(s.connection), s.job.is_some(), paused)
+                let print = read_only.then(|| {
+                    (
+                        s.job.as_ref().map(|j| j.job_id.clone()),
+                        s.last_ended.as_ref().map(|e| e.outcome.clone()),
+                    )
+                });
+                ((link_state(s.connection), s.job.is_some(), paused), print)
             };
             if facts != last {
+                // A read-only machine's host started or ended a print: a
+                // queued job of that file is made there.
+                if let Some((name, ended)) = print {
+                    let res = match (last.1, facts.1, name) {
+                        (false, true, Some(name)) => self.adopt_print(i, &name).await,
+                        (true, false, _) => self.end_print(i, ended).await,
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = res {
+                        warn!(error = %e, "could not record a print its host ran");
+                    }
+                }
                 last = facts;
                 let res = self.decide(|core, now| {
                     Ok((
@@ -1127,9 +1145,53 @@ impl Factory {
         let (job, live) = ended;
         self.durable(live).await?;
         if let Some(job) = job {
-            info!(job = id, state = job.state.as_str(), "job ended");
+            // In the job's span, so a JSON log line carries machine and job.
+            let span = info_span!("job", job = id, machine = %self.slots[i].machine.config.id);
+            span.in_scope(|| info!(state = job.state.as_str(), "job ended"));
         }
         Ok(())
+    }
+
+    /// A read-only machine's host started printing `name`: the stored
+    /// files of that name are offered to the core, which adopts a queued
+    /// job of one of them (see `Core::adopt`).
+    async fn adopt_print(&self, i: usize, name: &str) -> Result<()> {
+        let files: Vec<String> = self
+            .store
+            .files()?
+            .into_iter()
+            .filter(|f| crate::core::factory::print_name_matches(name, &f.name))
+            .map(|f| f.id)
+            .collect();
+        let (job, live) = self.decide(|core, now| {
+            Ok(match core.adopt(i, &files, now) {
+                Some((job, b)) => (Some(job), b),
+                None => (None, Batch::default()),
+            })
+        })?;
+        self.durable(live).await?;
+        let machine = &self.slots[i].machine.config.id;
+        match job {
+            Some(job) => info_span!("job", job = job.id, machine = %machine)
+                .in_scope(|| info!(file = %name, "job started by the machine's own host")),
+            None => {
+                info!(%machine, file = %name, "a print matched no queued job: no units will be made of it")
+            }
+        }
+        Ok(())
+    }
+
+    /// A read-only machine's print ended: how its host said (`None`: it
+    /// did not, e.g. it went offline, and the job is interrupted).
+    async fn end_print(&self, i: usize, outcome: Option<JobOutcome>) -> Result<()> {
+        let outcome = outcome.unwrap_or(JobOutcome::Interrupted {
+            reason: "its host stopped reporting the print".into(),
+            last_acked_line: 0,
+        });
+        let Some(id) = self.lock().core.machines()[i].job else {
+            return Ok(());
+        };
+        self.on_job_ended(i, id, outcome, None).await
     }
 
     async fn scheduler(self: Arc<Self>) {
@@ -1213,12 +1275,17 @@ impl Factory {
                     expand_canned_cycles: job.expand_canned_cycles,
                 };
                 let span = info_span!("job", job = job.id, machine = %slot.machine.config.id);
-                slot.link
-                    .command(Command::Start(spec))
-                    .instrument(span)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| NotStarted::Retry(e.to_string()))
+                async {
+                    let r = slot.link.command(Command::Start(spec)).await;
+                    if r.is_ok() {
+                        info!("job started");
+                    }
+                    r
+                }
+                .instrument(span)
+                .await
+                .map(|_| ())
+                .map_err(|e| NotStarted::Retry(e.to_string()))
             }
         };
         self.apply(|core, now| Ok(((), core.started(i, job.id, res, now))))

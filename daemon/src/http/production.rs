@@ -456,10 +456,14 @@ async fn prometheus_metrics(State(s): State<AppState>) -> ApiResult<axum::respon
         readers.push(crate::mqtt::client::CURSOR);
     }
     let scrape = s.metering.scrape(queued, &readers)?;
-    let body = tokio::task::spawn_blocking(move || exposition::render(scrape))
+    let mut body = tokio::task::spawn_blocking(move || exposition::render(scrape))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .unwrap_or_else(|e| exposition::failure(&e));
+    // With `[mqtt]`, the broker link too.
+    if let Some(m) = &s.mqtt {
+        m.health().openmetrics(&mut body);
+    }
     Ok((
         [(axum::http::header::CONTENT_TYPE, exposition::CONTENT_TYPE)],
         body,

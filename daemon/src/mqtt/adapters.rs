@@ -9,7 +9,9 @@
 //! Payloads are outside input. Nothing here panics on them, and a refused
 //! one leaves the status as it was (the caller counts and logs it).
 
-use microfactory_machines::driver::{Connection, Heater, MachineStatus, Progress};
+use microfactory_machines::driver::{
+    Connection, EndedJob, Heater, JobOutcome, MachineStatus, Progress,
+};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -178,6 +180,17 @@ pub fn parse_report(payload: &[u8]) -> Result<Report, IngestError> {
 pub fn apply_report(status: &mut MachineStatus, payload: &[u8]) -> Result<(), IngestError> {
     let r = parse_report(payload)?;
     let running = matches!(r.state, ReportState::Running | ReportState::Paused);
+    let prev = std::mem::take(status);
+    // A print that was running ends with the state that follows it.
+    let how = match r.state {
+        ReportState::Idle => Some(JobOutcome::Completed),
+        ReportState::Error => Some(failed(
+            r.error
+                .as_deref()
+                .unwrap_or("the machine reported an error"),
+        )),
+        _ => None,
+    };
     *status = MachineStatus {
         connection: match r.state {
             ReportState::Offline => Connection::Offline,
@@ -206,8 +219,35 @@ pub fn apply_report(status: &mut MachineStatus, payload: &[u8]) -> Result<(), In
         // Fresh: a report is the whole picture, heard just now.
         ..MachineStatus::default()
     };
+    ended(&prev, status, how);
     Ok(())
 }
+
+/// Records how a print ended, for the factory to end the job it made of
+/// it: `how` is what this message said of an end (`None`: nothing). A
+/// print that stops without its host saying how (it went offline) leaves
+/// no outcome; a running print clears the last one. Otherwise the last
+/// outcome is kept, so a later message (a temperature) does not hide it.
+fn ended(prev: &MachineStatus, next: &mut MachineStatus, how: Option<JobOutcome>) {
+    next.last_ended = match (&prev.job, &next.job, how) {
+        (_, Some(_), _) => None,
+        (Some(j), None, Some(outcome)) => Some(EndedJob {
+            job_id: j.job_id.clone(),
+            outcome,
+        }),
+        (Some(_), None, None) => None,
+        (None, None, _) => prev.last_ended.clone(),
+    };
+}
+
+fn failed(reason: &str) -> JobOutcome {
+    JobOutcome::Failed {
+        reason: reason.to_string(),
+        line: None,
+    }
+}
+
+const CANCELLED: JobOutcome = JobOutcome::Cancelled { last_acked_line: 0 };
 
 // -------------------------------------------------------------- OctoPrint
 
@@ -269,6 +309,7 @@ pub fn apply_octoprint(
     }
     if let Some(event) = rel.strip_prefix("event/") {
         let e: OctoEvent = serde_json::from_slice(payload).map_err(malformed)?;
+        let prev = status.clone();
         let file = e.filename.or(e.name).or(e.path);
         let online = |s: &mut MachineStatus| {
             if s.connection == Connection::Offline {
@@ -307,6 +348,13 @@ pub fn apply_octoprint(
             "Error" => status.connection = Connection::Faulted,
             _ => {}
         }
+        let how = match event {
+            "PrintDone" => Some(JobOutcome::Completed),
+            "PrintCancelled" => Some(CANCELLED),
+            "PrintFailed" => Some(failed("print failed")),
+            _ => None,
+        };
+        ended(&prev, status, how);
         return Ok(());
     }
     if rel == "progress/printing" {
@@ -491,7 +539,16 @@ pub fn apply_moonraker(
     } else {
         return Err(IngestError::UnknownMachine(rel.to_string()));
     }
-    let derived = derive_moonraker(status, &next)?;
+    let mut derived = derive_moonraker(status, &next)?;
+    let how = match string(&next, "print_stats", "state")? {
+        Some("complete") => Some(JobOutcome::Completed),
+        Some("cancelled") => Some(CANCELLED),
+        Some("error") => Some(failed(
+            derived.last_error.as_deref().unwrap_or("print failed"),
+        )),
+        _ => None,
+    };
+    ended(status, &mut derived, how);
     *status = derived;
     *seen = next;
     Ok(())
@@ -611,7 +668,16 @@ pub fn apply_bambu(
     };
     let mut next = seen.clone();
     merge(&mut next, "print", print);
-    *status = derive_bambu(&next)?;
+    let mut derived = derive_bambu(&next)?;
+    let how = match string(&next, "print", "gcode_state")? {
+        Some("FINISH") => Some(JobOutcome::Completed),
+        Some("FAILED") => Some(failed(
+            derived.last_error.as_deref().unwrap_or("print failed"),
+        )),
+        _ => None,
+    };
+    ended(status, &mut derived, how);
+    *status = derived;
     *seen = next;
     Ok(())
 }
@@ -996,5 +1062,73 @@ mod tests {
         assert_eq!(s, before);
         assert!(apply_bambu(&mut s, &mut seen, br#"{"print": {"mc_percent": 140}}"#).is_err());
         assert_eq!(s, before);
+    }
+
+    fn outcome(s: &MachineStatus) -> Option<(&str, &JobOutcome)> {
+        s.last_ended
+            .as_ref()
+            .map(|e| (e.job_id.as_str(), &e.outcome))
+    }
+
+    #[test]
+    fn each_source_says_how_a_print_ended_and_a_later_message_keeps_it() {
+        // OctoPrint: done, cancelled, failed; a temperature keeps it.
+        for (event, want) in [
+            ("PrintDone", JobOutcome::Completed),
+            ("PrintCancelled", CANCELLED),
+            ("PrintFailed", failed("print failed")),
+        ] {
+            let mut s = MachineStatus::default();
+            apply_octoprint(&mut s, "event/PrintStarted", br#"{"name":"hook.gcode"}"#)
+                .expect("start");
+            assert_eq!(s.last_ended, None);
+            apply_octoprint(
+                &mut s,
+                &format!("event/{event}"),
+                br#"{"name":"hook.gcode"}"#,
+            )
+            .expect("end");
+            apply_octoprint(&mut s, "temperature/tool0", br#"{"actual":40,"target":0}"#)
+                .expect("temp");
+            assert_eq!(outcome(&s), Some(("hook.gcode", &want)), "{event}");
+        }
+        // The host going away says nothing of how.
+        let mut s = MachineStatus::default();
+        apply_octoprint(&mut s, "event/PrintStarted", br#"{"name":"hook.gcode"}"#).expect("start");
+        apply_octoprint(&mut s, "mqtt", b"disconnected").expect("will");
+        assert_eq!(s.last_ended, None);
+        // Our schema: running then idle is done, then error is failed.
+        let mut s = MachineStatus::default();
+        apply_report(&mut s, br#"{"state":"running","job":"plate.nc"}"#).expect("run");
+        apply_report(&mut s, br#"{"state":"idle"}"#).expect("idle");
+        assert_eq!(outcome(&s), Some(("plate.nc", &JobOutcome::Completed)));
+        apply_report(&mut s, br#"{"state":"running","job":"plate.nc"}"#).expect("run");
+        apply_report(&mut s, br#"{"state":"error","error":"alarm 1"}"#).expect("error");
+        assert_eq!(outcome(&s), Some(("plate.nc", &failed("alarm 1"))));
+        // Moonraker: complete after printing.
+        let (mut s, mut seen) = (MachineStatus::default(), Seen::new());
+        apply_moonraker(&mut s, &mut seen, "klipper/status",
+            br#"{"status":{"webhooks":{"state":"ready"},"print_stats":{"state":"printing","filename":"hook.gcode"}}}"#)
+            .expect("printing");
+        apply_moonraker(
+            &mut s,
+            &mut seen,
+            "klipper/status",
+            br#"{"status":{"print_stats":{"state":"complete"}}}"#,
+        )
+        .expect("complete");
+        assert_eq!(outcome(&s), Some(("hook.gcode", &JobOutcome::Completed)));
+        // Bambu: FINISH after RUNNING.
+        let (mut s, mut seen) = (MachineStatus::default(), Seen::new());
+        apply_bambu(
+            &mut s,
+            &mut seen,
+            br#"{"print":{"gcode_state":"RUNNING","subtask_name":"hook"}}"#,
+        )
+        .expect("running");
+        apply_bambu(&mut s, &mut seen, br#"{"print":{"gcode_state":"FINISH"}}"#).expect("finish");
+        assert_eq!(outcome(&s), Some(("hook", &JobOutcome::Completed)));
+        apply_bambu(&mut s, &mut seen, br#"{"print":{"gcode_state":"RUNNING"}}"#).expect("again");
+        assert_eq!(s.last_ended, None, "a new print clears it");
     }
 }

@@ -30,10 +30,17 @@ use utoipa::ToSchema;
 use super::adapters::{self, IngestError};
 use super::backoff::{Backoff, jitter};
 use super::link::MqttLink;
-use super::schema::{self, MachineStatePayload, Message, SiteStatus, Topics};
+use super::schema::{
+    self, InventoryPayload, MachineStatePayload, Message, SiteStatus, Throttle, Topics,
+};
 use crate::clock::now_ms;
+use crate::commerce::service::Commerce;
 use crate::config::{Adapter, MqttConfig, parse_broker};
-use crate::core::events::LogRecord;
+use crate::core::events::{DomainEvent, LogRecord};
+use crate::factory::Factory;
+use crate::metering::Metering;
+use crate::metering::apc::Evaluation;
+use crate::metering::oee::Window;
 use crate::store::{Store, StoreError};
 
 /// The publisher's cursor name.
@@ -84,6 +91,70 @@ pub struct MqttHealth {
     pub unknown_machine: u64,
 }
 
+impl MqttHealth {
+    /// The link as OpenMetrics families, inserted by `GET /metrics` into
+    /// its exposition before `# EOF`: an alert on a broker link that is
+    /// down, a reconnect rate, and refused machine messages.
+    pub fn openmetrics(&self, exposition: &mut String) {
+        use std::fmt::Write as _;
+        let mut m = String::new();
+        let _ = write!(
+            m,
+            "# HELP microfactory_mqtt_connected The MQTT broker link is up.\n\
+             # TYPE microfactory_mqtt_connected gauge\n\
+             microfactory_mqtt_connected {}\n\
+             # HELP microfactory_mqtt_failures Broker connection attempts failed or connections lost.\n\
+             # TYPE microfactory_mqtt_failures counter\n\
+             microfactory_mqtt_failures_total {}\n\
+             # HELP microfactory_mqtt_published_seq The last log record the broker acknowledged.\n\
+             # TYPE microfactory_mqtt_published_seq gauge\n\
+             microfactory_mqtt_published_seq {}\n\
+             # HELP microfactory_mqtt_messages Machine messages read, by result.\n\
+             # TYPE microfactory_mqtt_messages counter\n",
+            u8::from(self.connected),
+            self.failures,
+            self.published_seq,
+        );
+        for (result, n) in [
+            ("accepted", self.accepted),
+            ("malformed", self.malformed),
+            ("oversized", self.oversized),
+            ("unknown_machine", self.unknown_machine),
+        ] {
+            let _ = writeln!(
+                m,
+                "microfactory_mqtt_messages_total{{result=\"{result}\"}} {n}"
+            );
+        }
+        let at = exposition.rfind("# EOF").unwrap_or(exposition.len());
+        exposition.insert_str(at, &m);
+    }
+}
+
+/// What the publisher reads besides the log, each through its public,
+/// read-only calls: the machines' live readings (progress, temperatures,
+/// position), the APC verdicts, and the inventory levels to send again
+/// at each new connection. Any may be absent (tests, tools).
+#[derive(Clone, Default)]
+pub struct Feeds {
+    /// Live readings, throttled into each machine's retained state.
+    pub factory: Option<Arc<Factory>>,
+    /// APC verdicts, recomputed when units or machine states changed.
+    pub metering: Option<Arc<Metering>>,
+    /// Inventory levels, sent again at each connection.
+    pub commerce: Option<Arc<Commerce>>,
+}
+
+impl std::fmt::Debug for Feeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeds")
+            .field("factory", &self.factory.is_some())
+            .field("metering", &self.metering.is_some())
+            .field("commerce", &self.commerce.is_some())
+            .finish()
+    }
+}
+
 /// Connection generations and acknowledgements, for the publisher.
 #[derive(Debug, Clone, Default)]
 struct Session {
@@ -127,6 +198,10 @@ struct Inner {
     /// What each merging source (Moonraker, Bambu) said last, by machine.
     seen: std::sync::Mutex<HashMap<String, adapters::Seen>>,
     max_payload: usize,
+    feeds: Feeds,
+    /// Least time between two readings of a machine, and between two APC
+    /// recomputations.
+    interval: Duration,
     health: watch::Sender<MqttHealth>,
     session: watch::Sender<Session>,
     refused: AtomicU64,
@@ -162,13 +237,14 @@ pub fn links(config: &MqttConfig) -> Vec<(Arc<MqttLink>, Adapter)> {
 
 impl Mqtt {
     /// Connects to the broker (retrying with backoff until shutdown) and
-    /// starts publishing the log of `store` for `machines` and feeding
-    /// `links` from their topics.
+    /// starts publishing the log of `store` for `machines` (with what
+    /// `feeds` tell) and feeding `links` from their topics.
     pub fn start(
         config: &MqttConfig,
         store: Store,
         machines: Vec<String>,
         links: Vec<(Arc<MqttLink>, Adapter)>,
+        feeds: Feeds,
     ) -> Result<Self, MqttError> {
         let (host, port) = parse_broker(&config.broker).map_err(MqttError::Broker)?;
         let published_seq = store.cursor(CURSOR)?;
@@ -217,6 +293,8 @@ impl Mqtt {
             bases,
             seen: std::sync::Mutex::default(),
             max_payload: config.max_payload_bytes,
+            feeds,
+            interval: Duration::from_millis(config.progress_interval_ms),
             health: watch::Sender::new(MqttHealth {
                 broker: config.broker.clone(),
                 published_seq,
@@ -504,33 +582,19 @@ impl Inner {
         tip: &mut watch::Receiver<u64>,
     ) -> Result<Ended, StoreError> {
         let mut issued = 0u64;
-        let mut first = vec![Message {
-            topic: self.topics.status(),
-            payload: serde_json::to_vec(&SiteStatus {
-                online: true,
-                version: Some(env!("CARGO_PKG_VERSION").into()),
-                since_ms: self.health.borrow().since_ms,
-                machines: Some(self.machines.len()),
-            })
-            .unwrap_or_default(),
-            retain: true,
-        }];
-        for id in &self.machines {
-            if let Some(c) = self.store.last_machine_state(id)? {
-                first.push(Message {
-                    topic: self.topics.machine_state(id),
-                    payload: serde_json::to_vec(&MachineStatePayload::from_change(id, &c))
-                        .unwrap_or_default(),
-                    retain: true,
-                });
-            }
-        }
+        let mut p = Published::new(self.interval);
+        let first = self.first_messages(&mut p)?;
         if let Some(end) = self.send(client, &first, &mut issued).await {
             return Ok(end);
         }
         if let Some(end) = self.acknowledged(generation, issued, session).await {
             return Ok(end);
         }
+        // Four looks per interval: a change waits at most a quarter of
+        // the interval past it (the throttle keeps each machine's updates
+        // at least the interval apart).
+        let mut ticker = tokio::time::interval((self.interval / 4).max(Duration::from_millis(25)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let durable = *tip.borrow_and_update();
             let cursor = self.store.cursor(CURSOR)?;
@@ -546,6 +610,7 @@ impl Inner {
                 };
                 let mut out = Vec::new();
                 for r in &records {
+                    p.saw(r);
                     match schema::messages(&self.topics, r) {
                         Ok(m) => out.extend(m),
                         Err(e) => warn!(seq = r.seq, error = %e, "cannot encode a log record"),
@@ -572,9 +637,142 @@ impl Inner {
                     };
                     if ended { return Ok(Ended::Reconnect) }
                 }
+                _ = ticker.tick() => {
+                    let out = self.refresh(&mut p);
+                    if out.is_empty() { continue }
+                    if let Some(end) = self.send(client, &out, &mut issued).await {
+                        return Ok(end);
+                    }
+                    if let Some(end) = self.acknowledged(generation, issued, session).await {
+                        return Ok(end);
+                    }
+                }
                 () = self.stop_publishing.cancelled() => return Ok(Ended::Stopped),
             }
         }
+    }
+
+    /// What a new connection sends first: the site's status, every
+    /// machine's last state, every product's levels and every APC verdict
+    /// (a broker restarted without persistence has forgotten them all).
+    fn first_messages(&self, p: &mut Published) -> Result<Vec<Message>, StoreError> {
+        let mut first = vec![Message {
+            topic: self.topics.status(),
+            payload: serde_json::to_vec(&SiteStatus {
+                online: true,
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+                since_ms: self.health.borrow().since_ms,
+                machines: Some(self.machines.len()),
+            })
+            .unwrap_or_default(),
+            retain: true,
+        }];
+        for id in &self.machines {
+            if let Some(c) = self.store.last_machine_state(id)? {
+                let state = MachineStatePayload::from_change(id, &c);
+                first.push(Message {
+                    topic: self.topics.machine_state(id),
+                    payload: serde_json::to_vec(&state).unwrap_or_default(),
+                    retain: true,
+                });
+                p.states.insert(id.clone(), state);
+            }
+        }
+        if let Some(commerce) = &self.feeds.commerce {
+            let snap = commerce.snapshot();
+            let at_ms = now_ms();
+            for (version, i) in &snap.items {
+                let levels = InventoryPayload {
+                    seq: None,
+                    at_ms,
+                    sku: i.sku.clone(),
+                    on_hand: i.on_hand,
+                    committed: i.committed,
+                    unavailable: i.unavailable,
+                    available: i.available,
+                    version: *version,
+                };
+                match schema::inventory_message(&self.topics, &levels) {
+                    Ok(m) => first.push(m),
+                    Err(e) => warn!(sku = %i.sku, error = %e, "cannot encode stock levels"),
+                }
+            }
+        }
+        p.apc_dirty = true;
+        first.extend(self.apc_messages(p));
+        Ok(first)
+    }
+
+    /// At each tick: machines' changed readings (throttled), and the APC
+    /// verdicts that changed if units or states were recorded since the
+    /// last look.
+    fn refresh(&self, p: &mut Published) -> Vec<Message> {
+        let mut out = Vec::new();
+        if let Some(factory) = &self.feeds.factory {
+            let now = now_ms();
+            for m in factory.machines() {
+                let Some(state) = p.states.get(&m.id) else {
+                    continue;
+                };
+                let live = schema::Live::from_status(&m.status);
+                if let Some(live) = p.throttle.due(&m.id, &live, now) {
+                    let payload = MachineStatePayload {
+                        live: Some(live),
+                        ..state.clone()
+                    };
+                    match serde_json::to_vec(&payload) {
+                        Ok(b) => out.push(Message {
+                            topic: self.topics.machine_state(&m.id),
+                            payload: b,
+                            retain: true,
+                        }),
+                        Err(e) => warn!(machine = %m.id, error = %e, "cannot encode readings"),
+                    }
+                }
+            }
+        }
+        out.extend(self.apc_messages(p));
+        out
+    }
+
+    /// The APC verdicts whose evaluation changed since last sent, when
+    /// something that counts was recorded.
+    fn apc_messages(&self, p: &mut Published) -> Vec<Message> {
+        let Some(metering) = &self.feeds.metering else {
+            return Vec::new();
+        };
+        // At most once per interval, however often units are made.
+        if !p.apc_dirty || p.apc_at.is_some_and(|t| t.elapsed() < self.interval) {
+            return Vec::new();
+        }
+        p.apc_dirty = false;
+        p.apc_at = Some(std::time::Instant::now());
+        let results = match metering.apc(Window {
+            from_ms: 0,
+            to_ms: u64::MAX,
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot compute the APC verdicts to publish");
+                return Vec::new();
+            }
+        };
+        let at_ms = now_ms();
+        let mut out = Vec::new();
+        for r in &results {
+            let key = (r.sku.clone(), r.class.clone());
+            if p.apc.get(&key) == Some(&r.evaluation) {
+                continue;
+            }
+            match schema::apc_message(&self.topics, r, at_ms) {
+                Ok(m) => {
+                    out.push(m);
+                    p.apc.insert(key, r.evaluation.clone());
+                }
+                Err(e) => warn!(sku = %r.sku, error = %e, "cannot encode an APC verdict"),
+            }
+        }
+        out
     }
 
     async fn send(
@@ -625,4 +823,76 @@ impl Inner {
 enum Ended {
     Stopped,
     Reconnect,
+}
+
+/// What one connection has published beyond the log's messages.
+struct Published {
+    /// Each machine's last state message, to which readings are added.
+    states: HashMap<String, MachineStatePayload>,
+    throttle: Throttle,
+    /// Each (SKU, class)'s last evaluation sent.
+    apc: HashMap<(String, String), Evaluation>,
+    /// Units or states were recorded since the verdicts were computed.
+    apc_dirty: bool,
+    /// When they were computed last.
+    apc_at: Option<std::time::Instant>,
+}
+
+impl Published {
+    fn new(interval: Duration) -> Self {
+        Self {
+            states: HashMap::new(),
+            throttle: Throttle::new(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)),
+            apc: HashMap::new(),
+            apc_dirty: false,
+            apc_at: None,
+        }
+    }
+
+    /// Notes what a log record changes: a machine's state replaces its
+    /// retained message (readings go out again at the next tick); units,
+    /// attempts and states may change a verdict.
+    fn saw(&mut self, r: &LogRecord) {
+        if let Some(p) = schema::machine_state(r) {
+            self.throttle.replaced(&p.machine_id);
+            self.states.insert(p.machine_id.clone(), p);
+            self.apc_dirty = true;
+            return;
+        }
+        match &r.event {
+            DomainEvent::UnitMade { .. }
+            | DomainEvent::UnitInspected { .. }
+            | DomainEvent::AttemptEnded { .. } => self.apc_dirty = true,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_link_goes_into_the_metrics_exposition_before_its_end() {
+        let h = MqttHealth {
+            connected: true,
+            failures: 3,
+            published_seq: 42,
+            malformed: 7,
+            ..MqttHealth::default()
+        };
+        let mut text = "# TYPE x gauge\nx 1\n# EOF\n".to_string();
+        h.openmetrics(&mut text);
+        assert!(text.starts_with("# TYPE x gauge\nx 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        for line in [
+            "microfactory_mqtt_connected 1\n",
+            "microfactory_mqtt_failures_total 3\n",
+            "microfactory_mqtt_published_seq 42\n",
+            "microfactory_mqtt_messages_total{result=\"malformed\"} 7\n",
+            "microfactory_mqtt_messages_total{result=\"accepted\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 }

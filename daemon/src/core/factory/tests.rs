@@ -615,3 +615,98 @@ fn unacknowledged_failures_stay_in_memory_when_old_jobs_are_trimmed() {
         "the other ended jobs are trimmed to keep_ended"
     );
 }
+
+#[test]
+fn a_print_its_own_host_starts_adopts_the_queued_job_of_that_file_and_ends_its_attempt() {
+    let f = file();
+    let mut watched = printer("octo", false);
+    watched.config.read_only = true;
+    let seeds = vec![
+        MachineSeed {
+            machine: printer("mk3", false),
+            record: MachineRecord::default(),
+            last: None,
+        },
+        MachineSeed {
+            machine: watched,
+            record: MachineRecord::default(),
+            last: None,
+        },
+    ];
+    let (mut c, _) = Core::open(seeds, vec![], vec![], 0, 100, 0);
+    let s = Submission {
+        file_id: f.id.clone(),
+        copies: Some(2),
+        ..Submission::default()
+    };
+    let (jobs, _) = c.submit(&s, Some(&f), 1).expect("queued for mk3");
+    c.reported(1, LinkState::Online, None, 2);
+    // Another file's print adopts nothing.
+    assert!(c.adopt(1, &["other".into()], 3).is_none());
+    assert!(c.adopt(1, &[], 3).is_none());
+    let (job, b) = c.adopt(1, std::slice::from_ref(&f.id), 4).expect("adopted");
+    assert_eq!(job.id, jobs[0].id, "the oldest of equal priority");
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.assigned_machine.as_deref(), Some("octo"));
+    assert_eq!((b.attempts[0].n, b.attempts[0].started_ms), (1, Some(4)));
+    assert_eq!(
+        machine_states(&b),
+        vec![("octo".into(), MachineState::Producing, StateReason::None)]
+    );
+    // A second print while it holds one adopts nothing more.
+    assert!(c.adopt(1, std::slice::from_ref(&f.id), 5).is_none());
+    let (ended, b) = c
+        .job_ended(1, job.id, JobOutcome::Completed, None, 6)
+        .expect("ended");
+    assert_eq!(ended.state, JobState::Completed);
+    assert!(b.events.iter().any(|e| matches!(
+        e,
+        DomainEvent::AttemptEnded { machine_id, outcome: AttemptOutcome::Completed, .. }
+            if machine_id == "octo"
+    )));
+    // A serial machine never adopts.
+    assert!(c.adopt(0, std::slice::from_ref(&f.id), 7).is_none());
+}
+
+#[test]
+fn a_reported_file_name_matches_the_stored_one_whatever_its_folder_extension_or_case() {
+    for (reported, stored) in [
+        ("hook.gcode", "hook.gcode"),
+        ("/local/jobs/Hook.GCODE", "hook.gcode"),
+        ("hook", "hook.gcode.3mf"),
+        ("plate-3.nc", "plate-3.ngc"),
+    ] {
+        assert!(
+            print_name_matches(reported, stored),
+            "{reported} ~ {stored}"
+        );
+    }
+    for (reported, stored) in [
+        ("hook2.gcode", "hook.gcode"),
+        ("", ".gcode"),
+        ("a/hook", "hook.x"),
+    ] {
+        assert!(
+            !print_name_matches(reported, stored),
+            "{reported} !~ {stored}"
+        );
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_name_matches_itself_under_any_folder_and_known_extension(
+        stem in "[a-zA-Z0-9_-]{1,20}",
+        folder in "(/[a-z]{1,8}){0,3}",
+        ext in prop::sample::select(vec!["", ".gcode", ".gco", ".3mf", ".gcode.3mf", ".nc"]),
+        other in "[a-zA-Z0-9_-]{1,20}",
+    ) {
+        let stored = format!("{stem}.gcode");
+        let reported = format!("{folder}/{stem}{ext}");
+        prop_assert!(print_name_matches(&reported, &stored));
+        prop_assert_eq!(
+            print_name_matches(&format!("{other}{ext}"), &stored),
+            other.to_lowercase() == stem.to_lowercase()
+        );
+    }
+}
