@@ -785,15 +785,18 @@ async fn inventory_levels_and_apc_verdicts_are_retained_and_follow_the_units_mad
         })
         .collect();
     let store = d.factory.store();
+    let mut batch = Batch {
+        events,
+        ..Batch::default()
+    };
+    // Metrics and APC read units through metering's hour and day records,
+    // written with the units.
+    d.metering()
+        .count_units(&units, &[], &mut batch)
+        .expect("counted");
+    batch.units = units;
     store
-        .commit(
-            &Batch {
-                units,
-                events,
-                ..Batch::default()
-            },
-            microfactoryd::clock::now_ms(),
-        )
+        .commit(&batch, microfactoryd::clock::now_ms())
         .expect("commit");
     store.flush().await.expect("flush");
     // Either may come first: commerce reads the units from the log too.

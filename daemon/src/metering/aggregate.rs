@@ -97,8 +97,10 @@ impl UnitTotals {
 
 impl Metering {
     /// Adds `new` units and re-counts `changed` ones (`(before, after)`)
-    /// in the hour and day records, into `batch`.
-    pub(super) fn count_units(
+    /// in the hour and day records, into `batch`. Public for whoever
+    /// writes units as the log reader does (tools, tests): metrics and
+    /// APC read units only through these records.
+    pub fn count_units(
         &self,
         new: &[Unit],
         changed: &[(Unit, Unit)],
