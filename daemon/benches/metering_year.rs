@@ -431,9 +431,13 @@ async fn completions(dir: &Path, n: u64, reader: bool) -> (f64, f64, f64, f64) {
 }
 
 fn main() {
-    let days = env("MFD_BENCH_DAYS", 365);
-    let machines = env("MFD_BENCH_MACHINES", 100);
-    let completions_n = env("MFD_BENCH_COMPLETIONS", 500);
+    // `cargo test --all-targets` (CI) runs this too, without `--bench`: a
+    // smoke run of a few days proves it still works; the year is for
+    // `cargo bench`.
+    let full = std::env::args().any(|a| a == "--bench");
+    let days = env("MFD_BENCH_DAYS", if full { 365 } else { 3 });
+    let machines = env("MFD_BENCH_MACHINES", if full { 100 } else { 4 });
+    let completions_n = env("MFD_BENCH_COMPLETIONS", if full { 500 } else { 20 });
     // MFD_BENCH_KEEP=1 keeps the store for the next run, which then
     // skips generating (so its RSS is the queries' own).
     let keep = env("MFD_BENCH_KEEP", 0) == 1;
