@@ -1416,7 +1416,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::core::machine::{MachineState, StateReason};
-    use crate::core::model::{JobProgress, JobState, Role};
+    use crate::core::model::{JobState, Role};
 
     fn temp_dir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mfd-store-{tag}-{}", std::process::id()));
@@ -1889,35 +1889,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn job(id: u64) -> Job {
-        Job {
-            id,
-            name: "a".into(),
-            file_id: "f".into(),
-            batch_id: id,
-            copy: 1,
-            copies: 1,
-            priority: 0,
-            seq: id,
-            machine_id: None,
-            kind: None,
-            tags: vec![],
-            expand_canned_cycles: false,
-            any_material: false,
-            start_line: 1,
-            state: JobState::Queued,
-            assigned_machine: None,
-            created_ms: 0,
-            started_ms: None,
-            ended_ms: None,
-            progress: JobProgress::default(),
-            failure: None,
-            history: vec![],
-            attempt: 0,
-            pause: None,
-            awaiting_ack: false,
-        }
-    }
+    use crate::core::testkit::job;
 
     #[tokio::test]
     async fn records_survive_reopening_and_ids_never_repeat() {
