@@ -2,21 +2,95 @@
 //! without a sled transaction.
 //!
 //! A commit writes, in this order: the whole batch as one value under
-//! `meta/journal` (with its commit number), each write to its table, and
-//! the commit number under `meta/committed`. sled recovers a prefix of its
-//! writes, so after a crash the marker being there means all of the batch
-//! is; a journal ahead of the marker means the commit was cut short and
-//! [`recover`] applies it again (every write is a whole value, so applying
-//! one twice is harmless); no journal for it means none of it survived.
-//! The marker also keeps a replay from undoing plain writes made after the
-//! last commit (progress, cursors), which can only survive if it did.
+//! `meta/journal` (with its commit number and the store's counters after
+//! it), each write to its table, and the commit number with the counters
+//! under `meta/committed`. sled recovers a prefix of its writes, so after a
+//! crash the marker being there means all of the batch is; a journal ahead
+//! of the marker means the commit was cut short and [`recover`] applies it
+//! again (every write is a whole value, so applying one twice is
+//! harmless); no journal for it means none of it survived. The marker also
+//! keeps a replay from undoing plain writes made after the last commit
+//! (progress, cursors), which can only survive if it did.
+//!
+//! The counters (log sequence, job, order, unit, sales order and shipment
+//! ids) ride in the marker rather than in a meta key each: a submission
+//! moves two of them, and two fewer sled writes per commit is a tenth of a
+//! durable submission's instructions (BENCHMARKS.md). Stores written
+//! before that (schema 1) kept them in meta keys and an 8-byte marker;
+//! [`recover`] reads both forms.
 
 use super::{StoreError, Trees, read_u64};
 
 /// Meta key of the last commit's batch.
 const JOURNAL: &str = "journal";
-/// Meta key of the last commit applied in full.
+/// Meta key of the last commit applied in full, with the counters after it.
 const COMMITTED: &str = "committed";
+
+/// Where a journal with counters says so, after its commit number: a tree
+/// name length no schema-1 journal has, so a schema-1 daemon refuses such a
+/// journal as unreadable instead of misapplying it.
+const WITH_HEADS: [u8; 4] = [0xff; 4];
+
+/// The store's counters after a commit: the last log sequence number and
+/// the last id of each kind handed out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Heads {
+    pub log_seq: u64,
+    pub job_id: u64,
+    pub order_id: u64,
+    pub unit_serial: u64,
+    pub sales_order_id: u64,
+    pub shipment_id: u64,
+}
+
+/// Bytes of encoded [`Heads`].
+const HEADS_LEN: usize = 48;
+
+impl Heads {
+    fn encode(&self, buf: &mut Vec<u8>) {
+        for n in [
+            self.log_seq,
+            self.job_id,
+            self.order_id,
+            self.unit_serial,
+            self.sales_order_id,
+            self.shipment_id,
+        ] {
+            buf.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut n = b.get(..HEADS_LEN)?.chunks_exact(8).map(read_u64_bytes);
+        Some(Self {
+            log_seq: n.next()?,
+            job_id: n.next()?,
+            order_id: n.next()?,
+            unit_serial: n.next()?,
+            sales_order_id: n.next()?,
+            shipment_id: n.next()?,
+        })
+    }
+}
+
+fn read_u64_bytes(b: &[u8]) -> u64 {
+    read_u64(Some(b))
+}
+
+/// The marker of commit `n`.
+fn marker(n: u64, heads: &Heads) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(8 + HEADS_LEN);
+    buf.extend_from_slice(&n.to_be_bytes());
+    heads.encode(&mut buf);
+    buf
+}
+
+/// Writes the marker of commit `n` by itself: a schema-1 store's counters
+/// moving into it when the store first opens under this daemon.
+pub(super) fn mark(t: &Trees, n: u64, heads: &Heads) -> Result<(), StoreError> {
+    t.meta.insert(COMMITTED, marker(n, heads))?;
+    Ok(())
+}
 
 /// One write of a commit.
 #[derive(Debug)]
@@ -48,11 +122,11 @@ impl<'a> Writes<'a> {
     }
 
     /// Bytes as they are (counters, index entries).
-    pub fn raw(&mut self, tree: &'a sled::Tree, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+    pub fn raw(&mut self, tree: &'a sled::Tree, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
         self.ops.push(Op {
             tree,
             key: key.as_ref().to_vec(),
-            value: Some(value.as_ref().to_vec()),
+            value: Some(value.into()),
         });
     }
 
@@ -71,16 +145,18 @@ fn push(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-/// The journal entry of commit `n`: the commit number, then per write
-/// the tree's name, the key, and the value (or a removal), each length-
-/// prefixed.
-pub(super) fn encode(n: u64, ops: &[Op<'_>]) -> Vec<u8> {
+/// The journal entry of commit `n`: the commit number, [`WITH_HEADS`] and
+/// the counters after it, then per write the tree's name, the key, and the
+/// value (or a removal), each length-prefixed.
+pub(super) fn encode(n: u64, heads: &Heads, ops: &[Op<'_>]) -> Vec<u8> {
     let size: usize = ops
         .iter()
         .map(|o| 32 + o.key.len() + o.value.as_ref().map_or(0, Vec::len))
         .sum();
-    let mut buf = Vec::with_capacity(8 + size);
+    let mut buf = Vec::with_capacity(12 + HEADS_LEN + size);
     buf.extend_from_slice(&n.to_be_bytes());
+    buf.extend_from_slice(&WITH_HEADS);
+    heads.encode(&mut buf);
     for op in ops {
         push(&mut buf, &op.tree.name());
         push(&mut buf, &op.key);
@@ -95,12 +171,12 @@ pub(super) fn encode(n: u64, ops: &[Op<'_>]) -> Vec<u8> {
     buf
 }
 
-/// Journals commit `n`, applies its writes, marks it done.
-pub(super) fn write(t: &Trees, n: u64, ops: &[Op<'_>]) -> Result<(), StoreError> {
-    t.meta.insert(JOURNAL, encode(n, ops))?;
+/// Journals commit `n`, applies its writes, marks it done with the
+/// counters after it.
+pub(super) fn write(t: &Trees, n: u64, heads: &Heads, ops: &[Op<'_>]) -> Result<(), StoreError> {
+    t.meta.insert(JOURNAL, encode(n, heads, ops))?;
     apply(ops)?;
-    t.meta.insert(COMMITTED, &n.to_be_bytes())?;
-    Ok(())
+    mark(t, n, heads)
 }
 
 /// The writes themselves.
@@ -120,10 +196,11 @@ pub(super) fn apply(ops: &[Op<'_>]) -> Result<(), StoreError> {
 pub(super) fn cut_short(
     t: &Trees,
     n: u64,
+    heads: &Heads,
     ops: &[Op<'_>],
     applied: usize,
 ) -> Result<(), StoreError> {
-    t.meta.insert(JOURNAL, encode(n, ops))?;
+    t.meta.insert(JOURNAL, encode(n, heads, ops))?;
     apply(&ops[..applied.min(ops.len())])
 }
 
@@ -147,17 +224,31 @@ fn take<'b>(buf: &'b [u8], at: &mut usize) -> Result<&'b [u8], StoreError> {
 }
 
 /// Finishes a commit cut short by a crash; returns the number of the last
-/// commit, which the next one follows.
-pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<u64, StoreError> {
-    let done = read_u64(t.meta.get(COMMITTED)?);
+/// commit, which the next one follows, and the counters after it (`None`
+/// for a store whose counters are still in meta keys: schema 1).
+pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), StoreError> {
+    let marked = t.meta.get(COMMITTED)?;
+    let done = read_u64(marked.as_deref());
+    let done_heads = marked
+        .as_deref()
+        .and_then(|m| m.get(8..))
+        .and_then(Heads::decode);
     let Some(buf) = t.meta.get(JOURNAL)? else {
-        return Ok(done);
+        return Ok((done, done_heads));
     };
     let n = read_u64(buf.get(..8));
     if buf.len() < 8 || n <= done {
-        return Ok(done);
+        return Ok((done, done_heads));
     }
-    let mut at = 8;
+    let (heads, mut at) = if buf.get(8..12) == Some(&WITH_HEADS[..]) {
+        let heads = buf
+            .get(12..)
+            .and_then(Heads::decode)
+            .ok_or_else(unreadable)?;
+        (Some(heads), 12 + HEADS_LEN)
+    } else {
+        (None, 8)
+    };
     while at < buf.len() {
         let tree = db.open_tree(take(&buf, &mut at)?)?;
         let key = take(&buf, &mut at)?;
@@ -173,8 +264,13 @@ pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<u64, StoreError> {
             _ => return Err(unreadable()),
         }
     }
-    t.meta.insert(COMMITTED, &n.to_be_bytes())?;
+    match &heads {
+        Some(h) => mark(t, n, h)?,
+        None => {
+            t.meta.insert(COMMITTED, &n.to_be_bytes())?;
+        }
+    }
     db.flush()?;
     tracing::warn!(commit = n, "finished a commit cut short by a crash");
-    Ok(n)
+    Ok((n, heads))
 }

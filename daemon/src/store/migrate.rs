@@ -8,6 +8,8 @@
 //! Schema 1: every record versioned ([`super::codec`]), machine holds with
 //! a reason, the domain log in `log` with its own sequence, attempts and
 //! machine states in tables of their own.
+//! Schema 2: the store's counters in the commit marker instead of a meta
+//! key each (`journal`).
 
 use serde::Deserialize;
 use sled::transaction::ConflictableTransactionError;
@@ -51,6 +53,11 @@ pub(super) fn run(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
                 found,
                 supported: SCHEMA_VERSION,
             });
+        }
+        Some(found) if found < SCHEMA_VERSION => {
+            // 1 → 2 moves no records: the counters move into the commit
+            // marker when the store opens (`Store::open`).
+            t.meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
         }
         Some(_) => {}
         None => {

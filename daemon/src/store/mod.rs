@@ -146,13 +146,15 @@ fn state_key(machine: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// Meta key of the log's last sequence number.
+/// Meta keys of the counters in schema 1 (since schema 2 they are in the
+/// commit marker: [`journal`]), read once when such a store first opens.
+/// The log's last sequence number.
 const LOG_SEQ: &str = "log_seq";
-/// Meta key of the job id counter.
+/// The job id counter (schema 1).
 const JOB_ID: &str = "job_id";
-/// Meta key of the production order id counter.
+/// The production order id counter (schema 1).
 const ORDER_ID: &str = "order_id";
-/// Meta key of the unit serial counter.
+/// The unit serial counter (schema 1).
 const UNIT_SERIAL: &str = "unit_serial";
 /// Meta key of metering's running totals.
 const METERING_SUMMARY: &str = "metering_summary";
@@ -181,15 +183,17 @@ fn seal_key(machine: &str) -> Vec<u8> {
     k
 }
 
-/// Meta key of the sales order id counter.
+/// The sales order id counter (schema 1).
 const SALES_ORDER_ID: &str = "sales_order_id";
-/// Meta key of the shipment id counter.
+/// The shipment id counter (schema 1).
 const SHIPMENT_ID: &str = "shipment_id";
 /// Meta key of the schema version.
 const SCHEMA: &str = "schema";
 /// The schema this daemon writes: 1 = versioned records, domain log,
-/// attempts and machine states.
-pub const SCHEMA_VERSION: u64 = 1;
+/// attempts and machine states; 2 = the counters in the commit marker (a
+/// schema-1 daemon would read stale counters from the meta keys, so it must
+/// refuse such a store).
+pub const SCHEMA_VERSION: u64 = 2;
 
 fn read_u64(v: Option<impl AsRef<[u8]>>) -> u64 {
     v.map_or(0, |b| u64_key(b.as_ref()))
@@ -355,10 +359,9 @@ pub struct Store {
     t: Trees,
     blobs: PathBuf,
     commit: Arc<GroupCommit>,
-    /// Serialises commits: log order is commit order.
-    commit_lock: Arc<Mutex<()>>,
-    /// The last commit's number (the journal's).
-    commits: Arc<AtomicU64>,
+    /// Serialises commits (log order is commit order) and holds the last
+    /// commit's number and the counters after it.
+    commit_lock: Arc<Mutex<Committed>>,
     /// Decoded file records (content-addressed, so never changed once
     /// written): submissions and the scheduler look them up for every job,
     /// and decoding one with its pre-flight findings costs ~0.3 ms.
@@ -373,6 +376,13 @@ pub struct Store {
     /// three readers decoding every record cost a third of a submission's
     /// CPU (BENCHMARKS.md).
     recent: Arc<Mutex<VecDeque<LogRecord>>>,
+}
+
+/// The last commit and the counters it left, as its marker says.
+#[derive(Debug, Default)]
+struct Committed {
+    n: u64,
+    heads: journal::Heads,
 }
 
 /// Most log records kept decoded: a few seconds of submissions at full
@@ -450,17 +460,34 @@ impl Store {
             pending: db.open_tree("webhook_pending")?,
             shopify: db.open_tree("shopify_notifications")?,
         };
-        let commits = journal::recover(&db, &t)?;
+        let (commits, heads) = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
+        let heads = match heads {
+            Some(heads) => heads,
+            None => {
+                // Schema 1 kept the counters in meta keys: move them into
+                // the marker, where every commit from now on keeps them.
+                let heads = journal::Heads {
+                    log_seq: read_u64(t.meta.get(LOG_SEQ)?),
+                    job_id: read_u64(t.meta.get(JOB_ID)?),
+                    order_id: read_u64(t.meta.get(ORDER_ID)?),
+                    unit_serial: read_u64(t.meta.get(UNIT_SERIAL)?),
+                    sales_order_id: read_u64(t.meta.get(SALES_ORDER_ID)?),
+                    shipment_id: read_u64(t.meta.get(SHIPMENT_ID)?),
+                };
+                journal::mark(&t, commits, &heads)?;
+                db.flush()?;
+                heads
+            }
+        };
         unit_index::build(&db, &t)?;
-        let tip = read_u64(t.meta.get(LOG_SEQ)?);
+        let tip = heads.log_seq;
         Ok(Self {
             db,
             t,
             blobs,
             commit: Arc::default(),
-            commit_lock: Arc::default(),
-            commits: Arc::new(AtomicU64::new(commits)),
+            commit_lock: Arc::new(Mutex::new(Committed { n: commits, heads })),
             file_cache: Arc::default(),
             durable_tip: Arc::new(watch::Sender::new(tip)),
             written_tip: Arc::new(AtomicU64::new(tip)),
@@ -499,7 +526,15 @@ impl Store {
     /// The job id counter: the last id handed out (ids are handed out by
     /// the core and the counter written in the same commit as the jobs).
     pub fn job_id_counter(&self) -> Result<u64, StoreError> {
-        Ok(read_u64(self.t.meta.get(JOB_ID)?))
+        Ok(self.heads().job_id)
+    }
+
+    /// The counters as the last commit left them.
+    fn heads(&self) -> journal::Heads {
+        self.commit_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .heads
     }
 
     // ---- the one commit ----
@@ -522,17 +557,18 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let _serial = self
+        let mut last = self
             .commit_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let (w, records, seq) = self.plan(batch, now_ms)?;
-        let n = self.commits.load(Ordering::SeqCst) + 1;
-        journal::write(&self.t, n, &w.ops)?;
-        self.commits.store(n, Ordering::SeqCst);
-        self.written_tip.store(seq, Ordering::SeqCst);
+        let mut heads = last.heads;
+        let (w, records) = self.plan(batch, &mut heads, now_ms)?;
+        let n = last.n + 1;
+        journal::write(&self.t, n, &heads, &w.ops)?;
+        *last = Committed { n, heads };
+        self.written_tip.store(heads.log_seq, Ordering::SeqCst);
         self.remember(&records);
-        drop(_serial);
+        drop(last);
         let mut cache = self.file_cache();
         for id in &batch.removed_files {
             cache.remove(id);
@@ -541,13 +577,14 @@ impl Store {
         Ok(records)
     }
 
-    /// The writes a batch makes, the log records it appends and the log's
-    /// new tip. Called under the commit lock.
+    /// The writes a batch makes and the log records it appends; moves the
+    /// counters. Called under the commit lock.
     fn plan(
         &self,
         batch: &Batch,
+        heads: &mut journal::Heads,
         now_ms: u64,
-    ) -> Result<(journal::Writes<'_>, Vec<LogRecord>, u64), StoreError> {
+    ) -> Result<(journal::Writes<'_>, Vec<LogRecord>), StoreError> {
         let t = &self.t;
         let mut w = journal::Writes::default();
         for f in &batch.files {
@@ -566,13 +603,13 @@ impl Store {
             w.put(&t.machines, "machines", id.as_bytes(), m)?;
         }
         if let Some(n) = batch.job_id_counter {
-            w.raw(&t.meta, JOB_ID, n.to_be_bytes());
+            heads.job_id = n;
         }
         if let Some(n) = batch.order_id_counter {
-            w.raw(&t.meta, ORDER_ID, n.to_be_bytes());
+            heads.order_id = n;
         }
         if let Some(n) = batch.unit_counter {
-            w.raw(&t.meta, UNIT_SERIAL, n.to_be_bytes());
+            heads.unit_serial = n;
         }
         if let Some(summary) = &batch.metering_summary {
             w.put(&t.meta, "meta", METERING_SUMMARY, summary)?;
@@ -639,10 +676,10 @@ impl Store {
             w.put(&t.stock_skus, "stock_skus", sku.as_bytes(), r)?;
         }
         if let Some(n) = batch.sales_order_counter {
-            w.raw(&t.meta, SALES_ORDER_ID, n.to_be_bytes());
+            heads.sales_order_id = n;
         }
         if let Some(n) = batch.shipment_counter {
-            w.raw(&t.meta, SHIPMENT_ID, n.to_be_bytes());
+            heads.shipment_id = n;
         }
         for r in &batch.webhooks {
             w.put(&t.webhooks, "webhooks", r.id.as_bytes(), r)?;
@@ -665,7 +702,7 @@ impl Store {
         for n in &batch.shopify_notifications {
             w.put(&t.shopify, "shopify_notifications", n.id.to_be_bytes(), n)?;
         }
-        let mut seq = self.written_tip.load(Ordering::SeqCst);
+        let mut seq = heads.log_seq;
         let mut records = Vec::with_capacity(batch.events.len());
         for event in &batch.events {
             seq += 1;
@@ -698,10 +735,8 @@ impl Store {
             }
             records.push(rec);
         }
-        if !records.is_empty() {
-            w.raw(&t.meta, LOG_SEQ, seq.to_be_bytes());
-        }
-        Ok((w, records, seq))
+        heads.log_seq = seq;
+        Ok((w, records))
     }
 
     // ---- files ----
@@ -903,7 +938,7 @@ impl Store {
 
     /// The order id counter: the last id handed out.
     pub fn order_id_counter(&self) -> Result<u64, StoreError> {
-        Ok(read_u64(self.t.meta.get(ORDER_ID)?))
+        Ok(self.heads().order_id)
     }
 
     /// A unit by serial.
@@ -1071,7 +1106,7 @@ impl Store {
 
     /// The unit serial counter: the last serial number handed out.
     pub fn unit_counter(&self) -> Result<u64, StoreError> {
-        Ok(read_u64(self.t.meta.get(UNIT_SERIAL)?))
+        Ok(self.heads().unit_serial)
     }
 
     // ---- commerce: sales orders, finished goods, shipments ----
@@ -1103,10 +1138,8 @@ impl Store {
 
     /// The sales order and shipment id counters: the last ids handed out.
     pub fn commerce_counters(&self) -> Result<(u64, u64), StoreError> {
-        Ok((
-            read_u64(self.t.meta.get(SALES_ORDER_ID)?),
-            read_u64(self.t.meta.get(SHIPMENT_ID)?),
-        ))
+        let h = self.heads();
+        Ok((h.sales_order_id, h.shipment_id))
     }
 
     // ---- webhooks (commerce) ----
@@ -1493,6 +1526,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_written_with_counters_in_meta_keys_keeps_every_counter() {
+        let dir = temp_dir("v1");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-v1");
+        copy_dir(&fixture, &dir);
+        // What the schema-1 daemon left, read raw.
+        let (legacy, last_logged, max_job) = {
+            let db = sled::open(dir.join("db")).expect("raw open");
+            let meta = db.open_tree("meta").expect("meta");
+            let get = |k: &str| read_u64(meta.get(k).expect("get"));
+            assert_eq!(get(SCHEMA), 1, "the fixture is a schema-1 store");
+            let legacy = journal::Heads {
+                log_seq: get(LOG_SEQ),
+                job_id: get(JOB_ID),
+                order_id: get(ORDER_ID),
+                unit_serial: get(UNIT_SERIAL),
+                sales_order_id: get(SALES_ORDER_ID),
+                shipment_id: get(SHIPMENT_ID),
+            };
+            let last = |tree: &str| {
+                db.open_tree(tree)
+                    .expect("tree")
+                    .last()
+                    .expect("last")
+                    .map_or(0, |(k, _)| u64_key(&k))
+            };
+            (legacy, last("log"), last("jobs"))
+        };
+        for (what, n) in [
+            ("log", legacy.log_seq),
+            ("jobs", legacy.job_id),
+            ("production orders", legacy.order_id),
+            ("units", legacy.unit_serial),
+            ("sales orders", legacy.sales_order_id),
+        ] {
+            assert!(n > 0, "the fixture has no {what}");
+        }
+        assert_eq!(legacy.log_seq, last_logged);
+        assert_eq!(legacy.job_id, max_job);
+        let s = Store::open(&dir).expect("open a schema-1 store");
+        assert_eq!(s.heads(), legacy);
+        assert_eq!(s.job_id_counter().expect("jobs"), legacy.job_id);
+        assert_eq!(s.order_id_counter().expect("orders"), legacy.order_id);
+        assert_eq!(s.unit_counter().expect("units"), legacy.unit_serial);
+        assert_eq!(
+            s.commerce_counters().expect("commerce"),
+            (legacy.sales_order_id, legacy.shipment_id)
+        );
+        // The next commit follows on, and what it moves survives a reopen.
+        let next = legacy.job_id + 1;
+        let records = s
+            .commit(
+                &Batch {
+                    jobs: vec![job(next)],
+                    job_id_counter: Some(next),
+                    events: vec![DomainEvent::FileDeleted {
+                        file_id: "x".into(),
+                    }],
+                    ..Batch::default()
+                },
+                1,
+            )
+            .expect("commit");
+        assert_eq!(records[0].seq, legacy.log_seq + 1);
+        s.flush().await.expect("flush");
+        drop(s);
+        let again = Store::open(&dir).expect("reopen");
+        assert_eq!(again.job_id_counter().expect("jobs"), next);
+        assert_eq!(again.heads().log_seq, legacy.log_seq + 1);
+        assert_eq!(again.unit_counter().expect("units"), legacy.unit_serial);
+        drop(again);
+        let db = sled::open(dir.join("db")).expect("raw open");
+        let meta = db.open_tree("meta").expect("meta");
+        assert_eq!(read_u64(meta.get(SCHEMA).expect("get")), SCHEMA_VERSION);
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn a_store_of_a_newer_schema_or_with_a_newer_record_is_refused_with_a_clear_message() {
         let dir = temp_dir("newer");
         {
@@ -1667,12 +1778,18 @@ mod tests {
         let writes = {
             let dir = temp_dir("cut-count");
             let s = Store::open(&dir).expect("open");
-            let n = s.plan(&second_batch(), 2000).expect("plan").0.ops.len();
+            let mut heads = s.heads();
+            let n = s
+                .plan(&second_batch(), &mut heads, 2000)
+                .expect("plan")
+                .0
+                .ops
+                .len();
             drop(s);
             let _ = std::fs::remove_dir_all(&dir);
             n
         };
-        assert!(writes >= 6, "the batch touches several tables: {writes}");
+        assert!(writes >= 5, "the batch touches several tables: {writes}");
         for applied in 0..=writes {
             let dir = temp_dir(&format!("cut-{applied}"));
             {
@@ -1691,8 +1808,9 @@ mod tests {
                 let mut progressed = job(1);
                 progressed.progress.lines_done = 77;
                 s.put_job(&progressed).expect("put");
-                let (w, _, _) = s.plan(&second_batch(), 2000).expect("plan");
-                journal::cut_short(&s.t, 2, &w.ops, applied).expect("cut");
+                let mut heads = s.heads();
+                let (w, _) = s.plan(&second_batch(), &mut heads, 2000).expect("plan");
+                journal::cut_short(&s.t, 2, &heads, &w.ops, applied).expect("cut");
                 drop(w);
                 s.flush().await.expect("flush");
             }
