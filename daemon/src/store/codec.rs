@@ -40,7 +40,10 @@ pub fn layout(bytes: &[u8]) -> Layout {
 
 /// A record as stored.
 pub fn encode<T: Serialize>(table: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![VERSION];
+    // Most records are a few hundred bytes: start there rather than grow
+    // from one byte through every power of two.
+    let mut out = Vec::with_capacity(512);
+    out.push(VERSION);
     serde_json::to_writer(&mut out, v).map_err(|source| StoreError::Encode { table, source })?;
     Ok(out)
 }
