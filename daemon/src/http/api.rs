@@ -460,10 +460,24 @@ async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Respo
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match span {
+    let reads = req.method() == Method::GET || req.method() == Method::HEAD;
+    let res = match span {
         Some(span) => tracing::Instrument::instrument(next.run(req), span).await,
         None => next.run(req).await,
+    };
+    // Handlers read the state in memory, which a commit changes before its
+    // flush: a read answers only once what it could have shown is durable
+    // (writes answer after their own flush already).
+    if reads && let Err(e) = s.factory.store().settle().await {
+        tracing::error!(error = %e, "could not make the store durable before answering a read");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the store could not be written to disk ({e}); try again, and check the data directory's disk"),
+        )
+        .into_response();
     }
+    res
 }
 
 fn too_large(limit: u64) -> ApiError {
