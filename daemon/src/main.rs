@@ -33,7 +33,8 @@ struct Cli {
     /// removed when it ends).
     #[arg(long, requires = "demo")]
     data_dir: Option<PathBuf>,
-    /// Demo: publish the demo factory to this broker (mqtt://HOST:PORT) and
+    /// Demo: publish the demo factory to this broker (mqtt://HOST:PORT, or
+    /// mqtts://HOST:PORT for TLS with the system's roots) and
     /// add one read-only machine per MQTT adapter (see docs/mqtt.md).
     #[arg(long, requires = "demo", value_name = "URL")]
     mqtt: Option<String>,
