@@ -1267,3 +1267,47 @@ fn check_config_reads_the_tls_files_and_refuses_a_key_that_is_not_the_certificat
         "TLS carries credentials: {text}"
     );
 }
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_publishes_over_tls_to_a_broker_that_the_systems_roots_trust() {
+    let pki = Pki::new("tls-demo");
+    let broker = Broker::start_tls("tls-demo", &pki, false);
+    let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/demo/status"]).await;
+    let data = temp_dir("tls-demo-data");
+    let demo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_microfactoryd"))
+            .args(["--demo", "--listen", "127.0.0.1:0", "--mqtt"])
+            .arg(broker.tls_url())
+            .arg("--data-dir")
+            .arg(&data)
+            // OpenSSL's own variable for the system's roots, honoured as by
+            // any OpenSSL program: the throwaway CA stands in for them.
+            .env("SSL_CERT_FILE", pki.file("ca.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the demo starts"),
+    );
+    let status = peer
+        .until(|t, p| {
+            (t == "microfactory/demo/status")
+                .then(|| serde_json::from_slice::<SiteStatus>(p).ok())
+                .flatten()
+                .filter(|s| s.online)
+        })
+        .await;
+    // Three simulated machines and one per MQTT adapter.
+    assert_eq!(status.machines, Some(7), "{status:?}");
+    drop(demo);
+    let _ = std::fs::remove_dir_all(data);
+}
