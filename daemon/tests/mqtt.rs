@@ -324,10 +324,13 @@ async fn logged(d: &Running, machine: &str, state: MachineState, after: u64) -> 
 
 /// `GET /api/v1/health` over a plain socket: its JSON body.
 async fn http_health(d: &Running) -> serde_json::Value {
+    http_health_at(d.addr).await
+}
+
+/// `GET /api/v1/health` of the daemon at `addr`.
+async fn http_health_at(addr: std::net::SocketAddr) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(d.addr)
-        .await
-        .expect("connect");
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
     c.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
         .expect("request");
@@ -1310,4 +1313,62 @@ async fn the_demo_publishes_over_tls_to_a_broker_that_the_systems_roots_trust() 
     assert_eq!(status.machines, Some(7), "{status:?}");
     drop(demo);
     let _ = std::fs::remove_dir_all(data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_replaces_the_systems_roots_instead_of_adding_to_them() {
+    use std::io::BufRead as _;
+    let pki = Pki::new("tls-pinned");
+    let broker = Broker::start_tls("tls-pinned", &pki, false);
+    let dir = temp_dir("tls-pinned-daemon");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[mqtt]\nbroker = \"{}\"\nsite = \"t\"\n{}",
+            broker.tls_url(),
+            pki.keys("other-ca.pem", false)
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_microfactoryd"))
+        .arg("--config")
+        .arg(&config)
+        // The broker's CA among the system's roots: trusted by the demo
+        // above, but not here, where ca_file names another CA.
+        .env("SSL_CERT_FILE", pki.file("ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the daemon starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the daemon prints its address");
+    let _daemon = Killed(child);
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("an address in {line:?}"));
+    // Another process: its health is read over HTTP until it has failed.
+    let h = tokio::time::timeout(BOUND, async {
+        loop {
+            let h = http_health_at(addr).await;
+            if h["mqtt"]["failures"].as_u64() >= Some(1) {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a failed attempt in time");
+    assert_eq!(h["mqtt"]["connected"], false, "{h}");
+    assert!(
+        h["mqtt"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate verify failed")),
+        "{h}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

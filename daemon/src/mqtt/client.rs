@@ -1,6 +1,7 @@
 //! The MQTT client task: one connection to the broker (rumqttc, plain
-//! TCP or TLS through [`super::tls`]), kept up with our own backoff; a publisher that follows the domain
-//! log by cursor; and the ingest of machine reports into [`MqttLink`]s.
+//! TCP or TLS through [`super::tls`]), kept up with our own backoff; a
+//! publisher that follows the domain log by cursor; and the ingest of
+//! machine reports into [`MqttLink`]s.
 //!
 //! Delivery is at least once. The publisher sends a chunk of log records
 //! with QoS 1 and moves its cursor only when the broker has acknowledged
