@@ -320,6 +320,28 @@ pub struct MqttMachineConfig {
     pub class: Option<String>,
 }
 
+impl MqttConfig {
+    /// One line for `check-config`: the site, the broker, and over TLS
+    /// whom the daemon trusts and whether it shows a certificate.
+    pub fn describe(&self) -> String {
+        let mut line = format!("mqtt: site '{}' on {}", self.site, self.broker);
+        if matches!(parse_broker(&self.broker), Ok(b) if b.tls) {
+            let roots = self.ca_file.as_ref().map_or_else(
+                || "the system's roots".to_string(),
+                |f| f.display().to_string(),
+            );
+            line.push_str(&format!(" (TLS, trusting {roots}"));
+            if let Some(cert) = &self.client_cert_file {
+                line.push_str(&format!("; client certificate {}", cert.display()));
+            }
+            line.push(')');
+        } else {
+            line.push_str(" (plain TCP)");
+        }
+        line
+    }
+}
+
 impl MqttMachineConfig {
     /// The topic base an OctoPrint adapter listens under.
     pub fn octoprint_base(&self) -> &str {
@@ -1725,6 +1747,10 @@ adapter = "octoprint"
         assert_eq!(c.machines[1].config.port, PathBuf::from("mqtt:octoPrint"));
         let mqtt = c.config.mqtt.as_ref().expect("mqtt");
         assert_eq!(mqtt.keep_alive_secs, 30);
+        assert_eq!(
+            mqtt.describe(),
+            "mqtt: site 'shop' on mqtt://broker.lan:1884 (plain TCP)"
+        );
         let e = parse(
             r#"
 data_dir = "d"
@@ -1901,6 +1927,10 @@ client_key_file = "/nonexistent/mfd/client.key"
             "data_dir = \"d\"\n[mqtt]\nbroker = \"mqtts://b\"\nsite = \"s\"\nusername = \"u\"\n",
         )
         .expect("mqtts with the system's roots");
+        assert_eq!(
+            c.config.mqtt.as_ref().map(MqttConfig::describe).as_deref(),
+            Some("mqtt: site 's' on mqtts://b (TLS, trusting the system's roots)")
+        );
         assert!(
             !c.warnings.iter().any(|w| w.contains("in clear")),
             "{:?}",

@@ -219,6 +219,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     m.config.port.display()
                 );
             }
+            if let Some(mqtt) = &c.config.mqtt {
+                println!("  {}", mqtt.describe());
+            }
             for (sku, by_class) in &c.config.apc {
                 for (class, criteria) in by_class {
                     let n = criteria

@@ -1250,6 +1250,12 @@ fn check_config_reads_the_tls_files_and_refuses_a_key_that_is_not_the_certificat
     let pki = Pki::new("tls-check");
     let (code, text) = check_config("tls-check-good", &pki.keys("ca.pem", true));
     assert_eq!(code, Some(0), "{text}");
+    let said = format!(
+        "mqtt: site 't' on mqtts://127.0.0.1:8883 (TLS, trusting {}; client certificate {})",
+        pki.file("ca.pem").display(),
+        pki.file("client.pem").display()
+    );
+    assert!(text.contains(&said), "{said} in {text}");
     let swapped = format!(
         "ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n",
         pki.file("ca.pem"),
