@@ -233,23 +233,35 @@ pub struct ShopifyShop {
     pub secret: String,
 }
 
-/// `[mqtt]`: one broker, over plain TCP (TLS is not built in: see
-/// docs/mqtt.md), that the factory publishes to and MQTT machines report
-/// through.
+/// `[mqtt]`: one broker, over plain TCP (`mqtt://`) or TLS (`mqtts://`,
+/// through the system's OpenSSL: docs/mqtt.md), that the factory publishes
+/// to and MQTT machines report through.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// `mqtt://host:port` (port 1883 when absent).
+    /// `mqtt://host:port` (port 1883 when absent), or `mqtts://host:port`
+    /// for TLS (port 8883 when absent).
     pub broker: String,
     /// Site name: the `<site>` of every topic (`[a-z0-9_-]`, at most 32).
     pub site: String,
     /// Client id; `microfactoryd-<site>` when absent. Two daemons with one
     /// id take turns disconnecting each other.
     pub client_id: Option<String>,
-    /// Broker credentials (sent in clear: plain TCP).
+    /// Broker credentials (in clear over `mqtt://`, encrypted over
+    /// `mqtts://`).
     pub username: Option<String>,
     /// Password for `username`.
     pub password: Option<String>,
+    /// `mqtts://` only: the PEM certificates of the CA(s) that signed the
+    /// broker's certificate, trusted instead of the system's roots (a
+    /// workshop broker has a private CA). Relative to the configuration
+    /// file's folder.
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://` only: the client certificate (PEM) for a broker that
+    /// requires one (mutual TLS), with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// Its unencrypted PKCS#8 PEM key.
+    pub client_key_file: Option<PathBuf>,
     /// Seconds between keep-alive pings (5..=3600).
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
@@ -306,6 +318,28 @@ pub struct MqttMachineConfig {
     pub tags: Vec<String>,
     /// Machine class for metering and APC.
     pub class: Option<String>,
+}
+
+impl MqttConfig {
+    /// One line for `check-config`: the site, the broker, and over TLS
+    /// whom the daemon trusts and whether it shows a certificate.
+    pub fn describe(&self) -> String {
+        let mut line = format!("mqtt: site '{}' on {}", self.site, self.broker);
+        if matches!(parse_broker(&self.broker), Ok(b) if b.tls) {
+            let roots = self.ca_file.as_ref().map_or_else(
+                || "the system's roots".to_string(),
+                |f| f.display().to_string(),
+            );
+            line.push_str(&format!(" (TLS, trusting {roots}"));
+            if let Some(cert) = &self.client_cert_file {
+                line.push_str(&format!("; client certificate {}", cert.display()));
+            }
+            line.push(')');
+        } else {
+            line.push_str(" (plain TCP)");
+        }
+        line
+    }
 }
 
 impl MqttMachineConfig {
@@ -645,9 +679,23 @@ impl Config {
                 message: e.to_string(),
             })?,
         };
+        let base = path.parent().unwrap_or(Path::new("."));
         if config.data_dir.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             config.data_dir = base.join(&config.data_dir);
+        }
+        if let Some(mqtt) = config.mqtt.as_mut() {
+            for file in [
+                &mut mqtt.ca_file,
+                &mut mqtt.client_cert_file,
+                &mut mqtt.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+            }
         }
         let problems = match config.check() {
             Ok(checked) if unknown.is_empty() => return Ok(checked),
@@ -914,9 +962,14 @@ fn check_mqtt<'a>(
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) {
-    if let Err(e) = parse_broker(&mqtt.broker) {
-        problems.push(format!("mqtt.broker: {e}"));
-    }
+    let tls = match parse_broker(&mqtt.broker) {
+        Ok(b) => b.tls,
+        Err(e) => {
+            problems.push(format!("mqtt.broker: {e}"));
+            mqtt.broker.starts_with("mqtts://")
+        }
+    };
+    check_mqtt_tls(mqtt, tls, problems);
     if !valid_id(&mqtt.site) {
         problems.push("mqtt.site must be 1 to 32 characters of a-z, 0-9, '-' or '_'".into());
     }
@@ -928,7 +981,7 @@ fn check_mqtt<'a>(
     if mqtt.password.is_some() && mqtt.username.is_none() {
         problems.push("mqtt.password is set without mqtt.username".into());
     }
-    if mqtt.username.is_some() {
+    if mqtt.username.is_some() && !tls {
         warnings.push(
             "mqtt: credentials travel in clear over plain TCP; keep the broker on a trusted network"
                 .into(),
@@ -1067,16 +1120,59 @@ fn check_mqtt<'a>(
     }
 }
 
-/// `mqtt://host[:port]` → host and port; the only scheme, since TLS is
-/// not built in.
-pub fn parse_broker(url: &str) -> Result<(String, u16), String> {
-    let Some(rest) = url.strip_prefix("mqtt://") else {
+/// `[mqtt]`'s TLS files: only with `mqtts://`, and readable, parsed and
+/// fitting together (the same code that sets up the connection).
+fn check_mqtt_tls(mqtt: &MqttConfig, tls: bool, problems: &mut Vec<String>) {
+    let files = [
+        ("ca_file", &mqtt.ca_file),
+        ("client_cert_file", &mqtt.client_cert_file),
+        ("client_key_file", &mqtt.client_key_file),
+    ];
+    let mut any = false;
+    for (key, file) in files {
+        if let Some(f) = file {
+            any = true;
+            if !tls {
+                problems.push(format!(
+                    "mqtt.{key} = '{}' is for TLS, but mqtt.broker '{}' is plain TCP: use mqtts://",
+                    f.display(),
+                    mqtt.broker
+                ));
+            }
+        }
+    }
+    if (tls || any)
+        && let Err(e) = crate::mqtt::tls::connector(mqtt)
+    {
+        problems.push(e.to_string());
+    }
+}
+
+/// A broker URL, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or address (an IPv6 address without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `mqtts://`: TLS.
+    pub tls: bool,
+}
+
+/// `mqtt://host[:port]` (port 1883 when absent) or `mqtts://host[:port]`
+/// (TLS, port 8883 when absent).
+pub fn parse_broker(url: &str) -> Result<BrokerUrl, String> {
+    let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (r, false, 1883)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true, 8883)
+    } else {
         return Err(format!(
-            "'{url}' must start with mqtt:// (plain TCP; TLS is not built in, see docs/mqtt.md)"
+            "'{url}' must start with mqtt:// (plain TCP) or mqtts:// (TLS)"
         ));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let bad = || format!("'{url}': expected mqtt://host:port");
+    let bad = || format!("'{url}': expected mqtt://host:port or mqtts://host:port");
     let (host, port) = match rest.strip_prefix('[') {
         // [v6 address]:port
         Some(v6) => {
@@ -1089,7 +1185,7 @@ pub fn parse_broker(url: &str) -> Result<(String, u16), String> {
         },
     };
     let port = match port {
-        None => 1883,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p > 0 => p,
             _ => {
@@ -1102,7 +1198,11 @@ pub fn parse_broker(url: &str) -> Result<(String, u16), String> {
     if host.is_empty() || host.contains(['/', '@', '?', '#', ' ', ':']) && !rest.starts_with('[') {
         return Err(bad());
     }
-    Ok((host.to_string(), port))
+    Ok(BrokerUrl {
+        host: host.to_string(),
+        port,
+        tls,
+    })
 }
 
 /// The `[apc]` tables: SKUs and classes well-formed, every table with at
@@ -1647,6 +1747,10 @@ adapter = "octoprint"
         assert_eq!(c.machines[1].config.port, PathBuf::from("mqtt:octoPrint"));
         let mqtt = c.config.mqtt.as_ref().expect("mqtt");
         assert_eq!(mqtt.keep_alive_secs, 30);
+        assert_eq!(
+            mqtt.describe(),
+            "mqtt: site 'shop' on mqtt://broker.lan:1884 (plain TCP)"
+        );
         let e = parse(
             r#"
 data_dir = "d"
@@ -1655,7 +1759,7 @@ id = "m"
 profile = "grbl-3018"
 port = "/dev/serial/by-id/m"
 [mqtt]
-broker = "mqtts://broker:8883"
+broker = "ssl://broker:8883"
 site = "Big Shop"
 password = "x"
 keep_alive_secs = 1
@@ -1674,8 +1778,7 @@ base = "x"
         .expect_err("invalid");
         let all = e.join("\n");
         for needle in [
-            "must start with mqtt://",
-            "TLS is not built in",
+            "'ssl://broker:8883' must start with mqtt:// (plain TCP) or mqtts:// (TLS)",
             "mqtt.site must be",
             "password is set without mqtt.username",
             "keep_alive_secs = 1",
@@ -1789,16 +1892,96 @@ base = "octoPrint/shelf2"
     }
 
     #[test]
+    fn tls_files_belong_to_an_mqtts_broker_and_are_read_when_checked() {
+        let e = parse(
+            r#"
+data_dir = "d"
+[mqtt]
+broker = "mqtt://b"
+site = "s"
+username = "u"
+ca_file = "/nonexistent/mfd/ca.pem"
+"#,
+        )
+        .expect_err("TLS files on plain TCP");
+        let all = e.join("\n");
+        for needle in [
+            "mqtt.ca_file = '/nonexistent/mfd/ca.pem' is for TLS, but mqtt.broker 'mqtt://b' is plain TCP: use mqtts://",
+            "mqtt.ca_file '/nonexistent/mfd/ca.pem': cannot read it",
+        ] {
+            assert!(all.contains(needle), "missing {needle}: {all}");
+        }
+        let e = parse(
+            r#"
+data_dir = "d"
+[mqtt]
+broker = "mqtts://b"
+site = "s"
+client_key_file = "/nonexistent/mfd/client.key"
+"#,
+        )
+        .expect_err("half an identity");
+        assert!(e.iter().any(|p| p.contains("go together")), "{e:?}");
+        // With the system's roots, and credentials that TLS protects.
+        let c = parse(
+            "data_dir = \"d\"\n[mqtt]\nbroker = \"mqtts://b\"\nsite = \"s\"\nusername = \"u\"\n",
+        )
+        .expect("mqtts with the system's roots");
+        assert_eq!(
+            c.config.mqtt.as_ref().map(MqttConfig::describe).as_deref(),
+            Some("mqtt: site 's' on mqtts://b (TLS, trusting the system's roots)")
+        );
+        assert!(
+            !c.warnings.iter().any(|w| w.contains("in clear")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn relative_tls_files_are_found_beside_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("mfd-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"d\"\n[mqtt]\nbroker = \"mqtts://b\"\nsite = \"s\"\nca_file = \"certs/ca.pem\"\n",
+        )
+        .expect("write");
+        let e = Config::load(&path).expect_err("no such file");
+        let want = format!(
+            "mqtt.ca_file '{}': cannot read it",
+            dir.join("certs/ca.pem").display()
+        );
+        assert!(e.to_string().contains(&want), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn broker_urls_name_a_host_and_a_port() {
-        assert_eq!(parse_broker("mqtt://h"), Ok(("h".into(), 1883)));
+        let url = |host: &str, port, tls| {
+            Ok(BrokerUrl {
+                host: host.into(),
+                port,
+                tls,
+            })
+        };
+        assert_eq!(parse_broker("mqtt://h"), url("h", 1883, false));
         assert_eq!(
             parse_broker("mqtt://10.0.0.2:1884/"),
-            Ok(("10.0.0.2".into(), 1884))
+            url("10.0.0.2", 1884, false)
         );
-        assert_eq!(parse_broker("mqtt://[::1]:1885"), Ok(("::1".into(), 1885)));
+        assert_eq!(parse_broker("mqtt://[::1]:1885"), url("::1", 1885, false));
+        assert_eq!(parse_broker("mqtts://h"), url("h", 8883, true));
+        assert_eq!(
+            parse_broker("mqtts://broker.lan:8884"),
+            url("broker.lan", 8884, true)
+        );
         for bad in [
             "tcp://h",
             "mqtt://",
+            "mqtts://",
+            "mqtts://h:0",
             "mqtt://h:0",
             "mqtt://h:x",
             "mqtt://u@h",

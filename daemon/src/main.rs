@@ -33,7 +33,8 @@ struct Cli {
     /// removed when it ends).
     #[arg(long, requires = "demo")]
     data_dir: Option<PathBuf>,
-    /// Demo: publish the demo factory to this broker (mqtt://HOST:PORT) and
+    /// Demo: publish the demo factory to this broker (mqtt://HOST:PORT, or
+    /// mqtts://HOST:PORT for TLS with the system's roots) and
     /// add one read-only machine per MQTT adapter (see docs/mqtt.md).
     #[arg(long, requires = "demo", value_name = "URL")]
     mqtt: Option<String>,
@@ -217,6 +218,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     m.class(),
                     m.config.port.display()
                 );
+            }
+            if let Some(mqtt) = &c.config.mqtt {
+                println!("  {}", mqtt.describe());
             }
             for (sku, by_class) in &c.config.apc {
                 for (class, criteria) in by_class {

@@ -135,6 +135,10 @@ fn only_the_mqtt_client_knows_rumqttc_and_the_mqtt_schema_and_adapters_are_pure(
         offenders(&files, "rumqttc", &["daemon/src/mqtt/client.rs"]),
         Vec::<String>::new()
     );
+    assert_eq!(
+        offenders(&files, "native_tls", &["daemon/src/mqtt/tls.rs"]),
+        Vec::<String>::new()
+    );
     let pure: Vec<(String, String)> = files
         .into_iter()
         .filter(|(p, _)| {

@@ -1,7 +1,9 @@
 //! The MQTT link against a real broker: Debian's `mosquitto`, started by
 //! each test on a free port in a temporary folder and killed on drop. The
 //! daemon runs in-process (`cli::serve::start`) with machines that report
-//! over MQTT; a second client plays the machines and the consumers.
+//! over MQTT; a second client plays the machines and the consumers. The
+//! TLS tests give the broker a second listener with a throwaway CA and
+//! certificates made by the `openssl` command (.ci/run installs it).
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -38,24 +40,53 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// One mosquitto process; restartable on the same port.
 struct Broker {
     port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// A second listener that speaks TLS: its port and its configuration
+    /// lines.
+    tls: Option<(u16, String)>,
     child: Option<Child>,
 }
 
 impl Broker {
     fn start(name: &str, persistent: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let mut b = Self {
-            port,
+            port: free_port(),
             dir: temp_dir(name),
             persistent,
+            tls: None,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// A broker with a plain listener (for test peers) and a TLS one
+    /// with `pki`'s server certificate; with `require_certificate`, TLS
+    /// clients must show a certificate of `pki`'s CA.
+    fn start_tls(name: &str, pki: &Pki, require_certificate: bool) -> Self {
+        let port = free_port();
+        let lines = format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\n",
+            pki.file("ca.pem").display(),
+            pki.file("server.pem").display(),
+            pki.file("server.key").display(),
+        );
+        let mut b = Self {
+            port: free_port(),
+            dir: temp_dir(name),
+            persistent: false,
+            tls: Some((port, lines)),
             child: None,
         };
         b.spawn();
@@ -71,6 +102,9 @@ impl Broker {
                 self.dir.display()
             ));
         }
+        if let Some((_, lines)) = &self.tls {
+            text.push_str(lines);
+        }
         std::fs::write(&conf, text).expect("config");
         let child = Command::new(mosquitto())
             .arg("-c")
@@ -82,12 +116,14 @@ impl Broker {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + BOUND;
         // A process gives no event when its socket listens: try to connect.
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for port in std::iter::once(self.port).chain(self.tls.as_ref().map(|t| t.0)) {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "mosquitto did not listen on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
@@ -108,6 +144,11 @@ impl Broker {
 
     fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn tls_url(&self) -> String {
+        let (port, _) = self.tls.as_ref().expect("a TLS listener");
+        format!("mqtts://127.0.0.1:{port}")
     }
 }
 
@@ -201,6 +242,12 @@ async fn daemon(name: &str, broker: &Broker) -> (Running, PathBuf) {
 
 /// The test daemon with `extra` configuration at the end.
 async fn daemon_with(name: &str, broker: &Broker, extra: &str) -> (Running, PathBuf) {
+    daemon_at(name, &broker.url(), "", extra).await
+}
+
+/// The test daemon connecting to `url`, with `mqtt_keys` in its `[mqtt]`
+/// table and `extra` configuration at the end.
+async fn daemon_at(name: &str, url: &str, mqtt_keys: &str, extra: &str) -> (Running, PathBuf) {
     let dir = temp_dir(&format!("{name}-daemon"));
     let path = dir.join("config.toml");
     std::fs::write(
@@ -209,11 +256,12 @@ async fn daemon_with(name: &str, broker: &Broker, extra: &str) -> (Running, Path
             r#"listen = "127.0.0.1:0"
 data_dir = "data"
 [mqtt]
-broker = "{}"
+broker = "{url}"
 site = "t"
 keep_alive_secs = 5
 max_payload_bytes = 1024
 progress_interval_ms = 300
+{mqtt_keys}
 [apc."hook-1".fdm]
 mttr_hours_max = 1.0
 [[mqtt.machine]]
@@ -236,9 +284,7 @@ id = "bambu"
 profile = "prusa-mk3s"
 adapter = "bambu"
 serial = "01S00A123456789"
-{}"#,
-            broker.url(),
-            extra
+{extra}"#
         ),
     )
     .expect("config");
@@ -278,10 +324,13 @@ async fn logged(d: &Running, machine: &str, state: MachineState, after: u64) -> 
 
 /// `GET /api/v1/health` over a plain socket: its JSON body.
 async fn http_health(d: &Running) -> serde_json::Value {
+    http_health_at(d.addr).await
+}
+
+/// `GET /api/v1/health` of the daemon at `addr`.
+async fn http_health_at(addr: std::net::SocketAddr) -> serde_json::Value {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(d.addr)
-        .await
-        .expect("connect");
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
     c.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await
         .expect("request");
@@ -974,5 +1023,358 @@ async fn a_print_of_a_products_file_finished_on_an_octoprint_printer_makes_the_o
         .count();
     assert_eq!(adopted, 1);
     d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ------------------------------------------------------------------ TLS
+
+/// A throwaway PKI for one test, made by the `openssl` command: a CA
+/// (`ca.pem`) that signed the broker's certificate (`server.pem`, for
+/// 127.0.0.1 and localhost) and a client certificate (`client.pem`), and
+/// a second CA (`other-ca.pem`) that signed nothing of the broker's. Keys
+/// are PKCS#8 PEM (`openssl req` writes that form).
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = temp_dir(&format!("{name}-pki"));
+        let pki = Self { dir };
+        const EC: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        for ca in ["ca", "other-ca"] {
+            pki.openssl(&format!(
+                "req -x509 {EC} -days 2 -subj /CN=mfd-test-{ca} -keyout {ca}.key -out {ca}.pem"
+            ));
+        }
+        for (leaf, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            std::fs::write(
+                pki.file(&format!("{leaf}.ext")),
+                format!(
+                    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n\
+                     extendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                ),
+            )
+            .expect("extensions");
+            pki.openssl(&format!(
+                "req -new {EC} -subj /CN=mfd-test-{leaf} -keyout {leaf}.key -out {leaf}.csr"
+            ));
+            pki.openssl(&format!(
+                "x509 -req -days 2 -in {leaf}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                 -extfile {leaf}.ext -out {leaf}.pem"
+            ));
+        }
+        // mosquitto started as root reads its key as the mosquitto user
+        // (it drops privileges first); openssl wrote it for root alone.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            pki.file("server.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        pki
+    }
+
+    /// Runs `openssl` with `args` (split at spaces) in the PKI's folder.
+    fn openssl(&self, args: &str) {
+        let out = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(&self.dir)
+            .output()
+            .expect("the openssl command is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `[mqtt]` lines naming these files.
+    fn keys(&self, ca: &str, client: bool) -> String {
+        let mut k = format!("ca_file = {:?}\n", self.file(ca));
+        if client {
+            k.push_str(&format!(
+                "client_cert_file = {:?}\nclient_key_file = {:?}\n",
+                self.file("client.pem"),
+                self.file("client.key")
+            ));
+        }
+        k
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn site_online(topic: &str, p: &[u8]) -> Option<SiteStatus> {
+    (topic == "microfactory/t/status")
+        .then(|| serde_json::from_slice::<SiteStatus>(p).ok())
+        .flatten()
+        .filter(|s| s.online)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_daemon_connects_and_a_subscriber_sees_its_retained_online_status() {
+    let pki = Pki::new("tls-ok");
+    let broker = Broker::start_tls("tls-ok", &pki, false);
+    let (d, dir) = daemon_at("tls-ok", &broker.tls_url(), &pki.keys("ca.pem", false), "").await;
+    let h = health_until(&d, |h| h.connected).await;
+    assert_eq!(h.broker, broker.tls_url());
+    // A peer on the broker's plain listener: the status the daemon sent
+    // through the TLS listener is retained for it.
+    let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/t/status"]).await;
+    let status = peer.until(site_online).await;
+    assert_eq!(status.machines, Some(4));
+    let h = http_health(&d).await;
+    assert_eq!(h["mqtt"]["connected"], true, "{h}");
+    assert_eq!(h["mqtt"]["broker"], broker.tls_url(), "{h}");
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_of_another_ca_is_refused_with_the_reason_in_health_and_backoff() {
+    let pki = Pki::new("tls-wrong-ca");
+    let broker = Broker::start_tls("tls-wrong-ca", &pki, false);
+    let (d, dir) = daemon_at(
+        "tls-wrong-ca",
+        &broker.tls_url(),
+        &pki.keys("other-ca.pem", false),
+        "",
+    )
+    .await;
+    let h = health_until(&d, |h| h.failures >= 2).await;
+    assert!(!h.connected, "{h:?}");
+    let error = h.last_error.clone().unwrap_or_default();
+    assert!(error.contains("certificate verify failed"), "{error}");
+    // Still waiting between attempts: the second wait is at least 500 ms.
+    assert!(h.retry_in_ms.is_some_and(|r| r >= 500), "{h:?}");
+    // The daemon serves on, and says why over HTTP too.
+    let json = http_health(&d).await;
+    assert_eq!(json["mqtt"]["connected"], false, "{json}");
+    assert!(
+        json["mqtt"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate verify failed")),
+        "{json}"
+    );
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_requires_a_client_certificate_takes_ours_and_refuses_a_daemon_without() {
+    let pki = Pki::new("tls-mutual");
+    let broker = Broker::start_tls("tls-mutual", &pki, true);
+    let (with, with_dir) = daemon_at(
+        "tls-mutual-with",
+        &broker.tls_url(),
+        &pki.keys("ca.pem", true),
+        "",
+    )
+    .await;
+    health_until(&with, |h| h.connected).await;
+    let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/t/status"]).await;
+    peer.until(site_online).await;
+    with.stop().await;
+    let (without, without_dir) = daemon_at(
+        "tls-mutual-without",
+        &broker.tls_url(),
+        &pki.keys("ca.pem", false),
+        "",
+    )
+    .await;
+    let h = health_until(&without, |h| h.failures >= 1).await;
+    assert!(!h.connected, "{h:?}");
+    // The broker resets the connection after the handshake (TLS 1.3):
+    // health says what that most likely means.
+    let error = h.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("set mqtt.client_cert_file and mqtt.client_key_file"),
+        "{error}"
+    );
+    assert!(h.since_ms.is_none(), "{h:?}");
+    without.stop().await;
+    let _ = std::fs::remove_dir_all(with_dir);
+    let _ = std::fs::remove_dir_all(without_dir);
+}
+
+/// `microfactoryd check-config` on `[mqtt]` with `mqtt_keys`: exit code
+/// and what it printed.
+fn check_config(name: &str, mqtt_keys: &str) -> (Option<i32>, String) {
+    let dir = temp_dir(name);
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"data\"\n[mqtt]\nbroker = \"mqtts://127.0.0.1:8883\"\nsite = \"t\"\n{mqtt_keys}"
+        ),
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_microfactoryd"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code(),
+        text.replace(&dir.display().to_string(), "<dir>"),
+    )
+}
+
+#[test]
+fn check_config_names_a_missing_ca_file_by_its_key_and_path() {
+    let (code, text) = check_config("tls-check-missing", "ca_file = \"certs/ca.pem\"\n");
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("mqtt.ca_file '<dir>/certs/ca.pem': cannot read it: No such file"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_config_reads_the_tls_files_and_refuses_a_key_that_is_not_the_certificates() {
+    let pki = Pki::new("tls-check");
+    let (code, text) = check_config("tls-check-good", &pki.keys("ca.pem", true));
+    assert_eq!(code, Some(0), "{text}");
+    let said = format!(
+        "mqtt: site 't' on mqtts://127.0.0.1:8883 (TLS, trusting {}; client certificate {})",
+        pki.file("ca.pem").display(),
+        pki.file("client.pem").display()
+    );
+    assert!(text.contains(&said), "{said} in {text}");
+    let swapped = format!(
+        "ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}\n",
+        pki.file("ca.pem"),
+        pki.file("client.pem"),
+        pki.file("server.key")
+    );
+    let (code, text) = check_config("tls-check-swapped", &swapped);
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("is the key the certificate's?"), "{text}");
+    let credentials = format!(
+        "username = \"u\"\npassword = \"p\"\n{}",
+        pki.keys("ca.pem", false)
+    );
+    let (code, text) = check_config("tls-check-credentials", &credentials);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        !text.contains("in clear"),
+        "TLS carries credentials: {text}"
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_publishes_over_tls_to_a_broker_that_the_systems_roots_trust() {
+    let pki = Pki::new("tls-demo");
+    let broker = Broker::start_tls("tls-demo", &pki, false);
+    let mut peer = Peer::connect(&broker, "peer", false, &["microfactory/demo/status"]).await;
+    let data = temp_dir("tls-demo-data");
+    let demo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_microfactoryd"))
+            .args(["--demo", "--listen", "127.0.0.1:0", "--mqtt"])
+            .arg(broker.tls_url())
+            .arg("--data-dir")
+            .arg(&data)
+            // OpenSSL's own variable for the system's roots, honoured as by
+            // any OpenSSL program: the throwaway CA stands in for them.
+            .env("SSL_CERT_FILE", pki.file("ca.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the demo starts"),
+    );
+    let status = peer
+        .until(|t, p| {
+            (t == "microfactory/demo/status")
+                .then(|| serde_json::from_slice::<SiteStatus>(p).ok())
+                .flatten()
+                .filter(|s| s.online)
+        })
+        .await;
+    // Three simulated machines and one per MQTT adapter.
+    assert_eq!(status.machines, Some(7), "{status:?}");
+    drop(demo);
+    let _ = std::fs::remove_dir_all(data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_replaces_the_systems_roots_instead_of_adding_to_them() {
+    use std::io::BufRead as _;
+    let pki = Pki::new("tls-pinned");
+    let broker = Broker::start_tls("tls-pinned", &pki, false);
+    let dir = temp_dir("tls-pinned-daemon");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[mqtt]\nbroker = \"{}\"\nsite = \"t\"\n{}",
+            broker.tls_url(),
+            pki.keys("other-ca.pem", false)
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_microfactoryd"))
+        .arg("--config")
+        .arg(&config)
+        // The broker's CA among the system's roots: trusted by the demo
+        // above, but not here, where ca_file names another CA.
+        .env("SSL_CERT_FILE", pki.file("ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the daemon starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the daemon prints its address");
+    let _daemon = Killed(child);
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("an address in {line:?}"));
+    // Another process: its health is read over HTTP until it has failed.
+    let h = tokio::time::timeout(BOUND, async {
+        loop {
+            let h = http_health_at(addr).await;
+            if h["mqtt"]["failures"].as_u64() >= Some(1) {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a failed attempt in time");
+    assert_eq!(h["mqtt"]["connected"], false, "{h}");
+    assert!(
+        h["mqtt"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("certificate verify failed")),
+        "{h}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

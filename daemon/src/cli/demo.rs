@@ -62,6 +62,10 @@ fn demo_mqtt(broker: String) -> MqttConfig {
         client_id: None,
         username: None,
         password: None,
+        // mqtts:// uses the system's roots.
+        ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
         keep_alive_secs: 30,
         max_payload_bytes: 64 * 1024,
         progress_interval_ms: 2000,

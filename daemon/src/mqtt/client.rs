@@ -1,6 +1,7 @@
 //! The MQTT client task: one connection to the broker (rumqttc, plain
-//! TCP), kept up with our own backoff; a publisher that follows the domain
-//! log by cursor; and the ingest of machine reports into [`MqttLink`]s.
+//! TCP or TLS through [`super::tls`]), kept up with our own backoff; a
+//! publisher that follows the domain log by cursor; and the ingest of
+//! machine reports into [`MqttLink`]s.
 //!
 //! Delivery is at least once. The publisher sends a chunk of log records
 //! with QoS 1 and moves its cursor only when the broker has acknowledged
@@ -19,7 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +71,7 @@ const GOODBYE: Duration = Duration::from_secs(2);
 /// The broker link as `GET /api/v1/health` shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MqttHealth {
-    /// `mqtt://host:port`.
+    /// The broker's URL, `mqtt://host:port` or `mqtts://host:port` (TLS).
     pub broker: String,
     /// Connected now (a ConnAck was received and nothing failed since).
     pub connected: bool,
@@ -75,7 +79,8 @@ pub struct MqttHealth {
     pub since_ms: Option<u64>,
     /// Connection attempts that failed or connections lost, in total.
     pub failures: u64,
-    /// The last connection error.
+    /// The last connection error (a refused TLS handshake says why, e.g.
+    /// `certificate verify failed`).
     pub last_error: Option<String>,
     /// The wait before the next attempt, while disconnected, ms.
     pub retry_in_ms: Option<u64>,
@@ -178,6 +183,9 @@ pub enum MqttError {
     /// The broker URL (already checked by the configuration).
     #[error("mqtt.broker: {0}")]
     Broker(String),
+    /// The TLS files (already checked by the configuration).
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
     /// The payload of the last will.
     #[error("cannot encode the last will: {0}")]
     Encode(#[from] serde_json::Error),
@@ -188,6 +196,9 @@ pub enum MqttError {
 
 struct Inner {
     options: MqttOptions,
+    /// Over TLS, what a connection closed before its ConnAck most likely
+    /// means (see [`explain`]).
+    tls_hint: Option<&'static str>,
     topics: Topics,
     store: Store,
     machines: Vec<String>,
@@ -246,14 +257,26 @@ impl Mqtt {
         links: Vec<(Arc<MqttLink>, Adapter)>,
         feeds: Feeds,
     ) -> Result<Self, MqttError> {
-        let (host, port) = parse_broker(&config.broker).map_err(MqttError::Broker)?;
+        let url = parse_broker(&config.broker).map_err(MqttError::Broker)?;
         let published_seq = store.cursor(CURSOR)?;
         let topics = Topics::new(&config.site);
         let client_id = config
             .client_id
             .clone()
             .unwrap_or_else(|| format!("microfactoryd-{}", config.site));
-        let mut opts = MqttOptions::new(client_id, host, port);
+        let mut opts = MqttOptions::new(client_id, url.host, url.port);
+        let tls_hint = url.tls.then_some(if config.client_cert_file.is_some() {
+            "the broker closed the TLS connection before its ConnAck: does it trust the CA of mqtt.client_cert_file?"
+        } else {
+            "the broker closed the TLS connection before its ConnAck: if it requires client certificates, set mqtt.client_cert_file and mqtt.client_key_file"
+        });
+        if url.tls {
+            // Built once: every reconnect shares the same roots and identity.
+            let connector = super::tls::connector(config)?;
+            opts.set_transport(Transport::tls_with_config(
+                TlsConfiguration::NativeConnector(connector),
+            ));
+        }
         opts.set_keep_alive(Duration::from_secs(config.keep_alive_secs))
             .set_clean_session(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
@@ -283,6 +306,7 @@ impl Mqtt {
             .collect();
         let inner = Arc::new(Inner {
             options: opts,
+            tls_hint,
             topics,
             store,
             machines,
@@ -383,10 +407,11 @@ impl Inner {
                     }
                     let wait = backoff.delay(attempt, jitter());
                     attempt = attempt.saturating_add(1);
+                    let e = explain(&e, acked, self.tls_hint);
                     warn!(error = %e, retry_in = ?wait, "MQTT broker connection failed");
                     self.health.send_modify(|h| {
                         h.failures += 1;
-                        h.last_error = Some(e.to_string());
+                        h.last_error = Some(e);
                         h.retry_in_ms = Some(wait.as_millis() as u64);
                     });
                     tokio::select! {
@@ -825,6 +850,19 @@ enum Ended {
     Reconnect,
 }
 
+/// A connection error as health shows it. A TLS broker that refuses the
+/// client's certificate (or its absence) does so after the handshake, in
+/// TLS 1.3: the client sees only its connection reset while waiting for
+/// the ConnAck, which says nothing; `hint` says what it most likely means.
+/// A reset after a ConnAck, or an error of the TCP connect or of the
+/// handshake itself, speaks for itself.
+fn explain(e: &rumqttc::ConnectionError, acked: bool, hint: Option<&str>) -> String {
+    match (e, hint) {
+        (rumqttc::ConnectionError::MqttState(_), Some(hint)) if !acked => format!("{e} ({hint})"),
+        _ => e.to_string(),
+    }
+}
+
 /// What one connection has published beyond the log's messages.
 struct Published {
     /// Each machine's last state message, to which readings are added.
@@ -871,6 +909,23 @@ impl Published {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_connection_closed_before_its_connack_gets_the_hint_and_nothing_else_does() {
+        let reset = || {
+            rumqttc::ConnectionError::MqttState(rumqttc::StateError::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionReset,
+            )))
+        };
+        let hint = Some("set mqtt.client_cert_file");
+        assert!(explain(&reset(), false, hint).ends_with("(set mqtt.client_cert_file)"));
+        // After a ConnAck, or over plain TCP, or when the TCP connect
+        // itself failed: the error alone.
+        assert_eq!(explain(&reset(), true, hint), reset().to_string());
+        assert_eq!(explain(&reset(), false, None), reset().to_string());
+        let refused = rumqttc::ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(explain(&refused, false, hint), refused.to_string());
+    }
 
     #[test]
     fn the_link_goes_into_the_metrics_exposition_before_its_end() {

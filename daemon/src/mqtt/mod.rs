@@ -7,13 +7,15 @@
 //! a serial driver would publish) and [`backoff`] (the wait between
 //! reconnects). The shell is [`client`] (the one broker connection, the
 //! publisher that reads the log by cursor, the ingest) and [`link`] (an
-//! MQTT machine as a `factory::link::MachineLink`). docs/mqtt.md documents
-//! the topics and payloads.
+//! MQTT machine as a `factory::link::MachineLink`), with [`tls`] (the
+//! `mqtts://` connector from `[mqtt]`'s files, through the system's
+//! OpenSSL). docs/mqtt.md documents the topics and payloads.
 
 pub mod adapters;
 pub mod backoff;
 pub mod client;
 pub mod link;
 pub mod schema;
+pub mod tls;
 
 pub use client::{Mqtt, MqttError, MqttHealth};

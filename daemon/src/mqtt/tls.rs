@@ -1,0 +1,299 @@
+//! TLS to the broker (`mqtts://`), through the system's OpenSSL by way of
+//! `native-tls`: Debian patches libssl3 for the whole system, and rumqttc's
+//! rustls feature brings crates with open advisories (docs/mqtt.md weighs
+//! the two).
+//!
+//! The files of `[mqtt]` are read and parsed here, once for
+//! `check-config` and once at start, so that both say the same thing: the
+//! configuration key and the path of a file that is missing or wrong, and
+//! what to do about it.
+
+use std::path::{Path, PathBuf};
+
+use native_tls::{Certificate, Identity, Protocol, TlsConnector};
+
+use crate::config::MqttConfig;
+
+/// Why TLS could not be set up from `[mqtt]`'s files.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("mqtt.{key} '{}': cannot read it: {source}", path.display())]
+    Read {
+        /// The configuration key that names it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A file was read but does not hold what its key asks for.
+    #[error("mqtt.{key} '{}': {reason}", path.display())]
+    Invalid {
+        /// The configuration key that names it.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+    /// Only one half of the client identity is configured.
+    #[error(
+        "mqtt.client_cert_file and mqtt.client_key_file go together: set both for mutual TLS, or neither"
+    )]
+    HalfIdentity,
+    /// OpenSSL refused the combination (most often: the key is not the
+    /// certificate's).
+    #[error("cannot set up TLS{with}: {source}")]
+    Build {
+        /// The files involved, if any.
+        with: String,
+        /// What OpenSSL said.
+        source: native_tls::Error,
+    },
+}
+
+/// The connector for `config`'s broker: the system's roots, or only the
+/// certificates of `ca_file` when it is set; the client certificate and
+/// key when both are set. TLS 1.2 at least.
+pub fn connector(config: &MqttConfig) -> Result<TlsConnector, TlsError> {
+    let mut builder = TlsConnector::builder();
+    builder.min_protocol_version(Some(Protocol::Tlsv12));
+    if let Some(path) = &config.ca_file {
+        // A private CA replaces the public ones: a broker certificate
+        // bought for the same name from anyone else is not ours.
+        builder.disable_built_in_roots(true);
+        for cert in ca_certificates(path)? {
+            builder.add_root_certificate(cert);
+        }
+    }
+    let mut with = String::new();
+    match (&config.client_cert_file, &config.client_key_file) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            builder.identity(identity(cert, key)?);
+            with = format!(
+                " with mqtt.client_cert_file '{}' and mqtt.client_key_file '{}' (is the key the certificate's?)",
+                cert.display(),
+                key.display()
+            );
+        }
+        _ => return Err(TlsError::HalfIdentity),
+    }
+    builder
+        .build()
+        .map_err(|source| TlsError::Build { with, source })
+}
+
+/// Every certificate of a PEM bundle (`ca_file`), at least one.
+fn ca_certificates(path: &Path) -> Result<Vec<Certificate>, TlsError> {
+    const KEY: &str = "ca_file";
+    let text = read_pem(KEY, path)?;
+    let blocks = pem_blocks(&text, "CERTIFICATE");
+    if blocks.is_empty() {
+        return Err(invalid(
+            KEY,
+            path,
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA certificate that signed the broker's".into(),
+        ));
+    }
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            Certificate::from_pem(b.as_bytes()).map_err(|e| {
+                invalid(
+                    KEY,
+                    path,
+                    format!("certificate #{} cannot be parsed: {e}", i + 1),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The client certificate (with its chain, if the file holds one) and its
+/// PKCS#8 key.
+fn identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
+    let cert_text = read_pem("client_cert_file", cert)?;
+    let certs = pem_blocks(&cert_text, "CERTIFICATE");
+    if certs.is_empty() {
+        return Err(invalid(
+            "client_cert_file",
+            cert,
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    for (i, b) in certs.iter().enumerate() {
+        Certificate::from_pem(b.as_bytes()).map_err(|e| {
+            invalid(
+                "client_cert_file",
+                cert,
+                format!("certificate #{} cannot be parsed: {e}", i + 1),
+            )
+        })?;
+    }
+    let key_text = read_pem("client_key_file", key)?;
+    let Some(key_pem) = pem_blocks(&key_text, "PRIVATE KEY").first().copied() else {
+        return Err(invalid("client_key_file", key, key_advice(&key_text)));
+    };
+    Identity::from_pkcs8(certs.join("\n").as_bytes(), key_pem.as_bytes()).map_err(|e| {
+        invalid(
+            "client_key_file",
+            key,
+            format!("the key cannot be parsed: {e}"),
+        )
+    })
+}
+
+/// What to say about a key file without a PKCS#8 key.
+fn key_advice(text: &str) -> String {
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        "the key is encrypted; the daemon needs it unencrypted (protect the file by its owner and mode instead): openssl pkcs8 -in KEY -out KEY.pem".into()
+    } else if text.contains("-----BEGIN RSA PRIVATE KEY-----")
+        || text.contains("-----BEGIN EC PRIVATE KEY-----")
+    {
+        "the key is in the old RSA/EC form; give it as PKCS#8 (-----BEGIN PRIVATE KEY-----): openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pem".into()
+    } else {
+        "holds no PEM private key (-----BEGIN PRIVATE KEY-----)".into()
+    }
+}
+
+fn read_pem(key: &'static str, path: &Path) -> Result<String, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    String::from_utf8(bytes).map_err(|_| {
+        invalid(
+            key,
+            path,
+            "is not PEM text (a DER file? convert it: openssl x509 -inform der -in FILE -out FILE.pem)"
+                .into(),
+        )
+    })
+}
+
+fn invalid(key: &'static str, path: &Path, reason: String) -> TlsError {
+    TlsError::Invalid {
+        key,
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The PEM blocks of `label` in `text`, each from its BEGIN line to its
+/// END line inclusive, in order; text around and between them (comments,
+/// `openssl x509 -text` output) is skipped.
+fn pem_blocks<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut out = Vec::new();
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(b) = rest.find(&begin) {
+        let Some(e) = rest[b..].find(&end) else {
+            break;
+        };
+        let stop = b + e + end.len();
+        out.push(&text[offset + b..offset + stop]);
+        offset += stop;
+        rest = &rest[stop..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> MqttConfig {
+        let mut c: MqttConfig =
+            toml::from_str("broker = \"mqtts://b\"\nsite = \"s\"\n").expect("minimal [mqtt]");
+        c.ca_file = ca.map(Path::to_path_buf);
+        c.client_cert_file = cert.map(Path::to_path_buf);
+        c.client_key_file = key.map(Path::to_path_buf);
+        c
+    }
+
+    fn scratch(name: &str, text: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mfd-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn pem_blocks_are_found_between_other_text_and_in_order() {
+        let text = "Certificate:\n  Data: ...\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+                    junk\n-----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----\n\
+                    -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nunterminated";
+        assert_eq!(
+            pem_blocks(text, "CERTIFICATE"),
+            vec![
+                "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----",
+                "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----",
+            ]
+        );
+        assert_eq!(
+            pem_blocks(text, "PRIVATE KEY"),
+            vec!["-----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----"]
+        );
+        assert!(pem_blocks("no pem here", "CERTIFICATE").is_empty());
+    }
+
+    #[test]
+    fn the_system_roots_are_enough_without_files() {
+        connector(&config(None, None, None)).expect("a connector with the system's roots");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named_with_its_key_and_path() {
+        let missing = std::env::temp_dir().join("mfd-no-such-ca.pem");
+        let e = connector(&config(Some(&missing), None, None)).expect_err("missing");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "mqtt.ca_file '{}': cannot read it",
+                missing.display()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_or_with_a_broken_one_says_which() {
+        let empty = scratch("empty.pem", b"# nothing\n");
+        let e = connector(&config(Some(&empty), None, None)).expect_err("no cert");
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+        let broken = scratch(
+            "broken.pem",
+            b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+        );
+        let e = connector(&config(Some(&broken), None, None)).expect_err("broken");
+        assert!(
+            e.to_string().contains("certificate #1 cannot be parsed"),
+            "{e}"
+        );
+        let der = scratch("der.pem", &[0x30, 0x82, 0xff, 0xfe]);
+        let e = connector(&config(Some(&der), None, None)).expect_err("binary");
+        assert!(e.to_string().contains("is not PEM text"), "{e}");
+    }
+
+    #[test]
+    fn half_a_client_identity_is_refused() {
+        let cert = scratch("half.pem", b"");
+        let e = connector(&config(None, Some(&cert), None)).expect_err("half");
+        assert!(matches!(e, TlsError::HalfIdentity), "{e}");
+    }
+
+    #[test]
+    fn keys_in_forms_native_tls_cannot_read_get_a_conversion_command() {
+        assert!(key_advice("-----BEGIN RSA PRIVATE KEY-----\n").contains("pkcs8 -topk8"));
+        assert!(key_advice("-----BEGIN EC PRIVATE KEY-----\n").contains("pkcs8 -topk8"));
+        assert!(key_advice("-----BEGIN ENCRYPTED PRIVATE KEY-----\n").contains("encrypted"));
+        assert!(key_advice("hello").contains("holds no PEM private key"));
+    }
+}
