@@ -10,13 +10,16 @@
 //!    the reader does at start) and times it.
 //! 3. Times `GET /metrics` (`Metering::metrics`) per scope and window and
 //!    `GET /apc` (`Metering::apc`, 10 SKUs × 1 class), 5 runs each, and
-//!    reports peak and current RSS.
+//!    reports peak and current RSS (with `MFD_BENCH_KEEP=1` a second run
+//!    reuses the store, so its RSS is that of a process that only opens
+//!    the store and queries it: run it at two history lengths to see
+//!    whether memory grows with history).
 //! 4. On a fresh store, times N job completions (the attempt, its
 //!    `AttemptEnded` and a state change, committed and flushed) without
 //!    and with the metering reader running, which makes a unit for each.
 //!
-//! `cargo bench -p microfactoryd --bench metering_year --profile dev`
-//! (see BENCHMARKS.md for why the dev profile).
+//! `MFD_BENCH_KEEP=1 cargo bench -p microfactoryd --bench metering_year`
+//! (the bench profile: optimised, as the daemon ships; see BENCHMARKS.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -457,6 +460,8 @@ fn main() {
         let end = now_ms() / (5 * MIN) * (5 * MIN) - HOUR;
         let start = end - days * 24 * HOUR;
         let store = Store::open(&root.join("store")).expect("open");
+        let (hwm, rss_now) = rss();
+        println!("RSS after opening the store: peak {hwm:.0} MiB, now {rss_now:.0} MiB");
         if reuse {
             println!("reusing the store of an earlier run ({days} days, {machines} machines)");
         } else {

@@ -300,6 +300,9 @@ impl Metering {
     ) -> Result<TimeAgg> {
         let to = w.to_ms.min(now).max(w.from_ms);
         let mut t = TimeAgg::default();
+        // Whole records, summed as each range is read: a query holds one
+        // range (at most a month's days) at a time, whatever the history.
+        let mut whole = TimeAgg::default();
         // An edge: every span, and each SKU's (raw, from `list`).
         let mut edge = |list: &[StateChange], e: Window| {
             t.all.add(&oee::time_elements(list, e, now, |_| true));
@@ -316,7 +319,6 @@ impl Metering {
                 t.by_sku.entry(s).or_default().add(&te);
             }
         };
-        let mut whole = Vec::new();
         for m in machines {
             let sealed = self.store.machine_seal(m)?.unwrap_or(0);
             let p = hourly::plan(w.from_ms, to, sealed);
@@ -340,7 +342,9 @@ impl Metering {
             };
             edge(&head, p.head);
             for (level, range) in p.whole {
-                whole.extend(self.store.time_aggs(m, level, range.start, range.end)?);
+                for (_, a) in self.store.time_aggs(m, level, range.start, range.end)? {
+                    whole.add(&a);
+                }
             }
             if p.tail.to_ms > p.tail.from_ms {
                 let list = match hour(p.tail.from_ms / HOUR_MS)? {
@@ -350,9 +354,7 @@ impl Metering {
                 edge(&list, p.tail);
             }
         }
-        for (_, a) in &whole {
-            t.add(a);
-        }
+        t.add(&whole);
         Ok(t)
     }
 
