@@ -144,8 +144,8 @@ impl UnitKey {
     }
 }
 
-/// One machine's time over an hour (or a day: the sum of its hours,
-/// without the changes).
+/// One machine's time over an hour (or a day or month: the sum of its
+/// hours or days, without the changes).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TimeAgg {
     /// Every span.
@@ -162,7 +162,12 @@ impl TimeAgg {
     pub fn add(&mut self, o: &Self) {
         self.all.add(&o.all);
         for (sku, t) in &o.by_sku {
-            self.by_sku.entry(sku.clone()).or_default().add(t);
+            match self.by_sku.get_mut(sku) {
+                Some(e) => e.add(t),
+                None => {
+                    self.by_sku.insert(sku.clone(), *t);
+                }
+            }
         }
     }
 
@@ -183,7 +188,7 @@ impl TimeAgg {
     }
 }
 
-/// The quantities of one machine and SKU in an hour or a day.
+/// The quantities of one machine and SKU in an hour, a day or a month.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnitRow {
     /// The machine that made them.
@@ -198,7 +203,9 @@ pub struct UnitRow {
     pub inspections: u64,
 }
 
-/// The units that ended in an hour or a day, by machine and SKU.
+/// The units that ended in an hour, a day or a month, by machine and
+/// SKU: stored per [`UnitKey`] (one machine's rows, or one SKU's), or a
+/// window's sum over several keys.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnitAgg {
     /// One row per (machine, SKU).
