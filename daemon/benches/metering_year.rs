@@ -10,13 +10,16 @@
 //!    the reader does at start) and times it.
 //! 3. Times `GET /metrics` (`Metering::metrics`) per scope and window and
 //!    `GET /apc` (`Metering::apc`, 10 SKUs × 1 class), 5 runs each, and
-//!    reports peak and current RSS.
+//!    reports peak and current RSS (with `MFD_BENCH_KEEP=1` a second run
+//!    reuses the store, so its RSS is that of a process that only opens
+//!    the store and queries it: run it at two history lengths to see
+//!    whether memory grows with history).
 //! 4. On a fresh store, times N job completions (the attempt, its
 //!    `AttemptEnded` and a state change, committed and flushed) without
 //!    and with the metering reader running, which makes a unit for each.
 //!
-//! `cargo bench -p microfactoryd --bench metering_year --profile dev`
-//! (see BENCHMARKS.md for why the dev profile).
+//! `MFD_BENCH_KEEP=1 cargo bench -p microfactoryd --bench metering_year`
+//! (the bench profile: optimised, as the daemon ships; see BENCHMARKS.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -314,8 +317,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// min / median / max of `RUNS` runs, ms.
-fn time(f: impl Fn()) -> (f64, f64, f64) {
+/// The first (cold: sled has not cached the window's pages yet), min,
+/// median and max of `RUNS` runs, ms.
+fn time(f: impl Fn()) -> (f64, f64, f64, f64) {
     let mut t: Vec<f64> = (0..RUNS)
         .map(|_| {
             let s = Instant::now();
@@ -323,8 +327,9 @@ fn time(f: impl Fn()) -> (f64, f64, f64) {
             ms(s.elapsed())
         })
         .collect();
+    let first = t[0];
     t.sort_by(f64::total_cmp);
-    (t[0], t[RUNS / 2], t[RUNS - 1])
+    (first, t[0], t[RUNS / 2], t[RUNS - 1])
 }
 
 async fn completions(dir: &Path, n: u64, reader: bool) -> (f64, f64, f64, f64) {
@@ -457,6 +462,8 @@ fn main() {
         let end = now_ms() / (5 * MIN) * (5 * MIN) - HOUR;
         let start = end - days * 24 * HOUR;
         let store = Store::open(&root.join("store")).expect("open");
+        let (hwm, rss_now) = rss();
+        println!("RSS after opening the store: peak {hwm:.0} MiB, now {rss_now:.0} MiB");
         if reuse {
             println!("reusing the store of an earlier run ({days} days, {machines} machines)");
         } else {
@@ -497,8 +504,8 @@ fn main() {
             ),
             ("whole history", Window { from_ms: 0, to_ms: u64::MAX }),
         ];
-        println!("| query | window | min ms | median ms | max ms |");
-        println!("|---|---|---|---|---|");
+        println!("| query | window | first ms | min ms | median ms | max ms |");
+        println!("|---|---|---|---|---|---|");
         let one = machine_id(machines / 2);
         for (name, w) in windows {
             let rows: [(&str, Query<'_>); 5] = [
@@ -523,8 +530,8 @@ fn main() {
                 if q.starts_with("losses") && name != "last day" {
                     continue;
                 }
-                let (lo, med, hi) = time(f);
-                println!("| {q} | {name} | {lo:.1} | {med:.1} | {hi:.1} |");
+                let (first, lo, med, hi) = time(f);
+                println!("| {q} | {name} | {first:.1} | {lo:.1} | {med:.1} | {hi:.1} |");
             }
         }
         let (hwm, rss_now) = rss();

@@ -2,19 +2,21 @@
 //! windows through them.
 //!
 //! Units: every batch that writes new units or an inspection also
-//! writes the hour and day records they change (under metering's lock,
-//! so read-modify-write never interleaves). Time: after each chunk of the
-//! log, the reader seals the hours of the machines whose state changed,
-//! up to the hour of their last change. A store written before the
-//! aggregates gets its unit records built once at start; until then, and
-//! for any hour not sealed, queries read the raw records.
+//! writes the hour, day and month records they change, of their machine
+//! and of their SKU (under metering's lock, so read-modify-write never
+//! interleaves). Time: after each chunk of the log, the reader seals the
+//! hours of the machines whose state changed, up to the hour of their
+//! last change, and with them every day and month they complete. A store
+//! written before the aggregates (or before schema 2, whose migration
+//! drops the old ones) gets its unit records built once at start; until
+//! then, and for any hour not sealed, queries read the raw records.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use tracing::warn;
 
-use super::hourly::{self, DAY_HOURS, HOUR_MS, Level, TimeAgg, UnitAgg};
+use super::hourly::{self, DAY_HOURS, HOUR_MS, Level, TimeAgg, UnitAgg, UnitKey, UnitSum};
 use super::model::Unit;
 use super::oee::{self, Quantities, Window};
 use super::{Metering, Result};
@@ -26,6 +28,8 @@ use crate::store::{Batch, Store};
 const UNITS_BUILT: &str = "\u{0}units";
 /// Hour records written per commit while sealing.
 const SEAL_BATCH_HOURS: usize = 24 * 14;
+/// Unit records written per commit while building them.
+const BUILD_BATCH_RECORDS: usize = 20_000;
 
 /// Which product a job's order makes, looked up in the store once per
 /// job: a SKU's spans without reading every order's job list.
@@ -97,9 +101,10 @@ impl UnitTotals {
 
 impl Metering {
     /// Adds `new` units and re-counts `changed` ones (`(before, after)`)
-    /// in the hour and day records, into `batch`. Public for whoever
-    /// writes units as the log reader does (tools, tests): metrics and
-    /// APC read units only through these records.
+    /// in the hour, day and month records of their machines and SKUs,
+    /// into `batch`. Public for whoever writes units as the log reader
+    /// does (tools, tests): metrics and APC read units only through these
+    /// records.
     pub fn count_units(
         &self,
         new: &[Unit],
@@ -109,49 +114,43 @@ impl Metering {
         if !self.units_built()? {
             return Ok(());
         }
-        let places = |u: &Unit| {
-            let h = u.ended_ms / HOUR_MS;
-            [(Level::Hour, h), (Level::Day, h / DAY_HOURS)]
-        };
         // Every record touched, read once, then changed in memory.
-        let mut aggs: BTreeMap<(u8, u64), (Level, UnitAgg)> = BTreeMap::new();
-        let touched = new
-            .iter()
-            .chain(changed.iter().flat_map(|(b, a)| [b, a]))
-            .flat_map(places);
-        for (level, i) in touched {
-            if let std::collections::btree_map::Entry::Vacant(v) = aggs.entry((level.byte(), i)) {
+        let mut aggs: BTreeMap<(UnitKey, Level, u64), UnitAgg> = BTreeMap::new();
+        let touched = new.iter().chain(changed.iter().flat_map(|(b, a)| [b, a]));
+        for place in touched.flat_map(places) {
+            if let std::collections::btree_map::Entry::Vacant(v) = aggs.entry(place) {
+                let (key, level, i) = v.key();
                 let stored = self
                     .store
-                    .unit_aggs(level, i, i + 1)?
+                    .unit_aggs(key, *level, *i, i + 1)?
                     .pop()
                     .map(|(_, a)| a)
                     .unwrap_or_default();
-                v.insert((level, stored));
+                v.insert(stored);
             }
         }
         for u in new {
-            for (level, i) in places(u) {
-                if let Some((_, a)) = aggs.get_mut(&(level.byte(), i)) {
+            for place in places(u) {
+                if let Some(a) = aggs.get_mut(&place) {
                     a.add_unit(u);
                 }
             }
         }
         for (before, after) in changed {
-            for (level, i) in places(before) {
-                if let Some((_, a)) = aggs.get_mut(&(level.byte(), i)) {
+            for place in places(before) {
+                if let Some(a) = aggs.get_mut(&place) {
                     a.remove_unit(before);
                 }
             }
-            for (level, i) in places(after) {
-                if let Some((_, a)) = aggs.get_mut(&(level.byte(), i)) {
+            for place in places(after) {
+                if let Some(a) = aggs.get_mut(&place) {
                     a.add_unit(after);
                 }
             }
         }
         batch
             .unit_aggs
-            .extend(aggs.into_iter().map(|((_, i), (level, a))| (level, i, a)));
+            .extend(aggs.into_iter().map(|((k, level, i), a)| (k, level, i, a)));
         Ok(())
     }
 
@@ -159,31 +158,38 @@ impl Metering {
         Ok(self.store.machine_seal(UNITS_BUILT)?.is_some())
     }
 
-    /// Builds the unit records of a store written before them (once).
+    /// Builds the unit records of a store written before them (once), in
+    /// commits of a bounded size; the mark that they are built goes with
+    /// the last, so a crash before it builds them all again.
     pub(super) async fn build_unit_aggs(&self) -> Result<()> {
         let _g = self.lock.lock().await;
         if self.units_built()? {
             return Ok(());
         }
-        let mut aggs: BTreeMap<(u8, u64), (Level, UnitAgg)> = BTreeMap::new();
+        let mut aggs: BTreeMap<(UnitKey, Level, u64), UnitAgg> = BTreeMap::new();
         for u in self.store.units_between(0, u64::MAX)? {
-            let h = u.ended_ms / HOUR_MS;
-            for (level, i) in [(Level::Hour, h), (Level::Day, h / DAY_HOURS)] {
-                aggs.entry((level.byte(), i))
-                    .or_insert_with(|| (level, UnitAgg::default()))
-                    .1
-                    .add_unit(&u);
+            for place in places(&u) {
+                aggs.entry(place).or_default().add_unit(&u);
             }
         }
-        let batch = Batch {
-            unit_aggs: aggs
-                .into_iter()
-                .map(|((_, i), (level, a))| (level, i, a))
-                .collect(),
-            machine_seals: vec![(UNITS_BUILT.to_string(), 1)],
-            ..Batch::default()
-        };
-        self.commit(&batch).await
+        let mut records = aggs.into_iter().map(|((k, level, i), a)| (k, level, i, a));
+        loop {
+            let chunk: Vec<_> = records.by_ref().take(BUILD_BATCH_RECORDS).collect();
+            let last = chunk.len() < BUILD_BATCH_RECORDS;
+            let batch = Batch {
+                unit_aggs: chunk,
+                machine_seals: if last {
+                    vec![(UNITS_BUILT.to_string(), 1)]
+                } else {
+                    Vec::new()
+                },
+                ..Batch::default()
+            };
+            self.commit(&batch).await?;
+            if last {
+                return Ok(());
+            }
+        }
     }
 
     /// Brings the aggregates up to date with the store: the unit records
@@ -199,8 +205,9 @@ impl Metering {
         Ok(())
     }
 
-    /// Seals `machine`'s hours up to the hour of its last state change;
-    /// the caller holds metering's lock.
+    /// Seals `machine`'s hours up to the hour of its last state change,
+    /// and the days and months they complete; the caller holds metering's
+    /// lock.
     pub(super) fn seal(&self, machine: &str, skus: &JobSkus<'_>) -> Result<()> {
         let Some(last) = self.store.last_machine_state(machine)? else {
             return Ok(());
@@ -224,14 +231,25 @@ impl Metering {
             .into_iter()
             .map(|(h, list)| (h, hourly::seal_hour(list, h, &sku_of)))
             .collect();
-        // The first day may have hours sealed before: read them once.
+        // The first day may have hours sealed before, and its month days:
+        // read them once.
         let first_day = start / DAY_HOURS;
+        let first_month = Level::Month.of_hour(start);
         let mut day = TimeAgg::default();
         for (_, a) in self
             .store
             .time_aggs(machine, Level::Hour, first_day * DAY_HOURS, start)?
         {
             day.add(&a);
+        }
+        let mut month = TimeAgg::default();
+        for (_, a) in self.store.time_aggs(
+            machine,
+            Level::Day,
+            hourly::month_start_day(first_month),
+            first_day,
+        )? {
+            month.add(&a);
         }
         let mut batch = Batch::default();
         let mut written = 0;
@@ -243,12 +261,23 @@ impl Metering {
             written += 1;
             let day_done = (h + 1) % DAY_HOURS == 0;
             if day_done {
+                let d = h / DAY_HOURS;
+                month.add(&day);
                 batch.time_aggs.push((
                     machine.to_string(),
                     Level::Day,
-                    h / DAY_HOURS,
+                    d,
                     std::mem::take(&mut day),
                 ));
+                let m = hourly::month_of_day(d);
+                if hourly::month_start_day(m + 1) == d + 1 {
+                    batch.time_aggs.push((
+                        machine.to_string(),
+                        Level::Month,
+                        m,
+                        std::mem::take(&mut month),
+                    ));
+                }
             }
             if (day_done && written >= SEAL_BATCH_HOURS) || h + 1 == target {
                 batch.machine_seals.push((machine.to_string(), h + 1));
@@ -271,6 +300,9 @@ impl Metering {
     ) -> Result<TimeAgg> {
         let to = w.to_ms.min(now).max(w.from_ms);
         let mut t = TimeAgg::default();
+        // Whole records, summed as each range is read: a query holds one
+        // range (at most a month's days) at a time, whatever the history.
+        let mut whole = TimeAgg::default();
         // An edge: every span, and each SKU's (raw, from `list`).
         let mut edge = |list: &[StateChange], e: Window| {
             t.all.add(&oee::time_elements(list, e, now, |_| true));
@@ -287,7 +319,6 @@ impl Metering {
                 t.by_sku.entry(s).or_default().add(&te);
             }
         };
-        let mut whole = Vec::new();
         for m in machines {
             let sealed = self.store.machine_seal(m)?.unwrap_or(0);
             let p = hourly::plan(w.from_ms, to, sealed);
@@ -310,16 +341,11 @@ impl Metering {
                 None => self.store.machine_states(m, p.head.from_ms, p.head.to_ms)?,
             };
             edge(&head, p.head);
-            for range in [p.lead_hours.clone(), p.trail_hours.clone()] {
-                whole.extend(
-                    self.store
-                        .time_aggs(m, Level::Hour, range.start, range.end)?,
-                );
+            for (level, range) in p.whole {
+                for (_, a) in self.store.time_aggs(m, level, range.start, range.end)? {
+                    whole.add(&a);
+                }
             }
-            whole.extend(
-                self.store
-                    .time_aggs(m, Level::Day, p.days.start, p.days.end)?,
-            );
             if p.tail.to_ms > p.tail.from_ms {
                 let list = match hour(p.tail.from_ms / HOUR_MS)? {
                     Some(list) => list,
@@ -328,38 +354,68 @@ impl Metering {
                 edge(&list, p.tail);
             }
         }
-        for (_, a) in &whole {
-            t.add(a);
-        }
+        t.add(&whole);
         Ok(t)
     }
 
-    /// The units of `w` by machine and SKU through the aggregates: whole
-    /// hours and days from the records, the edges raw.
-    pub(super) fn units_through(&self, w: Window) -> Result<UnitAgg> {
-        let mut out = UnitAgg::default();
+    /// The units of `w` that `keys` count (`None`: every unit), by
+    /// machine and SKU, through the aggregates: whole hours, days and
+    /// months from each key's records (every SKU's for `None`), the edges
+    /// raw. Pass keys of one kind: a unit counted by two keys (its
+    /// machine and its SKU) would appear twice.
+    pub(super) fn units_through(&self, w: Window, keys: Option<&[UnitKey]>) -> Result<UnitAgg> {
+        let mut out = UnitSum::default();
+        let counted =
+            |u: &Unit| keys.is_none_or(|k| k.iter().any(|k| k.counts(&u.machine_id, &u.sku)));
         if !self.units_built()? {
             for u in self.store.units_between(w.from_ms, w.to_ms)? {
-                out.add_unit(&u);
+                if counted(&u) {
+                    out.add_unit(&u);
+                }
             }
-            return Ok(out);
+            return Ok(out.finish());
         }
+        let every_sku;
+        let keys = match keys {
+            Some(k) => k,
+            None => {
+                every_sku = self
+                    .store
+                    .unit_agg_skus()?
+                    .into_iter()
+                    .map(UnitKey::Sku)
+                    .collect::<Vec<_>>();
+                &every_sku
+            }
+        };
         let p = hourly::plan(w.from_ms, w.to_ms, u64::MAX);
         for e in [p.head, p.tail] {
             if e.to_ms > e.from_ms {
                 for u in self.store.units_between(e.from_ms, e.to_ms)? {
-                    out.add_unit(&u);
+                    if counted(&u) {
+                        out.add_unit(&u);
+                    }
                 }
             }
         }
-        for range in [p.lead_hours.clone(), p.trail_hours.clone()] {
-            for (_, a) in self.store.unit_aggs(Level::Hour, range.start, range.end)? {
-                out.add(&a);
+        for key in keys {
+            for (level, range) in &p.whole {
+                for (_, a) in self.store.unit_aggs(key, *level, range.start, range.end)? {
+                    out.add(&a);
+                }
             }
         }
-        for (_, a) in self.store.unit_aggs(Level::Day, p.days.start, p.days.end)? {
-            out.add(&a);
-        }
-        Ok(out)
+        Ok(out.finish())
     }
+}
+
+/// The records that count `u`: its machine's and its SKU's, of its hour,
+/// day and month.
+fn places(u: &Unit) -> impl Iterator<Item = (UnitKey, Level, u64)> {
+    let h = u.ended_ms / HOUR_MS;
+    UnitKey::of(u).into_iter().flat_map(move |k| {
+        Level::ALL
+            .into_iter()
+            .map(move |level| (k.clone(), level, level.of_hour(h)))
+    })
 }

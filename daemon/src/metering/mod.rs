@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod apc;
+pub mod compact;
 pub mod cost;
 pub mod exposition;
 pub mod hourly;
@@ -42,6 +43,7 @@ use crate::core::model::Job;
 use crate::factory::{Factory, FactoryError, Submission};
 use crate::store::{Batch, Store, StoreError};
 use apc::Evaluation;
+use hourly::UnitKey;
 use model::{
     Invalid, Order, OrderInput, OrderJob, OrderState, Product, ProductInput, QcError, QcInput,
     QcState, Unit,
@@ -728,7 +730,7 @@ impl Metering {
         let time = self
             .time_through(&r.machines, w, now, &skus)?
             .elements(spans);
-        let units = self.units_through(w)?;
+        let units = self.units_through(w, r.unit_keys().as_deref())?;
         let quantities = aggregate::UnitTotals::of(&units, |m, s| r.keeps_row(m, s)).q;
         Ok(Metrics {
             scope,
@@ -883,7 +885,8 @@ impl Metering {
     pub fn apc(&self, w: Window) -> Result<Vec<ApcResult>> {
         let now = now_ms();
         let skus = aggregate::JobSkus::new(&self.store);
-        let units = self.units_through(w)?;
+        let keys: Vec<UnitKey> = self.apc.keys().cloned().map(UnitKey::Sku).collect();
+        let units = self.units_through(w, Some(&keys))?;
         let mut times: BTreeMap<&str, hourly::TimeAgg> = BTreeMap::new();
         let mut out = Vec::new();
         for (sku, by_class) in &self.apc {
@@ -936,7 +939,7 @@ impl Metering {
         let time = self
             .time_through(&self.machines_of(class), w, now, skus)?
             .elements(Some(Some(d.sku)));
-        let units = self.units_through(w)?;
+        let units = self.units_through(w, Some(&[UnitKey::Sku(d.sku.to_string())]))?;
         self.apc_one(
             d,
             class,
@@ -1084,6 +1087,22 @@ struct Resolved<'a> {
 }
 
 impl Resolved<'_> {
+    /// Whose unit records the scope reads: its machines', its SKU's, or
+    /// (every product) all of them.
+    fn unit_keys(&self) -> Option<Vec<UnitKey>> {
+        match (&self.jobs, &self.sku) {
+            (None, _) => Some(
+                self.machines
+                    .iter()
+                    .cloned()
+                    .map(UnitKey::Machine)
+                    .collect(),
+            ),
+            (Some(_), Some(s)) => Some(vec![UnitKey::Sku(s.clone())]),
+            (Some(_), None) => None,
+        }
+    }
+
     fn counts(&self, c: &crate::core::machine::StateChange) -> bool {
         let Some(jobs) = &self.jobs else {
             return true;

@@ -220,7 +220,7 @@ async fn a_failed_unit_of_an_open_order_asks_for_another_job() {
 
 mod aggregates {
     use super::*;
-    use crate::config::Machine;
+    use crate::config::{ApcCriteria, Machine};
     use crate::core::machine::{MachineState, StateChange, StateReason};
     use crate::metering::hourly::HOUR_MS;
     use crate::metering::model::QcState;
@@ -243,51 +243,88 @@ mod aggregates {
     }
 
     /// The raw computation the aggregates must equal: every machine's
-    /// state log over the window and every unit that ended in it.
+    /// state log over the window and every unit that ended in it. `spans`:
+    /// all spans (`None`), every order's jobs' (`Some(None)`) or one
+    /// SKU's (`Some(Some(sku))`), whose units alone then count.
     fn raw(
         m: &Metering,
         machines: &[&str],
         w: Window,
-        keep_jobs: bool,
+        spans: Option<Option<&str>>,
     ) -> (TimeElements, Quantities) {
-        let jobs = m.sku_jobs(None).expect("jobs");
+        let jobs = m.sku_jobs(spans.flatten()).expect("jobs");
         let ms: Vec<String> = machines.iter().map(|s| (*s).to_string()).collect();
         let t = m
             .time_of(&ms, w, now_ms(), &|c: &StateChange| {
-                !keep_jobs || c.job_id.is_some_and(|j| jobs.contains(&j))
+                spans.is_none() || c.job_id.is_some_and(|j| jobs.contains(&j))
             })
             .expect("time");
         let units = m.store.units_between(w.from_ms, w.to_ms).expect("units");
-        let q = Quantities::of(&units, w, |u| keep_jobs || ms.contains(&u.machine_id));
+        let q = Quantities::of(&units, w, |u| match spans {
+            None => ms.contains(&u.machine_id),
+            Some(None) => true,
+            Some(Some(s)) => u.sku == s,
+        });
         (t, q)
     }
+
+    fn product(sku: &str) -> Product {
+        Product {
+            sku: sku.into(),
+            name: sku.into(),
+            design_revision: None,
+            file_id: "f".into(),
+            units_per_job: 2,
+            planned_runtime_per_unit_s: 30.0,
+            planned_runtime_from_analysis: false,
+            weight_g: None,
+            dimensions_mm: None,
+            material: None,
+            price_per_unit: None,
+            material_cost_per_unit: None,
+            auto_pass: false,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    /// Days of history: enough for two whole calendar months, whatever
+    /// the day the test runs.
+    const DAYS: u64 = 80;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
         #[test]
         fn metrics_through_the_aggregates_equal_the_raw_records_in_a_real_store(
-            steps in prop::collection::vec((0u64..45, any::<u8>(), 0u64..4, any::<bool>()), 20..150),
-            units in prop::collection::vec((0u64..7_000, any::<bool>(), 0u8..4), 0..40),
-            windows in prop::collection::vec((0u64..7_000, 0u64..7_000), 6),
+            steps in prop::collection::vec((0u64..45, any::<u8>(), 0u64..4, any::<bool>(), 0usize..3), 60..150),
+            units in prop::collection::vec((0u64..DAYS * 1440, any::<bool>(), 0u8..4, any::<bool>()), 0..40),
+            windows in prop::collection::vec((0u64..DAYS * 1440, 0u64..DAYS * 1440), 6),
         ) {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async {
                 let dir = temp_dir(&format!("agg-{}", steps.len() * 1000 + units.len()));
                 let store = Store::open(&dir).expect("open");
-                // History starts five days ago, on an hour boundary, and stays
-                // in the past (at most 150 steps of 45 min), like the windows:
-                // the figures do not depend on when they are asked.
-                let base = (now_ms() / HOUR_MS - 5 * 24) * HOUR_MS;
-                let mut o = order();
-                o.jobs.push(OrderJob { job_id: 3, settled: true });
+                // History starts DAYS days ago, on an hour boundary, and
+                // stays in the past, like the windows: the figures do not
+                // depend on when they are asked. Jobs 1 and 2 are tile's,
+                // 3 is cube's.
+                let base = (now_ms() / HOUR_MS - DAYS * 24) * HOUR_MS;
+                let end = base + (DAYS - 1) * 24 * HOUR_MS;
+                let mut cube = order();
+                cube.id = 2;
+                cube.sku = "cube".into();
+                cube.jobs = vec![OrderJob { job_id: 3, settled: true }];
                 store.commit(&Batch {
-                    orders: vec![o],
-                    order_jobs: vec![(1, 1), (2, 1), (3, 1)],
+                    products: vec![product("tile"), product("cube")],
+                    orders: vec![order(), cube],
+                    order_jobs: vec![(1, 1), (2, 1), (3, 2)],
                     ..Batch::default()
                 }, 0).expect("order");
                 let mut at = base;
-                for (d, s, job, on_a) in &steps {
-                    at += d * MIN;
+                for (d, s, job, on_a, scale) in &steps {
+                    // Minutes, half-hours or hours: months go by, and
+                    // some steps land on hour boundaries or repeat a time.
+                    at = (at + d * MIN * [1, 30, 60][*scale]).min(end);
                     if d % 5 == 0 {
                         at = at.div_ceil(HOUR_MS) * HOUR_MS;
                     }
@@ -302,8 +339,9 @@ mod aggregates {
                         ..Batch::default()
                     }, at).expect("state");
                 }
-                let made: Vec<Unit> = units.iter().enumerate().map(|(i, (end, on_a, _))| Unit {
-                    sku: "tile".into(),
+                let made: Vec<Unit> = units.iter().enumerate().map(|(i, (end, on_a, _, is_cube))| Unit {
+                    sku: if *is_cube { "cube" } else { "tile" }.into(),
+                    order_id: if *is_cube { 2 } else { 1 },
                     machine_id: if *on_a { "a" } else { "b" }.into(),
                     index: 1 + (i % 2) as u32,
                     attempt: 1 + (i / 2) as u32,
@@ -312,10 +350,14 @@ mod aggregates {
                 store.commit(&Batch { units: made.clone(), ..Batch::default() }, at).expect("units");
                 let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10).await.expect("factory");
                 let machines = [Machine::for_tests("a", "prusa-mk3s", false), Machine::for_tests("b", "prusa-mk3s", false)];
-                let m = Metering::new(f, &machines, BTreeMap::new(), None);
+                let mut apc = BTreeMap::new();
+                for sku in ["tile", "cube"] {
+                    apc.insert(sku.to_string(), BTreeMap::from([("fdm_printer".to_string(), ApcCriteria::default())]));
+                }
+                let m = Metering::new(f, &machines, apc, None);
                 m.aggregate_history().await.expect("aggregate");
-                // Inspections after the build re-count their hours.
-                for (u, (_, _, verdict)) in made.iter().zip(&units) {
+                // Inspections after the build re-count their records.
+                for (u, (_, _, verdict, _)) in made.iter().zip(&units) {
                     let (result, reason) = match verdict {
                         0 => continue,
                         1 => (QcState::Pass, None),
@@ -324,17 +366,27 @@ mod aggregates {
                     };
                     m.inspect(&u.serial, QcInput { result, reason, note: None }, "op").await.expect("inspect");
                 }
-                for (a, b) in &windows {
-                    let w = Window { from_ms: base + a.min(b) * MIN, to_ms: base + a.max(b) * MIN };
+                // All history from 1970 on, up to the hour that holds now
+                // (the open span would grow with now).
+                let whole = (0, base + DAYS * 24 * HOUR_MS);
+                let spans = windows.iter().map(|(a, b)| (base + a.min(b) * MIN, base + a.max(b) * MIN));
+                for (from_ms, to_ms) in spans.chain([whole]) {
+                    let w = Window { from_ms, to_ms };
                     for id in [Some("a"), Some("b"), None] {
                         let got = m.metrics(Scope::Machine, id, w).expect("metrics");
                         let ms: Vec<&str> = id.map_or(vec!["a", "b"], |i| vec![i]);
-                        let (t, q) = raw(&m, &ms, w, false);
+                        let (t, q) = raw(&m, &ms, w, None);
                         prop_assert_eq!((got.time, got.quantities), (t, q), "{:?} {:?}", id, w);
                     }
-                    let got = m.metrics(Scope::Sku, None, w).expect("metrics");
-                    let (t, q) = raw(&m, &["a", "b"], w, true);
-                    prop_assert_eq!((got.time, got.quantities), (t, q), "every sku {:?}", w);
+                    for sku in [Some("tile"), Some("cube"), None] {
+                        let got = m.metrics(Scope::Sku, sku, w).expect("metrics");
+                        let (t, q) = raw(&m, &["a", "b"], w, Some(sku));
+                        prop_assert_eq!((got.time, got.quantities), (t, q), "sku {:?} {:?}", sku, w);
+                    }
+                    for r in m.apc(w).expect("apc") {
+                        let (t, q) = raw(&m, &["a", "b"], w, Some(Some(&r.sku)));
+                        prop_assert_eq!((r.time, r.quantities), (t, q), "apc {} {:?}", r.sku, w);
+                    }
                 }
                 m.shutdown().await;
                 drop(m);

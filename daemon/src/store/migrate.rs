@@ -8,8 +8,13 @@
 //! Schema 1: every record versioned ([`super::codec`]), machine holds with
 //! a reason, the domain log in `log` with its own sequence, attempts and
 //! machine states in tables of their own.
-//! Schema 2: the store's counters in the commit marker instead of a meta
-//! key each (`journal`).
+//! Schema 2: metering's aggregates (`metering_hours`) in compact bytes,
+//! units counted per machine and per SKU, with a month level. They are
+//! derived from the state log and the units, so schema 1's are dropped
+//! and metering builds them again when it starts (as for a store that
+//! never had any). And the store's counters in the commit marker instead
+//! of a meta key each (`journal`): they move there when the store opens
+//! (`Store::open`), since the marker is read before this runs.
 
 use serde::Deserialize;
 use sled::transaction::ConflictableTransactionError;
@@ -54,15 +59,13 @@ pub(super) fn run(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
                 supported: SCHEMA_VERSION,
             });
         }
-        Some(found) if found < SCHEMA_VERSION => {
-            // 1 → 2 moves no records: the counters move into the commit
-            // marker when the store opens (`Store::open`).
-            t.meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-        }
-        Some(_) => {}
-        None => {
-            let old_events = db.open_tree("events")?;
-            to_v1(t, &old_events)?;
+        Some(SCHEMA_VERSION) => {}
+        found => {
+            if found.is_none() {
+                let old_events = db.open_tree("events")?;
+                to_v1(t, &old_events)?;
+            }
+            to_v2(t)?;
             t.meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
             db.flush()?;
         }
@@ -194,6 +197,13 @@ fn to_v1(t: &Trees, old_events: &sled::Tree) -> Result<(), StoreError> {
         tx[6].insert(LOG_SEQ, &seq.to_be_bytes())?;
         Ok(())
     })?;
+    Ok(())
+}
+
+/// Drops schema 1's aggregates (JSON, units per whole factory). A crash
+/// before the schema is raised drops them again at the next start.
+fn to_v2(t: &Trees) -> Result<(), StoreError> {
+    t.metering_hours.clear()?;
     Ok(())
 }
 

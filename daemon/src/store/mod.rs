@@ -43,7 +43,8 @@ use crate::commerce::webhooks::model::{Delivery, DeliveryState, Receiver};
 use crate::core::events::{DomainEvent, LogRecord};
 use crate::core::machine::StateChange;
 use crate::core::model::{Attempt, FileRecord, Job, MachineRecord, TokenRecord};
-use crate::metering::hourly::{Level, TimeAgg, UnitAgg};
+use crate::metering::compact;
+use crate::metering::hourly::{Level, TimeAgg, UnitAgg, UnitKey};
 use crate::metering::model::{Order, Product, Unit};
 use crate::metering::summary::Summary;
 use codec::{decode, encode, u64_key};
@@ -169,11 +170,50 @@ fn time_agg_key(machine: &str, level: Level, index: u64) -> Vec<u8> {
     k
 }
 
-/// `metering_hours` key of a unit aggregate.
-fn unit_agg_key(level: Level, index: u64) -> Vec<u8> {
-    let mut k = vec![b'u', level.byte()];
+/// `metering_hours` key of a unit aggregate: its machine or SKU, then
+/// its level and index, so one key's records of a level are one range.
+fn unit_agg_key(key: &UnitKey, level: Level, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.name().len() + 12);
+    k.push(b'u');
+    k.push(key.byte());
+    k.extend_from_slice(key.name().as_bytes());
+    k.push(0);
+    k.push(level.byte());
     k.extend_from_slice(&index.to_be_bytes());
     k
+}
+
+/// An aggregate record as stored: the version byte, then metering's
+/// compact bytes ([`compact`]).
+fn agg_value(body: Vec<u8>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + 1);
+    v.push(codec::VERSION);
+    v.extend_from_slice(&body);
+    v
+}
+
+/// An aggregate record's compact bytes, decoded by `f`.
+fn agg_decode<T>(
+    key: &[u8],
+    v: &[u8],
+    f: impl FnOnce(&[u8]) -> Option<T>,
+) -> Result<T, StoreError> {
+    let table = "metering_hours";
+    match codec::layout(v) {
+        codec::Layout::Current => f(&v[1..]).ok_or_else(|| StoreError::Unreadable {
+            table,
+            key: codec::show_key(key),
+        }),
+        codec::Layout::Newer(version) => Err(StoreError::Newer {
+            table,
+            key: codec::show_key(key),
+            version,
+        }),
+        codec::Layout::Legacy | codec::Layout::Unknown => Err(StoreError::Unreadable {
+            table,
+            key: codec::show_key(key),
+        }),
+    }
 }
 
 /// `metering_hours` key of a machine's first unaggregated hour.
@@ -190,9 +230,10 @@ const SHIPMENT_ID: &str = "shipment_id";
 /// Meta key of the schema version.
 const SCHEMA: &str = "schema";
 /// The schema this daemon writes: 1 = versioned records, domain log,
-/// attempts and machine states; 2 = the counters in the commit marker (a
-/// schema-1 daemon would read stale counters from the meta keys, so it must
-/// refuse such a store).
+/// attempts and machine states; 2 = metering's aggregates in compact
+/// bytes, units counted per machine and per SKU, with months, and the
+/// counters in the commit marker (a schema-1 daemon would read stale
+/// counters from the meta keys, so it must refuse such a store).
 pub const SCHEMA_VERSION: u64 = 2;
 
 fn read_u64(v: Option<impl AsRef<[u8]>>) -> u64 {
@@ -285,8 +326,8 @@ pub struct Batch {
     pub metering_summary: Option<Summary>,
     /// Metering's aggregates of a machine's time: (machine, level, index).
     pub time_aggs: Vec<(String, Level, u64, TimeAgg)>,
-    /// Metering's aggregates of units: (level, index).
-    pub unit_aggs: Vec<(Level, u64, UnitAgg)>,
+    /// Metering's aggregates of units: (machine or SKU, level, index).
+    pub unit_aggs: Vec<(UnitKey, Level, u64, UnitAgg)>,
     /// Per machine, the first hour whose time is not aggregated yet.
     pub machine_seals: Vec<(String, u64)>,
     /// Log readers' cursors to move, in the same transaction as what they
@@ -627,20 +668,18 @@ impl Store {
             w.put(&t.meta, "meta", METERING_SUMMARY, summary)?;
         }
         for (m, level, i, a) in &batch.time_aggs {
-            w.put(
+            w.raw(
                 &t.metering_hours,
-                "metering_hours",
                 time_agg_key(m, *level, *i),
-                a,
-            )?;
+                agg_value(compact::encode_time(a)),
+            );
         }
-        for (level, i, a) in &batch.unit_aggs {
-            w.put(
+        for (key, level, i, a) in &batch.unit_aggs {
+            w.raw(
                 &t.metering_hours,
-                "metering_hours",
-                unit_agg_key(*level, *i),
-                a,
-            )?;
+                unit_agg_key(key, *level, *i),
+                agg_value(compact::encode_units(key, a)),
+            );
         }
         for (m, hour) in &batch.machine_seals {
             w.raw(&t.metering_hours, seal_key(m), hour.to_be_bytes());
@@ -1005,14 +1044,18 @@ impl Store {
             .range(time_agg_key(machine, level, from)..time_agg_key(machine, level, to))
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((u64_key(&k[prefix_len..]), decode("metering_hours", &k, &v)?))
+                Ok((
+                    u64_key(&k[prefix_len..]),
+                    agg_decode(&k, &v, compact::decode_time)?,
+                ))
             })
             .collect()
     }
 
-    /// The unit aggregates of `level` with index in `from..to`.
+    /// The unit aggregates of `key` and `level` with index in `from..to`.
     pub fn unit_aggs(
         &self,
+        key: &UnitKey,
         level: Level,
         from: u64,
         to: u64,
@@ -1020,14 +1063,41 @@ impl Store {
         if from >= to {
             return Ok(Vec::new());
         }
+        let prefix_len = unit_agg_key(key, level, 0).len() - 8;
         self.t
             .metering_hours
-            .range(unit_agg_key(level, from)..unit_agg_key(level, to))
+            .range(unit_agg_key(key, level, from)..unit_agg_key(key, level, to))
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((u64_key(&k[2..]), decode("metering_hours", &k, &v)?))
+                Ok((
+                    u64_key(&k[prefix_len..]),
+                    agg_decode(&k, &v, |b| compact::decode_units(key, b))?,
+                ))
             })
             .collect()
+    }
+
+    /// The SKUs that have unit aggregates: one seek per SKU, past each
+    /// one's records.
+    pub fn unit_agg_skus(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = [b'u', UnitKey::Sku(String::new()).byte()];
+        let mut from = prefix.to_vec();
+        let mut out = Vec::new();
+        while let Some((k, _)) = self
+            .t
+            .metering_hours
+            .range(from.as_slice()..)
+            .next()
+            .transpose()?
+        {
+            let Some(rest) = k.strip_prefix(&prefix[..]) else {
+                break;
+            };
+            let name = rest.split(|b| *b == 0).next().unwrap_or_default();
+            out.push(String::from_utf8_lossy(name).into_owned());
+            from = [&prefix[..], name, &[1]].concat();
+        }
+        Ok(out)
     }
 
     /// The first hour of a machine whose time is not aggregated (`None`:
@@ -1530,6 +1600,10 @@ mod tests {
             }
             other => panic!("first entry {other:?}"),
         }
+        assert_eq!(
+            read_u64(s.t.meta.get(SCHEMA).expect("meta")),
+            SCHEMA_VERSION
+        );
         drop(s);
         // Opening again finds nothing left to migrate and the same log.
         let again = Store::open(&dir).expect("reopen");
@@ -1560,7 +1634,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_written_with_counters_in_meta_keys_keeps_every_counter() {
-        let dir = temp_dir("v1");
+        let dir = temp_dir("v1-counters");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-v1");
         copy_dir(&fixture, &dir);
         // What the schema-1 daemon left, read raw.
@@ -1633,6 +1707,141 @@ mod tests {
         let meta = db.open_tree("meta").expect("meta");
         assert_eq!(read_u64(meta.get(SCHEMA).expect("get")), SCHEMA_VERSION);
         drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_store_drops_its_json_aggregates_and_keeps_everything_else() {
+        let dir = temp_dir("v1");
+        {
+            let s = Store::open(&dir).expect("open");
+            s.commit(
+                &Batch {
+                    jobs: vec![job(1)],
+                    events: vec![DomainEvent::MachineState {
+                        machine_id: "a".into(),
+                        state: MachineState::Idle,
+                        reason: StateReason::None,
+                        job_id: None,
+                    }],
+                    ..Batch::default()
+                },
+                1000,
+            )
+            .expect("commit");
+            // What schema 1 wrote: a whole-factory unit record per hour
+            // and day, and a machine's hour, in versioned JSON, its seal
+            // and the mark that units were counted.
+            let h = &s.t.metering_hours;
+            let mut unit_day = vec![b'u', b'd'];
+            unit_day.extend_from_slice(&20_000u64.to_be_bytes());
+            h.insert(
+                unit_day,
+                [&[1u8][..], br#"{"rows":[{"machine":"a","sku":"tile","q":{"produced":1,"good":1,"scrap":0,"rework":0,"uninspected":0,"first_inspected":1,"first_pass_good":1,"credited_runtime_ms":60000},"attempts":1,"inspections":1}]}"#].concat(),
+            )
+            .expect("insert");
+            h.insert(
+                time_agg_key("a", Level::Hour, 0),
+                [&[1u8][..], br#"{"all":{"pbt_ms":3600000,"apt_ms":0,"setup_ms":0,"delay_ms":0,"down_ms":0,"idle_ms":3600000,"planned_down_ms":0,"failures":0,"repair_ms":0},"by_sku":{},"changes":[]}"#].concat(),
+            )
+            .expect("insert");
+            h.insert(seal_key("a"), &1u64.to_be_bytes())
+                .expect("insert");
+            h.insert(seal_key("\u{0}units"), &1u64.to_be_bytes())
+                .expect("insert");
+            s.t.meta.insert(SCHEMA, &1u64.to_be_bytes()).expect("meta");
+            s.flush().await.expect("flush");
+        }
+        let s = Store::open(&dir).expect("open a schema 1 store");
+        assert_eq!(
+            read_u64(s.t.meta.get(SCHEMA).expect("meta")),
+            SCHEMA_VERSION
+        );
+        // Derived records gone (metering builds them again), and no
+        // seal left that would claim hours are aggregated.
+        assert_eq!(s.t.metering_hours.len(), 0);
+        assert_eq!(s.machine_seal("a").expect("seal"), None);
+        assert!(
+            s.time_aggs("a", Level::Hour, 0, 10)
+                .expect("aggs")
+                .is_empty()
+        );
+        // Everything else as it was.
+        assert_eq!(s.job(1).expect("job").map(|j| j.id), Some(1));
+        assert_eq!(s.machine_states("a", 0, 5000).expect("states").len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn aggregate_records_round_trip_by_key_and_a_json_one_is_refused() {
+        let dir = temp_dir("aggs");
+        let s = Store::open(&dir).expect("open");
+        let row = |machine: &str, sku: &str, n: u64| crate::metering::hourly::UnitRow {
+            machine: machine.into(),
+            sku: sku.into(),
+            q: crate::metering::oee::Quantities {
+                produced: n,
+                ..Default::default()
+            },
+            attempts: n,
+            inspections: 0,
+        };
+        let tile = UnitKey::Sku("tile".into());
+        let tiles = UnitKey::Sku("tiles".into());
+        let a = UnitKey::Machine("a".into());
+        let agg = |rows| UnitAgg { rows };
+        s.commit(
+            &Batch {
+                unit_aggs: vec![
+                    (
+                        tile.clone(),
+                        Level::Day,
+                        3,
+                        agg(vec![row("a", "tile", 2), row("b", "tile", 1)]),
+                    ),
+                    (tile.clone(), Level::Day, 4, agg(vec![row("a", "tile", 5)])),
+                    (
+                        tiles.clone(),
+                        Level::Day,
+                        3,
+                        agg(vec![row("a", "tiles", 7)]),
+                    ),
+                    (
+                        a.clone(),
+                        Level::Day,
+                        3,
+                        agg(vec![row("a", "tile", 2), row("a", "tiles", 7)]),
+                    ),
+                    (a.clone(), Level::Month, 3, agg(vec![row("a", "tile", 9)])),
+                ],
+                ..Batch::default()
+            },
+            0,
+        )
+        .expect("commit");
+        // A key's range holds its own records only, not a longer name's.
+        let got = s.unit_aggs(&tile, Level::Day, 0, 10).expect("aggs");
+        assert_eq!(
+            got,
+            vec![
+                (3, agg(vec![row("a", "tile", 2), row("b", "tile", 1)])),
+                (4, agg(vec![row("a", "tile", 5)]))
+            ]
+        );
+        assert_eq!(s.unit_aggs(&a, Level::Day, 3, 4).expect("aggs").len(), 1);
+        assert_eq!(s.unit_aggs(&a, Level::Month, 0, 3).expect("aggs"), vec![]);
+        assert_eq!(s.unit_agg_skus().expect("skus"), vec!["tile", "tiles"]);
+        // A record in schema 1's JSON is refused by name, not misread.
+        s.t.metering_hours
+            .insert(
+                unit_agg_key(&tile, Level::Day, 5),
+                [&[codec::VERSION][..], br#"{"rows":[]}"#].concat(),
+            )
+            .expect("insert");
+        let err = s
+            .unit_aggs(&tile, Level::Day, 5, 6)
+            .expect_err("json record");
+        assert!(err.to_string().contains("metering_hours"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
