@@ -33,9 +33,22 @@ use crate::factory::{Factory, FactoryError, JobAction, Submission};
 use crate::http::limits::{Failures, Settings, Streams};
 use crate::http::policy::{self, BodyLimit, Who};
 
-/// What handlers share.
+/// What handlers share, behind one `Arc`: axum clones the state for every
+/// middleware and extractor of every request, and one reference count to
+/// move is cheaper than nine.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug, Clone)]
+pub struct Shared {
     /// The factory.
     pub factory: Arc<Factory>,
     /// Production metering (products, orders, units, metrics, APC).
@@ -64,7 +77,7 @@ impl AppState {
         commerce: Arc<crate::commerce::service::Commerce>,
         settings: Settings,
     ) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             factory,
             metering,
             commerce,
@@ -74,7 +87,7 @@ impl AppState {
             mqtt: None,
             webhooks: None,
             shopify: None,
-        }
+        }))
     }
 
     /// With the webhook outbox and the Shopify callbacks.
@@ -84,15 +97,16 @@ impl AppState {
         webhooks: Arc<crate::commerce::webhooks::Webhooks>,
         shopify: Arc<crate::commerce::shopify::Shopify>,
     ) -> Self {
-        self.webhooks = Some(webhooks);
-        self.shopify = Some(shopify);
+        let shared = Arc::make_mut(&mut self.0);
+        shared.webhooks = Some(webhooks);
+        shared.shopify = Some(shopify);
         self
     }
 
     /// With the MQTT client, whose link `GET /health` shows.
     #[must_use]
     pub fn with_mqtt(mut self, mqtt: Option<Arc<crate::mqtt::Mqtt>>) -> Self {
-        self.mqtt = mqtt;
+        Arc::make_mut(&mut self.0).mqtt = mqtt;
         self
     }
 }
