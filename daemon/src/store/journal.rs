@@ -2,9 +2,9 @@
 //! without a sled transaction.
 //!
 //! A commit writes, in this order: the whole batch as one value under
-//! `meta/journal` (with its commit number and the store's counters after
+//! `journal/journal` (with its commit number and the store's counters after
 //! it), each write to its table, and the commit number with the counters
-//! under `meta/committed`. sled recovers a prefix of its writes, so after a
+//! under `journal/committed`. sled recovers a prefix of its writes, so after a
 //! crash the marker being there means all of the batch is; a journal ahead
 //! of the marker means the commit was cut short and [`recover`] applies it
 //! again (every write is a whole value, so applying one twice is
@@ -18,6 +18,11 @@
 //! durable submission's instructions (BENCHMARKS.md). Stores written
 //! before that (schema 1) kept them in meta keys and an 8-byte marker;
 //! [`recover`] reads both forms.
+//!
+//! The journal and its marker have a tree of their own (schema 1 kept them
+//! in `meta`): sled rewrites a node whole now and then as writes to it pile
+//! up, and two writes per commit into `meta` rewrote everything else kept
+//! there with them.
 
 use super::{StoreError, Trees, read_u64};
 
@@ -88,7 +93,7 @@ fn marker(n: u64, heads: &Heads) -> Vec<u8> {
 /// Writes the marker of commit `n` by itself: a schema-1 store's counters
 /// moving into it when the store first opens under this daemon.
 pub(super) fn mark(t: &Trees, n: u64, heads: &Heads) -> Result<(), StoreError> {
-    t.meta.insert(COMMITTED, marker(n, heads))?;
+    t.journal.insert(COMMITTED, marker(n, heads))?;
     Ok(())
 }
 
@@ -174,7 +179,7 @@ pub(super) fn encode(n: u64, heads: &Heads, ops: &[Op<'_>]) -> Vec<u8> {
 /// Journals commit `n`, applies its writes, marks it done with the
 /// counters after it.
 pub(super) fn write(t: &Trees, n: u64, heads: &Heads, ops: &[Op<'_>]) -> Result<(), StoreError> {
-    t.meta.insert(JOURNAL, encode(n, heads, ops))?;
+    t.journal.insert(JOURNAL, encode(n, heads, ops))?;
     apply(ops)?;
     mark(t, n, heads)
 }
@@ -200,14 +205,14 @@ pub(super) fn cut_short(
     ops: &[Op<'_>],
     applied: usize,
 ) -> Result<(), StoreError> {
-    t.meta.insert(JOURNAL, encode(n, heads, ops))?;
+    t.journal.insert(JOURNAL, encode(n, heads, ops))?;
     apply(&ops[..applied.min(ops.len())])
 }
 
 /// A journal that cannot be read: never guessed at.
 fn unreadable() -> StoreError {
     StoreError::Unreadable {
-        table: "meta",
+        table: "journal",
         key: JOURNAL.into(),
     }
 }
@@ -227,13 +232,20 @@ fn take<'b>(buf: &'b [u8], at: &mut usize) -> Result<&'b [u8], StoreError> {
 /// commit, which the next one follows, and the counters after it (`None`
 /// for a store whose counters are still in meta keys: schema 1).
 pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), StoreError> {
-    let marked = t.meta.get(COMMITTED)?;
+    // Schema 1 kept both in `meta`; this daemon's first commit or open
+    // writes a marker into `journal`, after which `meta`'s are history.
+    let tree = if t.journal.get(COMMITTED)?.is_some() || t.journal.get(JOURNAL)?.is_some() {
+        &t.journal
+    } else {
+        &t.meta
+    };
+    let marked = tree.get(COMMITTED)?;
     let done = read_u64(marked.as_deref());
     let done_heads = marked
         .as_deref()
         .and_then(|m| m.get(8..))
         .and_then(Heads::decode);
-    let Some(buf) = t.meta.get(JOURNAL)? else {
+    let Some(buf) = tree.get(JOURNAL)? else {
         return Ok((done, done_heads));
     };
     let n = read_u64(buf.get(..8));
@@ -267,7 +279,7 @@ pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), 
     match &heads {
         Some(h) => mark(t, n, h)?,
         None => {
-            t.meta.insert(COMMITTED, &n.to_be_bytes())?;
+            tree.insert(COMMITTED, &n.to_be_bytes())?;
         }
     }
     db.flush()?;

@@ -253,6 +253,8 @@ struct Trees {
     log: sled::Tree,
     cursors: sled::Tree,
     meta: sled::Tree,
+    /// The commit journal and its marker (`journal`).
+    journal: sled::Tree,
     products: sled::Tree,
     orders: sled::Tree,
     /// job id → production order id.
@@ -484,6 +486,7 @@ impl Store {
             log: db.open_tree("log")?,
             cursors: db.open_tree("cursors")?,
             meta: db.open_tree("meta")?,
+            journal: db.open_tree("journal")?,
             products: db.open_tree("products")?,
             orders: db.open_tree("orders")?,
             order_jobs: db.open_tree("order_jobs")?,
@@ -1707,6 +1710,52 @@ mod tests {
         let meta = db.open_tree("meta").expect("meta");
         assert_eq!(read_u64(meta.get(SCHEMA).expect("get")), SCHEMA_VERSION);
         drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_schema_1_commit_cut_short_by_a_crash_is_finished_when_this_daemon_opens_it() {
+        let dir = temp_dir("v1-cut");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-v1");
+        copy_dir(&fixture, &dir);
+        // A schema-1 journal ahead of its marker, both in `meta`: a job
+        // and the job id counter, the way a schema-1 daemon wrote a commit
+        // (commit number, then tree, key and value, each length-prefixed).
+        let next = {
+            let db = sled::open(dir.join("db")).expect("raw open");
+            let meta = db.open_tree("meta").expect("meta");
+            let done = read_u64(meta.get("committed").expect("get"));
+            let next = read_u64(meta.get(JOB_ID).expect("get")) + 1;
+            let value = codec::encode("jobs", &job(next)).expect("encode");
+            let mut buf = (done + 1).to_be_bytes().to_vec();
+            for (tree, key, value) in [
+                (&b"jobs"[..], job_key(next).to_vec(), value),
+                (
+                    &b"meta"[..],
+                    JOB_ID.as_bytes().to_vec(),
+                    next.to_be_bytes().to_vec(),
+                ),
+            ] {
+                for part in [tree, &key[..]] {
+                    buf.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                    buf.extend_from_slice(part);
+                }
+                buf.push(1);
+                buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                buf.extend_from_slice(&value);
+            }
+            meta.insert("journal", buf).expect("journal");
+            db.flush().expect("flush");
+            next
+        };
+        let s = Store::open(&dir).expect("open");
+        assert_eq!(s.job(next).expect("job").map(|j| j.id), Some(next));
+        assert_eq!(s.job_id_counter().expect("counter"), next);
+        drop(s);
+        // And the counters it moved into the new marker hold on reopening.
+        let again = Store::open(&dir).expect("reopen");
+        assert_eq!(again.job_id_counter().expect("counter"), next);
+        drop(again);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
