@@ -91,6 +91,40 @@ pub enum StoreError {
     /// File system error on the G-code store.
     #[error("file store: {0}")]
     Io(#[from] std::io::Error),
+    /// Another process holds the database open.
+    #[error(
+        "the store {} is in use by another process (another microfactoryd, or its \
+         `token` command, on the same data directory); stop it first",
+        path.display()
+    )]
+    InUse { path: PathBuf },
+}
+
+/// How long [`Store::open`] waits for the database's lock: sled lets go of
+/// it from a background thread a moment after the last handle is dropped,
+/// so an open right after a close (a restart in the same process, a test)
+/// can find it still held.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the sled database at `path`, waiting up to [`LOCK_WAIT`] for its
+/// lock.
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            // sled 0.34 reports a held lock only in the message.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -474,7 +508,7 @@ impl Store {
         // acknowledged; start with an empty scratch folder.
         let _ = std::fs::remove_dir_all(blobs.join("tmp"));
         std::fs::create_dir_all(blobs.join("tmp"))?;
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let db = open_db(&dir.join("db"))?;
         let t = Trees {
             files: db.open_tree("files")?,
             jobs: db.open_tree("jobs")?,
@@ -1611,6 +1645,20 @@ mod tests {
         // Opening again finds nothing left to migrate and the same log.
         let again = Store::open(&dir).expect("reopen");
         assert_eq!(again.log_after(0, 100).expect("log").len(), log.len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_another_process_holds_is_refused_by_name() {
+        let dir = temp_dir("in-use");
+        let held = Store::open(&dir).expect("open");
+        let err = Store::open(&dir).expect_err("a second open");
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        drop(held);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
