@@ -31,11 +31,6 @@ const JOURNAL: &str = "journal";
 /// Meta key of the last commit applied in full, with the counters after it.
 const COMMITTED: &str = "committed";
 
-/// Where a journal with counters says so, after its commit number: a tree
-/// name length no schema-1 journal has, so a schema-1 daemon refuses such a
-/// journal as unreadable instead of misapplying it.
-const WITH_HEADS: [u8; 4] = [0xff; 4];
-
 /// The store's counters after a commit: the last log sequence number and
 /// the last id of each kind handed out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,7 +61,10 @@ impl Heads {
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let mut n = b.get(..HEADS_LEN)?.chunks_exact(8).map(read_u64_bytes);
+        let mut n = b
+            .get(..HEADS_LEN)?
+            .chunks_exact(8)
+            .map(|c| read_u64(Some(c)));
         Some(Self {
             log_seq: n.next()?,
             job_id: n.next()?,
@@ -76,10 +74,6 @@ impl Heads {
             shipment_id: n.next()?,
         })
     }
-}
-
-fn read_u64_bytes(b: &[u8]) -> u64 {
-    read_u64(Some(b))
 }
 
 /// The marker of commit `n`.
@@ -150,18 +144,16 @@ fn push(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-/// The journal entry of commit `n`: the commit number, [`WITH_HEADS`] and
-/// the counters after it, then per write the tree's name, the key, and the
+/// The journal entry of commit `n`: the commit number and the counters
+/// after it, then per write the tree's name, the key, and the
 /// value (or a removal), each length-prefixed.
 pub(super) fn encode(n: u64, heads: &Heads, ops: &[Op<'_>]) -> Vec<u8> {
     let size: usize = ops
         .iter()
         .map(|o| 32 + o.key.len() + o.value.as_ref().map_or(0, Vec::len))
         .sum();
-    let mut buf = Vec::with_capacity(12 + HEADS_LEN + size);
-    buf.extend_from_slice(&n.to_be_bytes());
-    buf.extend_from_slice(&WITH_HEADS);
-    heads.encode(&mut buf);
+    let mut buf = marker(n, heads);
+    buf.reserve(size);
     for op in ops {
         push(&mut buf, &op.tree.name());
         push(&mut buf, &op.key);
@@ -232,19 +224,28 @@ fn take<'b>(buf: &'b [u8], at: &mut usize) -> Result<&'b [u8], StoreError> {
 /// commit, which the next one follows, and the counters after it (`None`
 /// for a store whose counters are still in meta keys: schema 1).
 pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), StoreError> {
-    // Schema 1 kept both in `meta`; this daemon's first commit or open
-    // writes a marker into `journal`, after which `meta`'s are history.
-    let tree = if t.journal.get(COMMITTED)?.is_some() || t.journal.get(JOURNAL)?.is_some() {
-        &t.journal
-    } else {
-        &t.meta
+    // Schema 1 kept both in `meta`, without counters; this daemon's first
+    // commit or open writes a marker into `journal`, after which `meta`'s
+    // are history. What `journal` holds always carries the counters: one
+    // without them is damaged, never read as schema 1's.
+    let legacy = t.journal.get(COMMITTED)?.is_none() && t.journal.get(JOURNAL)?.is_none();
+    let tree = if legacy { &t.meta } else { &t.journal };
+    let heads_of = |entry: &[u8]| -> Result<Option<Heads>, StoreError> {
+        if legacy {
+            return Ok(None);
+        }
+        entry
+            .get(8..)
+            .and_then(Heads::decode)
+            .map(Some)
+            .ok_or_else(unreadable)
     };
     let marked = tree.get(COMMITTED)?;
     let done = read_u64(marked.as_deref());
-    let done_heads = marked
-        .as_deref()
-        .and_then(|m| m.get(8..))
-        .and_then(Heads::decode);
+    let done_heads = match &marked {
+        Some(m) => heads_of(m)?,
+        None => None,
+    };
     let Some(buf) = tree.get(JOURNAL)? else {
         return Ok((done, done_heads));
     };
@@ -252,15 +253,8 @@ pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), 
     if buf.len() < 8 || n <= done {
         return Ok((done, done_heads));
     }
-    let (heads, mut at) = if buf.get(8..12) == Some(&WITH_HEADS[..]) {
-        let heads = buf
-            .get(12..)
-            .and_then(Heads::decode)
-            .ok_or_else(unreadable)?;
-        (Some(heads), 12 + HEADS_LEN)
-    } else {
-        (None, 8)
-    };
+    let heads = heads_of(&buf)?;
+    let mut at = if legacy { 8 } else { 8 + HEADS_LEN };
     while at < buf.len() {
         let tree = db.open_tree(take(&buf, &mut at)?)?;
         let key = take(&buf, &mut at)?;

@@ -1649,6 +1649,30 @@ mod tests {
     }
 
     #[test]
+    fn a_marker_without_its_counters_is_refused_not_read_as_schema_1s() {
+        let dir = temp_dir("bad-marker");
+        drop(Store::open(&dir).expect("open"));
+        {
+            let db = sled::open(dir.join("db")).expect("raw open");
+            let j = db.open_tree("journal").expect("journal");
+            j.insert("committed", &1u64.to_be_bytes()).expect("insert");
+            db.flush().expect("flush");
+        }
+        let err = Store::open(&dir).expect_err("a damaged marker");
+        assert!(
+            matches!(
+                err,
+                StoreError::Unreadable {
+                    table: "journal",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_store_another_process_holds_is_refused_by_name() {
         let dir = temp_dir("in-use");
         let held = Store::open(&dir).expect("open");
