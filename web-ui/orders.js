@@ -308,8 +308,6 @@ export function ordersView(app) {
 
   let again = false;
 
-  /** Reads everything; a call while a read runs makes it read once more
-   *  (an action's result must show without waiting for the timer). */
   /** The newest notifications Shopify sent, if any. */
   const PINGS_SHOWN = 10;
   function renderPings(list) {
@@ -318,6 +316,8 @@ export function ordersView(app) {
       h('strong', {}, n.kind ?? 'notification'), ` from ${n.shop} · ${fmtTime(n.received_ms)}`), () => {});
   }
 
+  /** Reads everything; a call while a read runs makes it read once more
+   *  (an action's result must show without waiting for the timer). */
   async function refresh() {
     if (busy) { again = true; return; }
     busy = true;

@@ -426,10 +426,6 @@ pub const DEMO_SKU: &str = "demo-tile";
 /// The demo storefront's token name.
 const SHOP_NAME: &str = "demo storefront";
 
-/// A few storefront orders arriving while the factory runs: the first is
-/// short, so it opens a production order (the tile is made to order), and
-/// its unit goes machine → QC (the demo's inspector) → finished goods →
-/// the order, ready for a shipment.
 /// The demo's sender: a shop name and return address for its labels.
 fn demo_shop() -> crate::config::ShopConfig {
     crate::config::ShopConfig {
@@ -448,6 +444,10 @@ fn demo_shop() -> crate::config::ShopConfig {
     }
 }
 
+/// A few storefront orders arriving while the factory runs: the first is
+/// short, so it opens a production order (the tile is made to order), and
+/// its unit goes machine → QC (the demo's inspector) → finished goods →
+/// the order, ready for a shipment.
 async fn demo_orders(commerce: std::sync::Arc<Commerce>) {
     for (wait_s, ext, quantity, when_short) in [
         (2, "D-1001", 1, WhenShort::Backorder),

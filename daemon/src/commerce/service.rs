@@ -1056,7 +1056,7 @@ impl Commerce {
         let mut weight = Some(0.0);
         let mut lines = Vec::new();
         for l in &sh.lines {
-            let product = self.metering.product(&l.sku).ok();
+            let product = self.product_if_any(&l.sku)?;
             weight = match (weight, product.as_ref().and_then(|p| p.weight_g)) {
                 (Some(w), Some(g)) => Some(w + g * l.serials.len() as f64),
                 _ => None,
@@ -1127,25 +1127,22 @@ impl Commerce {
             ))));
         }
         let shop = self.shop("a packing slip")?;
-        let lines: Vec<SlipLine> = order
-            .lines
-            .iter()
-            .filter_map(|l| {
-                let serials: Vec<String> = l.shipped.iter().chain(&l.allocated).cloned().collect();
-                let quantity = u32::try_from(serials.len()).ok().filter(|q| *q > 0)?;
-                let title = self
-                    .metering
-                    .product(&l.sku)
-                    .map(|p| p.name)
-                    .unwrap_or_else(|_| l.sku.clone());
-                Some(SlipLine {
-                    sku: l.sku.clone(),
-                    title,
-                    quantity,
-                    serials,
-                })
-            })
-            .collect();
+        let mut lines = Vec::new();
+        for l in &order.lines {
+            let serials: Vec<String> = l.shipped.iter().chain(&l.allocated).cloned().collect();
+            let Some(quantity) = u32::try_from(serials.len()).ok().filter(|q| *q > 0) else {
+                continue;
+            };
+            let title = self
+                .product_if_any(&l.sku)?
+                .map_or_else(|| l.sku.clone(), |p| p.name);
+            lines.push(SlipLine {
+                sku: l.sku.clone(),
+                title,
+                quantity,
+                serials,
+            });
+        }
         if lines.is_empty() {
             return Err(CommerceError::Conflict(Conflict(format!(
                 "sales order {id} has no units reserved yet; its packing slip lists the units \
@@ -1161,6 +1158,17 @@ impl Commerce {
             lines,
             paper,
         })
+    }
+
+    /// A product's record for a label or a slip: `None` when the SKU has
+    /// none (the SKU stands in), but a store that cannot be read is an
+    /// error, not a missing weight.
+    fn product_if_any(&self, sku: &str) -> Result<Option<crate::metering::model::Product>> {
+        match self.metering.product(sku) {
+            Ok(p) => Ok(Some(p)),
+            Err(crate::metering::MeteringError::Store(e)) => Err(CommerceError::Store(e)),
+            Err(_) => Ok(None),
+        }
     }
 
     /// The 2×1 in label of any unit metering made: SKU, serial, the

@@ -770,7 +770,6 @@ impl Inner {
         if !p.apc_dirty || p.apc_at.is_some_and(|t| t.elapsed() < self.interval) {
             return Vec::new();
         }
-        p.apc_dirty = false;
         p.apc_at = Some(std::time::Instant::now());
         let results = match metering.apc(Window {
             from_ms: 0,
@@ -778,10 +777,12 @@ impl Inner {
         }) {
             Ok(r) => r,
             Err(e) => {
+                // Still dirty: tried again next interval.
                 warn!(error = %e, "cannot compute the APC verdicts to publish");
                 return Vec::new();
             }
         };
+        p.apc_dirty = false;
         let at_ms = now_ms();
         let mut out = Vec::new();
         for r in &results {

@@ -219,11 +219,6 @@ impl Throttle {
     pub fn replaced(&mut self, machine: &str) {
         self.sent.remove(machine);
     }
-
-    /// Forget everything (a new connection republishes every state).
-    pub fn reset(&mut self) {
-        self.sent.clear();
-    }
 }
 
 /// `microfactory/<site>/inventory/<sku>`, retained: a product's
