@@ -266,8 +266,8 @@ impl UnitAgg {
 impl UnitRow {
     fn add(&mut self, o: &UnitRow) {
         self.q.add(&o.q);
-        self.attempts += o.attempts;
-        self.inspections += o.inspections;
+        self.attempts = self.attempts.saturating_add(o.attempts);
+        self.inspections = self.inspections.saturating_add(o.inspections);
     }
 }
 

@@ -70,17 +70,18 @@ pub struct TimeElements {
 }
 
 impl TimeElements {
-    /// Adds another machine's (or another window's) elements.
+    /// Adds another machine's (or another window's) elements; saturating,
+    /// since they may come from stored bytes.
     pub fn add(&mut self, o: &Self) {
-        self.pbt_ms += o.pbt_ms;
-        self.apt_ms += o.apt_ms;
-        self.setup_ms += o.setup_ms;
-        self.delay_ms += o.delay_ms;
-        self.down_ms += o.down_ms;
-        self.idle_ms += o.idle_ms;
-        self.planned_down_ms += o.planned_down_ms;
-        self.failures += o.failures;
-        self.repair_ms += o.repair_ms;
+        self.pbt_ms = self.pbt_ms.saturating_add(o.pbt_ms);
+        self.apt_ms = self.apt_ms.saturating_add(o.apt_ms);
+        self.setup_ms = self.setup_ms.saturating_add(o.setup_ms);
+        self.delay_ms = self.delay_ms.saturating_add(o.delay_ms);
+        self.down_ms = self.down_ms.saturating_add(o.down_ms);
+        self.idle_ms = self.idle_ms.saturating_add(o.idle_ms);
+        self.planned_down_ms = self.planned_down_ms.saturating_add(o.planned_down_ms);
+        self.failures = self.failures.saturating_add(o.failures);
+        self.repair_ms = self.repair_ms.saturating_add(o.repair_ms);
     }
 }
 
@@ -216,14 +217,16 @@ impl Quantities {
 
     /// Adds another window's (or machine's) quantities.
     pub fn add(&mut self, o: &Self) {
-        self.produced += o.produced;
-        self.good += o.good;
-        self.scrap += o.scrap;
-        self.rework += o.rework;
-        self.uninspected += o.uninspected;
-        self.first_inspected += o.first_inspected;
-        self.first_pass_good += o.first_pass_good;
-        self.credited_runtime_ms += o.credited_runtime_ms;
+        self.produced = self.produced.saturating_add(o.produced);
+        self.good = self.good.saturating_add(o.good);
+        self.scrap = self.scrap.saturating_add(o.scrap);
+        self.rework = self.rework.saturating_add(o.rework);
+        self.uninspected = self.uninspected.saturating_add(o.uninspected);
+        self.first_inspected = self.first_inspected.saturating_add(o.first_inspected);
+        self.first_pass_good = self.first_pass_good.saturating_add(o.first_pass_good);
+        self.credited_runtime_ms = self
+            .credited_runtime_ms
+            .saturating_add(o.credited_runtime_ms);
     }
 
     fn sub(&mut self, o: &Self) {
