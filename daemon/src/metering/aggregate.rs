@@ -167,7 +167,7 @@ impl Metering {
             return Ok(());
         }
         let mut aggs: BTreeMap<(UnitKey, Level, u64), UnitAgg> = BTreeMap::new();
-        for u in self.store.units_between(0, u64::MAX)? {
+        for u in self.store.units()? {
             for place in places(&u) {
                 aggs.entry(place).or_default().add_unit(&u);
             }
