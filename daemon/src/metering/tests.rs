@@ -320,8 +320,29 @@ mod aggregates {
                     order_jobs: vec![(1, 1), (2, 1), (3, 2)],
                     ..Batch::default()
                 }, 0).expect("order");
+                let made: Vec<Unit> = units.iter().enumerate().map(|(i, (end, on_a, _, is_cube))| Unit {
+                    sku: if *is_cube { "cube" } else { "tile" }.into(),
+                    order_id: if *is_cube { 2 } else { 1 },
+                    machine_id: if *on_a { "a" } else { "b" }.into(),
+                    index: 1 + (i % 2) as u32,
+                    attempt: 1 + (i / 2) as u32,
+                    ..Unit::sample(i as u64 + 1, base + end * MIN)
+                }).collect();
+                store.commit(&Batch { units: made.clone(), ..Batch::default() }, base).expect("units");
+                let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10).await.expect("factory");
+                let machines = [Machine::for_tests("a", "prusa-mk3s", false), Machine::for_tests("b", "prusa-mk3s", false)];
+                let mut apc = BTreeMap::new();
+                for sku in ["tile", "cube"] {
+                    apc.insert(sku.to_string(), BTreeMap::from([("fdm_printer".to_string(), ApcCriteria::default())]));
+                }
+                let m = Metering::new(f, &machines, apc, None);
                 let mut at = base;
-                for (d, s, job, on_a, scale) in &steps {
+                for (i, (d, s, job, on_a, scale)) in steps.iter().enumerate() {
+                    // Half way, aggregate what there is: the rest is sealed
+                    // later from the hours, days and months stored now.
+                    if i == steps.len() / 2 {
+                        m.aggregate_history().await.expect("aggregate half");
+                    }
                     // Minutes, half-hours or hours: months go by, and
                     // some steps land on hour boundaries or repeat a time.
                     at = (at + d * MIN * [1, 30, 60][*scale]).min(end);
@@ -339,22 +360,6 @@ mod aggregates {
                         ..Batch::default()
                     }, at).expect("state");
                 }
-                let made: Vec<Unit> = units.iter().enumerate().map(|(i, (end, on_a, _, is_cube))| Unit {
-                    sku: if *is_cube { "cube" } else { "tile" }.into(),
-                    order_id: if *is_cube { 2 } else { 1 },
-                    machine_id: if *on_a { "a" } else { "b" }.into(),
-                    index: 1 + (i % 2) as u32,
-                    attempt: 1 + (i / 2) as u32,
-                    ..Unit::sample(i as u64 + 1, base + end * MIN)
-                }).collect();
-                store.commit(&Batch { units: made.clone(), ..Batch::default() }, at).expect("units");
-                let f = Factory::with_links(store.clone(), Vec::new(), 1 << 20, 10).await.expect("factory");
-                let machines = [Machine::for_tests("a", "prusa-mk3s", false), Machine::for_tests("b", "prusa-mk3s", false)];
-                let mut apc = BTreeMap::new();
-                for sku in ["tile", "cube"] {
-                    apc.insert(sku.to_string(), BTreeMap::from([("fdm_printer".to_string(), ApcCriteria::default())]));
-                }
-                let m = Metering::new(f, &machines, apc, None);
                 m.aggregate_history().await.expect("aggregate");
                 // Inspections after the build re-count their records.
                 for (u, (_, _, verdict, _)) in made.iter().zip(&units) {
