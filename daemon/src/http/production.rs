@@ -455,15 +455,13 @@ async fn prometheus_metrics(State(s): State<AppState>) -> ApiResult<axum::respon
     if s.mqtt.is_some() {
         readers.push(crate::mqtt::client::CURSOR);
     }
-    let scrape = s.metering.scrape(queued, &readers)?;
-    let mut body = tokio::task::spawn_blocking(move || exposition::render(scrape))
+    let mut scrape = s.metering.scrape(queued, &readers)?;
+    // With `[mqtt]`, the broker link too.
+    scrape.broker = s.mqtt.as_ref().map(|m| m.health().exposition());
+    let body = tokio::task::spawn_blocking(move || exposition::render(scrape))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .unwrap_or_else(|e| exposition::failure(&e));
-    // With `[mqtt]`, the broker link too.
-    if let Some(m) = &s.mqtt {
-        m.health().openmetrics(&mut body);
-    }
     Ok((
         [(axum::http::header::CONTENT_TYPE, exposition::CONTENT_TYPE)],
         body,

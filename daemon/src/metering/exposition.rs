@@ -53,6 +53,22 @@ pub struct Scrape {
     pub queue_depth: u64,
     /// Durable log records each reader has not handled yet.
     pub log_lag: Vec<(String, u64)>,
+    /// The MQTT broker link, with `[mqtt]`.
+    pub broker: Option<BrokerLink>,
+}
+
+/// The broker link's figures, as `GET /metrics` shows them: an alert on a
+/// link that is down, a reconnect rate, refused machine messages.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerLink {
+    /// The link is up.
+    pub connected: bool,
+    /// Connection attempts failed or connections lost.
+    pub failures: u64,
+    /// The last log record the broker acknowledged.
+    pub published_seq: u64,
+    /// Machine messages read, by result.
+    pub messages: Vec<(&'static str, u64)>,
 }
 
 const STATES: [(MachineState, &str); 7] = [
@@ -222,6 +238,42 @@ impl Collector for Scrape {
                 )
             }),
         )?;
+        if let Some(b) = &self.broker {
+            let gauge = |n: u64| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            family(
+                &mut enc,
+                "microfactory_mqtt_connected",
+                "The MQTT broker link is up.",
+                MetricType::Gauge,
+                [(Vec::new(), gauge(u64::from(b.connected)))],
+            )?;
+            family(
+                &mut enc,
+                "microfactory_mqtt_failures",
+                "Broker connection attempts failed or connections lost.",
+                MetricType::Counter,
+                [(Vec::new(), ConstCounter::new(b.failures))],
+            )?;
+            family(
+                &mut enc,
+                "microfactory_mqtt_published_seq",
+                "The last log record the broker acknowledged.",
+                MetricType::Gauge,
+                [(Vec::new(), gauge(b.published_seq))],
+            )?;
+            family(
+                &mut enc,
+                "microfactory_mqtt_messages",
+                "Machine messages read, by result.",
+                MetricType::Counter,
+                b.messages.iter().map(|(result, n)| {
+                    (
+                        vec![("result", (*result).to_string())],
+                        ConstCounter::new(*n),
+                    )
+                }),
+            )?;
+        }
         Ok(())
     }
 }

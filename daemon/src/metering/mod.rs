@@ -823,6 +823,7 @@ impl Metering {
             apc,
             queue_depth,
             log_lag,
+            broker: None,
         })
     }
 

@@ -97,42 +97,19 @@ pub struct MqttHealth {
 }
 
 impl MqttHealth {
-    /// The link as OpenMetrics families, inserted by `GET /metrics` into
-    /// its exposition before `# EOF`: an alert on a broker link that is
-    /// down, a reconnect rate, and refused machine messages.
-    pub fn openmetrics(&self, exposition: &mut String) {
-        use std::fmt::Write as _;
-        let mut m = String::new();
-        let _ = write!(
-            m,
-            "# HELP microfactory_mqtt_connected The MQTT broker link is up.\n\
-             # TYPE microfactory_mqtt_connected gauge\n\
-             microfactory_mqtt_connected {}\n\
-             # HELP microfactory_mqtt_failures Broker connection attempts failed or connections lost.\n\
-             # TYPE microfactory_mqtt_failures counter\n\
-             microfactory_mqtt_failures_total {}\n\
-             # HELP microfactory_mqtt_published_seq The last log record the broker acknowledged.\n\
-             # TYPE microfactory_mqtt_published_seq gauge\n\
-             microfactory_mqtt_published_seq {}\n\
-             # HELP microfactory_mqtt_messages Machine messages read, by result.\n\
-             # TYPE microfactory_mqtt_messages counter\n",
-            u8::from(self.connected),
-            self.failures,
-            self.published_seq,
-        );
-        for (result, n) in [
-            ("accepted", self.accepted),
-            ("malformed", self.malformed),
-            ("oversized", self.oversized),
-            ("unknown_machine", self.unknown_machine),
-        ] {
-            let _ = writeln!(
-                m,
-                "microfactory_mqtt_messages_total{{result=\"{result}\"}} {n}"
-            );
+    /// The link's figures for `GET /metrics`.
+    pub fn exposition(&self) -> crate::metering::exposition::BrokerLink {
+        crate::metering::exposition::BrokerLink {
+            connected: self.connected,
+            failures: self.failures,
+            published_seq: self.published_seq,
+            messages: vec![
+                ("accepted", self.accepted),
+                ("malformed", self.malformed),
+                ("oversized", self.oversized),
+                ("unknown_machine", self.unknown_machine),
+            ],
         }
-        let at = exposition.rfind("# EOF").unwrap_or(exposition.len());
-        exposition.insert_str(at, &m);
     }
 }
 
@@ -937,9 +914,11 @@ mod tests {
             malformed: 7,
             ..MqttHealth::default()
         };
-        let mut text = "# TYPE x gauge\nx 1\n# EOF\n".to_string();
-        h.openmetrics(&mut text);
-        assert!(text.starts_with("# TYPE x gauge\nx 1\n"), "{text}");
+        let text = crate::metering::exposition::render(crate::metering::exposition::Scrape {
+            broker: Some(h.exposition()),
+            ..Default::default()
+        })
+        .expect("render");
         assert!(text.ends_with("# EOF\n"), "{text}");
         for line in [
             "microfactory_mqtt_connected 1\n",
