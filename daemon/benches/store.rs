@@ -3,11 +3,13 @@
 //! it durable.
 //!
 //! - `two_inserts`: the first daemon's way: the job and the event as two
-//!   separate inserts (the event keyed by sled's id generator), not atomic.
+//!   separate inserts (the event keyed by sled's id generator), not atomic;
+//!   flushed on the blocking pool, as `Store::flush` does.
 //! - `transaction`: session 4's `Store::commit`: one sled transaction
 //!   across the job, log and meta trees, the log's own sequence in it.
-//! - `journal`: `Store::commit` today: the batch journalled by one plain
-//!   insert, then its plain inserts and a commit marker.
+//! - `journal`: `Store::commit` today: an undo record (what the batch's
+//!   keys held) by one plain insert, then its plain inserts and a commit
+//!   marker.
 //! - `one_tree_batch`: the alternative the foundation issue names: every
 //!   record in one tree under prefixed keys, written by one atomic batch.
 //!
@@ -99,7 +101,10 @@ fn store(c: &mut Criterion) {
                 let e = serde_json::to_vec(&event(id)).expect("json");
                 events.insert(seq.to_be_bytes(), e).expect("insert");
                 if flush {
-                    db.flush().expect("flush");
+                    let db = db.clone();
+                    rt.block_on(async { tokio::task::spawn_blocking(move || db.flush()).await })
+                        .expect("join")
+                        .expect("flush");
                 }
             })
         });

@@ -1,33 +1,43 @@
 //! The commit journal: how a batch of writes across tables is made atomic
 //! without a sled transaction.
 //!
-//! A commit writes, in this order: the whole batch as one value under
-//! `journal/journal` (with its commit number and the store's counters after
-//! it), each write to its table, and the commit number with the counters
-//! under `journal/committed`. sled recovers a prefix of its writes, so after a
-//! crash the marker being there means all of the batch is; a journal ahead
-//! of the marker means the commit was cut short and [`recover`] applies it
-//! again (every write is a whole value, so applying one twice is
-//! harmless); no journal for it means none of it survived. The marker also
-//! keeps a replay from undoing plain writes made after the last commit
-//! (progress, cursors), which can only survive if it did.
+//! A commit writes, in this order: an undo record under `journal/undo`
+//! (the commit number, the counters before it, and for each key the batch
+//! writes, the value it held or that it held none), then the batch's
+//! writes to their tables, then the commit number with the counters after
+//! it under `journal/committed`. sled recovers a prefix of its writes, so
+//! after a crash the marker being there means all of the batch is; an undo
+//! record ahead of the marker means the commit was cut short, and
+//! [`recover`] puts back what its keys held before (whole values, so doing
+//! it twice is harmless), which leaves none of it. The commit was never
+//! acknowledged: callers acknowledge only after a flush, which the marker
+//! precedes.
+//!
+//! Undo rather than redo: a redo journal holds a second copy of every
+//! value the batch writes, and the bytes a flush carries are what a
+//! durable submission waits for (each 4 KiB page the fsync writes costs
+//! tens of µs here; BENCHMARKS.md, session 8). A submission only adds
+//! keys, so its undo record is the keys alone. Stores whose last commit a
+//! daemon of schema 2 or older cut short hold a redo journal under
+//! `journal/journal` (schema 1: both in `meta`, without counters), which
+//! [`recover`] still finishes.
+//!
+//! A write outside commits to a key a commit also writes (a job's
+//! progress, a reader's cursor) comes from the task that makes those
+//! commits, so a rollback can only undo it together with the commit it
+//! came after, never one that a flush acknowledged on its own.
 //!
 //! The counters (log sequence, job, order, unit, sales order and shipment
 //! ids) ride in the marker rather than in a meta key each: a submission
 //! moves two of them, and two fewer sled writes per commit is a tenth of a
-//! durable submission's instructions (BENCHMARKS.md). Stores written
-//! before that (schema 1) kept them in meta keys and an 8-byte marker;
-//! [`recover`] reads both forms.
-//!
-//! The journal and its marker have a tree of their own (schema 1 kept them
-//! in `meta`): sled rewrites a node whole now and then as writes to it pile
-//! up, and two writes per commit into `meta` rewrote everything else kept
-//! there with them.
+//! durable submission's instructions (BENCHMARKS.md).
 
 use super::{StoreError, Trees, read_u64};
 
-/// Meta key of the last commit's batch.
+/// Key of a redo journal, written by daemons of schema 2 and older.
 const JOURNAL: &str = "journal";
+/// Key of the last commit's undo record.
+const UNDO: &str = "undo";
 /// Meta key of the last commit applied in full, with the counters after it.
 const COMMITTED: &str = "committed";
 
@@ -144,16 +154,120 @@ fn push(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-/// The journal entry of commit `n`: the commit number and the counters
-/// after it, then per write the tree's name, the key, and the
-/// value (or a removal), each length-prefixed.
-pub(super) fn encode(n: u64, heads: &Heads, ops: &[Op<'_>]) -> Vec<u8> {
-    let size: usize = ops
-        .iter()
-        .map(|o| 32 + o.key.len() + o.value.as_ref().map_or(0, Vec::len))
-        .sum();
-    let mut buf = marker(n, heads);
-    buf.reserve(size);
+/// The undo record of commit `n`: the commit number and the counters
+/// before it, then per write the tree's name, the key, and what the key
+/// holds now (or that it holds nothing), each length-prefixed.
+fn undo_record(n: u64, before: &Heads, ops: &[Op<'_>]) -> Result<Vec<u8>, StoreError> {
+    let mut buf = marker(n, before);
+    buf.reserve(ops.len() * 32);
+    for op in ops {
+        push(&mut buf, &op.tree.name());
+        push(&mut buf, &op.key);
+        match op.tree.get(&op.key)? {
+            Some(v) => {
+                buf.push(1);
+                push(&mut buf, &v);
+            }
+            None => buf.push(0),
+        }
+    }
+    Ok(buf)
+}
+
+/// Writes commit `n`: its undo record, its writes, its marker with the
+/// counters after it. If a write fails, what was applied is undone at
+/// once (the marker still names the commit before, so the next commit
+/// reuses `n`); if undoing fails too, the error says so and the store must
+/// be reopened, which finishes the undo.
+pub(super) fn write(
+    db: &sled::Db,
+    t: &Trees,
+    n: u64,
+    before: &Heads,
+    after: &Heads,
+    ops: &[Op<'_>],
+) -> Result<(), StoreError> {
+    let undo = undo_record(n, before, ops)?;
+    t.journal.insert(UNDO, &undo[..])?;
+    let done = apply(ops).and_then(|()| mark(t, n, after));
+    if let Err(e) = done {
+        return Err(match roll_back(db, &undo, usize::MAX) {
+            Ok(()) => e,
+            Err(undo_err) => StoreError::HalfCommitted {
+                source: Box::new(e),
+                undo: Box::new(undo_err),
+            },
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Writes [`apply`] makes before it fails (tests only).
+    static FAIL_AFTER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The failure a test asked for before write `i`.
+#[cfg(test)]
+fn injected(i: usize) -> Result<(), StoreError> {
+    if FAIL_AFTER.with(std::cell::Cell::get) == Some(i) {
+        return Err(StoreError::Io(std::io::Error::other("injected failure")));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[inline]
+fn injected(_: usize) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Makes the next commits on this thread fail after `n` writes (tests
+/// only).
+#[cfg(test)]
+pub(super) fn fail_after(n: Option<usize>) {
+    FAIL_AFTER.with(|f| f.set(n));
+}
+
+/// The writes themselves.
+pub(super) fn apply(ops: &[Op<'_>]) -> Result<(), StoreError> {
+    for (i, op) in ops.iter().enumerate() {
+        injected(i)?;
+        match &op.value {
+            Some(v) => op.tree.insert(&op.key[..], &v[..])?,
+            None => op.tree.remove(&op.key[..])?,
+        };
+    }
+    Ok(())
+}
+
+/// What a crash leaves of commit `n` when it strikes after the undo
+/// record and the first `applied` writes (tests only).
+#[cfg(test)]
+pub(super) fn cut_short(
+    t: &Trees,
+    n: u64,
+    before: &Heads,
+    ops: &[Op<'_>],
+    applied: usize,
+) -> Result<(), StoreError> {
+    t.journal.insert(UNDO, undo_record(n, before, ops)?)?;
+    apply(&ops[..applied.min(ops.len())])
+}
+
+/// What a crash left of commit `n` when a daemon of schema 2, which
+/// journalled for redo, was cut short after its journal and the first
+/// `applied` writes (tests only: this daemon writes no redo journal).
+#[cfg(test)]
+pub(super) fn redo_cut_short(
+    t: &Trees,
+    n: u64,
+    after: &Heads,
+    ops: &[Op<'_>],
+    applied: usize,
+) -> Result<(), StoreError> {
+    let mut buf = marker(n, after);
     for op in ops {
         push(&mut buf, &op.tree.name());
         push(&mut buf, &op.key);
@@ -165,72 +279,98 @@ pub(super) fn encode(n: u64, heads: &Heads, ops: &[Op<'_>]) -> Vec<u8> {
             None => buf.push(0),
         }
     }
-    buf
+    t.journal.insert(JOURNAL, buf)?;
+    apply(&ops[..applied.min(ops.len())])
 }
 
-/// Journals commit `n`, applies its writes, marks it done with the
-/// counters after it.
-pub(super) fn write(t: &Trees, n: u64, heads: &Heads, ops: &[Op<'_>]) -> Result<(), StoreError> {
-    t.journal.insert(JOURNAL, encode(n, heads, ops))?;
-    apply(ops)?;
-    mark(t, n, heads)
-}
-
-/// The writes themselves.
-pub(super) fn apply(ops: &[Op<'_>]) -> Result<(), StoreError> {
-    for op in ops {
-        match &op.value {
-            Some(v) => op.tree.insert(&op.key[..], &v[..])?,
-            None => op.tree.remove(&op.key[..])?,
-        };
+/// Puts back what the keys of an undo record held, the first `limit` of
+/// them (all but in tests, which cut an undo short too).
+fn roll_back(db: &sled::Db, undo: &[u8], limit: usize) -> Result<(), StoreError> {
+    let mut at = 8 + HEADS_LEN;
+    let mut done = 0;
+    while at < undo.len() && done < limit {
+        let tree = db.open_tree(take(undo, &mut at)?)?;
+        let key = take(undo, &mut at)?;
+        match undo.get(at) {
+            Some(1) => {
+                at += 1;
+                tree.insert(key, take(undo, &mut at)?)?;
+            }
+            Some(0) => {
+                at += 1;
+                tree.remove(key)?;
+            }
+            _ => return Err(unreadable(UNDO)),
+        }
+        done += 1;
     }
     Ok(())
 }
 
-/// What a crash leaves of commit `n` when it strikes after the journal
-/// and the first `applied` writes (tests only).
+/// A crash that strikes an undo after its first `undone` writes (tests
+/// only).
 #[cfg(test)]
-pub(super) fn cut_short(
-    t: &Trees,
-    n: u64,
-    heads: &Heads,
-    ops: &[Op<'_>],
-    applied: usize,
-) -> Result<(), StoreError> {
-    t.journal.insert(JOURNAL, encode(n, heads, ops))?;
-    apply(&ops[..applied.min(ops.len())])
+pub(super) fn undo_cut_short(db: &sled::Db, t: &Trees, undone: usize) -> Result<(), StoreError> {
+    let undo = t.journal.get(UNDO)?.ok_or_else(|| unreadable(UNDO))?;
+    roll_back(db, &undo, undone)
 }
 
-/// A journal that cannot be read: never guessed at.
-fn unreadable() -> StoreError {
+/// A journal entry that cannot be read: never guessed at.
+fn unreadable(key: &str) -> StoreError {
     StoreError::Unreadable {
         table: "journal",
-        key: JOURNAL.into(),
+        key: key.into(),
     }
 }
 
 /// Reads `len`-prefixed bytes at `*at`.
 fn take<'b>(buf: &'b [u8], at: &mut usize) -> Result<&'b [u8], StoreError> {
-    let len_end = at.checked_add(4).ok_or_else(unreadable)?;
-    let len = buf.get(*at..len_end).ok_or_else(unreadable)?;
+    let bad = || unreadable("journal or undo");
+    let len_end = at.checked_add(4).ok_or_else(bad)?;
+    let len = buf.get(*at..len_end).ok_or_else(bad)?;
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let end = len_end.checked_add(len).ok_or_else(unreadable)?;
-    let bytes = buf.get(len_end..end).ok_or_else(unreadable)?;
+    let end = len_end.checked_add(len).ok_or_else(bad)?;
+    let bytes = buf.get(len_end..end).ok_or_else(bad)?;
     *at = end;
     Ok(bytes)
 }
 
-/// Finishes a commit cut short by a crash; returns the number of the last
-/// commit, which the next one follows, and the counters after it (`None`
-/// for a store whose counters are still in meta keys: schema 1).
+/// Settles a commit cut short by a crash: undoes this daemon's, finishes
+/// an older daemon's. Returns the number of the last commit, which the
+/// next one follows, and the counters after it (`None` for a store whose
+/// counters are still in meta keys: schema 1).
 pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), StoreError> {
-    // Schema 1 kept both in `meta`, without counters; this daemon's first
+    let (done, heads) = finish_redo(db, t)?;
+    let Some(undo) = t.journal.get(UNDO)? else {
+        return Ok((done, heads));
+    };
+    let n = read_u64(undo.get(..8));
+    if n <= done {
+        return Ok((done, heads));
+    }
+    let before = undo
+        .get(8..)
+        .and_then(Heads::decode)
+        .ok_or_else(|| unreadable(UNDO))?;
+    roll_back(db, &undo, usize::MAX)?;
+    mark(t, n, &before)?;
+    db.flush()?;
+    tracing::warn!(commit = n, "undid a commit cut short by a crash");
+    Ok((n, Some(before)))
+}
+
+/// Finishes a commit that a daemon of schema 2 or older journalled for
+/// redo and a crash cut short.
+fn finish_redo(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), StoreError> {
+    // Schema 1 kept both in `meta`, without counters; later daemons' first
     // commit or open writes a marker into `journal`, after which `meta`'s
     // are history. What `journal` holds always carries the counters: one
     // without them is damaged, never read as schema 1's.
-    let legacy = t.journal.get(COMMITTED)?.is_none() && t.journal.get(JOURNAL)?.is_none();
+    let legacy = t.journal.get(COMMITTED)?.is_none()
+        && t.journal.get(JOURNAL)?.is_none()
+        && t.journal.get(UNDO)?.is_none();
     let tree = if legacy { &t.meta } else { &t.journal };
-    let heads_of = |entry: &[u8]| -> Result<Option<Heads>, StoreError> {
+    let heads_of = |entry: &[u8], key: &str| -> Result<Option<Heads>, StoreError> {
         if legacy {
             return Ok(None);
         }
@@ -238,12 +378,12 @@ pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), 
             .get(8..)
             .and_then(Heads::decode)
             .map(Some)
-            .ok_or_else(unreadable)
+            .ok_or_else(|| unreadable(key))
     };
     let marked = tree.get(COMMITTED)?;
     let done = read_u64(marked.as_deref());
     let done_heads = match &marked {
-        Some(m) => heads_of(m)?,
+        Some(m) => heads_of(m, COMMITTED)?,
         None => None,
     };
     let Some(buf) = tree.get(JOURNAL)? else {
@@ -253,7 +393,7 @@ pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), 
     if buf.len() < 8 || n <= done {
         return Ok((done, done_heads));
     }
-    let heads = heads_of(&buf)?;
+    let heads = heads_of(&buf, JOURNAL)?;
     let mut at = if legacy { 8 } else { 8 + HEADS_LEN };
     while at < buf.len() {
         let tree = db.open_tree(take(&buf, &mut at)?)?;
@@ -267,7 +407,7 @@ pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), 
                 at += 1;
                 tree.remove(key)?;
             }
-            _ => return Err(unreadable()),
+            _ => return Err(unreadable(JOURNAL)),
         }
     }
     match &heads {

@@ -15,6 +15,11 @@
 //! never had any). And the store's counters in the commit marker instead
 //! of a meta key each (`journal`): they move there when the store opens
 //! (`Store::open`), since the marker is read before this runs.
+//! Schema 3: commits are journalled for undo (`journal/undo`) instead of
+//! redo. Nothing to rewrite: a schema-2 redo journal is finished when the
+//! store opens, before this runs; the number is raised so that a schema-2
+//! daemon, which knows nothing of undo records, refuses the store rather
+//! than leave a commit cut short half there.
 
 use serde::Deserialize;
 use sled::transaction::ConflictableTransactionError;
@@ -65,7 +70,9 @@ pub(super) fn run(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
                 let old_events = db.open_tree("events")?;
                 to_v1(t, &old_events)?;
             }
-            to_v2(t)?;
+            if found.is_none_or(|v| v < 2) {
+                to_v2(t)?;
+            }
             t.meta.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
             db.flush()?;
         }

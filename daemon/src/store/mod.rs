@@ -8,10 +8,10 @@
 //! by a newer daemon is refused with a message that says so.
 //!
 //! Changes that belong together (a job, its attempt, the machine it
-//! leaves, and the events that say so) are written by [`Store::commit`] in
-//! one sled transaction across tables: after a crash either all of it is
-//! there or none of it. The log's sequence numbers are a counter of their
-//! own in that same transaction, so log order is commit order.
+//! leaves, and the events that say so) are written by [`Store::commit`] as
+//! one commit across tables ([`journal`]): after a crash either all of it
+//! is there or none of it. The log's sequence numbers are a counter of
+//! their own in that same commit, so log order is commit order.
 //!
 //! sled 0.34 keeps recent writes in memory: a write is durable only after
 //! [`Store::flush`]. Callers flush before they acknowledge anything.
@@ -91,6 +91,23 @@ pub enum StoreError {
     /// File system error on the G-code store.
     #[error("file store: {0}")]
     Io(#[from] std::io::Error),
+    /// A commit failed half way and what it had written could not be
+    /// undone either: the store must be reopened, which undoes it.
+    #[error(
+        "a commit failed ({source}) and undoing it failed too ({undo}); restart microfactoryd, \
+         which finishes undoing it"
+    )]
+    HalfCommitted {
+        source: Box<StoreError>,
+        undo: Box<StoreError>,
+    },
+    /// A commit after a [`StoreError::HalfCommitted`]: refused, since the
+    /// undo record it would overwrite is what a restart needs.
+    #[error(
+        "an earlier commit failed half way and could not be undone; restart microfactoryd, \
+         which finishes undoing it"
+    )]
+    Unsettled,
     /// Another process holds the database open.
     #[error(
         "the store {} is in use by another process (another microfactoryd, or its \
@@ -267,8 +284,10 @@ const SCHEMA: &str = "schema";
 /// attempts and machine states; 2 = metering's aggregates in compact
 /// bytes, units counted per machine and per SKU, with months, and the
 /// counters in the commit marker (a schema-1 daemon would read stale
-/// counters from the meta keys, so it must refuse such a store).
-pub const SCHEMA_VERSION: u64 = 2;
+/// counters from the meta keys, so it must refuse such a store); 3 =
+/// commits journalled for undo, not redo (a schema-2 daemon would not
+/// undo a commit cut short).
+pub const SCHEMA_VERSION: u64 = 3;
 
 fn read_u64(v: Option<impl AsRef<[u8]>>) -> u64 {
     v.map_or(0, |b| u64_key(b.as_ref()))
@@ -322,6 +341,40 @@ struct Trees {
     pending: sled::Tree,
     /// Shopify's fulfillment-order notifications by id.
     shopify: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            files: db.open_tree("files")?,
+            jobs: db.open_tree("jobs")?,
+            attempts: db.open_tree("attempts")?,
+            machines: db.open_tree("machines")?,
+            states: db.open_tree("machine_states")?,
+            tokens: db.open_tree("tokens")?,
+            sessions: db.open_tree("sessions")?,
+            log: db.open_tree("log")?,
+            cursors: db.open_tree("cursors")?,
+            meta: db.open_tree("meta")?,
+            journal: db.open_tree("journal")?,
+            products: db.open_tree("products")?,
+            orders: db.open_tree("orders")?,
+            order_jobs: db.open_tree("order_jobs")?,
+            units: db.open_tree("units")?,
+            unit_places: db.open_tree("unit_places")?,
+            unit_index: db.open_tree("unit_index")?,
+            metering_hours: db.open_tree("metering_hours")?,
+            sales_orders: db.open_tree("sales_orders")?,
+            idempotency: db.open_tree("idempotency")?,
+            fg_units: db.open_tree("fg_units")?,
+            shipments: db.open_tree("shipments")?,
+            stock_skus: db.open_tree("stock_skus")?,
+            webhooks: db.open_tree("webhooks")?,
+            deliveries: db.open_tree("webhook_deliveries")?,
+            pending: db.open_tree("webhook_pending")?,
+            shopify: db.open_tree("shopify_notifications")?,
+        })
+    }
 }
 
 /// Records that change together, written by [`Store::commit`] as one.
@@ -460,6 +513,9 @@ pub struct Store {
 struct Committed {
     n: u64,
     heads: journal::Heads,
+    /// A commit failed half way and could not be undone: no commit may
+    /// follow it until the store is reopened.
+    broken: bool,
 }
 
 /// Most log records kept decoded: a few seconds of submissions at full
@@ -509,35 +565,7 @@ impl Store {
         let _ = std::fs::remove_dir_all(blobs.join("tmp"));
         std::fs::create_dir_all(blobs.join("tmp"))?;
         let db = open_db(&dir.join("db"))?;
-        let t = Trees {
-            files: db.open_tree("files")?,
-            jobs: db.open_tree("jobs")?,
-            attempts: db.open_tree("attempts")?,
-            machines: db.open_tree("machines")?,
-            states: db.open_tree("machine_states")?,
-            tokens: db.open_tree("tokens")?,
-            sessions: db.open_tree("sessions")?,
-            log: db.open_tree("log")?,
-            cursors: db.open_tree("cursors")?,
-            meta: db.open_tree("meta")?,
-            journal: db.open_tree("journal")?,
-            products: db.open_tree("products")?,
-            orders: db.open_tree("orders")?,
-            order_jobs: db.open_tree("order_jobs")?,
-            units: db.open_tree("units")?,
-            unit_places: db.open_tree("unit_places")?,
-            unit_index: db.open_tree("unit_index")?,
-            metering_hours: db.open_tree("metering_hours")?,
-            sales_orders: db.open_tree("sales_orders")?,
-            idempotency: db.open_tree("idempotency")?,
-            fg_units: db.open_tree("fg_units")?,
-            shipments: db.open_tree("shipments")?,
-            stock_skus: db.open_tree("stock_skus")?,
-            webhooks: db.open_tree("webhooks")?,
-            deliveries: db.open_tree("webhook_deliveries")?,
-            pending: db.open_tree("webhook_pending")?,
-            shopify: db.open_tree("shopify_notifications")?,
-        };
+        let t = Trees::open(&db)?;
         let (commits, heads) = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
         let heads = match heads {
@@ -565,7 +593,11 @@ impl Store {
             t,
             blobs,
             commit: Arc::default(),
-            commit_lock: Arc::new(Mutex::new(Committed { n: commits, heads })),
+            commit_lock: Arc::new(Mutex::new(Committed {
+                n: commits,
+                heads,
+                broken: false,
+            })),
             file_cache: Arc::default(),
             durable_tip: Arc::new(watch::Sender::new(tip)),
             written_tip: Arc::new(AtomicU64::new(tip)),
@@ -634,13 +666,13 @@ impl Store {
     /// [`Store::flush`]. Commits are serialised here, which is what makes
     /// log order the order in which the changes were decided.
     ///
-    /// Atomic by a journal rather than a sled transaction: the whole batch
-    /// goes first into one plain insert (the journal), then into its
-    /// tables, then a commit marker. sled recovers a prefix of its writes
-    /// (it stops at the first gap in the log's unstable tail), so after a
-    /// crash either the marker is there (and all of the batch with it), or
-    /// the journal is ahead of the marker and [`Store::open`] applies it
-    /// again, or neither is there and none of the batch is. A sled
+    /// Atomic by a journal rather than a sled transaction: first one plain
+    /// insert of what the batch's keys hold now (the undo record), then
+    /// the batch into its tables, then a commit marker. sled recovers a
+    /// prefix of its writes (it stops at the first gap in the log's
+    /// unstable tail), so after a crash either the marker is there (and
+    /// all of the batch with it), or the undo record is ahead of the
+    /// marker and [`Store::open`] puts the keys back as they were. A sled
     /// transaction gave the same guarantee at twice the cost of a durable
     /// submission (it seals an I/O buffer per commit; BENCHMARKS.md).
     pub fn commit(&self, batch: &Batch, now_ms: u64) -> Result<Vec<LogRecord>, StoreError> {
@@ -651,11 +683,21 @@ impl Store {
             .commit_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if last.broken {
+            return Err(StoreError::Unsettled);
+        }
         let mut heads = last.heads;
         let (w, records) = self.plan(batch, &mut heads, now_ms)?;
         let n = last.n + 1;
-        journal::write(&self.t, n, &heads, &w.ops)?;
-        *last = Committed { n, heads };
+        if let Err(e) = journal::write(&self.db, &self.t, n, &last.heads, &heads, &w.ops) {
+            last.broken = matches!(e, StoreError::HalfCommitted { .. });
+            return Err(e);
+        }
+        *last = Committed {
+            n,
+            heads,
+            broken: false,
+        };
         self.written_tip.store(heads.log_seq, Ordering::SeqCst);
         self.remember(&records);
         drop(last);
@@ -1707,6 +1749,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// After opening an older store with `heads`: the next commit follows
+    /// on, what it moves survives a reopen, and the store is of this
+    /// daemon's schema.
+    async fn next_commit_follows(s: Store, dir: &Path, heads: journal::Heads) {
+        let next = heads.job_id + 1;
+        let records = s
+            .commit(
+                &Batch {
+                    jobs: vec![job(next)],
+                    job_id_counter: Some(next),
+                    events: vec![DomainEvent::FileDeleted {
+                        file_id: "x".into(),
+                    }],
+                    ..Batch::default()
+                },
+                1,
+            )
+            .expect("commit");
+        assert_eq!(records[0].seq, heads.log_seq + 1);
+        s.flush().await.expect("flush");
+        drop(s);
+        let again = Store::open(dir).expect("reopen");
+        assert_eq!(again.job_id_counter().expect("jobs"), next);
+        assert_eq!(again.heads().log_seq, heads.log_seq + 1);
+        assert_eq!(again.unit_counter().expect("units"), heads.unit_serial);
+        drop(again);
+        let db = sled::open(dir.join("db")).expect("raw open");
+        let meta = db.open_tree("meta").expect("meta");
+        assert_eq!(read_u64(meta.get(SCHEMA).expect("get")), SCHEMA_VERSION);
+    }
+
     #[tokio::test]
     async fn a_store_written_with_counters_in_meta_keys_keeps_every_counter() {
         let dir = temp_dir("v1-counters");
@@ -1756,32 +1829,65 @@ mod tests {
             (legacy.sales_order_id, legacy.shipment_id)
         );
         // The next commit follows on, and what it moves survives a reopen.
-        let next = legacy.job_id + 1;
-        let records = s
-            .commit(
-                &Batch {
-                    jobs: vec![job(next)],
-                    job_id_counter: Some(next),
-                    events: vec![DomainEvent::FileDeleted {
-                        file_id: "x".into(),
-                    }],
-                    ..Batch::default()
-                },
-                1,
-            )
-            .expect("commit");
-        assert_eq!(records[0].seq, legacy.log_seq + 1);
-        s.flush().await.expect("flush");
-        drop(s);
-        let again = Store::open(&dir).expect("reopen");
-        assert_eq!(again.job_id_counter().expect("jobs"), next);
-        assert_eq!(again.heads().log_seq, legacy.log_seq + 1);
-        assert_eq!(again.unit_counter().expect("units"), legacy.unit_serial);
-        drop(again);
-        let db = sled::open(dir.join("db")).expect("raw open");
-        let meta = db.open_tree("meta").expect("meta");
-        assert_eq!(read_u64(meta.get(SCHEMA).expect("get")), SCHEMA_VERSION);
-        drop(db);
+        next_commit_follows(s, &dir, legacy).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_store_written_by_schema_2_keeps_every_counter_and_record() {
+        let dir = temp_dir("v2");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store-v2");
+        copy_dir(&fixture, &dir);
+        // What the schema-2 daemon left, read raw: its marker (commit
+        // number, then the counters) and its tables.
+        let (heads, jobs, units, last_logged) = {
+            let db = sled::open(dir.join("db")).expect("raw open");
+            let meta = db.open_tree("meta").expect("meta");
+            assert_eq!(
+                read_u64(meta.get(SCHEMA).expect("get")),
+                2,
+                "a schema-2 store"
+            );
+            let marker = db
+                .open_tree("journal")
+                .expect("journal")
+                .get("committed")
+                .expect("get")
+                .expect("a marker");
+            let n: Vec<u64> = marker.chunks_exact(8).map(u64_key).collect();
+            let heads = journal::Heads {
+                log_seq: n[1],
+                job_id: n[2],
+                order_id: n[3],
+                unit_serial: n[4],
+                sales_order_id: n[5],
+                shipment_id: n[6],
+            };
+            let count = |tree: &str| db.open_tree(tree).expect("tree").len();
+            let last_logged = db
+                .open_tree("log")
+                .expect("log")
+                .last()
+                .expect("last")
+                .map_or(0, |(k, _)| u64_key(&k));
+            (heads, count("jobs"), count("units"), last_logged)
+        };
+        for (what, n) in [
+            ("log", heads.log_seq),
+            ("jobs", heads.job_id),
+            ("units", heads.unit_serial),
+            ("sales orders", heads.sales_order_id),
+        ] {
+            assert!(n > 0, "the fixture has no {what}");
+        }
+        assert_eq!(heads.log_seq, last_logged);
+        let s = Store::open(&dir).expect("open a schema-2 store");
+        assert_eq!(s.heads(), heads);
+        assert_eq!(s.jobs().expect("jobs").len(), jobs);
+        assert_eq!(s.units().expect("units").len(), units);
+        let log = s.log_after(0, usize::MAX).expect("log");
+        assert_eq!(log.len() as u64, heads.log_seq, "every log record reads");
+        next_commit_follows(s, &dir, heads).await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -2134,86 +2240,185 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_commit_cut_short_by_a_crash_is_finished_when_the_store_opens() {
-        // Every point a crash can cut a commit at: after its journal and
-        // 0, 1, … of its writes (sled recovers a prefix of its writes).
-        let writes = {
-            let dir = temp_dir("cut-count");
-            let s = Store::open(&dir).expect("open");
-            let mut heads = s.heads();
-            let n = s
-                .plan(&second_batch(), &mut heads, 2000)
-                .expect("plan")
-                .0
-                .ops
-                .len();
-            drop(s);
-            let _ = std::fs::remove_dir_all(&dir);
-            n
+    /// A store whose first commit is complete (job 1, seq 1) and was
+    /// followed by a plain write (job 1's progress), and whose second
+    /// commit ([`second_batch`]) a crash cut short after its undo record
+    /// and `applied` of its writes; the number of writes that commit makes.
+    fn cut_store(dir: &Path, applied: usize, redo: bool) -> usize {
+        let s = Store::open(dir).expect("open");
+        let first = Batch {
+            jobs: vec![job(1)],
+            job_id_counter: Some(1),
+            events: vec![DomainEvent::FileDeleted {
+                file_id: "x".into(),
+            }],
+            ..Batch::default()
         };
+        s.commit(&first, 1000).expect("commit");
+        let mut progressed = job(1);
+        progressed.progress.lines_done = 77;
+        s.put_job(&progressed).expect("put");
+        let before = s.heads();
+        let mut after = before;
+        let (w, _) = s.plan(&second_batch(), &mut after, 2000).expect("plan");
+        if redo {
+            journal::redo_cut_short(&s.t, 2, &after, &w.ops, applied).expect("cut");
+        } else {
+            journal::cut_short(&s.t, 2, &before, &w.ops, applied).expect("cut");
+        }
+        let writes = w.ops.len();
+        drop(w);
+        s.db.flush().expect("flush");
+        writes
+    }
+
+    /// What the store shows of [`cut_store`]'s commits after it reopens,
+    /// and that the next commit follows the last one it kept.
+    fn assert_kept(s: &Store, second: bool, what: &str) {
+        let seqs: Vec<u64> = s
+            .log_after(0, 10)
+            .expect("log")
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        let (log, counter) = if second {
+            (vec![1, 2, 3], 2)
+        } else {
+            (vec![1], 1)
+        };
+        assert_eq!(seqs, log, "{what}");
+        assert_eq!(s.job_id_counter().expect("counter"), counter, "{what}");
+        assert_eq!(s.job(2).expect("job").is_some(), second, "{what}");
+        let states = s.machine_states("m", 0, u64::MAX).expect("states").len();
+        assert_eq!(states, usize::from(second), "{what}");
+        assert_eq!(
+            s.cursor("metering").expect("cursor"),
+            u64::from(second),
+            "{what}"
+        );
+        assert_eq!(
+            s.job(1).expect("job").map(|j| j.progress.lines_done),
+            Some(77),
+            "{what}: the write after the first commit was lost"
+        );
+        let next = s
+            .commit(
+                &Batch {
+                    events: vec![DomainEvent::FileDeleted {
+                        file_id: "y".into(),
+                    }],
+                    ..Batch::default()
+                },
+                3000,
+            )
+            .expect("commit");
+        assert_eq!(next[0].seq, log.len() as u64 + 1, "{what}");
+    }
+
+    /// Reopens a store [`cut_store`] left, checks it with [`assert_kept`]
+    /// and removes it.
+    fn reopen_and_check(dir: &Path, second: bool, what: &str) {
+        let s = Store::open(dir).expect("reopen");
+        assert_kept(&s, second, what);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_commit_cut_short_by_a_crash_is_undone_when_the_store_opens() {
+        // Every point a crash can cut a commit at: after its undo record
+        // and 0, 1, … of its writes (sled recovers a prefix of its writes).
+        let dir = temp_dir("cut-count");
+        let writes = cut_store(&dir, 0, false);
+        let _ = std::fs::remove_dir_all(&dir);
         assert!(writes >= 5, "the batch touches several tables: {writes}");
         for applied in 0..=writes {
             let dir = temp_dir(&format!("cut-{applied}"));
+            cut_store(&dir, applied, false);
+            reopen_and_check(&dir, false, &format!("after {applied} of {writes} writes"));
+        }
+    }
+
+    #[test]
+    fn an_undo_cut_short_by_a_second_crash_is_finished_on_the_next_open() {
+        let dir = temp_dir("undo-count");
+        let writes = cut_store(&dir, usize::MAX, false);
+        let _ = std::fs::remove_dir_all(&dir);
+        for undone in 0..writes {
+            let dir = temp_dir(&format!("undo-{undone}"));
+            cut_store(&dir, usize::MAX, false);
             {
-                let s = Store::open(&dir).expect("open");
-                let first = Batch {
-                    jobs: vec![job(1)],
-                    job_id_counter: Some(1),
-                    events: vec![DomainEvent::FileDeleted {
-                        file_id: "x".into(),
-                    }],
-                    ..Batch::default()
-                };
-                s.commit(&first, 1000).expect("commit");
-                // A plain write after the first commit, which a replay of
-                // that commit must not undo.
-                let mut progressed = job(1);
-                progressed.progress.lines_done = 77;
-                s.put_job(&progressed).expect("put");
-                let mut heads = s.heads();
-                let (w, _) = s.plan(&second_batch(), &mut heads, 2000).expect("plan");
-                journal::cut_short(&s.t, 2, &heads, &w.ops, applied).expect("cut");
-                drop(w);
-                s.flush().await.expect("flush");
+                let db = open_db(&dir.join("db")).expect("raw open");
+                let t = Trees::open(&db).expect("trees");
+                journal::undo_cut_short(&db, &t, undone).expect("undo");
+                db.flush().expect("flush");
             }
+            reopen_and_check(&dir, false, &format!("after {undone} of {writes} undone"));
+        }
+    }
+
+    #[test]
+    fn a_redo_journal_an_older_daemon_left_is_finished_when_the_store_opens() {
+        // Schema 2 journalled the batch itself and applied it again on
+        // opening; a store it left that way is finished, not undone.
+        let dir = temp_dir("redo-count");
+        let writes = cut_store(&dir, 0, true);
+        let _ = std::fs::remove_dir_all(&dir);
+        for applied in 0..=writes {
+            let dir = temp_dir(&format!("redo-{applied}"));
+            cut_store(&dir, applied, true);
             let s = Store::open(&dir).expect("reopen");
-            let seqs: Vec<u64> = s
-                .log_after(0, 10)
-                .expect("log")
-                .iter()
-                .map(|r| r.seq)
-                .collect();
-            assert_eq!(seqs, vec![1, 2, 3], "after {applied} of {writes} writes");
-            assert_eq!(s.job_id_counter().expect("counter"), 2);
-            assert!(s.job(2).expect("job").is_some());
-            assert_eq!(s.machine_states("m", 0, u64::MAX).expect("states").len(), 1);
-            assert_eq!(s.cursor("metering").expect("cursor"), 1);
-            assert_eq!(
-                s.job(1).expect("job").map(|j| j.progress.lines_done),
-                Some(77),
-                "the replay undid a later write"
+            assert_kept(
+                &s,
+                true,
+                &format!("redo after {applied} of {writes} writes"),
             );
-            // The next commit follows the replayed one.
-            let next = s
-                .commit(
-                    &Batch {
-                        events: vec![DomainEvent::FileDeleted {
-                            file_id: "y".into(),
-                        }],
-                        ..Batch::default()
-                    },
-                    3000,
-                )
-                .expect("commit");
-            assert_eq!(next[0].seq, 4);
             drop(s);
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
 
+    #[test]
+    fn a_commit_that_fails_half_way_is_undone_at_once_and_the_next_one_follows() {
+        let dir = temp_dir("fail-half");
+        let s = Store::open(&dir).expect("open");
+        s.commit(
+            &Batch {
+                jobs: vec![job(1)],
+                job_id_counter: Some(1),
+                events: vec![DomainEvent::FileDeleted {
+                    file_id: "x".into(),
+                }],
+                ..Batch::default()
+            },
+            1000,
+        )
+        .expect("commit");
+        journal::fail_after(Some(2));
+        let err = s
+            .commit(&second_batch(), 2000)
+            .expect_err("injected failure");
+        journal::fail_after(None);
+        assert!(err.to_string().contains("injected"), "{err}");
+        // Nothing of it is left, in memory or on disk.
+        assert_eq!(s.heads().job_id, 1);
+        assert!(s.job(2).expect("job").is_none());
+        assert_eq!(s.log_after(0, 10).expect("log").len(), 1);
+        // The next commit takes its number and sequence, and a reopen does
+        // not undo it.
+        let next = s.commit(&second_batch(), 3000).expect("commit");
+        assert_eq!(next[0].seq, 2);
+        drop(s);
+        let s = Store::open(&dir).expect("reopen");
+        assert!(s.job(2).expect("job").is_some());
+        assert_eq!(s.log_after(0, 10).expect("log").len(), 3);
+        assert_eq!(s.job_id_counter().expect("counter"), 2);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
-    async fn a_commit_the_crash_left_complete_is_not_applied_again() {
+    async fn a_commit_the_crash_left_complete_is_neither_undone_nor_applied_again() {
         let dir = temp_dir("complete");
         {
             let s = Store::open(&dir).expect("open");
