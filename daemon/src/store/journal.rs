@@ -14,18 +14,19 @@
 //! precedes.
 //!
 //! Undo rather than redo: a redo journal holds a second copy of every
-//! value the batch writes, and the bytes a flush carries are what a
-//! durable submission waits for (each 4 KiB page the fsync writes costs
-//! tens of µs here; BENCHMARKS.md, session 8). A submission only adds
+//! value the batch writes, and a durable submission waits for its flush,
+//! which writes all of it (5.9 KB per submission with a redo journal,
+//! 4.1 KB with this one; BENCHMARKS.md, session 8). A submission only adds
 //! keys, so its undo record is the keys alone. Stores whose last commit a
 //! daemon of schema 2 or older cut short hold a redo journal under
 //! `journal/journal` (schema 1: both in `meta`, without counters), which
 //! [`recover`] still finishes.
 //!
-//! A write outside commits to a key a commit also writes (a job's
-//! progress, a reader's cursor) comes from the task that makes those
-//! commits, so a rollback can only undo it together with the commit it
-//! came after, never one that a flush acknowledged on its own.
+//! A write outside commits to a key a commit also writes is never made
+//! while that commit is under way: a job's progress is stored under the
+//! factory's lock, which its commits hold too, and a reader's cursor only
+//! by the reader whose commits move it. So a rollback never puts back a
+//! key over a later write of it.
 //!
 //! The counters (log sequence, job, order, unit, sales order and shipment
 //! ids) ride in the marker rather than in a meta key each: a submission
