@@ -585,7 +585,7 @@ impl Inner {
     ) -> Result<Ended, StoreError> {
         let mut issued = 0u64;
         let mut p = Published::new(self.interval);
-        let first = self.first_messages(&mut p)?;
+        let first = self.first_messages(&mut p).await?;
         if let Some(end) = self.send(client, &first, &mut issued).await {
             return Ok(end);
         }
@@ -597,9 +597,10 @@ impl Inner {
         // at least the interval apart).
         let mut ticker = tokio::time::interval((self.interval / 4).max(Duration::from_millis(25)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Read once: only this loop moves it.
+        let mut cursor = self.store.cursor(CURSOR)?;
         loop {
             let durable = *tip.borrow_and_update();
-            let cursor = self.store.cursor(CURSOR)?;
             if cursor < durable {
                 let records: Vec<LogRecord> = self
                     .store
@@ -626,6 +627,7 @@ impl Inner {
                 }
                 // A lost cursor write only sends the chunk again.
                 self.store.set_cursor(CURSOR, last)?;
+                cursor = last;
                 self.health.send_modify(|h| h.published_seq = last);
                 continue;
             }
@@ -640,7 +642,7 @@ impl Inner {
                     if ended { return Ok(Ended::Reconnect) }
                 }
                 _ = ticker.tick() => {
-                    let out = self.refresh(&mut p);
+                    let out = self.refresh(&mut p).await;
                     if out.is_empty() { continue }
                     if let Some(end) = self.send(client, &out, &mut issued).await {
                         return Ok(end);
@@ -657,7 +659,7 @@ impl Inner {
     /// What a new connection sends first: the site's status, every
     /// machine's last state, every product's levels and every APC verdict
     /// (a broker restarted without persistence has forgotten them all).
-    fn first_messages(&self, p: &mut Published) -> Result<Vec<Message>, StoreError> {
+    async fn first_messages(&self, p: &mut Published) -> Result<Vec<Message>, StoreError> {
         let mut first = vec![Message {
             topic: self.topics.status(),
             payload: serde_json::to_vec(&SiteStatus {
@@ -701,14 +703,14 @@ impl Inner {
             }
         }
         p.apc_dirty = true;
-        first.extend(self.apc_messages(p));
+        first.extend(self.apc_messages(p).await);
         Ok(first)
     }
 
     /// At each tick: machines' changed readings (throttled), and the APC
     /// verdicts that changed if units or states were recorded since the
     /// last look.
-    fn refresh(&self, p: &mut Published) -> Vec<Message> {
+    async fn refresh(&self, p: &mut Published) -> Vec<Message> {
         let mut out = Vec::new();
         if let Some(factory) = &self.feeds.factory {
             let now = now_ms();
@@ -733,14 +735,17 @@ impl Inner {
                 }
             }
         }
-        out.extend(self.apc_messages(p));
+        out.extend(self.apc_messages(p).await);
         out
     }
 
     /// The APC verdicts whose evaluation changed since last sent, when
-    /// something that counts was recorded.
-    fn apc_messages(&self, p: &mut Published) -> Vec<Message> {
-        let Some(metering) = &self.feeds.metering else {
+    /// something that counts was recorded. Computed on the blocking pool:
+    /// over a long history it reads the store for tens of ms, which the
+    /// runtime's workers (shared with the machines' drivers) must not wait
+    /// out.
+    async fn apc_messages(&self, p: &mut Published) -> Vec<Message> {
+        let Some(metering) = self.feeds.metering.clone() else {
             return Vec::new();
         };
         // At most once per interval, however often units are made.
@@ -748,10 +753,17 @@ impl Inner {
             return Vec::new();
         }
         p.apc_at = Some(std::time::Instant::now());
-        let results = match metering.apc(Window {
-            from_ms: 0,
-            to_ms: u64::MAX,
-        }) {
+        let computed = tokio::task::spawn_blocking(move || {
+            metering
+                .apc(Window {
+                    from_ms: 0,
+                    to_ms: u64::MAX,
+                })
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let results = match computed {
             Ok(r) => r,
             Err(e) => {
                 // Still dirty: tried again next interval.
