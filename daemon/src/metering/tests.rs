@@ -375,7 +375,13 @@ mod aggregates {
                 // (the open span would grow with now).
                 let whole = (0, base + DAYS * 24 * HOUR_MS);
                 let spans = windows.iter().map(|(a, b)| (base + a.min(b) * MIN, base + a.max(b) * MIN));
-                for (from_ms, to_ms) in spans.chain([whole]) {
+                // Windows around some units, so that units fall in the
+                // partial hours at a window's edges, read unit by unit.
+                let around = units.iter().take(4).map(|(end, ..)| {
+                    let at = base + end * MIN;
+                    (at.saturating_sub(25 * MIN).max(base), at + 25 * MIN)
+                });
+                for (from_ms, to_ms) in spans.chain(around).chain([whole]) {
                     let w = Window { from_ms, to_ms };
                     for id in [Some("a"), Some("b"), None] {
                         let got = m.metrics(Scope::Machine, id, w).expect("metrics");
