@@ -33,6 +33,16 @@ function errorFrom(status, statusText, text) {
 
 /** JSON request; resolves to the parsed body (null for 204). */
 export async function api(method, path, body) {
+  return (await request(method, path, body)).body;
+}
+
+/** A GET's parsed body with one of its answer's headers (null if absent). */
+export async function apiWithHeader(path, header) {
+  const { body, headers } = await request('GET', path);
+  return { body, value: headers.get(header) };
+}
+
+async function request(method, path, body) {
   const init = { method, headers: {}, credentials: 'same-origin', cache: 'no-store' };
   if (method !== 'GET') Object.assign(init.headers, CSRF);
   if (body !== undefined) {
@@ -51,9 +61,9 @@ export async function api(method, path, body) {
     if (res.status === 401 && path !== '/session') onUnauthorized(err);
     throw err;
   }
-  if (!text) return null;
+  if (!text) return { body: null, headers: res.headers };
   try {
-    return JSON.parse(text);
+    return { body: JSON.parse(text), headers: res.headers };
   } catch {
     throw new ApiError(res.status, 'bad_json', 'The daemon sent an answer this page cannot read.');
   }

@@ -9,7 +9,7 @@
 // which sends no live event. The trend is read from the durable log
 // (`stock_changed` records), only the records after the last one seen.
 
-import { api } from './api.js';
+import { api, apiWithHeader } from './api.js';
 import { h, fill, setText, reconcile, fmtTime } from './dom.js';
 
 const REFRESH_MS = 4000;
@@ -231,16 +231,13 @@ export function ordersView(app) {
         h('td', { class: 'small' }, i.orders.map((p) => `${p.serials.join(', ')} (#${p.order_id})`).join('; '))))))));
   }
 
-  /** The log's last seq, found by doubling then halving `after` with
-   *  `limit=1` (a few tiny requests), so the trend starts near the end. */
+  /** The log's last seq, as `GET /log` says it in `X-Log-Tip`, so the
+   *  trend starts near the end. */
   async function logTip() {
-    let lo = 0, hi = 1;
-    while ((await api('GET', `/log?after=${hi}&limit=1`)).length) { lo = hi; hi *= 2; }
-    while (hi - lo > 1) {
-      const mid = Math.floor((lo + hi) / 2);
-      if ((await api('GET', `/log?after=${mid}&limit=1`)).length) lo = mid; else hi = mid;
-    }
-    return lo;
+    const { value } = await apiWithHeader('/log?limit=0', 'x-log-tip');
+    const tip = Number(value);
+    if (!Number.isSafeInteger(tip)) throw new Error('The daemon did not say where its log ends.');
+    return tip;
   }
 
   async function readTrend() {

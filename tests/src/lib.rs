@@ -521,8 +521,25 @@ impl Factory {
         }
     }
 
-    /// The last durable log sequence number.
+    /// The last durable log sequence number, as `GET /log` says it in its
+    /// `X-Log-Tip` header.
     pub async fn log_tip(&self) -> Result<u64> {
+        let res = self
+            .http
+            .get(self.url("/log?limit=0"))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let tip = res
+            .headers()
+            .get("x-log-tip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        tip.ok_or_else(|| anyhow!("GET /log answered {} without X-Log-Tip", res.status()))
+    }
+
+    /// The last log sequence number, found by reading the whole log.
+    pub async fn last_logged(&self) -> Result<u64> {
         let mut after = 0;
         loop {
             let (_, entries) = self.get(&format!("/log?after={after}&limit=1000")).await?;

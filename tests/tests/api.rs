@@ -1733,6 +1733,11 @@ async fn the_log_can_be_followed_by_waiting_for_its_next_entry() {
     let file = f.upload(&data(LONG_PRINT)).await.unwrap();
     let tip = f.log_tip().await.unwrap();
     assert!(tip > 0, "the upload is in the log");
+    assert_eq!(
+        tip,
+        f.last_logged().await.unwrap(),
+        "X-Log-Tip names the last entry"
+    );
     let (s, v) = f.get(&format!("/log?after={tip}&wait=1")).await.unwrap();
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(

@@ -1647,14 +1647,18 @@ const LOG_WAIT_MAX: Duration = Duration::from_secs(30);
 /// (`GET /events` is live only). Read it by cursor: pass the last `seq`
 /// you handled as `after`, and `wait` to be answered when there is more.
 /// Only durable entries are shown: a sequence number once seen is never
-/// given to another entry, even after a crash.
+/// given to another entry, even after a crash. Every answer says the last
+/// durable sequence number in `X-Log-Tip`, so a reader that wants only the
+/// newest entries asks for `after = tip - n` instead of searching for it.
 #[utoipa::path(get, path = "/api/v1/log", tag = "events", params(LogQuery),
-    responses((status = 200, body = Vec<LogRecord>), (status = 400, body = ErrorBody)),
+    responses((status = 200, body = Vec<LogRecord>,
+        headers(("X-Log-Tip" = u64, description = "The last durable sequence number"))),
+        (status = 400, body = ErrorBody)),
     security(("bearer" = [])))]
 async fn event_log(
     State(s): State<AppState>,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Vec<LogRecord>>> {
+) -> ApiResult<([(&'static str, String); 1], Json<Vec<LogRecord>>)> {
     let q =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let after = q.after.unwrap_or(0);
@@ -1673,8 +1677,11 @@ async fn event_log(
         .into_iter()
         .take_while(|r| r.seq <= durable)
         .collect();
-    Ok(Json(entries))
+    Ok(([(LOG_TIP_HEADER, durable.to_string())], Json(entries)))
 }
+
+/// The header of `GET /log` that names the last durable sequence number.
+pub const LOG_TIP_HEADER: &str = "x-log-tip";
 
 /// `GET /machines/{id}/states` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
