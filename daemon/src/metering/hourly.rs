@@ -146,7 +146,7 @@ impl UnitKey {
 
 /// One machine's time over an hour (or a day or month: the sum of its
 /// hours or days, without the changes).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TimeAgg {
     /// Every span.
     pub all: TimeElements,
@@ -189,7 +189,8 @@ impl TimeAgg {
 }
 
 /// The quantities of one machine and SKU in an hour, a day or a month.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct UnitRow {
     /// The machine that made them.
     pub machine: String,
@@ -206,7 +207,8 @@ pub struct UnitRow {
 /// The units that ended in an hour, a day or a month, by machine and
 /// SKU: stored per [`UnitKey`] (one machine's rows, or one SKU's), or a
 /// window's sum over several keys.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct UnitAgg {
     /// One row per (machine, SKU).
     pub rows: Vec<UnitRow>,
@@ -226,13 +228,7 @@ impl UnitAgg {
         {
             Some(i) => i,
             None => {
-                self.rows.push(UnitRow {
-                    machine: machine.to_string(),
-                    sku: sku.to_string(),
-                    q: Quantities::default(),
-                    attempts: 0,
-                    inspections: 0,
-                });
+                self.rows.push(UnitRow::new(machine, sku));
                 self.rows.len() - 1
             }
         };
@@ -241,10 +237,7 @@ impl UnitAgg {
 
     /// Counts a unit.
     pub fn add_unit(&mut self, u: &Unit) {
-        let r = self.row(&u.machine_id, &u.sku);
-        r.q.add_unit(u);
-        r.attempts += u64::from(u.index == 1);
-        r.inspections += inspections(u);
+        self.row(&u.machine_id, &u.sku).count(u);
     }
 
     /// Takes back a unit counted before (its state before an inspection).
@@ -254,16 +247,26 @@ impl UnitAgg {
         r.attempts = r.attempts.saturating_sub(u64::from(u.index == 1));
         r.inspections = r.inspections.saturating_sub(inspections(u));
     }
-
-    /// Adds another record's rows.
-    pub fn add(&mut self, o: &Self) {
-        for x in &o.rows {
-            self.row(&x.machine, &x.sku).add(x);
-        }
-    }
 }
 
 impl UnitRow {
+    fn new(machine: &str, sku: &str) -> Self {
+        Self {
+            machine: machine.to_string(),
+            sku: sku.to_string(),
+            q: Quantities::default(),
+            attempts: 0,
+            inspections: 0,
+        }
+    }
+
+    /// Counts a unit of this row's machine and SKU.
+    fn count(&mut self, u: &Unit) {
+        self.q.add_unit(u);
+        self.attempts += u64::from(u.index == 1);
+        self.inspections += inspections(u);
+    }
+
     fn add(&mut self, o: &UnitRow) {
         self.q.add(&o.q);
         self.attempts = self.attempts.saturating_add(o.attempts);
@@ -287,13 +290,7 @@ impl UnitSum {
             Some(i) => i,
             None => {
                 let i = self.agg.rows.len();
-                self.agg.rows.push(UnitRow {
-                    machine: machine.to_string(),
-                    sku: sku.to_string(),
-                    q: Quantities::default(),
-                    attempts: 0,
-                    inspections: 0,
-                });
+                self.agg.rows.push(UnitRow::new(machine, sku));
                 self.index
                     .entry(machine.to_string())
                     .or_default()
@@ -313,10 +310,7 @@ impl UnitSum {
 
     /// Counts a unit.
     pub fn add_unit(&mut self, u: &Unit) {
-        let r = self.row(&u.machine_id, &u.sku);
-        r.q.add_unit(u);
-        r.attempts += u64::from(u.index == 1);
-        r.inspections += inspections(u);
+        self.row(&u.machine_id, &u.sku).count(u);
     }
 
     /// The sum, one row per (machine, SKU).
