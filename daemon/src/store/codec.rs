@@ -48,21 +48,20 @@ pub fn encode<T: Serialize>(table: &'static str, v: &T) -> Result<Vec<u8>, Store
     Ok(out)
 }
 
-/// A stored record, which must be in this daemon's layout (the store
-/// migrates older ones when it opens).
-pub fn decode<T: DeserializeOwned>(
-    table: &'static str,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<T, StoreError> {
+/// Bytes of another encoding (metering's compact records) behind this
+/// layout's version byte.
+pub fn wrap(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 1);
+    out.push(VERSION);
+    out.extend_from_slice(body);
+    out
+}
+
+/// What follows the version byte of a record in this daemon's layout;
+/// refuses a newer layout by name, and an older or unreadable one.
+pub fn body<'b>(table: &'static str, key: &[u8], bytes: &'b [u8]) -> Result<&'b [u8], StoreError> {
     match layout(bytes) {
-        Layout::Current => {
-            serde_json::from_slice(&bytes[1..]).map_err(|source| StoreError::Corrupt {
-                table,
-                key: show_key(key),
-                source,
-            })
-        }
+        Layout::Current => Ok(&bytes[1..]),
         Layout::Newer(version) => Err(StoreError::Newer {
             table,
             key: show_key(key),
@@ -73,6 +72,20 @@ pub fn decode<T: DeserializeOwned>(
             key: show_key(key),
         }),
     }
+}
+
+/// A stored record, which must be in this daemon's layout (the store
+/// migrates older ones when it opens).
+pub fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(body(table, key, bytes)?).map_err(|source| StoreError::Corrupt {
+        table,
+        key: show_key(key),
+        source,
+    })
 }
 
 /// A record in the first daemon's plain JSON.

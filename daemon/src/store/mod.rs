@@ -234,15 +234,6 @@ fn unit_agg_key(key: &UnitKey, level: Level, index: u64) -> Vec<u8> {
     k
 }
 
-/// An aggregate record as stored: the version byte, then metering's
-/// compact bytes ([`compact`]).
-fn agg_value(body: Vec<u8>) -> Vec<u8> {
-    let mut v = Vec::with_capacity(body.len() + 1);
-    v.push(codec::VERSION);
-    v.extend_from_slice(&body);
-    v
-}
-
 /// An aggregate record's compact bytes, decoded by `f`.
 fn agg_decode<T>(
     key: &[u8],
@@ -250,21 +241,10 @@ fn agg_decode<T>(
     f: impl FnOnce(&[u8]) -> Option<T>,
 ) -> Result<T, StoreError> {
     let table = "metering_hours";
-    match codec::layout(v) {
-        codec::Layout::Current => f(&v[1..]).ok_or_else(|| StoreError::Unreadable {
-            table,
-            key: codec::show_key(key),
-        }),
-        codec::Layout::Newer(version) => Err(StoreError::Newer {
-            table,
-            key: codec::show_key(key),
-            version,
-        }),
-        codec::Layout::Legacy | codec::Layout::Unknown => Err(StoreError::Unreadable {
-            table,
-            key: codec::show_key(key),
-        }),
-    }
+    f(codec::body(table, key, v)?).ok_or_else(|| StoreError::Unreadable {
+        table,
+        key: codec::show_key(key),
+    })
 }
 
 /// `metering_hours` key of a machine's first unaggregated hour.
@@ -750,14 +730,14 @@ impl Store {
             w.raw(
                 &t.metering_hours,
                 time_agg_key(m, *level, *i),
-                agg_value(compact::encode_time(a)),
+                codec::wrap(&compact::encode_time(a)),
             );
         }
         for (key, level, i, a) in &batch.unit_aggs {
             w.raw(
                 &t.metering_hours,
                 unit_agg_key(key, *level, *i),
-                agg_value(compact::encode_units(key, a)),
+                codec::wrap(&compact::encode_units(key, a)),
             );
         }
         for (m, hour) in &batch.machine_seals {
