@@ -1056,7 +1056,7 @@ impl Commerce {
         let mut weight = Some(0.0);
         let mut lines = Vec::new();
         for l in &sh.lines {
-            let product = self.product_if_any(&l.sku)?;
+            let product = self.store.product(&l.sku)?;
             weight = match (weight, product.as_ref().and_then(|p| p.weight_g)) {
                 (Some(w), Some(g)) => Some(w + g * l.serials.len() as f64),
                 _ => None,
@@ -1134,7 +1134,8 @@ impl Commerce {
                 continue;
             };
             let title = self
-                .product_if_any(&l.sku)?
+                .store
+                .product(&l.sku)?
                 .map_or_else(|| l.sku.clone(), |p| p.name);
             lines.push(SlipLine {
                 sku: l.sku.clone(),
@@ -1158,17 +1159,6 @@ impl Commerce {
             lines,
             paper,
         })
-    }
-
-    /// A product's record for a label or a slip: `None` when the SKU has
-    /// none (the SKU stands in), but a store that cannot be read is an
-    /// error, not a missing weight.
-    fn product_if_any(&self, sku: &str) -> Result<Option<crate::metering::model::Product>> {
-        match self.metering.product(sku) {
-            Ok(p) => Ok(Some(p)),
-            Err(crate::metering::MeteringError::Store(e)) => Err(CommerceError::Store(e)),
-            Err(_) => Ok(None),
-        }
     }
 
     /// The 2×1 in label of any unit metering made: SKU, serial, the
