@@ -3,10 +3,12 @@
 //! rustls feature brings crates with open advisories (docs/mqtt.md weighs
 //! the two).
 //!
-//! The files of `[mqtt]` are read and parsed here, once for
-//! `check-config` and once at start, so that both say the same thing: the
-//! configuration key and the path of a file that is missing or wrong, and
-//! what to do about it.
+//! The files of `[mqtt]` are read and parsed here, by the configuration's
+//! check (which every start runs, as `check-config` does) and again when
+//! the client starts, so that both say the same thing: the configuration
+//! key and the path of a file that is missing or wrong, and what to do
+//! about it. Building the connector twice costs a start a few ms; the
+//! check keeps no connector to hand over.
 
 use std::path::{Path, PathBuf};
 
@@ -87,57 +89,60 @@ pub fn connector(config: &MqttConfig) -> Result<TlsConnector, TlsError> {
 
 /// Every certificate of a PEM bundle (`ca_file`), at least one.
 fn ca_certificates(path: &Path) -> Result<Vec<Certificate>, TlsError> {
-    const KEY: &str = "ca_file";
-    let text = read_pem(KEY, path)?;
-    let blocks = pem_blocks(&text, "CERTIFICATE");
+    let text = read_pem("ca_file", path)?;
+    let (_, certs) = certificates(
+        "ca_file",
+        path,
+        &text,
+        "; give the CA certificate that signed the broker's",
+    )?;
+    Ok(certs)
+}
+
+/// The certificate blocks of `text` (read from `key`'s `path`) and each one
+/// parsed: at least one, every one readable.
+fn certificates<'t>(
+    key: &'static str,
+    path: &Path,
+    text: &'t str,
+    advice: &str,
+) -> Result<(Vec<&'t str>, Vec<Certificate>), TlsError> {
+    let blocks = pem_blocks(text, "CERTIFICATE").map_err(|r| invalid(key, path, r))?;
     if blocks.is_empty() {
         return Err(invalid(
-            KEY,
+            key,
             path,
-            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA certificate that signed the broker's".into(),
+            format!("holds no PEM certificate (-----BEGIN CERTIFICATE-----){advice}"),
         ));
     }
-    blocks
+    let certs = blocks
         .iter()
         .enumerate()
         .map(|(i, b)| {
             Certificate::from_pem(b.as_bytes()).map_err(|e| {
                 invalid(
-                    KEY,
+                    key,
                     path,
                     format!("certificate #{} cannot be parsed: {e}", i + 1),
                 )
             })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((blocks, certs))
 }
 
 /// The client certificate (with its chain, if the file holds one) and its
 /// PKCS#8 key.
 fn identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     let cert_text = read_pem("client_cert_file", cert)?;
-    let certs = pem_blocks(&cert_text, "CERTIFICATE");
-    if certs.is_empty() {
-        return Err(invalid(
-            "client_cert_file",
-            cert,
-            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-        ));
-    }
-    for (i, b) in certs.iter().enumerate() {
-        Certificate::from_pem(b.as_bytes()).map_err(|e| {
-            invalid(
-                "client_cert_file",
-                cert,
-                format!("certificate #{} cannot be parsed: {e}", i + 1),
-            )
-        })?;
-    }
+    let (blocks, _) = certificates("client_cert_file", cert, &cert_text, "")?;
     let key_text = read_pem("client_key_file", key)?;
-    let Some(key_pem) = pem_blocks(&key_text, "PRIVATE KEY").first().copied() else {
+    let keys =
+        pem_blocks(&key_text, "PRIVATE KEY").map_err(|r| invalid("client_key_file", key, r))?;
+    let Some(key_pem) = keys.first().copied() else {
         return Err(invalid("client_key_file", key, key_advice(&key_text)));
     };
-    Identity::from_pkcs8(certs.join("\n").as_bytes(), key_pem.as_bytes()).map_err(|e| {
+    Identity::from_pkcs8(blocks.join("\n").as_bytes(), key_pem.as_bytes()).map_err(|e| {
         invalid(
             "client_key_file",
             key,
@@ -146,7 +151,6 @@ fn identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     })
 }
 
-/// What to say about a key file without a PKCS#8 key.
 fn key_advice(text: &str) -> String {
     if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
         "the key is encrypted; the daemon needs it unencrypted (protect the file by its owner and mode instead): openssl pkcs8 -in KEY -out KEY.pem".into()
@@ -185,8 +189,9 @@ fn invalid(key: &'static str, path: &Path, reason: String) -> TlsError {
 
 /// The PEM blocks of `label` in `text`, each from its BEGIN line to its
 /// END line inclusive, in order; text around and between them (comments,
-/// `openssl x509 -text` output) is skipped.
-fn pem_blocks<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
+/// `openssl x509 -text` output) is skipped. A block with no END line (a
+/// file cut short) is an error, not a block fewer.
+fn pem_blocks<'a>(text: &'a str, label: &str) -> Result<Vec<&'a str>, String> {
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
     let mut out = Vec::new();
@@ -194,14 +199,17 @@ fn pem_blocks<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
     let mut offset = 0;
     while let Some(b) = rest.find(&begin) {
         let Some(e) = rest[b..].find(&end) else {
-            break;
+            return Err(format!(
+                "block {} ({begin}) has no {end} line: is the file cut short?",
+                out.len() + 1
+            ));
         };
         let stop = b + e + end.len();
         out.push(&text[offset + b..offset + stop]);
         offset += stop;
         rest = &rest[stop..];
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -229,23 +237,39 @@ mod tests {
     fn pem_blocks_are_found_between_other_text_and_in_order() {
         let text = "Certificate:\n  Data: ...\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
                     junk\n-----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----\n\
-                    -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nunterminated";
+                    -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
         assert_eq!(
             pem_blocks(text, "CERTIFICATE"),
-            vec![
+            Ok(vec![
                 "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----",
                 "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----",
-            ]
+            ])
         );
         assert_eq!(
             pem_blocks(text, "PRIVATE KEY"),
-            vec!["-----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----"]
+            Ok(vec![
+                "-----BEGIN PRIVATE KEY-----\nKKK\n-----END PRIVATE KEY-----"
+            ])
         );
-        assert!(pem_blocks("no pem here", "CERTIFICATE").is_empty());
+        assert_eq!(pem_blocks("no pem here", "CERTIFICATE"), Ok(vec![]));
     }
 
     #[test]
-    fn the_system_roots_are_enough_without_files() {
+    fn a_bundle_cut_short_is_refused_not_read_as_one_certificate_fewer() {
+        let cut = scratch(
+            "cut.pem",
+            b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBB",
+        );
+        let e = connector(&config(Some(&cut), None, None)).expect_err("cut short");
+        let text = e.to_string();
+        assert!(
+            text.contains("mqtt.ca_file") && text.contains("block 2") && text.contains("cut short"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_connector_is_built_from_the_system_roots_without_files() {
         connector(&config(None, None, None)).expect("a connector with the system's roots");
     }
 
