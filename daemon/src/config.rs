@@ -1936,6 +1936,16 @@ client_key_file = "/nonexistent/mfd/client.key"
             "{:?}",
             c.warnings
         );
+        // The same credentials over plain TCP are warned about.
+        let plain = parse(
+            "data_dir = \"d\"\n[mqtt]\nbroker = \"mqtt://b\"\nsite = \"s\"\nusername = \"u\"\n",
+        )
+        .expect("plain mqtt with credentials");
+        assert!(
+            plain.warnings.iter().any(|w| w.contains("in clear")),
+            "{:?}",
+            plain.warnings
+        );
     }
 
     #[test]

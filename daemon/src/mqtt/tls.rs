@@ -7,8 +7,8 @@
 //! check (which every start runs, as `check-config` does) and again when
 //! the client starts, so that both say the same thing: the configuration
 //! key and the path of a file that is missing or wrong, and what to do
-//! about it. Building the connector twice costs a start a few ms; the
-//! check keeps no connector to hand over.
+//! about it. So a start reads the files and the system's roots twice;
+//! the check keeps no connector to hand over.
 
 use std::path::{Path, PathBuf};
 
