@@ -71,6 +71,11 @@ impl Heads {
         }
     }
 
+    /// The counters of a marker or undo record, after its commit number.
+    pub(super) fn of_marker(marker: &[u8]) -> Option<Self> {
+        Self::decode(marker.get(8..)?)
+    }
+
     fn decode(b: &[u8]) -> Option<Self> {
         let mut n = b
             .get(..HEADS_LEN)?
@@ -349,10 +354,7 @@ pub(super) fn recover(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), 
     if n <= done {
         return Ok((done, heads));
     }
-    let before = undo
-        .get(8..)
-        .and_then(Heads::decode)
-        .ok_or_else(|| unreadable(UNDO))?;
+    let before = Heads::of_marker(&undo).ok_or_else(|| unreadable(UNDO))?;
     roll_back(db, &undo, usize::MAX)?;
     mark(t, n, &before)?;
     db.flush()?;
@@ -375,9 +377,7 @@ fn finish_redo(db: &sled::Db, t: &Trees) -> Result<(u64, Option<Heads>), StoreEr
         if legacy {
             return Ok(None);
         }
-        entry
-            .get(8..)
-            .and_then(Heads::decode)
+        Heads::of_marker(entry)
             .map(Some)
             .ok_or_else(|| unreadable(key))
     };

@@ -1834,15 +1834,7 @@ mod tests {
                 .get("committed")
                 .expect("get")
                 .expect("a marker");
-            let n: Vec<u64> = marker.chunks_exact(8).map(u64_key).collect();
-            let heads = journal::Heads {
-                log_seq: n[1],
-                job_id: n[2],
-                order_id: n[3],
-                unit_serial: n[4],
-                sales_order_id: n[5],
-                shipment_id: n[6],
-            };
+            let heads = journal::Heads::of_marker(&marker).expect("a marker with counters");
             let count = |tree: &str| db.open_tree(tree).expect("tree").len();
             let last_logged = db
                 .open_tree("log")
