@@ -133,6 +133,10 @@ struct Slot {
     /// Cancelled once the link has stopped: its event task then records
     /// what is left in its channel and ends.
     drained: CancellationToken,
+    /// Held while a job is being started, from the assignment's checks to
+    /// the start's outcome in the core: a cancel that comes in between
+    /// waits for it, since until then the driver has no job to cancel.
+    starting: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
@@ -245,6 +249,7 @@ impl Factory {
                 link,
                 temps: Mutex::default(),
                 drained: CancellationToken::new(),
+                starting: tokio::sync::Mutex::new(()),
             })
             .collect();
         let (events, _) = broadcast::channel(4096);
@@ -667,7 +672,18 @@ impl Factory {
     /// Cancels a job: a queued one at once, a running one through its
     /// link (which ends it, running the cancel script).
     pub async fn cancel_job(&self, id: u64) -> Result<Job> {
-        let job = self.job(id)?;
+        let mut job = self.job(id)?;
+        // A job assigned a moment ago may still be on its way to the
+        // driver, which would answer "no job" and then run it: wait until
+        // its start is settled (and keep it so), then look again.
+        let _settled = if job.state.is_active() {
+            let i = self.lock().core.active_machine(id, "cancelled")?;
+            let settled = self.slots[i].starting.lock().await;
+            job = self.job(id)?;
+            Some(settled)
+        } else {
+            None
+        };
         match job.state {
             JobState::Queued => {
                 self.apply(|core, now| Ok(core.cancel_queued(id, now)?))
@@ -1235,6 +1251,7 @@ impl Factory {
 
     async fn start_on(&self, i: usize, job: Job) -> Result<()> {
         let slot = &self.slots[i];
+        let _starting = slot.starting.lock().await;
         let res = match self.store.file(&job.file_id)? {
             None => Err(NotStarted::Retry(format!(
                 "the file {} is gone",

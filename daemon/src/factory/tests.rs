@@ -16,12 +16,30 @@ use crate::core::machine::MachineState;
 use crate::core::model::AttemptOutcome;
 
 /// A machine that is online at once, takes any job, and ends it when the
-/// test says so.
+/// test says so, or when it is cancelled. With a `gate`, a start is
+/// answered only once the test opens it: the driver has no job until then.
 #[derive(Debug)]
 struct ScriptedLink {
     status: watch::Sender<MachineStatus>,
     events: broadcast::Sender<DriverEvent>,
     started: mpsc::UnboundedSender<JobSpec>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    job: std::sync::Mutex<Option<String>>,
+}
+
+impl ScriptedLink {
+    fn new(started: mpsc::UnboundedSender<JobSpec>, gated: bool) -> Self {
+        Self {
+            status: watch::Sender::new(MachineStatus {
+                connection: Connection::Online,
+                ..MachineStatus::default()
+            }),
+            events: broadcast::channel(16).0,
+            started,
+            gate: gated.then(|| Arc::new(tokio::sync::Semaphore::new(0))),
+            job: std::sync::Mutex::default(),
+        }
+    }
 }
 
 impl MachineLink for ScriptedLink {
@@ -38,7 +56,23 @@ impl MachineLink for ScriptedLink {
         Box::pin(async move {
             match c {
                 Command::Start(spec) => {
+                    let id = spec.id.clone();
                     let _ = self.started.send(spec);
+                    if let Some(gate) = &self.gate {
+                        gate.acquire().await.expect("gate").forget();
+                    }
+                    *self.job.lock().expect("job") = Some(id);
+                    Ok(Vec::new())
+                }
+                Command::Cancel => {
+                    let Some(job_id) = self.job.lock().expect("job").take() else {
+                        return Err(DriverError::NoJob);
+                    };
+                    let _ = self.events.send(DriverEvent::JobEnded {
+                        job_id,
+                        outcome: JobOutcome::Cancelled { last_acked_line: 0 },
+                        stats: StreamStats::default(),
+                    });
                     Ok(Vec::new())
                 }
                 _ => Err(DriverError::Invalid("not scripted".into())),
@@ -60,14 +94,7 @@ async fn a_machine_behind_any_link_runs_jobs_and_records_its_states_and_attempts
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&dir).expect("store");
     let (started_tx, mut started) = mpsc::unbounded_channel();
-    let link = Arc::new(ScriptedLink {
-        status: watch::Sender::new(MachineStatus {
-            connection: Connection::Online,
-            ..MachineStatus::default()
-        }),
-        events: broadcast::channel(16).0,
-        started: started_tx,
-    });
+    let link = Arc::new(ScriptedLink::new(started_tx, false));
     let f = Factory::with_links(
         store.clone(),
         vec![(machine("net-1"), Arc::clone(&link) as Arc<dyn MachineLink>)],
@@ -139,6 +166,65 @@ async fn a_machine_behind_any_link_runs_jobs_and_records_its_states_and_attempts
             ..
         }
     )));
+    f.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_job_cancelled_while_its_start_is_on_the_way_ends_cancelled() {
+    let dir = std::env::temp_dir().join(format!("mfd-factory-cancel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir).expect("store");
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let link = Arc::new(ScriptedLink::new(started_tx, true));
+    let f = Factory::with_links(
+        store.clone(),
+        vec![(machine("net-1"), Arc::clone(&link) as Arc<dyn MachineLink>)],
+        1 << 20,
+        100,
+    )
+    .await
+    .expect("factory");
+    let mut live = f.subscribe();
+    f.run();
+    let mut up = f.upload().expect("upload");
+    up.push(b"G28\nG1 Z0.2 F3000\n").expect("push");
+    let (file, _) = f.add_file(up, "part.gcode".into()).await.expect("add");
+    let id = f
+        .submit(Submission {
+            file_id: file.id.clone(),
+            ..Submission::default()
+        })
+        .await
+        .expect("submit")[0]
+        .id;
+    // The start has reached the link, which has not taken the job yet.
+    started.recv().await.expect("the link was asked to start");
+    let cancel = tokio::spawn({
+        let f = Arc::clone(&f);
+        async move { f.cancel_job(id).await }
+    });
+    // On this one-thread runtime the cancel runs as far as it can before
+    // the start is let through: before the fix it reached the link then,
+    // was told "no job", and the job ran once its start went on.
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    link.gate.as_ref().expect("gated").add_permits(1);
+    cancel.await.expect("join").expect("cancel");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if let Event::Job { job_id, state, .. } = live.recv().await.expect("live events")
+                && job_id == id
+                && state.is_final()
+            {
+                return state;
+            }
+        }
+    })
+    .await
+    .expect("the job ended");
+    assert_eq!(ended, JobState::Cancelled);
     f.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
