@@ -41,6 +41,7 @@ use crate::clock::now_ms;
 use crate::commerce::service::Commerce;
 use crate::config::{Adapter, MqttConfig, parse_broker};
 use crate::core::events::{DomainEvent, LogRecord};
+use crate::core::machine::{MachineState, StateReason};
 use crate::factory::Factory;
 use crate::metering::Metering;
 use crate::metering::apc::Evaluation;
@@ -718,6 +719,9 @@ impl Inner {
                 let Some(state) = p.states.get(&m.id) else {
                     continue;
                 };
+                if !describes(state, (m.machine_state, m.reason)) {
+                    continue;
+                }
                 let live = schema::Live::from_status(&m.status);
                 if let Some(live) = p.throttle.due(&m.id, &live, now) {
                     let payload = MachineStatePayload {
@@ -835,6 +839,15 @@ impl Inner {
     }
 }
 
+/// Whether `state`, the machine's last state message, is the state the
+/// factory holds now. The factory changes a state before the change's log
+/// record is durable; until this publisher reads that record, readings
+/// would go out under the state before (a print's progress under
+/// "offline"), so they wait for it.
+fn describes(state: &MachineStatePayload, now: (MachineState, StateReason)) -> bool {
+    (state.state, state.reason) == now
+}
+
 enum Ended {
     Stopped,
     Reconnect,
@@ -915,6 +928,31 @@ mod tests {
         assert_eq!(explain(&reset(), false, None), reset().to_string());
         let refused = rumqttc::ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
         assert_eq!(explain(&refused, false, hint), refused.to_string());
+    }
+
+    #[test]
+    fn readings_wait_for_the_log_record_of_the_state_they_belong_to() {
+        let change = crate::core::machine::StateChange {
+            seq: 9,
+            at_ms: 1_000,
+            state: MachineState::Offline,
+            reason: StateReason::Disconnected,
+            job_id: None,
+        };
+        let published = MachineStatePayload::from_change("m1", &change);
+        assert!(describes(
+            &published,
+            (MachineState::Offline, StateReason::Disconnected)
+        ));
+        // The factory has moved on; its log record is not read yet.
+        assert!(!describes(
+            &published,
+            (MachineState::Producing, StateReason::None)
+        ));
+        assert!(!describes(
+            &published,
+            (MachineState::Offline, StateReason::Connecting)
+        ));
     }
 
     #[test]
