@@ -114,6 +114,10 @@ pub(super) struct Op<'a> {
     pub key: Vec<u8>,
     /// `None` removes the key.
     pub value: Option<Vec<u8>>,
+    /// The key lies beyond a counter this commit moves (a log record, a
+    /// new job), so it holds nothing yet: the undo record says so without
+    /// reading it. Reading cost a twelfth of a submission's CPU.
+    pub fresh: bool,
 }
 
 /// The writes of one commit, in order.
@@ -136,12 +140,29 @@ impl<'a> Writes<'a> {
         Ok(())
     }
 
+    /// A record under a key that holds nothing yet, which the caller
+    /// knows from a counter (see [`Op::fresh`]).
+    pub fn put_new<T: serde::Serialize>(
+        &mut self,
+        tree: &'a sled::Tree,
+        table: &'static str,
+        key: impl AsRef<[u8]>,
+        v: &T,
+    ) -> Result<(), StoreError> {
+        self.put(tree, table, key, v)?;
+        if let Some(op) = self.ops.last_mut() {
+            op.fresh = true;
+        }
+        Ok(())
+    }
+
     /// Bytes as they are (counters, index entries).
     pub fn raw(&mut self, tree: &'a sled::Tree, key: impl AsRef<[u8]>, value: impl Into<Vec<u8>>) {
         self.ops.push(Op {
             tree,
             key: key.as_ref().to_vec(),
             value: Some(value.into()),
+            fresh: false,
         });
     }
 
@@ -151,6 +172,7 @@ impl<'a> Writes<'a> {
             tree,
             key: key.as_ref().to_vec(),
             value: None,
+            fresh: false,
         });
     }
 }
@@ -169,6 +191,16 @@ fn undo_record(n: u64, before: &Heads, ops: &[Op<'_>]) -> Result<Vec<u8>, StoreE
     for op in ops {
         push(&mut buf, &op.tree.name());
         push(&mut buf, &op.key);
+        if op.fresh {
+            // Tests run with debug assertions: every commit they make
+            // checks the caller's claim.
+            debug_assert!(
+                op.tree.get(&op.key)?.is_none(),
+                "a key said to be fresh holds a value"
+            );
+            buf.push(0);
+            continue;
+        }
         match op.tree.get(&op.key)? {
             Some(v) => {
                 buf.push(1);

@@ -705,8 +705,15 @@ impl Store {
         for id in &batch.removed_files {
             w.remove(&t.files, id.as_bytes());
         }
+        // Ids this commit hands out (past the counter before it, up to
+        // the one it moves the counter to) are new jobs'.
+        let new_jobs = heads.job_id + 1..=batch.job_id_counter.unwrap_or(0);
         for j in &batch.jobs {
-            w.put(&t.jobs, "jobs", job_key(j.id), j)?;
+            if new_jobs.contains(&j.id) {
+                w.put_new(&t.jobs, "jobs", job_key(j.id), j)?;
+            } else {
+                w.put(&t.jobs, "jobs", job_key(j.id), j)?;
+            }
         }
         for a in &batch.attempts {
             w.put(&t.attempts, "attempts", attempt_key(a.job_id, a.n), a)?;
@@ -821,7 +828,7 @@ impl Store {
                 at_ms: now_ms,
                 event: event.clone(),
             };
-            w.put(&t.log, "log", seq.to_be_bytes(), &rec)?;
+            w.put_new(&t.log, "log", seq.to_be_bytes(), &rec)?;
             if let DomainEvent::MachineState {
                 machine_id,
                 state,
@@ -836,7 +843,7 @@ impl Store {
                     job_id: *job_id,
                     seq,
                 };
-                w.put(
+                w.put_new(
                     &t.states,
                     "machine_states",
                     state_key(machine_id, seq),
