@@ -20,6 +20,10 @@
 //! store opens, before this runs; the number is raised so that a schema-2
 //! daemon, which knows nothing of undo records, refuses the store rather
 //! than leave a commit cut short half there.
+//! Schema 4: a commit that only adds jobs and log records (a submission)
+//! writes no undo record; the store trims jobs and log records past the
+//! marker's counters when it opens. Nothing to rewrite; the number is
+//! raised so that a schema-3 daemon, which does not trim, refuses it.
 
 use serde::Deserialize;
 use sled::transaction::ConflictableTransactionError;
@@ -54,16 +58,22 @@ enum EventV0 {
     Other,
 }
 
-/// Checks the schema and migrates an older store; refuses a newer one.
-pub(super) fn run(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
+/// Refuses a store of a newer schema, writing nothing: called before the
+/// journal is recovered, whose rules a newer daemon may have changed.
+pub(super) fn refuse_newer_schema(t: &Trees) -> Result<Option<u64>, StoreError> {
     let schema = t.meta.get(SCHEMA)?.map(|v| read_u64(Some(v)));
     match schema {
-        Some(found) if found > SCHEMA_VERSION => {
-            return Err(StoreError::NewerSchema {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        Some(found) if found > SCHEMA_VERSION => Err(StoreError::NewerSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(schema),
+    }
+}
+
+/// Checks the schema and migrates an older store; refuses a newer one.
+pub(super) fn run(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
+    match refuse_newer_schema(t)? {
         Some(SCHEMA_VERSION) => {}
         found => {
             if found.is_none() {

@@ -48,6 +48,7 @@ use crate::metering::hourly::{Level, TimeAgg, UnitAgg, UnitKey};
 use crate::metering::model::{Order, Product, Unit};
 use crate::metering::summary::Summary;
 use codec::{decode, encode, u64_key};
+use journal::Fresh;
 
 /// Storage failures. None of them is the caller's fault.
 #[derive(Debug, Error)]
@@ -108,6 +109,12 @@ pub enum StoreError {
          which finishes undoing it"
     )]
     Unsettled,
+    /// A plain write of a job no commit created: it would be lost at the
+    /// next open, which trims jobs past the counter (a bug, never input).
+    #[error(
+        "job {id} was never committed (the last job id handed out is {last}); a job is created by a commit"
+    )]
+    NotCommitted { id: u64, last: u64 },
     /// Another process holds the database open.
     #[error(
         "the store {} is in use by another process (another microfactoryd, or its \
@@ -266,8 +273,10 @@ const SCHEMA: &str = "schema";
 /// counters in the commit marker (a schema-1 daemon would read stale
 /// counters from the meta keys, so it must refuse such a store); 3 =
 /// commits journalled for undo, not redo (a schema-2 daemon would not
-/// undo a commit cut short).
-pub const SCHEMA_VERSION: u64 = 3;
+/// undo a commit cut short); 4 = a commit of only new jobs and log
+/// records has no undo record, and opening trims what lies past the
+/// marker's counters (a schema-3 daemon would not).
+pub const SCHEMA_VERSION: u64 = 4;
 
 fn read_u64(v: Option<impl AsRef<[u8]>>) -> u64 {
     v.map_or(0, |b| u64_key(b.as_ref()))
@@ -546,6 +555,7 @@ impl Store {
         std::fs::create_dir_all(blobs.join("tmp"))?;
         let db = open_db(&dir.join("db"))?;
         let t = Trees::open(&db)?;
+        migrate::refuse_newer_schema(&t)?;
         let (commits, heads) = journal::recover(&db, &t)?;
         migrate::run(&db, &t)?;
         let heads = match heads {
@@ -710,7 +720,7 @@ impl Store {
         let new_jobs = heads.job_id + 1..=batch.job_id_counter.unwrap_or(0);
         for j in &batch.jobs {
             if new_jobs.contains(&j.id) {
-                w.put_new(&t.jobs, "jobs", job_key(j.id), j)?;
+                w.put_new(&t.jobs, "jobs", job_key(j.id), j, Fresh::Counted)?;
             } else {
                 w.put(&t.jobs, "jobs", job_key(j.id), j)?;
             }
@@ -724,6 +734,9 @@ impl Store {
         if let Some(n) = batch.job_id_counter {
             heads.job_id = n;
         }
+        // The counter covers every job written, whatever the batch says:
+        // the next open trims jobs past it.
+        heads.job_id = batch.jobs.iter().map(|j| j.id).fold(heads.job_id, u64::max);
         if let Some(n) = batch.order_id_counter {
             heads.order_id = n;
         }
@@ -828,7 +841,7 @@ impl Store {
                 at_ms: now_ms,
                 event: event.clone(),
             };
-            w.put_new(&t.log, "log", seq.to_be_bytes(), &rec)?;
+            w.put_new(&t.log, "log", seq.to_be_bytes(), &rec, Fresh::Counted)?;
             if let DomainEvent::MachineState {
                 machine_id,
                 state,
@@ -848,6 +861,7 @@ impl Store {
                     "machine_states",
                     state_key(machine_id, seq),
                     &change,
+                    Fresh::Yes,
                 )?;
             }
             records.push(rec);
@@ -891,6 +905,10 @@ impl Store {
     /// Stores a job on its own (progress, at most once a second); changes
     /// that other records or events go with use [`Store::commit`].
     pub fn put_job(&self, j: &Job) -> Result<(), StoreError> {
+        let last = self.heads().job_id;
+        if j.id > last {
+            return Err(StoreError::NotCommitted { id: j.id, last });
+        }
         self.t.jobs.insert(job_key(j.id), encode("jobs", j)?)?;
         Ok(())
     }
@@ -1626,7 +1644,7 @@ mod tests {
         {
             // A machine left waiting for bed clearance, as the first daemon
             // wrote it (the fixture's machines had none).
-            let db = sled::open(dir.join("db")).expect("raw open");
+            let db = open_db(&dir.join("db")).expect("raw open");
             let t = db.open_tree("machines").expect("tree");
             t.insert("p9", &br#"{"disabled":true,"awaiting_clear":true}"#[..])
                 .expect("insert");
@@ -1682,7 +1700,7 @@ mod tests {
         let dir = temp_dir("bad-marker");
         drop(Store::open(&dir).expect("open"));
         {
-            let db = sled::open(dir.join("db")).expect("raw open");
+            let db = open_db(&dir.join("db")).expect("raw open");
             let j = db.open_tree("journal").expect("journal");
             j.insert("committed", &1u64.to_be_bytes()).expect("insert");
             db.flush().expect("flush");
@@ -1762,7 +1780,7 @@ mod tests {
         assert_eq!(again.heads().log_seq, heads.log_seq + 1);
         assert_eq!(again.unit_counter().expect("units"), heads.unit_serial);
         drop(again);
-        let db = sled::open(dir.join("db")).expect("raw open");
+        let db = open_db(&dir.join("db")).expect("raw open");
         let meta = db.open_tree("meta").expect("meta");
         assert_eq!(read_u64(meta.get(SCHEMA).expect("get")), SCHEMA_VERSION);
     }
@@ -1774,7 +1792,7 @@ mod tests {
         copy_dir(&fixture, &dir);
         // What the schema-1 daemon left, read raw.
         let (legacy, last_logged, max_job) = {
-            let db = sled::open(dir.join("db")).expect("raw open");
+            let db = open_db(&dir.join("db")).expect("raw open");
             let meta = db.open_tree("meta").expect("meta");
             let get = |k: &str| read_u64(meta.get(k).expect("get"));
             assert_eq!(get(SCHEMA), 1, "the fixture is a schema-1 store");
@@ -1828,7 +1846,7 @@ mod tests {
         // What the schema-2 daemon left, read raw: its marker (commit
         // number, then the counters) and its tables.
         let (heads, jobs, units, last_logged) = {
-            let db = sled::open(dir.join("db")).expect("raw open");
+            let db = open_db(&dir.join("db")).expect("raw open");
             let meta = db.open_tree("meta").expect("meta");
             assert_eq!(
                 read_u64(meta.get(SCHEMA).expect("get")),
@@ -1879,7 +1897,7 @@ mod tests {
         // and the job id counter, the way a schema-1 daemon wrote a commit
         // (commit number, then tree, key and value, each length-prefixed).
         let next = {
-            let db = sled::open(dir.join("db")).expect("raw open");
+            let db = open_db(&dir.join("db")).expect("raw open");
             let meta = db.open_tree("meta").expect("meta");
             let done = read_u64(meta.get("committed").expect("get"));
             let next = read_u64(meta.get(JOB_ID).expect("get")) + 1;
@@ -2066,6 +2084,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let s = Store::open(&dir).expect("open");
+            s.commit(
+                &Batch {
+                    jobs: vec![job(5)],
+                    job_id_counter: Some(5),
+                    ..Batch::default()
+                },
+                1,
+            )
+            .expect("commit");
             let mut bytes = encode("jobs", &job(5)).expect("encode");
             bytes[0] = codec::VERSION + 1;
             s.t.jobs.insert(job_key(5), bytes).expect("insert");
@@ -2357,6 +2384,87 @@ mod tests {
         }
     }
 
+    /// A submission of job `id`: the job, its counter and its event, the
+    /// kind of commit that writes no undo record.
+    fn submission(id: u64) -> Batch {
+        Batch {
+            jobs: vec![job(id)],
+            job_id_counter: Some(id),
+            events: vec![DomainEvent::JobQueued {
+                job_id: id,
+                file_id: "f".into(),
+                start_line: 1,
+                priority: 0,
+                note: None,
+            }],
+            ..Batch::default()
+        }
+    }
+
+    #[test]
+    fn a_submission_cut_short_by_a_crash_is_trimmed_when_the_store_opens() {
+        for applied in 0..=2 {
+            let dir = temp_dir(&format!("trim-{applied}"));
+            {
+                let s = Store::open(&dir).expect("open");
+                // A commit with an undo record first: the record stays
+                // under `journal/undo`, older than the marker, and must not
+                // be applied again.
+                let mut first = submission(1);
+                first.cursors = vec![("metering", 1)];
+                s.commit(&first, 1000).expect("commit");
+                let mut after = s.heads();
+                let (w, _) = s.plan(&submission(2), &mut after, 2000).expect("plan");
+                assert!(journal::only_counted(&w.ops), "no undo record");
+                assert_eq!(w.ops.len(), 2);
+                // What a crash leaves: a prefix of its writes, no marker.
+                journal::apply(&w.ops[..applied]).expect("apply");
+                drop(w);
+                s.db.flush().expect("flush");
+            }
+            let s = Store::open(&dir).expect("reopen");
+            let what = format!("after {applied} of 2 writes");
+            assert!(s.job(2).expect("job").is_none(), "{what}");
+            assert!(s.job(1).expect("job").is_some(), "{what}");
+            assert_eq!(s.job_id_counter().expect("counter"), 1, "{what}");
+            let seqs: Vec<u64> = s
+                .log_after(0, 10)
+                .expect("log")
+                .iter()
+                .map(|r| r.seq)
+                .collect();
+            assert_eq!(seqs, vec![1], "{what}");
+            assert_eq!(s.cursor("metering").expect("cursor"), 1, "{what}");
+            // The next submission takes the trimmed one's id and sequence.
+            let next = s.commit(&submission(2), 3000).expect("commit");
+            assert_eq!(next[0].seq, 2, "{what}");
+            drop(s);
+            let s = Store::open(&dir).expect("reopen");
+            assert!(s.job(2).expect("job").is_some(), "{what}: kept once marked");
+            drop(s);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn a_submission_that_fails_half_way_is_undone_at_once() {
+        let dir = temp_dir("fail-submission");
+        let s = Store::open(&dir).expect("open");
+        s.commit(&submission(1), 1000).expect("commit");
+        journal::fail_after(Some(1));
+        let err = s
+            .commit(&submission(2), 2000)
+            .expect_err("injected failure");
+        journal::fail_after(None);
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(s.job(2).expect("job").is_none());
+        assert_eq!(s.log_after(0, 10).expect("log").len(), 1);
+        let next = s.commit(&submission(2), 3000).expect("commit");
+        assert_eq!(next[0].seq, 2);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_commit_that_fails_half_way_is_undone_at_once_and_the_next_one_follows() {
         let dir = temp_dir("fail-half");
@@ -2494,7 +2602,7 @@ mod tests {
         drop(s);
         // A store made before the index: its index is built at start.
         {
-            let db = sled::open(dir.join("db")).expect("raw open");
+            let db = open_db(&dir.join("db")).expect("raw open");
             db.open_tree("unit_index")
                 .expect("tree")
                 .clear()
@@ -2564,7 +2672,19 @@ mod tests {
         {
             let s = Store::open(&dir).expect("open");
             first = 7;
-            s.put_job(&job(first)).expect("put");
+            s.commit(
+                &Batch {
+                    jobs: vec![job(first)],
+                    job_id_counter: Some(first),
+                    ..Batch::default()
+                },
+                1,
+            )
+            .expect("commit");
+            // A job no commit created is refused, not kept until the next
+            // open trims it.
+            let err = s.put_job(&job(first + 1)).expect_err("uncommitted");
+            assert!(err.to_string().contains("never committed"), "{err}");
             s.put_token(
                 "h",
                 &TokenRecord {
