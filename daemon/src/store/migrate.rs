@@ -190,7 +190,7 @@ fn to_v1(t: &Trees, old_events: &sled::Tree) -> Result<(), StoreError> {
             tx[0].insert(k, encode("files", f).map_err(abort)?)?;
         }
         for (k, j) in &jobs {
-            tx[1].insert(k, encode("jobs", j).map_err(abort)?)?;
+            tx[1].insert(k, super::jobs::encode(j).map_err(abort)?)?;
         }
         for (k, tok) in &tokens {
             tx[2].insert(k, encode("tokens", tok).map_err(abort)?)?;

@@ -21,6 +21,7 @@
 //! was flushing at that moment.
 
 pub mod codec;
+mod jobs;
 mod journal;
 mod migrate;
 mod unit_index;
@@ -719,10 +720,11 @@ impl Store {
         // the one it moves the counter to) are new jobs'.
         let new_jobs = heads.job_id + 1..=batch.job_id_counter.unwrap_or(0);
         for j in &batch.jobs {
+            let stored = jobs::Stored::of(j);
             if new_jobs.contains(&j.id) {
-                w.put_new(&t.jobs, "jobs", job_key(j.id), j, Fresh::Counted)?;
+                w.put_new(&t.jobs, "jobs", job_key(j.id), &stored, Fresh::Counted)?;
             } else {
-                w.put(&t.jobs, "jobs", job_key(j.id), j)?;
+                w.put(&t.jobs, "jobs", job_key(j.id), &stored)?;
             }
         }
         for a in &batch.attempts {
@@ -909,7 +911,7 @@ impl Store {
         if j.id > last {
             return Err(StoreError::NotCommitted { id: j.id, last });
         }
-        self.t.jobs.insert(job_key(j.id), encode("jobs", j)?)?;
+        self.t.jobs.insert(job_key(j.id), jobs::encode(j)?)?;
         Ok(())
     }
 
@@ -919,13 +921,20 @@ impl Store {
         self.t
             .jobs
             .get(key)?
-            .map(|v| decode("jobs", &key, &v))
+            .map(|v| jobs::decode(&key, &v))
             .transpose()
     }
 
     /// Every job, oldest first.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-        all(&self.t.jobs, "jobs")
+        self.t
+            .jobs
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                jobs::decode(&k, &v)
+            })
+            .collect()
     }
 
     /// A job's attempts, first first.
