@@ -2,7 +2,7 @@
 """Daemon benchmarks of BENCHMARKS.md ("Daemon"): standard library only.
 
     python3 bench/daemon_bench.py fleet  [--printers 80 --mills 20 --window 90]
-    python3 bench/daemon_bench.py submit [--machines 1 --duration 20 --concurrency 1,8,32]
+    python3 bench/daemon_bench.py submit [--machines 1 --duration 20 --concurrency 1,8,32 --client python|wrk]
     python3 bench/daemon_bench.py read   [--printers 80 --mills 20 --jobs 1000 --duration 20]
 
 Each run builds nothing: build first with
@@ -364,6 +364,51 @@ def percentile(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[k]
 
 
+def submit_with_wrk(f: "Factory", body: bytes, conc: int, args) -> dict:
+    """POST /jobs from one wrk thread over `conc` connections: a client
+    that costs the machine far less than Python's, so the daemon's own
+    CPU decides the rate (BENCHMARKS.md, session 9)."""
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: apt-get install -y wrk")
+    lua = f.dir / "submit.lua"
+    lua.write_text('wrk.method = "POST"\nwrk.body = %s\n'
+                   'wrk.headers["Content-Type"] = "application/json"\n' % json.dumps(body.decode()))
+    before = len(f.api.get("/jobs?state=queued"))
+    pid = f.daemon.pid
+    d0 = cpu_ticks(pid)
+    t0 = time.monotonic()
+    p = subprocess.Popen(["wrk", "-t1", f"-c{conc}", f"-d{max(1, round(args.duration))}s", "--latency", "-s", str(lua),
+                          "-H", f"Authorization: Bearer {f.token}", f"{f.base}/api/v1/jobs"],
+                         stdout=subprocess.PIPE, text=True)
+    CHILDREN.append(p)
+    out, _ = p.communicate()
+    wall = time.monotonic() - t0
+    d1 = cpu_ticks(pid)
+    queued = len(f.api.get("/jobs?state=queued"))
+    r = {"concurrency": conc, "client": "wrk", "daemon_vmhwm_mib": round(mem_kib(pid)["VmHWM"] / 1024, 1)}
+    for line in out.splitlines():
+        w = line.split()
+        if line.startswith("Requests/sec:"):
+            r["per_s"] = float(w[1])
+        elif line.strip().startswith(("50%", "99%")):
+            r["p" + w[0].rstrip("%") + "_ms"] = wrk_ms(w[1])
+        elif "Non-2xx" in line:
+            r["errors"] = int(w[-1])
+    r.setdefault("errors", 0)
+    r["submissions"] = queued - before
+    r["daemon_cpu_pct_of_core"] = round(100 * (d1 - d0) / TICK / wall, 1)
+    r["queued_after"] = queued
+    return r
+
+
+def wrk_ms(v: str) -> float:
+    """A wrk latency ("512.00us", "1.20ms", "2.01s") in ms."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit):
+            return round(float(v[: -len(unit)]) * scale, 3)
+    return float("nan")
+
+
 def bench_submit(args) -> dict:
     results = []
     for conc in [int(c) for c in args.concurrency.split(",")]:
@@ -377,6 +422,11 @@ def bench_submit(args) -> dict:
         for mid, _, _ in f.machines:
             f.api.post(f"/machines/{mid}/disable")
         body = json.dumps({"file_id": file_id, "kind": "printer"}).encode()
+        if args.client == "wrk":
+            r = submit_with_wrk(f, body, conc, args)
+            log(json.dumps(r))
+            results.append(r)
+            continue
         lat: list[list[float]] = [[] for _ in range(conc)]
         errors = [0] * conc
         start = threading.Event()
@@ -502,6 +552,8 @@ def main() -> None:
     su.add_argument("--machines", type=int, default=1)
     su.add_argument("--duration", type=float, default=20)
     su.add_argument("--concurrency", default="1,8,32")
+    su.add_argument("--client", choices=["python", "wrk"], default="python",
+                    help="python: a thread per connection, latency of each; wrk: a lighter client")
     rd = sub.add_parser("read", help="GET /jobs and GET /machines with wrk")
     rd.add_argument("--printers", type=int, default=80)
     rd.add_argument("--mills", type=int, default=20)

@@ -5,9 +5,11 @@
 #   bench/submit_ab.sh BEFORE_TARGET_DIR AFTER_TARGET_DIR [ROUNDS]
 #   bench/submit_ab.sh ROUNDS NAME=TARGET_DIR NAME=TARGET_DIR ...
 #
-# Each target dir holds a release build (`cargo build --release -p
-# microfactoryd -p microfactory-machines`). Prints one line per round and
-# level: which, round, clients, submissions/s, p50 ms, p99 ms, daemon CPU %.
+# CLIENT=wrk measures with wrk instead of Python threads (a lighter client:
+# the daemon's own CPU decides the rate). Each target dir holds a release
+# build (`cargo build --release -p microfactoryd -p microfactory-machines`).
+# Prints one line per round and level: which, round, clients,
+# submissions/s, p50 ms, p99 ms, daemon CPU %.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${2:-}" == *=* ]]; then
@@ -21,7 +23,8 @@ fi
 for r in $(seq 1 "$rounds"); do
   for b in "${builds[@]}"; do
     which=${b%%=*} t=${b#*=}
-    CARGO_TARGET_DIR=$t python3 bench/daemon_bench.py submit --concurrency 1,8 --duration 10 2>/dev/null |
+    CARGO_TARGET_DIR=$t python3 bench/daemon_bench.py submit --concurrency 1,8 --duration 10 \
+      --client "${CLIENT:-python}" 2>/dev/null |
       python3 -c '
 import json, sys
 t = sys.stdin.read(); d = json.loads(t[t.index("{"):])
