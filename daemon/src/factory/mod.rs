@@ -639,9 +639,31 @@ impl Factory {
         Ok(v)
     }
 
+    /// The machine running job `id`, once a start on its way to it has
+    /// settled: a job assigned a moment ago may not have reached its
+    /// driver yet, which would answer a command "no job" (and, for a
+    /// cancel, then run the job). Holding the guard keeps it settled.
+    async fn settled(
+        &self,
+        id: u64,
+        verb: &str,
+    ) -> Result<(usize, tokio::sync::MutexGuard<'_, ()>)> {
+        let mut i = self.lock().core.active_machine(id, verb)?;
+        loop {
+            let guard = self.slots[i].starting.lock().await;
+            // A start that failed puts the job back in the queue, from
+            // where it may go to another machine.
+            let now = self.lock().core.active_machine(id, verb)?;
+            if now == i {
+                return Ok((i, guard));
+            }
+            i = now;
+        }
+    }
+
     /// Pauses a running job.
     pub async fn pause_job(&self, id: u64) -> Result<Job> {
-        let i = self.lock().core.active_machine(id, "paused")?;
+        let (i, _settled) = self.settled(id, "paused").await?;
         let job = self.job(id)?;
         if job.state == JobState::Paused {
             return Ok(job);
@@ -653,7 +675,7 @@ impl Factory {
 
     /// Resumes a paused job.
     pub async fn resume_job(&self, id: u64) -> Result<Job> {
-        let i = self.lock().core.active_machine(id, "resumed")?;
+        let (i, _settled) = self.settled(id, "resumed").await?;
         let before = self.job(id)?;
         // Running before the link resumes: the job may pause itself again
         // (next tool change) at once, and that must win.
@@ -673,24 +695,21 @@ impl Factory {
     /// link (which ends it, running the cancel script).
     pub async fn cancel_job(&self, id: u64) -> Result<Job> {
         let mut job = self.job(id)?;
-        // A job assigned a moment ago may still be on its way to the
-        // driver, which would answer "no job" and then run it: wait until
-        // its start is settled (and keep it so), then look again.
-        let _settled = if job.state.is_active() {
-            let i = self.lock().core.active_machine(id, "cancelled")?;
-            let settled = self.slots[i].starting.lock().await;
+        // Wait until a start on its way is settled (and keep it so), then
+        // look again.
+        let mut settled = None;
+        if job.state.is_active() {
+            // A start that failed put it back in the queue: cancelled
+            // there, below.
+            settled = self.settled(id, "cancelled").await.ok();
             job = self.job(id)?;
-            Some(settled)
-        } else {
-            None
-        };
-        match job.state {
-            JobState::Queued => {
+        }
+        match (job.state, settled) {
+            (JobState::Queued, _) => {
                 self.apply(|core, now| Ok(core.cancel_queued(id, now)?))
                     .await
             }
-            s if s.is_active() => {
-                let i = self.lock().core.active_machine(id, "cancelled")?;
+            (s, Some((i, _guard))) if s.is_active() => {
                 match self.command(i, Command::Cancel).await {
                     Ok(_) => {}
                     Err(FactoryError::Driver {
@@ -701,7 +720,10 @@ impl Factory {
                 }
                 self.job(id)
             }
-            s => Err(FactoryError::Conflict(format!(
+            (s, _) if s.is_active() => Err(FactoryError::Conflict(format!(
+                "job {id} became active while it was being cancelled; try again"
+            ))),
+            (s, _) => Err(FactoryError::Conflict(format!(
                 "job {id} has already ended ({})",
                 s.as_str()
             ))),

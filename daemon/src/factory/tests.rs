@@ -75,6 +75,12 @@ impl MachineLink for ScriptedLink {
                     });
                     Ok(Vec::new())
                 }
+                Command::Pause | Command::Resume => {
+                    if self.job.lock().expect("job").is_none() {
+                        return Err(DriverError::NoJob);
+                    }
+                    Ok(Vec::new())
+                }
                 _ => Err(DriverError::Invalid("not scripted".into())),
             }
         })
@@ -225,6 +231,54 @@ async fn a_job_cancelled_while_its_start_is_on_the_way_ends_cancelled() {
     .await
     .expect("the job ended");
     assert_eq!(ended, JobState::Cancelled);
+    f.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_job_paused_and_resumed_while_its_start_is_on_the_way_is_paused_and_resumed() {
+    let dir = std::env::temp_dir().join(format!("mfd-factory-pause-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Store::open(&dir).expect("store");
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let link = Arc::new(ScriptedLink::new(started_tx, true));
+    let f = Factory::with_links(
+        store.clone(),
+        vec![(machine("net-1"), Arc::clone(&link) as Arc<dyn MachineLink>)],
+        1 << 20,
+        100,
+    )
+    .await
+    .expect("factory");
+    f.run();
+    let mut up = f.upload().expect("upload");
+    up.push(b"G28\nG1 Z0.2 F3000\n").expect("push");
+    let (file, _) = f.add_file(up, "part.gcode".into()).await.expect("add");
+    let id = f
+        .submit(Submission {
+            file_id: file.id.clone(),
+            ..Submission::default()
+        })
+        .await
+        .expect("submit")[0]
+        .id;
+    started.recv().await.expect("the link was asked to start");
+    let pause = tokio::spawn({
+        let f = Arc::clone(&f);
+        async move { f.pause_job(id).await }
+    });
+    // As in the cancel test: the pause gets as far as it can on this
+    // one-thread runtime before the start goes through. Before the start
+    // lock, it reached the link first and was refused "no job".
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    link.gate.as_ref().expect("gated").add_permits(1);
+    let paused = pause.await.expect("join").expect("pause");
+    assert_eq!(paused.state, JobState::Paused);
+    assert_eq!(paused.pause, Some(PauseReason::Operator));
+    let resumed = f.resume_job(id).await.expect("resume");
+    assert_eq!(resumed.state, JobState::Running);
     f.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
