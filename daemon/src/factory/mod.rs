@@ -314,10 +314,16 @@ impl Factory {
 
     /// The live events a committed batch stands for.
     fn live_of(&self, g: &Inner, batch: &Batch, records: &[LogRecord]) -> Live {
-        let mut live = Live::default();
-        for j in &batch.jobs {
-            live.events.push(job_event(j));
-            live.wake = true;
+        // Nobody listening (no dashboard open): no events to build, a job
+        // clone or a machine view each. One who subscribes from now on
+        // reads the state after subscribing, which holds this batch.
+        let listening = self.events.receiver_count() > 0;
+        let mut live = Live {
+            wake: !batch.jobs.is_empty(),
+            ..Live::default()
+        };
+        if listening {
+            live.events.extend(batch.jobs.iter().map(job_event));
         }
         let mut machines: Vec<&str> = batch.machines.iter().map(|(id, _)| id.as_str()).collect();
         for r in records {
@@ -330,9 +336,11 @@ impl Factory {
             if seen.insert(id)
                 && let Some(i) = self.slots.iter().position(|s| s.machine.config.id == id)
             {
-                live.events.push(Event::Machine {
-                    machine: Box::new(self.view(i, g)),
-                });
+                if listening {
+                    live.events.push(Event::Machine {
+                        machine: Box::new(self.view(i, g)),
+                    });
+                }
                 live.wake = true;
             }
         }
