@@ -10,5 +10,7 @@ pub mod octoprint;
 pub mod policy;
 pub mod production;
 pub mod server;
+#[cfg(test)]
+mod tests;
 pub mod web;
 pub mod webhooks;
