@@ -107,6 +107,16 @@ fn certificates<'t>(
     text: &'t str,
     advice: &str,
 ) -> Result<(Vec<&'t str>, Vec<Certificate>), TlsError> {
+    if text.contains("-----BEGIN TRUSTED CERTIFICATE-----") {
+        // Read as no certificate at all, it would leave a CA out unseen.
+        return Err(invalid(
+            key,
+            path,
+            "holds an OpenSSL TRUSTED CERTIFICATE, whose trust settings this daemon cannot read; \
+             give it as a plain certificate: openssl x509 -in FILE -out FILE.pem"
+                .into(),
+        ));
+    }
     let blocks = pem_blocks(text, "CERTIFICATE").map_err(|r| invalid(key, path, r))?;
     if blocks.is_empty() {
         return Err(invalid(
@@ -134,14 +144,27 @@ fn certificates<'t>(
 /// The client certificate (with its chain, if the file holds one) and its
 /// PKCS#8 key.
 fn identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
-    let cert_text = read_pem("client_cert_file", cert)?;
-    let (blocks, _) = certificates("client_cert_file", cert, &cert_text, "")?;
     let key_text = read_pem("client_key_file", key)?;
     let keys =
         pem_blocks(&key_text, "PRIVATE KEY").map_err(|r| invalid("client_key_file", key, r))?;
-    let Some(key_pem) = keys.first().copied() else {
-        return Err(invalid("client_key_file", key, key_advice(&key_text)));
+    let key_pem = match keys[..] {
+        [] => return Err(invalid("client_key_file", key, key_advice(&key_text))),
+        [one] => one,
+        // Taking the first would guess, and a wrong guess fails only at
+        // the broker.
+        _ => {
+            return Err(invalid(
+                "client_key_file",
+                key,
+                format!(
+                    "holds {} private keys; give only the one of client_cert_file",
+                    keys.len()
+                ),
+            ));
+        }
     };
+    let cert_text = read_pem("client_cert_file", cert)?;
+    let (blocks, _) = certificates("client_cert_file", cert, &cert_text, "")?;
     Identity::from_pkcs8(blocks.join("\n").as_bytes(), key_pem.as_bytes()).map_err(|e| {
         invalid(
             "client_key_file",
@@ -304,6 +327,35 @@ mod tests {
         let der = scratch("der.pem", &[0x30, 0x82, 0xff, 0xfe]);
         let e = connector(&config(Some(&der), None, None)).expect_err("binary");
         assert!(e.to_string().contains("is not PEM text"), "{e}");
+    }
+
+    #[test]
+    fn a_trusted_certificate_or_a_second_key_is_refused_not_left_out() {
+        let trusted = scratch(
+            "trusted.pem",
+            b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+              -----BEGIN TRUSTED CERTIFICATE-----\nBBB\n-----END TRUSTED CERTIFICATE-----\n",
+        );
+        let e = connector(&config(Some(&trusted), None, None)).expect_err("trusted");
+        assert!(
+            e.to_string().contains("TRUSTED CERTIFICATE") && e.to_string().contains("openssl x509"),
+            "{e}"
+        );
+        let cert = scratch(
+            "two-keys-cert.pem",
+            b"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n",
+        );
+        let keys = scratch(
+            "two-keys.pem",
+            b"-----BEGIN PRIVATE KEY-----\nAAA\n-----END PRIVATE KEY-----\n\
+              -----BEGIN PRIVATE KEY-----\nBBB\n-----END PRIVATE KEY-----\n",
+        );
+        let e = connector(&config(None, Some(&cert), Some(&keys))).expect_err("two keys");
+        assert!(
+            e.to_string().contains("mqtt.client_key_file")
+                && e.to_string().contains("2 private keys"),
+            "{e}"
+        );
     }
 
     #[test]
