@@ -176,22 +176,32 @@ async fn a_machine_behind_any_link_runs_jobs_and_records_its_states_and_attempts
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn a_job_cancelled_while_its_start_is_on_the_way_ends_cancelled() {
-    let dir = std::env::temp_dir().join(format!("mfd-factory-cancel-{}", std::process::id()));
+/// A factory with one gated scripted machine and a job whose start has
+/// reached the link, which has not taken it yet; and the live events
+/// from before the submission.
+struct GatedStart {
+    dir: std::path::PathBuf,
+    f: Arc<Factory>,
+    link: Arc<ScriptedLink>,
+    live: broadcast::Receiver<Event>,
+    id: u64,
+}
+
+async fn gated_start(tag: &str) -> GatedStart {
+    let dir = std::env::temp_dir().join(format!("mfd-factory-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open(&dir).expect("store");
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let link = Arc::new(ScriptedLink::new(started_tx, true));
     let f = Factory::with_links(
-        store.clone(),
+        store,
         vec![(machine("net-1"), Arc::clone(&link) as Arc<dyn MachineLink>)],
         1 << 20,
         100,
     )
     .await
     .expect("factory");
-    let mut live = f.subscribe();
+    let live = f.subscribe();
     f.run();
     let mut up = f.upload().expect("upload");
     up.push(b"G28\nG1 Z0.2 F3000\n").expect("push");
@@ -204,19 +214,42 @@ async fn a_job_cancelled_while_its_start_is_on_the_way_ends_cancelled() {
         .await
         .expect("submit")[0]
         .id;
-    // The start has reached the link, which has not taken the job yet.
     started.recv().await.expect("the link was asked to start");
-    let cancel = tokio::spawn({
-        let f = Arc::clone(&f);
-        async move { f.cancel_job(id).await }
-    });
-    // On this one-thread runtime the cancel runs as far as it can before
-    // the start is let through: before the fix it reached the link then,
-    // was told "no job", and the job ran once its start went on.
+    GatedStart {
+        dir,
+        f,
+        link,
+        live,
+        id,
+    }
+}
+
+/// Lets a command spawned on this one-thread runtime run as far as it can,
+/// then lets the start through.
+async fn open_gate_after_yielding(link: &ScriptedLink) {
     for _ in 0..16 {
         tokio::task::yield_now().await;
     }
     link.gate.as_ref().expect("gated").add_permits(1);
+}
+
+#[tokio::test]
+async fn a_job_cancelled_while_its_start_is_on_the_way_ends_cancelled() {
+    // The start has reached the link, which has not taken the job yet.
+    let GatedStart {
+        dir,
+        f,
+        link,
+        mut live,
+        id,
+    } = gated_start("cancel").await;
+    let cancel = tokio::spawn({
+        let f = Arc::clone(&f);
+        async move { f.cancel_job(id).await }
+    });
+    // Before the fix the cancel reached the link first, was told "no
+    // job", and the job ran once its start went on.
+    open_gate_after_yielding(&link).await;
     cancel.await.expect("join").expect("cancel");
     let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
@@ -237,43 +270,16 @@ async fn a_job_cancelled_while_its_start_is_on_the_way_ends_cancelled() {
 
 #[tokio::test]
 async fn a_job_paused_and_resumed_while_its_start_is_on_the_way_is_paused_and_resumed() {
-    let dir = std::env::temp_dir().join(format!("mfd-factory-pause-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::open(&dir).expect("store");
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let link = Arc::new(ScriptedLink::new(started_tx, true));
-    let f = Factory::with_links(
-        store.clone(),
-        vec![(machine("net-1"), Arc::clone(&link) as Arc<dyn MachineLink>)],
-        1 << 20,
-        100,
-    )
-    .await
-    .expect("factory");
-    f.run();
-    let mut up = f.upload().expect("upload");
-    up.push(b"G28\nG1 Z0.2 F3000\n").expect("push");
-    let (file, _) = f.add_file(up, "part.gcode".into()).await.expect("add");
-    let id = f
-        .submit(Submission {
-            file_id: file.id.clone(),
-            ..Submission::default()
-        })
-        .await
-        .expect("submit")[0]
-        .id;
-    started.recv().await.expect("the link was asked to start");
+    let GatedStart {
+        dir, f, link, id, ..
+    } = gated_start("pause").await;
     let pause = tokio::spawn({
         let f = Arc::clone(&f);
         async move { f.pause_job(id).await }
     });
-    // As in the cancel test: the pause gets as far as it can on this
-    // one-thread runtime before the start goes through. Before the start
-    // lock, it reached the link first and was refused "no job".
-    for _ in 0..16 {
-        tokio::task::yield_now().await;
-    }
-    link.gate.as_ref().expect("gated").add_permits(1);
+    // Before the start lock, the pause reached the link first and was
+    // refused "no job".
+    open_gate_after_yielding(&link).await;
     let paused = pause.await.expect("join").expect("pause");
     assert_eq!(paused.state, JobState::Paused);
     assert_eq!(paused.pause, Some(PauseReason::Operator));

@@ -334,7 +334,7 @@ impl<'a> Stored<'a> {
     }
 
     /// The job this record stores.
-    fn into_job(self) -> Job {
+    pub(super) fn into_job(self) -> Job {
         let Progress {
             lines_done,
             lines_total,
@@ -406,43 +406,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A new job as a submission makes it: the core's test job with what
+    /// a real file and submission give it.
     fn job() -> Job {
-        Job {
-            id: 41,
-            name: "coupling_pla.gcode".into(),
-            file_id: "e94fd969cb455da894a0db9aa3978eb2fd2e8fe45168b99d01f5a8ebd0b2f2d1".into(),
-            batch_id: 41,
-            copy: 1,
-            copies: 1,
-            priority: 0,
-            seq: 41,
-            machine_id: None,
-            kind: Some(Kind::Printer),
-            tags: vec![],
-            expand_canned_cycles: false,
-            any_material: false,
-            start_line: 1,
-            state: JobState::Queued,
-            assigned_machine: None,
-            created_ms: 1_796_079_636_064,
-            started_ms: None,
-            ended_ms: None,
-            progress: JobProgress {
-                lines_total: 145_913,
-                eta_seconds: Some(3_255.892_149_112_988),
-                ..JobProgress::default()
-            },
-            failure: None,
-            history: vec![Transition {
-                at_ms: 1_796_079_636_064,
-                state: JobState::Queued,
-                machine_id: None,
-                note: Some("submitted".into()),
-            }],
-            attempt: 0,
-            pause: None,
-            awaiting_ack: false,
-        }
+        let mut j = crate::core::testkit::job(41);
+        j.name = "coupling_pla.gcode".into();
+        j.file_id = "e94fd969cb455da894a0db9aa3978eb2fd2e8fe45168b99d01f5a8ebd0b2f2d1".into();
+        j.kind = Some(Kind::Printer);
+        j.created_ms = 1_796_079_636_064;
+        j.progress.lines_total = 145_913;
+        j.progress.eta_seconds = Some(3_255.892_149_112_988);
+        j.transition(JobState::Queued, Some("submitted".into()), j.created_ms);
+        j
     }
 
     #[test]

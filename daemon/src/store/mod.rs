@@ -927,14 +927,10 @@ impl Store {
 
     /// Every job, oldest first.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.t
-            .jobs
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                jobs::decode(&k, &v)
-            })
-            .collect()
+        Ok(all::<jobs::Stored<'_>>(&self.t.jobs, "jobs")?
+            .into_iter()
+            .map(jobs::Stored::into_job)
+            .collect())
     }
 
     /// A job's attempts, first first.
