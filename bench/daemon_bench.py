@@ -393,7 +393,10 @@ def submit_with_wrk(f: "Factory", body: bytes, conc: int, args) -> dict:
         elif line.strip().startswith(("50%", "99%")):
             r["p" + w[0].rstrip("%") + "_ms"] = wrk_ms(w[1])
         elif "Non-2xx" in line:
-            r["errors"] = int(w[-1])
+            r["errors"] = r.get("errors", 0) + int(w[-1])
+        elif line.strip().startswith("Socket errors:"):
+            # "connect 0, read 0, write 0, timeout 3"
+            r["errors"] = r.get("errors", 0) + sum(int(x.rstrip(",")) for x in w[3::2])
     r.setdefault("errors", 0)
     r["submissions"] = queued - before
     r["daemon_cpu_pct_of_core"] = round(100 * (d1 - d0) / TICK / wall, 1)
