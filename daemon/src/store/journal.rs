@@ -247,16 +247,26 @@ pub(super) fn write(
     after: &Heads,
     ops: &[Op<'_>],
 ) -> Result<(), StoreError> {
-    let undo = undo_record(n, before, ops)?;
     // A commit that only adds jobs and log records (a submission) has its
     // undo in the marker before it: [`recover`] trims what lies past its
-    // counters. The record is still built, to undo a failure at once.
-    if !only_counted(ops) {
+    // counters, and a failure here removes the keys it wrote.
+    let undo = if only_counted(ops) {
+        None
+    } else {
+        let undo = undo_record(n, before, ops)?;
         t.journal.insert(UNDO, &undo[..])?;
-    }
+        Some(undo)
+    };
     let done = apply(ops).and_then(|()| mark(t, n, after));
     if let Err(e) = done {
-        return Err(match roll_back(db, &undo, usize::MAX) {
+        let undone = match &undo {
+            Some(undo) => roll_back(db, undo, usize::MAX),
+            None => ops
+                .iter()
+                .try_for_each(|op| op.tree.remove(&op.key[..]).map(drop))
+                .map_err(StoreError::from),
+        };
+        return Err(match undone {
             Ok(()) => e,
             Err(undo_err) => StoreError::HalfCommitted {
                 source: Box::new(e),
