@@ -8,13 +8,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -30,6 +30,7 @@ use crate::core::model::{Attempt, Event, FileRecord, Job, JobState, Kind, Machin
 use crate::factory::files::{IngestError, Upload};
 use crate::factory::temps::TemperatureHistory;
 use crate::factory::{Factory, FactoryError, JobAction, Submission};
+use crate::http::envelope::Envelope;
 use crate::http::limits::{Failures, Settings, Streams};
 use crate::http::policy::{self, BodyLimit, Who};
 
@@ -395,15 +396,12 @@ fn authenticate(s: &AppState, req: &Request, peer: Peer) -> Result<Identity, Api
 /// [`policy::TABLE`] (no row: refused), checks the caller's role, and only
 /// then reads the body, up to the route's limit.
 async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let matched = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let Some(rule) = matched
-        .as_deref()
-        .and_then(|p| policy::rule(req.method(), p))
+        .as_ref()
+        .and_then(|p| policy::rule(req.method(), p.as_str()))
     else {
-        tracing::error!(method = %req.method(), path = ?matched, "route has no access rule: refused");
+        tracing::error!(method = %req.method(), path = ?matched.as_ref().map(MatchedPath::as_str), "route has no access rule: refused");
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "no_policy",
@@ -570,7 +568,10 @@ async fn limit_body(s: &AppState, rule: &policy::Rule, req: Request) -> Result<R
         });
         return Ok(Request::from_parts(parts, Body::from_stream(chunks)));
     }
-    let mut buf = Vec::new();
+    // A small body nearly always comes in one piece: kept as it came,
+    // copied only when a second one follows.
+    let mut one: Option<Bytes> = None;
+    let mut many = Vec::new();
     loop {
         match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => return Err(stalled()),
@@ -583,95 +584,26 @@ async fn limit_body(s: &AppState, rule: &policy::Rule, req: Request) -> Result<R
                 ));
             }
             Ok(Some(Ok(chunk))) => {
-                if (buf.len() + chunk.len()) as u64 > limit {
+                let held = one.as_ref().map_or(many.len(), Bytes::len);
+                if (held + chunk.len()) as u64 > limit {
                     return Err(too_large(limit));
                 }
-                buf.extend_from_slice(&chunk);
+                match one.take() {
+                    None if many.is_empty() => one = Some(chunk),
+                    None => many.extend_from_slice(&chunk),
+                    Some(first) => {
+                        many.extend_from_slice(&first);
+                        many.extend_from_slice(&chunk);
+                    }
+                }
             }
         }
     }
-    Ok(Request::from_parts(parts, Body::from(buf)))
-}
-
-/// URIs longer than this get 414 (hyper's own limit, near 64 KiB, answers
-/// without the error shape).
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-
-/// Around everything, the dashboard and fallbacks included: refuses
-/// overlong URIs, gives any error without the one JSON shape (a framework
-/// default) that shape, and marks every answer `nosniff` and every API
-/// answer `no-store` (they may carry job data and must not be cached).
-async fn answer_headers(req: Request, next: Next) -> Response {
-    let api = req.uri().path().starts_with("/api/");
-    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    let mut res = if len > MAX_URI_BYTES {
-        ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("the URI is {len} bytes; this daemon takes at most {MAX_URI_BYTES}"),
-        )
-        .into_response()
-    } else {
-        one_error_shape(next.run(req).await).await
+    let body = match one {
+        Some(b) => Body::from(b),
+        None => Body::from(many),
     };
-    // A body refused before it was read (too large, too slow) leaves the
-    // rest of it on the connection: say the connection ends, so a client
-    // does not send its next request after that unread body.
-    if matches!(
-        res.status(),
-        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
-    ) {
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    let h = res.headers_mut();
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    if api {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    res
-}
-
-/// An error answer that is not JSON (an extractor's plain-text rejection)
-/// rewritten into the one shape, keeping its status and other headers.
-async fn one_error_shape(res: Response) -> Response {
-    let status = res.status();
-    let json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || json {
-        return res;
-    }
-    let (mut parts, body) = res.into_parts();
-    let text = axum::body::to_bytes(body, 4096)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default();
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::URI_TOO_LONG => "uri_too_long",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "invalid",
-        s if s.is_server_error() => "internal",
-        _ => "bad_request",
-    };
-    let message = if text.is_empty() {
-        status.canonical_reason().unwrap_or("error").to_string()
-    } else {
-        text
-    };
-    let fresh = ApiError::new(status, code, message).into_response();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Response::from_parts(parts, fresh.into_body())
+    Ok(Request::from_parts(parts, body))
 }
 
 // ------------------------------------------------------------------ system
@@ -706,10 +638,8 @@ async fn health(State(s): State<AppState>) -> Json<Health> {
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system",
     responses((status = 200, description = "The OpenAPI 3.1 document of every route",
         content_type = "application/json")))]
-async fn openapi_json(
-    axum::Extension(doc): axum::Extension<Arc<utoipa::openapi::OpenApi>>,
-) -> Json<utoipa::openapi::OpenApi> {
-    Json(doc.as_ref().clone())
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(OPENAPI.get_or_init(openapi).clone())
 }
 
 // ----------------------------------------------------------------- session
@@ -1802,36 +1732,42 @@ fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// The OpenAPI document, each operation marked with who may call it.
-#[cfg(test)]
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, mut doc) = routes().split_for_parts();
+    annotated(routes().split_for_parts().1)
+}
+
+fn annotated(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     policy::annotate(&mut doc);
     doc
 }
 
-/// The API router and its OpenAPI document.
-pub fn router(state: AppState) -> Router {
+/// The document `GET /openapi.json` serves, made once.
+static OPENAPI: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+
+/// The whole application: the API (each route behind [`guard`]) and the
+/// dashboard, inside the [`Envelope`] every answer gets.
+pub fn router(state: AppState) -> Envelope {
     let max_upload = state.factory.max_upload();
-    let (router, mut api) = routes().split_for_parts();
-    policy::annotate(&mut api);
-    router
+    let (router, api) = routes().split_for_parts();
+    // Identical for every router (it is made from the code alone).
+    let _ = OPENAPI.set(annotated(api));
+    let router = router
         // After routing, so the guard sees the matched route; 404 and 405
         // fallbacks are answered without it.
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
-        .layer(axum::Extension(Arc::new(api)))
         // The dashboard at `/`; everything else, `/api` included, stays a
         // JSON 404.
         .merge(crate::http::web::router())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        // The guard bounds each body to its route's limit; this only lifts
-        // axum's own 2 MB default for the one route that streams more.
-        .layer(DefaultBodyLimit::max(
-            usize::try_from(max_upload.saturating_add(policy::MULTIPART_OVERHEAD))
-                .unwrap_or(usize::MAX),
-        ))
-        .layer(middleware::from_fn(answer_headers))
-        .with_state(state)
+        .with_state(state);
+    // The guard bounds each body to its route's limit; this only lifts
+    // axum's own 2 MB default for the one route that streams more.
+    let body_limit = DefaultBodyLimit::max(
+        usize::try_from(max_upload.saturating_add(policy::MULTIPART_OVERHEAD))
+            .unwrap_or(usize::MAX),
+    );
+    Envelope::new(router, body_limit)
 }
 
 /// A known path called with a method it does not have; axum's default is

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod commerce;
+pub mod envelope;
 pub mod limits;
 pub mod octoprint;
 pub mod policy;

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -36,6 +35,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
 use crate::config::HttpConfig;
+use crate::http::envelope::Envelope;
 
 /// The connection-level limits.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ const MAX_REFUSING: usize = 64;
 /// and waits for open connections to finish (callers bound that wait).
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Envelope,
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
