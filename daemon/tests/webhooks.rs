@@ -104,7 +104,7 @@ async fn commit_events(
     store: &Store,
     events: Vec<DomainEvent>,
     at_ms: u64,
-) -> Vec<microfactoryd::core::events::LogRecord> {
+) -> Vec<std::sync::Arc<microfactoryd::core::events::LogRecord>> {
     let recs = store
         .commit(
             &Batch {

@@ -1458,7 +1458,7 @@ impl Commerce {
         if cursor >= durable {
             return Ok(false);
         }
-        let records: Vec<LogRecord> = self
+        let records: Vec<Arc<LogRecord>> = self
             .store
             .log_after(cursor, CHUNK)?
             .into_iter()

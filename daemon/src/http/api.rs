@@ -1588,7 +1588,7 @@ const LOG_WAIT_MAX: Duration = Duration::from_secs(30);
 async fn event_log(
     State(s): State<AppState>,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<([(&'static str, String); 1], Json<Vec<LogRecord>>)> {
+) -> ApiResult<([(&'static str, String); 1], Json<Records>)> {
     let q =
         q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let after = q.after.unwrap_or(0);
@@ -1607,7 +1607,19 @@ async fn event_log(
         .into_iter()
         .take_while(|r| r.seq <= durable)
         .collect();
-    Ok(([(LOG_TIP_HEADER, durable.to_string())], Json(entries)))
+    Ok((
+        [(LOG_TIP_HEADER, durable.to_string())],
+        Json(Records(entries)),
+    ))
+}
+
+/// Log records as the store shares them, written as a plain array.
+struct Records(Vec<Arc<LogRecord>>);
+
+impl Serialize for Records {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| &**r))
+    }
 }
 
 /// The header of `GET /log` that names the last durable sequence number.

@@ -603,7 +603,7 @@ impl Inner {
         loop {
             let durable = *tip.borrow_and_update();
             if cursor < durable {
-                let records: Vec<LogRecord> = self
+                let records: Vec<Arc<LogRecord>> = self
                     .store
                     .log_after(cursor, CHUNK)?
                     .into_iter()

@@ -495,7 +495,7 @@ pub struct Store {
     /// following the tip get them without decoding what was just encoded:
     /// three readers decoding every record cost a third of a submission's
     /// CPU (BENCHMARKS.md).
-    recent: Arc<Mutex<VecDeque<LogRecord>>>,
+    recent: Arc<Mutex<VecDeque<Arc<LogRecord>>>>,
 }
 
 /// The last commit and the counters it left, as its marker says.
@@ -666,7 +666,7 @@ impl Store {
     /// marker and [`Store::open`] puts the keys back as they were. A sled
     /// transaction gave the same guarantee at twice the cost of a durable
     /// submission (it seals an I/O buffer per commit; BENCHMARKS.md).
-    pub fn commit(&self, batch: &Batch, now_ms: u64) -> Result<Vec<LogRecord>, StoreError> {
+    pub fn commit(&self, batch: &Batch, now_ms: u64) -> Result<Vec<Arc<LogRecord>>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -707,7 +707,7 @@ impl Store {
         batch: &Batch,
         heads: &mut journal::Heads,
         now_ms: u64,
-    ) -> Result<(journal::Writes<'_>, Vec<LogRecord>), StoreError> {
+    ) -> Result<(journal::Writes<'_>, Vec<Arc<LogRecord>>), StoreError> {
         let t = &self.t;
         let mut w = journal::Writes::default();
         for f in &batch.files {
@@ -866,7 +866,7 @@ impl Store {
                     Fresh::Yes,
                 )?;
             }
-            records.push(rec);
+            records.push(Arc::new(rec));
         }
         heads.log_seq = seq;
         Ok((w, records))
@@ -1406,7 +1406,7 @@ impl Store {
 
     /// Keeps a commit's records for the readers; called under the commit
     /// lock, so they arrive in log order.
-    fn remember(&self, records: &[LogRecord]) {
+    fn remember(&self, records: &[Arc<LogRecord>]) {
         let Some(first) = records.first() else {
             return;
         };
@@ -1420,14 +1420,15 @@ impl Store {
             if recent.len() == RECENT_MAX {
                 recent.pop_front();
             }
-            recent.push_back(r.clone());
+            recent.push_back(Arc::clone(r));
         }
     }
 
     /// Up to `limit` log records after `after`, oldest first. Records
-    /// committed since the store opened come from memory; older ones are
-    /// decoded from the log table.
-    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<LogRecord>, StoreError> {
+    /// committed since the store opened come from memory, shared with
+    /// every other reader (several read each record; none changes it);
+    /// older ones are decoded from the log table.
+    pub fn log_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<LogRecord>>, StoreError> {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
@@ -1448,7 +1449,7 @@ impl Store {
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                decode("log", &k, &v)
+                decode("log", &k, &v).map(Arc::new)
             })
             .collect()
     }
@@ -2204,7 +2205,7 @@ mod tests {
             newest + 5,
             u64::MAX,
         ];
-        let from_memory: Vec<Vec<LogRecord>> = afters
+        let from_memory: Vec<Vec<Arc<LogRecord>>> = afters
             .iter()
             .map(|&a| s.log_after(a, 64).expect("log"))
             .collect();

@@ -42,7 +42,7 @@ impl Webhooks {
         if cursor >= durable {
             return Ok(false);
         }
-        let records: Vec<LogRecord> = self
+        let records: Vec<Arc<LogRecord>> = self
             .store
             .log_after(cursor, CHUNK)?
             .into_iter()
