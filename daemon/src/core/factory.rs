@@ -364,13 +364,10 @@ impl Core {
     // -------------------------------------------------------------- jobs
 
     /// Queues a job per copy. Refuses a job no configured machine could
-    /// ever run, naming each machine's reason.
-    pub fn submit(
-        &mut self,
-        s: &Submission,
-        file: Option<&FileRecord>,
-        now: u64,
-    ) -> Result<(Vec<Job>, Batch)> {
+    /// ever run, naming each machine's reason. The batch's jobs are exactly
+    /// the new ones, first copy first (the shell answers with them: no
+    /// third copy of each).
+    pub fn submit(&mut self, s: &Submission, file: Option<&FileRecord>, now: u64) -> Result<Batch> {
         let file = file.ok_or_else(|| {
             CoreError::Invalid(format!("file_id '{}' is not an uploaded file", s.file_id))
         })?;
@@ -413,8 +410,11 @@ impl Core {
                 format!("no machine can run this job: {}", reasons.join("; "))
             }));
         }
-        let mut b = Batch::default();
-        let mut jobs = Vec::with_capacity(copies as usize);
+        let mut b = Batch {
+            jobs: Vec::with_capacity(copies as usize),
+            events: Vec::with_capacity(copies as usize),
+            ..Batch::default()
+        };
         let batch_id = self.job_ids + 1;
         for copy in 1..=copies {
             self.job_ids += 1;
@@ -459,12 +459,11 @@ impl Core {
                 priority,
                 note: Some("submitted".into()),
             });
-            b.jobs.push(job.clone());
             self.jobs.insert(id, job.clone());
-            jobs.push(job);
+            b.jobs.push(job);
         }
         b.job_id_counter = Some(self.job_ids);
-        Ok((jobs, b))
+        Ok(b)
     }
 
     /// Puts an ended job back in the queue from `from_line` (1 = the

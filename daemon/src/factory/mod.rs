@@ -300,11 +300,20 @@ impl Factory {
     /// Lets the core decide under the lock and commits its batch there;
     /// returns the result and what to publish once durable.
     fn decide<T>(&self, f: impl FnOnce(&mut Core, u64) -> Result<(T, Batch)>) -> Result<(T, Live)> {
+        self.decide_keeping(f).map(|(t, _, live)| (t, live))
+    }
+
+    /// As [`Factory::decide`], and hands back the committed batch, for a
+    /// caller that answers with its records.
+    fn decide_keeping<T>(
+        &self,
+        f: impl FnOnce(&mut Core, u64) -> Result<(T, Batch)>,
+    ) -> Result<(T, Batch, Live)> {
         let now = now_ms();
         let mut g = self.lock();
         let (t, batch) = f(&mut g.core, now)?;
         let live = self.commit_locked(&g, &batch, now)?;
-        Ok((t, live))
+        Ok((t, batch, live))
     }
 
     fn commit_locked(&self, g: &Inner, batch: &Batch, now: u64) -> Result<Live> {
@@ -313,7 +322,7 @@ impl Factory {
     }
 
     /// The live events a committed batch stands for.
-    fn live_of(&self, g: &Inner, batch: &Batch, records: &[LogRecord]) -> Live {
+    fn live_of(&self, g: &Inner, batch: &Batch, records: &[Arc<LogRecord>]) -> Live {
         // Nobody listening (no dashboard open): no events to build, a job
         // clone or a machine view each. One who subscribes from now on
         // reads the state after subscribing, which holds this batch.
@@ -550,13 +559,14 @@ impl Factory {
     /// Queues a job (one per copy). Refuses a job no configured machine
     /// could ever run, naming each machine's reason.
     pub async fn submit(&self, s: Submission) -> Result<Vec<Job>> {
-        let jobs = self
-            .apply(|core, now| {
-                // Looked up under the lock: a deletion cannot slip between.
-                let file = self.store.file(&s.file_id)?;
-                Ok(core.submit(&s, file.as_deref(), now)?)
-            })
-            .await?;
+        let ((), batch, live) = self.decide_keeping(|core, now| {
+            // Looked up under the lock: a deletion cannot slip between.
+            let file = self.store.file(&s.file_id)?;
+            Ok(((), core.submit(&s, file.as_deref(), now)?))
+        })?;
+        self.durable(live).await?;
+        // The batch's jobs are exactly the new ones.
+        let jobs = batch.jobs;
         for j in &jobs {
             info!(job = j.id, file = %j.file_id, "job queued");
         }

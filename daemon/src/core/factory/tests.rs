@@ -46,7 +46,7 @@ fn submit(c: &mut Core, f: &FileRecord, copies: u32, now: u64) -> Vec<u64> {
     };
     c.submit(&s, Some(f), now)
         .expect("submit")
-        .0
+        .jobs
         .iter()
         .map(|j| j.id)
         .collect()
@@ -420,7 +420,7 @@ proptest! {
             let b = match inp {
                 Input::Submit(n) => {
                     let s = Submission { file_id: "f1".into(), copies: Some(n), ..Submission::default() };
-                    c.submit(&s, Some(&f), now).map(|x| x.1).unwrap_or_default()
+                    c.submit(&s, Some(&f), now).unwrap_or_default()
                 }
                 Input::Schedule => {
                     let (started, b) = c.schedule(&files, now);
@@ -639,7 +639,7 @@ fn a_print_its_own_host_starts_adopts_the_queued_job_of_that_file_and_ends_its_a
         copies: Some(2),
         ..Submission::default()
     };
-    let (jobs, _) = c.submit(&s, Some(&f), 1).expect("queued for mk3");
+    let jobs = c.submit(&s, Some(&f), 1).expect("queued for mk3").jobs;
     c.reported(1, LinkState::Online, None, 2);
     // Another file's print adopts nothing.
     assert!(c.adopt(1, &["other".into()], 3).is_none());
