@@ -245,6 +245,9 @@ mod tests {
         let b = create_token(&s, Role::Viewer, "bob").expect("b");
         let (sa, _) = open_session(&s, &a).expect("open").expect("a");
         let (sb, _) = open_session(&s, &b).expect("open").expect("b");
+        // Looked up first, so that the store has it at hand when revoked.
+        assert!(lookup(&s, &a).expect("lookup").is_some());
+        assert!(lookup(&s, &b).expect("lookup").is_some());
         let (gone, ended) = revoke(&s, "alice").expect("revoke by name");
         assert_eq!((gone.record.name.as_str(), ended), ("alice", 1));
         assert!(lookup(&s, &a).expect("lookup").is_none());
@@ -258,6 +261,7 @@ mod tests {
             "too short a prefix"
         );
         revoke(&s, &prefix.to_uppercase()).expect("revoke by hash prefix");
+        assert!(lookup(&s, &b).expect("lookup").is_none());
         assert!(live(&sb).is_none());
         assert!(list_tokens(&s).expect("list").is_empty());
         let _ = std::fs::remove_dir_all(&dir);

@@ -496,6 +496,13 @@ pub struct Store {
     /// three readers decoding every record cost a third of a submission's
     /// CPU (BENCHMARKS.md).
     recent: Arc<Mutex<VecDeque<Arc<LogRecord>>>>,
+    /// Tokens found by hash, kept until this store changes them: every
+    /// API request looks its caller up, and reading and decoding the record
+    /// was a tenth of a submission's instructions. Only tokens that exist
+    /// are kept (at most the tokens an operator created; unknown ones are
+    /// looked up each time), and only this process writes the table (the
+    /// `token` commands cannot open a store the daemon holds).
+    token_cache: Arc<Mutex<HashMap<String, TokenRecord>>>,
 }
 
 /// The last commit and the counters it left, as its marker says.
@@ -590,6 +597,7 @@ impl Store {
                 broken: false,
             })),
             file_cache: Arc::default(),
+            token_cache: Arc::default(),
             durable_tip: Arc::new(watch::Sender::new(tip)),
             written_tip: Arc::new(AtomicU64::new(tip)),
             recent: Arc::default(),
@@ -1006,19 +1014,38 @@ impl Store {
 
     /// Stores a token under its hash.
     pub fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<(), StoreError> {
+        let mut cache = self.token_cache();
         self.t
             .tokens
             .insert(hash.as_bytes(), encode("tokens", t)?)?;
+        cache.remove(hash);
         Ok(())
     }
 
     /// The token with this hash.
     pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        self.t
+        if let Some(t) = self.token_cache().get(hash) {
+            return Ok(Some(t.clone()));
+        }
+        // Looked up under the lock, so a removal cannot slip between the
+        // read and the cache.
+        let mut cache = self.token_cache();
+        let found: Option<TokenRecord> = self
+            .t
             .tokens
             .get(hash.as_bytes())?
             .map(|v| decode("tokens", hash.as_bytes(), &v))
-            .transpose()
+            .transpose()?;
+        if let Some(t) = &found {
+            cache.insert(hash.to_string(), t.clone());
+        }
+        Ok(found)
+    }
+
+    fn token_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenRecord>> {
+        self.token_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     // ---- browser sessions ----
@@ -1596,7 +1623,10 @@ impl Store {
 
     /// Forgets a token; whether it existed.
     pub fn remove_token(&self, hash: &str) -> Result<bool, StoreError> {
-        Ok(self.t.tokens.remove(hash.as_bytes())?.is_some())
+        let mut cache = self.token_cache();
+        let existed = self.t.tokens.remove(hash.as_bytes())?.is_some();
+        cache.remove(hash);
+        Ok(existed)
     }
 
     /// Ends every session opened with the token of this hash; how many.
