@@ -1756,7 +1756,7 @@ fn annotated(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// The document `GET /openapi.json` serves, made once.
 static OPENAPI: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
 
-/// The whole application: the API (each route behind [`guard`]) and the
+/// The whole application: the API (each route behind the route guard) and the
 /// dashboard, inside the [`Envelope`] every answer gets.
 pub fn router(state: AppState) -> Envelope {
     let max_upload = state.factory.max_upload();
