@@ -279,6 +279,11 @@ const SCHEMA: &str = "schema";
 /// marker's counters (a schema-3 daemon would not).
 pub const SCHEMA_VERSION: u64 = 4;
 
+/// A lock whose holder panicked leaves plain data behind: keep using it.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn read_u64(v: Option<impl AsRef<[u8]>>) -> u64 {
     v.map_or(0, |b| u64_key(b.as_ref()))
 }
@@ -497,8 +502,8 @@ pub struct Store {
     /// CPU (BENCHMARKS.md).
     recent: Arc<Mutex<VecDeque<Arc<LogRecord>>>>,
     /// Tokens found by hash, kept until this store changes them: every
-    /// API request looks its caller up, and reading and decoding the record
-    /// was a tenth of a submission's instructions. Only tokens that exist
+    /// API request looks its caller up, and need not read and decode the
+    /// same record from the table each time. Only tokens that exist
     /// are kept (at most the tokens an operator created; unknown ones are
     /// looked up each time), and only this process writes the table (the
     /// `token` commands cannot open a store the daemon holds).
@@ -652,10 +657,7 @@ impl Store {
 
     /// The counters as the last commit left them.
     fn heads(&self) -> journal::Heads {
-        self.commit_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .heads
+        locked(&self.commit_lock).heads
     }
 
     // ---- the one commit ----
@@ -678,10 +680,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut last = self
-            .commit_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut last = locked(&self.commit_lock);
         if last.broken {
             return Err(StoreError::Unsettled);
         }
@@ -700,7 +699,7 @@ impl Store {
         self.written_tip.store(heads.log_seq, Ordering::SeqCst);
         self.remember(&records);
         drop(last);
-        let mut cache = self.file_cache();
+        let mut cache = locked(&self.file_cache);
         for id in &batch.removed_files {
             cache.remove(id);
         }
@@ -882,22 +881,16 @@ impl Store {
 
     // ---- files ----
 
-    fn file_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<FileRecord>>> {
-        self.file_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A file by id.
     pub fn file(&self, id: &str) -> Result<Option<Arc<FileRecord>>, StoreError> {
-        if let Some(f) = self.file_cache().get(id) {
+        if let Some(f) = locked(&self.file_cache).get(id) {
             return Ok(Some(Arc::clone(f)));
         }
         let Some(v) = self.t.files.get(id.as_bytes())? else {
             return Ok(None);
         };
         let f: Arc<FileRecord> = Arc::new(decode("files", id.as_bytes(), &v)?);
-        let mut cache = self.file_cache();
+        let mut cache = locked(&self.file_cache);
         if cache.len() >= FILE_CACHE_MAX {
             cache.clear();
         }
@@ -1014,7 +1007,7 @@ impl Store {
 
     /// Stores a token under its hash.
     pub fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<(), StoreError> {
-        let mut cache = self.token_cache();
+        let mut cache = locked(&self.token_cache);
         self.t
             .tokens
             .insert(hash.as_bytes(), encode("tokens", t)?)?;
@@ -1024,12 +1017,12 @@ impl Store {
 
     /// The token with this hash.
     pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        if let Some(t) = self.token_cache().get(hash) {
+        // Held while reading the table too, so a removal cannot slip
+        // between the read and the cache.
+        let mut cache = locked(&self.token_cache);
+        if let Some(t) = cache.get(hash) {
             return Ok(Some(t.clone()));
         }
-        // Looked up under the lock, so a removal cannot slip between the
-        // read and the cache.
-        let mut cache = self.token_cache();
         let found: Option<TokenRecord> = self
             .t
             .tokens
@@ -1040,12 +1033,6 @@ impl Store {
             cache.insert(hash.to_string(), t.clone());
         }
         Ok(found)
-    }
-
-    fn token_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenRecord>> {
-        self.token_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     // ---- browser sessions ----
@@ -1437,7 +1424,7 @@ impl Store {
         let Some(first) = records.first() else {
             return;
         };
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut recent = locked(&self.recent);
         if recent.back().is_some_and(|b| b.seq + 1 != first.seq) {
             // Not contiguous (cannot happen while commits are serialised):
             // start over rather than serve a gap.
@@ -1460,7 +1447,7 @@ impl Store {
             return Ok(Vec::new());
         };
         {
-            let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let recent = locked(&self.recent);
             if let Some(front) = recent.front()
                 && front.seq <= from
             {
@@ -1623,7 +1610,7 @@ impl Store {
 
     /// Forgets a token; whether it existed.
     pub fn remove_token(&self, hash: &str) -> Result<bool, StoreError> {
-        let mut cache = self.token_cache();
+        let mut cache = locked(&self.token_cache);
         let existed = self.t.tokens.remove(hash.as_bytes())?.is_some();
         cache.remove(hash);
         Ok(existed)
